@@ -1,0 +1,43 @@
+"""Domain errors. The core raises these; each edge (CLI now, API later) translates them once.
+
+``code`` is stable and machine-readable; ``param`` names the offending field or argument when there is one.
+"""
+
+from __future__ import annotations
+
+
+class TemperingError(Exception):
+    code = "tempering_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+
+class ModelNotFoundError(TemperingError):
+    """A model id that the catalog or the fine-tuned registry does not know."""
+
+    code = "model_not_found"
+
+
+class ModelUnavailableError(TemperingError):
+    """A known model whose weights are not on this machine."""
+
+    code = "model_unavailable"
+
+
+class InvalidDataError(TemperingError):
+    """A data file that failed validation; ``report`` holds every problem found."""
+
+    code = "invalid_data"
+
+    def __init__(self, message: str, report=None):
+        super().__init__(message, param="training_file")
+        self.report = report
+
+
+class InvalidConfigError(TemperingError):
+    code = "invalid_config"
