@@ -1,0 +1,120 @@
+"""What a fine-tuning run leaves on disk, and how a fine-tuned model id finds it again.
+
+One folder per run under ``TEMPERING_HOME/runs/<short id>/``::
+
+    events.jsonl        one JSON object per event (messages and metrics), appended as the run goes
+    results.csv         step metrics with OpenAI's column names
+    checkpoints/        one complete folder per epoch (see ``checkpoint``)
+    model/              the final PEFT adapter + tempering.json, written atomically at the end
+
+Fine-tuned model ids look like ``ft:<base id>:<suffix>:<short id>`` (the suffix may be empty, as in
+OpenAI's ids). Imports no torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+from tempering.errors import ModelNotFoundError
+from tempering.settings import get_settings
+
+METADATA = "tempering.json"
+RESULT_COLUMNS = [
+    "step",
+    "train_loss",
+    "train_mean_token_accuracy",
+    "valid_loss",
+    "valid_mean_token_accuracy",
+    "full_valid_loss",
+    "full_valid_mean_token_accuracy",
+]
+_ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+def new_short_id() -> str:
+    return "".join(secrets.choice(_ALPHABET) for _ in range(8))
+
+
+def model_id_for(base: str, suffix: str | None, short_id: str) -> str:
+    return f"ft:{base}:{suffix or ''}:{short_id}"
+
+
+def is_finetuned_id(model_id: str) -> bool:
+    return model_id.startswith("ft:")
+
+
+def run_dir(short_id: str) -> Path:
+    return get_settings().runs_dir / short_id
+
+
+@contextlib.contextmanager
+def atomic_dir(target: Path):
+    """Yield a temp folder beside ``target``; on success it replaces ``target`` in one rename."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_json_atomic(path: Path, data) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class RunLog:
+    """Appends events to ``events.jsonl`` and metric rows to ``results.csv``."""
+
+    def __init__(self, folder: Path):
+        folder.mkdir(parents=True, exist_ok=True)
+        self.events_path = folder / "events.jsonl"
+        self.results_path = folder / "results.csv"
+        if not self.results_path.exists():
+            with self.results_path.open("w", newline="", encoding="utf-8") as fh:
+                csv.writer(fh).writerow(RESULT_COLUMNS)
+
+    def event(self, event: dict) -> None:
+        with self.events_path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps(event, default=str) + "\n")
+
+    def metrics_row(self, row: dict) -> None:
+        with self.results_path.open("a", newline="", encoding="utf-8") as fh:
+            csv.writer(fh).writerow(["" if row.get(c) is None else row[c] for c in RESULT_COLUMNS])
+
+
+def resolve_finetuned(model_id: str) -> tuple[Path, dict]:
+    """The adapter folder and metadata of a fine-tuned model id."""
+    parts = model_id.split(":")
+    if len(parts) != 4 or parts[0] != "ft" or not parts[3]:
+        raise ModelNotFoundError(
+            f"{model_id!r} is not a fine-tuned model id (ft:<base>:<suffix>:<id>)", param="model"
+        )
+    folder = run_dir(parts[3]) / "model"
+    meta_path = folder / METADATA
+    if not meta_path.is_file():
+        raise ModelNotFoundError(f"no fine-tuned model {model_id!r} under {folder.parent}", param="model")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if meta.get("id") != model_id:
+        raise ModelNotFoundError(f"no fine-tuned model {model_id!r} (found {meta.get('id')!r})", param="model")
+    return folder, meta
+
+
+def list_finetuned() -> list[dict]:
+    runs = get_settings().runs_dir
+    found = []
+    for meta_path in sorted(runs.glob(f"*/model/{METADATA}")) if runs.exists() else []:
+        with contextlib.suppress(OSError, json.JSONDecodeError):
+            found.append(json.loads(meta_path.read_text(encoding="utf-8")))
+    return found

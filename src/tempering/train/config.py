@@ -1,0 +1,140 @@
+"""The fine-tuning job config: one pydantic object that the CLI (and later the API and portal) builds.
+
+Field descriptions are the single source of help text. "auto" values are resolved from the data size by
+``resolve_hyperparameters`` with rules documented there (OpenAI's "auto" semantics). Imports no torch.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from tempering.catalog.registry import DEFAULT_MODEL_ID
+
+Auto = Literal["auto"]
+
+# Base learning rate per model family; the job's learning_rate_multiplier scales it.
+BASE_LEARNING_RATE = {"smollm2": 1e-3, "phi3": 2e-4}
+DEFAULT_BASE_LEARNING_RATE = 2e-4
+
+# OpenAI's published rule for "auto" epochs: aim for ~3 epochs, but see at least 100 and at most
+# 25,000 examples in total, with 1 to 25 epochs.
+TARGET_EPOCHS, MIN_TARGET_EXAMPLES, MAX_TARGET_EXAMPLES, MAX_AUTO_EPOCHS = 3, 100, 25_000, 25
+
+
+class Hyperparameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n_epochs: int | Auto = Field(
+        default="auto", description="Passes over the training data (1-50). auto: 3, or more for tiny "
+        "data sets so at least 100 examples are seen, fewer for huge ones.")
+    batch_size: int | Auto = Field(
+        default="auto", description="Examples per optimizer step (1-256). auto: about 1/20 of the "
+        "training examples, rounded down to a power of two, between 1 and 32.")
+    learning_rate_multiplier: float | Auto = Field(
+        default="auto", description="Scales the model family's base learning rate (0 < x <= 10); auto: 1.")
+
+    @field_validator("n_epochs")
+    @classmethod
+    def _epochs(cls, v):
+        if v != "auto" and not 1 <= v <= 50:
+            raise ValueError("n_epochs must be between 1 and 50, or 'auto'")
+        return v
+
+    @field_validator("batch_size")
+    @classmethod
+    def _batch(cls, v):
+        if v != "auto" and not 1 <= v <= 256:
+            raise ValueError("batch_size must be between 1 and 256, or 'auto'")
+        return v
+
+    @field_validator("learning_rate_multiplier")
+    @classmethod
+    def _lr(cls, v):
+        if v != "auto" and not 0 < v <= 10:
+            raise ValueError("learning_rate_multiplier must be > 0 and <= 10, or 'auto'")
+        return v
+
+
+class LoraSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rank: int = Field(default=16, ge=1, le=256, description="LoRA rank r.")
+    alpha: int = Field(default=32, ge=1, le=1024, description="LoRA alpha; the update is scaled by alpha/r.")
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default="all-linear", description="Linear layers to adapt: module names, or all-linear.")
+
+
+class TuneConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(default=DEFAULT_MODEL_ID, description="Catalog id of the base model.")
+    training_file: Path = Field(description="Chat-completions JSONL file to train on.")
+    validation_file: Path | None = Field(
+        default=None, description="Chat JSONL file to validate on; when absent, a seeded 10% of the "
+        "training file is held out (if it has at least 20 examples).")
+    suffix: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$",
+        description="Up to 40 letters, digits, '-' or '_', put in the fine-tuned model's id.")
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1,
+                             description="Random seed; a random one is chosen and recorded when absent.")
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    max_seq_length: int | None = Field(
+        default=None, ge=16, description="Longest training sequence in tokens; default: the model's context.")
+    warmup_ratio: float = Field(default=0.1, ge=0.0, le=0.5, description="Share of steps spent warming up.")
+    weight_decay: float = Field(default=0.0, ge=0.0, le=1.0, description="AdamW weight decay.")
+    device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Where to train.")
+
+
+class ResolvedHyperparameters(BaseModel):
+    n_epochs: int
+    batch_size: int
+    learning_rate_multiplier: float
+    learning_rate: float
+    seed: int
+
+
+def resolve_hyperparameters(config: TuneConfig, n_examples: int, family: str, seed: int) -> ResolvedHyperparameters:
+    hp = config.hyperparameters
+    if hp.n_epochs == "auto":
+        n_epochs = TARGET_EPOCHS
+        if n_examples * TARGET_EPOCHS < MIN_TARGET_EXAMPLES:
+            n_epochs = min(MAX_AUTO_EPOCHS, math.ceil(MIN_TARGET_EXAMPLES / max(n_examples, 1)))
+        elif n_examples * TARGET_EPOCHS > MAX_TARGET_EXAMPLES:
+            n_epochs = max(1, MAX_TARGET_EXAMPLES // n_examples)
+    else:
+        n_epochs = hp.n_epochs
+    if hp.batch_size == "auto":
+        batch_size = min(32, 2 ** int(math.log2(max(1, n_examples // 20))))
+    else:
+        batch_size = hp.batch_size
+    batch_size = min(batch_size, max(1, n_examples))
+    multiplier = 1.0 if hp.learning_rate_multiplier == "auto" else hp.learning_rate_multiplier
+    base = BASE_LEARNING_RATE.get(family, DEFAULT_BASE_LEARNING_RATE)
+    return ResolvedHyperparameters(
+        n_epochs=n_epochs,
+        batch_size=batch_size,
+        learning_rate_multiplier=multiplier,
+        learning_rate=base * multiplier,
+        seed=seed,
+    )
+
+
+def parse_config(data: dict) -> TuneConfig:
+    """Build a ``TuneConfig``; every invalid field is reported at once, each by its dotted name."""
+    from pydantic import ValidationError
+
+    from tempering.errors import InvalidConfigError
+
+    try:
+        return TuneConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = [f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()]
+        first = exc.errors()[0]["loc"]
+        raise InvalidConfigError("invalid job config: " + "; ".join(problems),
+                                 param=".".join(str(p) for p in first) or None) from exc

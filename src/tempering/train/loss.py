@@ -1,0 +1,49 @@
+"""Causal-LM loss computed only where it counts.
+
+The LM head (hidden × vocabulary, the largest matmul of a small model) runs only at the positions whose
+next token carries loss, instead of at every position as ``model(labels=...)`` does: for chat data with
+long system/user turns that is most of the head's work saved, with the same loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from tempering.data.encode import IGNORE_INDEX
+
+
+@dataclass
+class LossResult:
+    loss_sum: torch.Tensor  # summed over trained tokens (differentiable)
+    n_tokens: int  # trained tokens
+    n_correct: int  # trained tokens whose argmax prediction was right
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.loss_sum / max(self.n_tokens, 1)
+
+
+def causal_lm(model):
+    """The ``*ForCausalLM`` module under a PEFT wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def sparse_lm_loss(model, batch: dict) -> LossResult:
+    lm = causal_lm(model)
+    backbone = getattr(lm, lm.base_model_prefix)
+    device = next(lm.parameters()).device
+    input_ids = batch["input_ids"].to(device)
+    hidden = backbone(
+        input_ids=input_ids, attention_mask=batch["attention_mask"].to(device), use_cache=False
+    ).last_hidden_state
+    targets = batch["labels"][:, 1:].to(device)
+    positions = targets != IGNORE_INDEX
+    selected = hidden[:, :-1][positions]
+    logits = lm.get_output_embeddings()(selected).float()
+    wanted = targets[positions]
+    loss_sum = F.cross_entropy(logits, wanted, reduction="sum")
+    n_correct = int((logits.detach().argmax(-1) == wanted).sum())
+    return LossResult(loss_sum=loss_sum, n_tokens=int(wanted.numel()), n_correct=n_correct)

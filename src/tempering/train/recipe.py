@@ -1,0 +1,278 @@
+"""The LoRA supervised fine-tuning recipe: ``tune(config) -> TuneResult``, split by stage.
+
+setup (model card, tokenizer, validated data, hyperparameters, LoRA-wrapped model) → fit (epochs of
+length-grouped batches, a checkpoint per epoch) → validate (base vs fine-tuned loss) → save (the adapter
+and its metadata, atomically). Progress leaves as event dicts, written to the run's ``events.jsonl`` and
+handed to ``on_event``; this module prints nothing and knows nothing about HTTP or databases.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from pydantic import BaseModel
+
+from tempering.catalog import get_card, load_causal_lm, load_tokenizer
+from tempering.data import EncodedExample, encode_chat, load_chat_file
+from tempering.errors import InvalidConfigError
+from tempering.hardware import select_placement
+from tempering.train import artifacts
+from tempering.train.batching import collate, epoch_batches
+from tempering.train.checkpoint import save_checkpoint
+from tempering.train.config import ResolvedHyperparameters, TuneConfig, resolve_hyperparameters
+from tempering.train.loss import sparse_lm_loss
+
+EventSink = Callable[[dict], None]
+HOLDOUT_FRACTION, MIN_EXAMPLES_FOR_HOLDOUT = 0.1, 20
+
+
+class TuneResult(BaseModel):
+    model_id: str
+    base_model: str
+    output_dir: str
+    run_dir: str
+    trained_tokens: int
+    seconds: float
+    train_loss: float | None
+    valid_loss: float | None
+    valid_mean_token_accuracy: float | None
+    base_valid_loss: float | None
+    base_valid_mean_token_accuracy: float | None
+    n_train_examples: int
+    n_valid_examples: int
+    hyperparameters: ResolvedHyperparameters
+
+
+@dataclass
+class Setup:
+    config: TuneConfig
+    base_model: str
+    parent: str | None  # the fine-tuned model this run continues, if any
+    tokenizer: object
+    model: object  # a PeftModel
+    train: list[EncodedExample]
+    valid: list[EncodedExample]
+    hp: ResolvedHyperparameters
+    max_length: int
+    short_id: str
+    folder: Path
+    log: artifacts.RunLog
+    on_event: EventSink | None
+    data_sha256: dict
+
+    def emit(self, message: str, *, type: str = "message", level: str = "info", **data) -> None:
+        event = {"created_at": int(time.time()), "level": level, "type": type, "message": message, "data": data}
+        self.log.event(event)
+        if self.on_event is not None:
+            self.on_event(event)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _holdout(examples: list, seed: int) -> tuple[list, list]:
+    if len(examples) < MIN_EXAMPLES_FOR_HOLDOUT:
+        return examples, []
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    n_valid = max(2, round(HOLDOUT_FRACTION * len(examples)))
+    held = set(order[:n_valid])
+    return [e for i, e in enumerate(examples) if i not in held], [examples[i] for i in sorted(held)]
+
+
+def _wrap_lora(model, config: TuneConfig, parent_folder: Path | None):
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if parent_folder is not None:  # continue training the parent's adapter
+        return PeftModel.from_pretrained(model, parent_folder, is_trainable=True)
+    lora = LoraConfig(
+        r=config.lora.rank,
+        lora_alpha=config.lora.alpha,
+        lora_dropout=config.lora.dropout,
+        target_modules=config.lora.target_modules,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, lora)
+
+
+def setup(config: TuneConfig, on_event: EventSink | None = None) -> Setup:
+    seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
+    parent, parent_folder, base_model = None, None, config.model
+    if artifacts.is_finetuned_id(config.model):
+        parent_folder, meta = artifacts.resolve_finetuned(config.model)
+        parent, base_model = config.model, meta["base_model"]
+    card = get_card(base_model)
+    if not card.fine_tunable:
+        raise InvalidConfigError(f"{card.id} cannot be fine-tuned", param="model")
+    placement = select_placement(config.device)
+    tokenizer = load_tokenizer(card)
+    max_length = min(config.max_seq_length or card.context_length, card.context_length)
+
+    train_msgs, _ = load_chat_file(config.training_file, tokenizer=tokenizer, context_length=card.context_length)
+    data_sha256 = {"training_file": _sha256(config.training_file)}
+    if config.validation_file is not None:
+        valid_msgs, _ = load_chat_file(config.validation_file, tokenizer=tokenizer,
+                                       context_length=card.context_length, min_examples=1)
+        data_sha256["validation_file"] = _sha256(config.validation_file)
+    else:
+        train_msgs, valid_msgs = _holdout(train_msgs, seed)
+    train = [encode_chat(tokenizer, m) for m in train_msgs]
+    valid = [encode_chat(tokenizer, m) for m in valid_msgs]
+    hp = resolve_hyperparameters(config, len(train), card.family, seed)
+
+    torch.manual_seed(seed)  # LoRA A matrices are initialised randomly
+    model = _wrap_lora(load_causal_lm(card, placement), config, parent_folder)
+    short_id = artifacts.new_short_id()
+    folder = artifacts.run_dir(short_id)
+    state = Setup(config, card.id, parent, tokenizer, model, train, valid, hp, max_length, short_id,
+                  folder, artifacts.RunLog(folder), on_event, data_sha256)
+    state.emit(f"Created run {short_id}: {len(train)} training and {len(valid)} validation examples, "
+               f"{hp.n_epochs} epoch(s), batch size {hp.batch_size}, learning rate {hp.learning_rate:g}, "
+               f"{placement.device.type}/{placement.dtype_name}", hyperparameters=hp.model_dump())
+    return state
+
+
+@torch.inference_mode()
+def evaluate(model, examples: list[EncodedExample], pad_id: int, max_length: int, batch_size: int = 16) -> dict:
+    """Token-weighted loss and accuracy over the trained tokens of ``examples``."""
+    if not examples:
+        return {"loss": None, "mean_token_accuracy": None, "perplexity": None}
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]))
+    loss_sum, n_tokens, n_correct = 0.0, 0, 0
+    for start in range(0, len(order), batch_size):
+        batch = collate([examples[i] for i in order[start : start + batch_size]], pad_id, max_length)
+        result = sparse_lm_loss(model, batch)
+        loss_sum += float(result.loss_sum)
+        n_tokens += result.n_tokens
+        n_correct += result.n_correct
+    model.train(was_training)
+    loss = loss_sum / max(n_tokens, 1)
+    return {"loss": loss, "mean_token_accuracy": n_correct / max(n_tokens, 1), "perplexity": math.exp(loss)}
+
+
+def _optimizer_and_schedule(s: Setup, total_steps: int):
+    from transformers import get_cosine_schedule_with_warmup
+
+    params = [p for p in s.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=s.hp.learning_rate, weight_decay=s.config.weight_decay)
+    warmup = int(s.config.warmup_ratio * total_steps)
+    return optimizer, get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
+
+
+def fit(s: Setup) -> dict:
+    """Train for the resolved epochs; returns the last epoch's mean train loss and the step count."""
+    pad_id = s.tokenizer.pad_token_id
+    lengths = [len(e) for e in s.train]
+    steps_per_epoch = math.ceil(len(s.train) / s.hp.batch_size)
+    total_steps = steps_per_epoch * s.hp.n_epochs
+    optimizer, scheduler = _optimizer_and_schedule(s, total_steps)
+    s.emit("Fine-tuning started", type="started", total_steps=total_steps, steps_per_epoch=steps_per_epoch)
+    s.model.train()
+    step, epoch_loss = 0, None
+    for epoch in range(1, s.hp.n_epochs + 1):
+        loss_sum, token_sum = 0.0, 0
+        for index in epoch_batches(lengths, s.hp.batch_size, s.hp.seed, epoch):
+            began = time.perf_counter()
+            batch = collate([s.train[i] for i in index], pad_id, s.max_length)
+            result = sparse_lm_loss(s.model, batch)
+            result.mean.backward()
+            torch.nn.utils.clip_grad_norm_([p for p in s.model.parameters() if p.requires_grad], 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            loss = float(result.mean.detach())
+            loss_sum += float(result.loss_sum.detach())
+            token_sum += result.n_tokens
+            real_tokens = int(batch["attention_mask"].sum())
+            row = {"step": step, "train_loss": loss,
+                   "train_mean_token_accuracy": result.n_correct / max(result.n_tokens, 1)}
+            s.emit(f"Step {step}/{total_steps}: training loss={loss:.4f}", type="metrics", epoch=epoch, **row,
+                   tokens_per_second=real_tokens / (time.perf_counter() - began),
+                   learning_rate=scheduler.get_last_lr()[0], total_steps=total_steps)
+            s.log.metrics_row(row)
+        epoch_loss = loss_sum / max(token_sum, 1)
+        valid = evaluate(s.model, s.valid, pad_id, s.max_length)
+        metrics = {"train_loss": epoch_loss, "valid_loss": valid["loss"],
+                   "valid_mean_token_accuracy": valid["mean_token_accuracy"], "valid_perplexity": valid["perplexity"]}
+        if valid["loss"] is not None:
+            s.log.metrics_row({"step": step, "valid_loss": valid["loss"],
+                               "valid_mean_token_accuracy": valid["mean_token_accuracy"]})
+        path = save_checkpoint(s.folder, model=s.model, optimizer=optimizer, scheduler=scheduler, step=step,
+                               epoch=epoch, batches_done=steps_per_epoch, metrics=metrics)
+        s.emit(f"Epoch {epoch}/{s.hp.n_epochs} done: " + ", ".join(
+            f"{k}={v:.4f}" for k, v in metrics.items() if v is not None), type="epoch", epoch=epoch,
+            step=step, checkpoint=str(path), **metrics)
+    return {"train_loss": epoch_loss, "steps": step}
+
+
+def _save_model(s: Setup, model_id: str, metadata: dict) -> Path:
+    target = s.folder / "model"
+    with artifacts.atomic_dir(target) as tmp:
+        s.model.save_pretrained(tmp)
+        artifacts.write_json_atomic(tmp / artifacts.METADATA, metadata)
+    return target
+
+
+def _versions() -> dict:
+    import peft
+    import transformers
+
+    import tempering
+
+    return {"tempering": tempering.__version__, "torch": torch.__version__,
+            "transformers": transformers.__version__, "peft": peft.__version__}
+
+
+def tune(config: TuneConfig, *, on_event: EventSink | None = None) -> TuneResult:
+    """Fine-tune ``config.model`` on ``config.training_file``; the result names the new model."""
+    started = time.perf_counter()
+    s = setup(config, on_event)
+    pad_id = s.tokenizer.pad_token_id
+    with s.model.disable_adapter():
+        base = evaluate(s.model, s.valid, pad_id, s.max_length)
+    if base["loss"] is not None:
+        s.emit(f"Base model validation loss {base['loss']:.4f}", type="base_eval", **base)
+    fitted = fit(s)
+    final = evaluate(s.model, s.valid, pad_id, s.max_length)
+    s.log.metrics_row({"step": fitted["steps"], "full_valid_loss": final["loss"],
+                       "full_valid_mean_token_accuracy": final["mean_token_accuracy"]})
+    model_id = artifacts.model_id_for(s.base_model, config.suffix, s.short_id)
+    trained_tokens = sum(len(e) for e in s.train) * s.hp.n_epochs
+    seconds = time.perf_counter() - started
+    metrics = {"train_loss": fitted["train_loss"], "full_valid_loss": final["loss"],
+               "full_valid_mean_token_accuracy": final["mean_token_accuracy"],
+               "full_valid_perplexity": final["perplexity"], "base_valid_loss": base["loss"],
+               "base_valid_mean_token_accuracy": base["mean_token_accuracy"]}
+    metadata = {
+        "id": model_id, "object": "model", "base_model": s.base_model, "parent_model": s.parent,
+        "created_at": int(time.time()), "run_id": s.short_id,
+        "config": config.model_dump(mode="json"), "hyperparameters": s.hp.model_dump(),
+        "data_sha256": s.data_sha256, "n_train_examples": len(s.train), "n_valid_examples": len(s.valid),
+        "trained_tokens": trained_tokens, "seconds": round(seconds, 2), "metrics": metrics,
+        "versions": _versions(),
+    }
+    output = _save_model(s, model_id, metadata)
+    s.emit(f"New fine-tuned model {model_id}", type="succeeded", model_id=model_id, output_dir=str(output))
+    return TuneResult(
+        model_id=model_id, base_model=s.base_model, output_dir=str(output), run_dir=str(s.folder),
+        trained_tokens=trained_tokens, seconds=round(seconds, 2), train_loss=fitted["train_loss"],
+        valid_loss=final["loss"], valid_mean_token_accuracy=final["mean_token_accuracy"],
+        base_valid_loss=base["loss"], base_valid_mean_token_accuracy=base["mean_token_accuracy"],
+        n_train_examples=len(s.train), n_valid_examples=len(s.valid), hyperparameters=s.hp,
+    )
