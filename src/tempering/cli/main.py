@@ -1,0 +1,28 @@
+"""Entry point: assembles the command groups. Thin on purpose."""
+
+from __future__ import annotations
+
+import typer
+
+from tempering.cli import chat, data, models, tune
+from tempering.cli.common import ErrorTranslatingGroup
+
+app = typer.Typer(
+    cls=ErrorTranslatingGroup,
+    help="Tempering: fine-tune small language models on your own machines.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+app.add_typer(models.app, name="models")
+app.add_typer(data.app, name="data")
+app.command("tune")(tune.tune)
+app.command("chat")(chat.chat)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

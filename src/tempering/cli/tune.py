@@ -1,0 +1,84 @@
+"""``tempering tune``: fine-tune a model on a chat JSONL file and print the new model's id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from tempering.catalog import DEFAULT_MODEL_ID
+from tempering.cli.common import err, out, print_json, quiet_libraries
+from tempering.train.config import parse_config
+
+
+class _ProgressSink:
+    """Turns the recipe's events into a rich progress bar (step, loss, tokens/s) and log lines."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.task = None
+
+    def __call__(self, event: dict) -> None:
+        data = event["data"]
+        if event["type"] == "started":
+            self.task = self.progress.add_task("training", total=data["total_steps"], loss="", speed="")
+        elif event["type"] == "metrics" and self.task is not None:
+            self.progress.update(self.task, completed=data["step"], loss=f"loss {data['train_loss']:.3f}",
+                                 speed=f"{data['tokens_per_second']:.0f} tok/s")
+        else:
+            self.progress.console.print(f"[dim]{event['message']}[/]", highlight=False)
+
+
+def run_with_progress(config, console):
+    """Run ``tune`` with a live progress bar (step, loss, tokens/s) on ``console``."""
+    from tempering.train.recipe import tune as run_tune  # torch loads here, not for --help
+
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[loss]}"), TextColumn("{task.fields[speed]}"), TimeElapsedColumn()]
+    with Progress(*columns, console=console) as progress:
+        return run_tune(config, on_event=_ProgressSink(progress))
+
+
+def _fmt(value) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+def tune(
+    training_file: Annotated[Path, typer.Argument(help="Chat JSONL to train on.", exists=True, dir_okay=False)],
+    validation: Annotated[Path | None, typer.Option("--validation", help="Chat JSONL to validate on.",
+                                                    exists=True, dir_okay=False)] = None,
+    model: Annotated[str, typer.Option(help="Base model id, or a fine-tuned model id to continue.")]
+    = DEFAULT_MODEL_ID,
+    epochs: Annotated[int | None, typer.Option(help="Epochs (default: auto).")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size (default: auto).")] = None,
+    learning_rate_multiplier: Annotated[float | None, typer.Option(help="× the family's base rate "
+                                                                        "(default: auto = 1).")] = None,
+    suffix: Annotated[str | None, typer.Option(help="Put in the new model's id.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed (default: random, recorded).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="End with one JSON object describing the result.")]
+    = False,
+) -> None:
+    """LoRA fine-tune a model; prints the new fine-tuned model id."""
+    quiet_libraries()
+    hyperparameters = {"n_epochs": epochs, "batch_size": batch_size,
+                       "learning_rate_multiplier": learning_rate_multiplier}
+    config = parse_config({
+        "model": model, "training_file": training_file, "validation_file": validation, "suffix": suffix,
+        "seed": seed, "hyperparameters": {k: v for k, v in hyperparameters.items() if v is not None},
+    })
+    result = run_with_progress(config, err)
+    if as_json:
+        print_json(result.model_dump(mode="json"))
+        return
+    table = Table(title="Validation", title_justify="left")
+    for column in ("model", "loss", "mean token accuracy"):
+        table.add_column(column)
+    table.add_row(f"base ({result.base_model})", _fmt(result.base_valid_loss),
+                  _fmt(result.base_valid_mean_token_accuracy))
+    table.add_row("fine-tuned", _fmt(result.valid_loss), _fmt(result.valid_mean_token_accuracy))
+    err.print(table)
+    err.print(f"{result.trained_tokens:,} trained tokens in {result.seconds:.1f} s; saved to {result.output_dir}")
+    out.print(result.model_id)

@@ -1,0 +1,117 @@
+"""Local generation: load a base or fine-tuned model and stream its answer to a conversation.
+
+The prompt is built by ``tempering.data.encode.encode_prompt``, the same template code training uses, so
+what is served is what was trained. The decode loop is a plain KV-cached loop over token ids that yields
+text chunks as soon as they are complete UTF-8. Knows nothing about HTTP.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+from pydantic import BaseModel, Field
+
+from tempering.catalog import get_card, load_causal_lm, load_tokenizer
+from tempering.data.encode import encode_prompt
+from tempering.errors import InvalidConfigError
+from tempering.hardware import select_placement
+from tempering.train import artifacts
+
+
+class SamplingParams(BaseModel):
+    max_tokens: int = Field(default=256, ge=1, description="Most tokens to generate.")
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="0 picks the likeliest token (greedy).")
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    seed: int | None = Field(default=None, description="Seed for sampling (temperature > 0).")
+
+
+@dataclass
+class Chunk:
+    text: str
+    finish_reason: str | None = None  # "stop" or "length" on the last chunk
+
+
+@dataclass
+class ChatModel:
+    model_id: str
+    base_model: str
+    tokenizer: object
+    model: object
+    context_length: int
+    eos_ids: set[int] = field(default_factory=set)
+
+
+def _eos_ids(tokenizer, model) -> set[int]:
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    ids |= set(configured if isinstance(configured, list) else [configured])
+    return {i for i in ids if i is not None}
+
+
+def load_chat_model(model_id: str, device: str = "auto") -> ChatModel:
+    """A catalog id loads the base model; a fine-tuned id loads its base plus the adapter, merged."""
+    placement = select_placement(device)
+    base_id, adapter = model_id, None
+    if artifacts.is_finetuned_id(model_id):
+        adapter, meta = artifacts.resolve_finetuned(model_id)
+        base_id = meta["base_model"]
+    card = get_card(base_id)
+    tokenizer = load_tokenizer(card)
+    model = load_causal_lm(card, placement)
+    if adapter is not None:
+        from peft import PeftModel
+
+        # One adapter, one user: merging makes every decode step as cheap as the base model's.
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload().eval()
+    return ChatModel(model_id, card.id, tokenizer, model, card.context_length, _eos_ids(tokenizer, model))
+
+
+def _pick(logits: torch.Tensor, params: SamplingParams, generator) -> int:
+    if params.temperature == 0.0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
+    if params.top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        keep = sorted_probs.cumsum(-1) - sorted_probs < params.top_p
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+    return int(torch.multinomial(probs, 1, generator=generator))
+
+
+@torch.inference_mode()
+def generate(chat: ChatModel, messages: list[dict], params: SamplingParams | None = None) -> Iterator[Chunk]:
+    """Stream the assistant's answer to ``messages`` as text chunks."""
+    params = params or SamplingParams()
+    prompt = encode_prompt(chat.tokenizer, messages)
+    if len(prompt) >= chat.context_length:
+        raise InvalidConfigError(f"the conversation is {len(prompt)} tokens; the model's context is "
+                                 f"{chat.context_length}", param="messages")
+    budget = min(params.max_tokens, chat.context_length - len(prompt))
+    generator = None
+    if params.seed is not None:
+        generator = torch.Generator().manual_seed(params.seed)
+    device = next(chat.model.parameters()).device
+    input_ids = torch.tensor([prompt], device=device)
+    cache = DynamicCache(config=chat.model.config)  # filled in place by each forward
+    produced, emitted = [], ""
+    finish = "length"
+    for _ in range(budget):
+        out = chat.model(input_ids=input_ids, cache=cache, use_cache=True)
+        token = _pick(out.logits[0, -1].cpu(), params, generator)
+        if token in chat.eos_ids:
+            finish = "stop"
+            break
+        produced.append(token)
+        text = chat.tokenizer.decode(produced, skip_special_tokens=True)
+        if not text.endswith("\ufffd"):  # wait until a multi-byte character is complete
+            yield Chunk(text[len(emitted):])
+            emitted = text
+        input_ids = torch.tensor([[token]], device=device)
+    text = chat.tokenizer.decode(produced, skip_special_tokens=True)
+    yield Chunk(text[len(emitted):], finish_reason=finish)
+
+
+def complete(chat: ChatModel, messages: list[dict], params: SamplingParams | None = None) -> str:
+    return "".join(chunk.text for chunk in generate(chat, messages, params))
