@@ -1,4 +1,4 @@
-"""``tempering data``: check training data before any job runs."""
+"""``tempering data``: convert, check, report on and split training data before any job runs."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ from rich.table import Table
 
 from tempering import catalog
 from tempering.cli.common import err, out, print_json, quiet_libraries
-from tempering.data import ValidationReport, validate_file
+from tempering.data import ValidationReport
+from tempering.data.formats import FORMATS, read_examples, validate_any, write_jsonl
+from tempering.data.report import DataReport, Distribution, infer_labels, report_files
+from tempering.data.split import split_examples
 
-app = typer.Typer(help="Validate training data.", no_args_is_help=True)
+app = typer.Typer(help="Convert, validate, report on and split training data.", no_args_is_help=True)
 
 SHOWN_ISSUES = 50
 
@@ -41,17 +44,38 @@ def _stats_line(stats: dict) -> str:
     return line
 
 
+# Options shared by the commands below; their help text lives here once.
+FormatOption = Annotated[str | None, typer.Option(
+    "--format", help=f"Input format, one of {', '.join(FORMATS)} (default: detected from the file).")]
+TextColumn = Annotated[str | None, typer.Option(
+    help="Classification: the column holding the text (default: detected, e.g. text, sentence, query).")]
+LabelColumn = Annotated[str | None, typer.Option(
+    help="Classification: the column holding the label (default: detected, e.g. label, category, intent).")]
+ModelOption = Annotated[str, typer.Option(
+    help="Catalog id whose tokenizer, chat template and context length count tokens.")]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
+SkipInvalid = Annotated[bool, typer.Option(
+    help="Leave out lines that fail to convert (they are still listed) instead of stopping.")]
+OutputFormat = Annotated[str, typer.Option(
+    "--to", help="Write chat JSONL ({\"messages\"}) or classification JSONL ({\"text\",\"label\"}).")]
+InputFile = Annotated[Path, typer.Argument(help="Training data in any supported format.", exists=True,
+                                           dir_okay=False)]
+
+
 @app.command("validate")
 def validate(
-    file: Annotated[Path, typer.Argument(help="Chat-completions JSONL file.", exists=True, dir_okay=False)],
-    model: Annotated[str, typer.Option(help="Catalog id whose tokenizer and context length count tokens.")]
-    = catalog.DEFAULT_MODEL_ID,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    file: InputFile,
+    model: ModelOption = catalog.DEFAULT_MODEL_ID,
+    format: FormatOption = None,
+    text_column: TextColumn = None,
+    label_column: LabelColumn = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Check a training file and report every problem with its line number. Exit 0 if valid, 1 if not."""
     quiet_libraries()
     card = catalog.get_card(model)
-    report = validate_file(file, tokenizer=catalog.load_tokenizer(card), context_length=card.context_length)
+    report = validate_any(file, format, text_column=text_column, label_column=label_column,
+                          tokenizer=catalog.load_tokenizer(card), context_length=card.context_length)
     if as_json:
         print_json(report.model_dump(mode="json"))
     else:
@@ -63,3 +87,202 @@ def validate(
         else:
             err.print(f"[bold red]invalid[/]: {len(report.errors)} error(s), {len(report.warnings)} warning(s)")
     raise typer.Exit(0 if report.valid else 1)
+
+
+def _read(file: Path, format, text_column, label_column, skip_invalid: bool):
+    """Examples and their conversion report; stops (exit 1, the problems shown) on bad lines unless skipping."""
+    examples, report = read_examples(file, format, text_column=text_column, label_column=label_column)
+    if report.errors or report.warnings:
+        err.print(_issues_table(report))
+    if not examples or (report.errors and not skip_invalid):
+        err.print(f"[bold red]not converted[/]: {report.summary()}"
+                  + ("" if not examples else "; fix the lines or pass --skip-invalid"))
+        raise typer.Exit(1)
+    return examples, report
+
+
+@app.command("convert")
+def convert(
+    file: InputFile,
+    output: Annotated[Path, typer.Argument(help="JSONL file to write.", dir_okay=False)],
+    format: FormatOption = None,
+    text_column: TextColumn = None,
+    label_column: LabelColumn = None,
+    to: OutputFormat = "chat",
+    skip_invalid: SkipInvalid = False,
+) -> None:
+    """Convert any supported format to canonical chat JSONL (or classification rows with --to)."""
+    if to not in ("chat", "classification"):
+        raise typer.BadParameter("use chat or classification", param_hint="--to")
+    examples, report = _read(file, format, text_column, label_column, skip_invalid)
+    write_jsonl(examples, output, to)
+    skipped = report.stats["examples"] - len(examples)
+    err.print(f"[green]converted[/] {len(examples)} {report.format} example(s) to {to} JSONL"
+              + (f", skipped {skipped} bad line(s)" if skipped else ""))
+    out.print(str(output))
+
+
+
+# ---------------------------------------------------------------- report
+
+
+SHOWN_CLASSES = 10
+
+
+def _dist_row(name: str, d: Distribution | None) -> list[str]:
+    if d is None:
+        return [name, "—", "—", "—", "—", "—", "—"]
+    return [name] + [f"{v:,.0f}" if k != "mean" else f"{v:,.1f}" for k, v in d.model_dump().items()]
+
+
+def _counts_table(r: DataReport) -> Table:
+    c = r.counts
+    table = Table(title="Counts", title_justify="left")
+    for column in ("", "min", "median", "p95", "max", "mean", "total"):
+        table.add_column(column, justify="left" if not column else "right")
+    table.add_row(*_dist_row("tokens per example", c.tokens_per_example))
+    table.add_row(*_dist_row("trained tokens per example", c.trained_tokens_per_example))
+    table.add_row(*_dist_row("assistant answer characters", r.diversity.assistant_chars))
+    roles = ", ".join(f"{n:,} {role}" for role, n in c.messages_by_role.items())
+    tokens = ", ".join(f"{n:,} {role}" for role, n in (c.tokens_by_role or {}).items())
+    valid = "" if c.validation_examples is None else f", {c.validation_examples:,} validation examples"
+    table.caption = (f"{c.examples:,} training examples{valid}; messages: {roles}"
+                     + (f"; content tokens: {tokens}" if tokens else "")
+                     + (f"; {len(c.over_context)} over the {c.context_length:,}-token context" if c.context_length else ""))
+    return table
+
+
+def _labels_table(r: DataReport) -> Table | None:
+    labels = r.labels
+    if labels is None:
+        return None
+    table = Table(title=f"Labels ({labels.n_classes} classes, imbalance {labels.imbalance_ratio:g}:1)",
+                  title_justify="left")
+    table.add_column("class")
+    table.add_column("train", justify="right")
+    if labels.validation_counts is not None:
+        table.add_column("validation", justify="right")
+    items = list(labels.counts.items())
+    shown = items if len(items) <= 2 * SHOWN_CLASSES else items[:SHOWN_CLASSES] + [("…", None)] + items[-SHOWN_CLASSES:]
+    for name, n in shown:
+        row = [name, "" if n is None else f"{n:,}"]
+        if labels.validation_counts is not None:
+            row.append("" if n is None else f"{labels.validation_counts.get(name, 0):,}")
+        table.add_row(*row)
+    return table
+
+
+def _overview_table(r: DataReport) -> Table:
+    d, dv = r.duplicates, r.diversity
+    table = Table(title="Duplicates and diversity", title_justify="left", show_header=False)
+    table.add_column("what")
+    table.add_column("value", overflow="fold")
+    table.add_row("exact duplicates", f"{d.exact_extra} ({len(d.exact)} groups)")
+    table.add_row("near duplicates", f"{d.near_extra} ({len(d.near)} groups)")
+    table.add_row("prompts repeated with other answers", str(len(d.repeated_prompts)))
+    if r.validation_file:
+        table.add_row("leaked into validation", f"{sum(len(g.validation_lines) for g in d.leaked_exact)} exact, "
+                      f"{sum(len(g.validation_lines) for g in d.leaked_near)} near, "
+                      f"{sum(len(g.validation_lines) for g in d.leaked_prompts)} same prompt")
+    table.add_row("distinct prompts", f"{dv.distinct_prompts:,} (system prompts: {dv.distinct_system_prompts})")
+    table.add_row("distinct user openings", f"{dv.distinct_user_openings:,}; most common {dv.top_user_opening!r} "
+                  f"({dv.top_user_opening_share:.1%})")
+    table.add_row("distinct final answers", f"{dv.distinct_assistant_answers:,}; most common "
+                  f"{(dv.top_assistant_answer or '')[:50]!r} ({dv.top_assistant_answer_share:.1%})")
+    if dv.assistant_length_cv is not None:
+        table.add_row("answer length spread (std/mean)", f"{dv.assistant_length_cv:.2f}")
+    return table
+
+
+def _findings_table(r: DataReport) -> Table:
+    table = Table(title="Findings", title_justify="left")
+    for column in ("level", "code", "message"):
+        table.add_column(column, overflow="fold")
+    styles = {"error": "red", "warning": "yellow", "info": "dim"}
+    for f in r.findings:
+        table.add_row(f"[{styles[f.level]}]{f.level}[/]", f.code, f.message)
+    return table
+
+
+@app.command("report")
+def report(
+    train: InputFile,
+    validation: Annotated[Path | None, typer.Option("--validation", help="Validation data, same format.",
+                                                    exists=True, dir_okay=False)] = None,
+    model: ModelOption = catalog.DEFAULT_MODEL_ID,
+    format: FormatOption = None,
+    text_column: TextColumn = None,
+    label_column: LabelColumn = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Quality report: counts, tokens, duplicates and leakage, labels, diversity, suspicious content."""
+    quiet_libraries()
+    card = catalog.get_card(model)
+    result = report_files(train, validation, format=format, text_column=text_column, label_column=label_column,
+                          tokenizer=catalog.load_tokenizer(card), context_length=card.context_length, model=card.id)
+    if as_json:
+        print_json(result.model_dump(mode="json"))
+        return
+    out.print(f"[bold]{result.train_file}[/] ({result.format}), tokens by {card.id}")
+    for table in (_counts_table(result), _labels_table(result), _overview_table(result), _findings_table(result)):
+        if table is not None:
+            out.print(table)
+    style = {"ready": "green", "review": "yellow", "blocked": "bold red"}[result.verdict.status]
+    out.print(f"[{style}]{result.verdict.status}[/]: {result.verdict.summary}")
+    for advice in result.verdict.advice:
+        out.print(f"  • {advice}", highlight=False)
+
+
+# ---------------------------------------------------------------- split
+
+
+@app.command("split")
+def split(
+    file: InputFile,
+    validation_fraction: Annotated[float, typer.Option(help="Share of examples held out for validation.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Seed; the same seed and data give the same split.")] = 0,
+    out_dir: Annotated[Path, typer.Option(help="Folder for <name>.train.jsonl, <name>.validation.jsonl and "
+                                                "<name>.split.json (which line went where).",
+                                          file_okay=False)] = Path("."),
+    format: FormatOption = None,
+    text_column: TextColumn = None,
+    label_column: LabelColumn = None,
+    to: OutputFormat = "chat",
+    skip_invalid: SkipInvalid = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Split a file into training and validation: seeded, stratified by label, duplicates on one side."""
+    import json
+
+    examples, conversion = _read(file, format, text_column, label_column, skip_invalid)
+    messages = [e.messages for e in examples]
+    labels = [e.label for e in examples] if conversion.format == "classification" else infer_labels(messages)
+    result = split_examples(messages, labels, validation_fraction, seed)
+    train, valid = result.apply(examples)
+    stem = file.name.split(".")[0]
+    paths = {"train_file": out_dir / f"{stem}.train.jsonl", "validation_file": out_dir / f"{stem}.validation.jsonl"}
+    write_jsonl(train, paths["train_file"], to)
+    write_jsonl(valid, paths["validation_file"], to)
+    manifest = {"source": str(file), **{k: str(v) for k, v in paths.items()},
+                "train_lines": [e.line for e in train], "validation_lines": [e.line for e in valid],
+                **result.model_dump(mode="json", exclude={"train_indices", "validation_indices"})}
+    (out_dir / f"{stem}.split.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    if as_json:
+        print_json(manifest)
+        return
+    how = "stratified by label" if result.stratified else "not stratified (no labels)"
+    out.print(f"{len(train):,} training and {len(valid):,} validation examples ({how}, seed {seed}); "
+              f"{result.duplicate_groups} group(s) of examples sharing a prompt kept on one side")
+    if result.by_label:
+        table = Table(title="Per class", title_justify="left")
+        for column in ("class", "train", "validation"):
+            table.add_column(column, justify="left" if column == "class" else "right")
+        for name, n in list(result.by_label.items())[: 2 * SHOWN_CLASSES]:
+            table.add_row(name, str(n.train), str(n.validation))
+        if len(result.by_label) > 2 * SHOWN_CLASSES:
+            table.caption = f"… {len(result.by_label) - 2 * SHOWN_CLASSES} more in {stem}.split.json"
+        out.print(table)
+    for note in result.notes:
+        err.print(f"[yellow]note[/]: {note}", highlight=False)
+    for path in paths.values():
+        out.print(str(path))

@@ -12,7 +12,7 @@ import hashlib
 import json
 import statistics
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -163,11 +163,13 @@ def validate_file(
     context_length: int | None = None,
     min_examples: int = MIN_EXAMPLES,
     on_example=None,
+    lines: Iterable[tuple[int, bytes]] | None = None,
 ) -> ValidationReport:
     """Validate ``path``; with a tokenizer, count tokens and flag examples over ``context_length``.
 
     ``on_example(line, messages)`` is called for each structurally valid example, so a caller can
-    collect them in the same single pass.
+    collect them in the same single pass. ``lines`` replaces reading ``path``: (line number, chat JSON)
+    pairs converted from another format, so every issue keeps the original file's line numbers.
     """
     from tempering.data.encode import encode_chat
 
@@ -179,7 +181,7 @@ def validate_file(
     tokens: list[int] = []
     trained: list[int] = []
     n_lines = n_examples = n_valid = 0
-    for number, raw in iter_lines(path):
+    for number, raw in iter_lines(path) if lines is None else lines:
         n_lines = number
         if not raw.strip():
             warnings.append(Issue(line=number, code="blank_line", message="empty line, skipped"))
