@@ -7,7 +7,13 @@ so masking, training and serving run the same code paths as with a real model, i
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
+
+# Tiny models run fastest on one thread, and several OpenMP threads spin-waiting on a loaded 2-core machine
+# made tiny-model tests ~20x slower. Set before torch is imported; subprocesses inherit it. The end-to-end
+# tests on the real model give their subprocesses every core again.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest
 

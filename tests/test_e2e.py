@@ -29,7 +29,7 @@ def e2e_home(tmp_path_factory) -> Path:
 
 
 def tempering(home: Path, *args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TEMPERING_HOME": str(home)}
+    env = {**os.environ, "TEMPERING_HOME": str(home), "OMP_NUM_THREADS": str(os.cpu_count() or 1)}
     cli = [sys.executable, "-m", "tempering.cli.main", *map(str, args)]
     return subprocess.run(cli, env=env, capture_output=True, text=True, timeout=900, check=False)
 

@@ -89,9 +89,9 @@ def test_loss_decreases_on_a_repeated_batch(tiny_model, tmp_path):
 
     rows = [chat_example("Say the magic word.", "Abracadabra!")] * 12
     path = write_jsonl(tmp_path / "same.jsonl", rows)
-    config = _config(path, tiny_model, validation_file=path).model_copy(
-        update={"hyperparameters": {"n_epochs": 8, "batch_size": 4, "learning_rate_multiplier": 10.0}})
-    result = tune(TuneConfig.model_validate(config.model_dump()))
+    config = TuneConfig(model=tiny_model, training_file=path, validation_file=path, seed=3,
+                        hyperparameters={"n_epochs": 8, "batch_size": 4, "learning_rate_multiplier": 10.0})
+    result = tune(config)
     assert result.valid_loss < result.base_valid_loss - 1.0
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -24,7 +27,8 @@ class _ProgressSink:
     def __call__(self, event: dict) -> None:
         data = event["data"]
         if event["type"] == "started":
-            self.task = self.progress.add_task("training", total=data["total_steps"], loss="", speed="")
+            self.task = self.progress.add_task("training", total=data["total_steps"], completed=data["step"],
+                                               loss="", speed="")
         elif event["type"] == "metrics" and self.task is not None:
             self.progress.update(self.task, completed=data["step"], loss=f"loss {data['train_loss']:.3f}",
                                  speed=f"{data['tokens_per_second']:.0f} tok/s")
@@ -32,14 +36,33 @@ class _ProgressSink:
             self.progress.console.print(f"[dim]{event['message']}[/]", highlight=False)
 
 
-def run_with_progress(config, console):
+@contextlib.contextmanager
+def _stop_on_interrupt(console):
+    """First Ctrl-C asks the run to stop at the next step boundary (keeping a checkpoint); a second one
+    interrupts at once."""
+    requested = threading.Event()
+
+    def handler(signum, frame):  # noqa: ARG001 - signal's signature
+        if requested.is_set():
+            raise KeyboardInterrupt
+        requested.set()
+        console.print("[yellow]Stopping after this step (Ctrl-C again to abort now)…[/]")
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield requested.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def run_with_progress(config, console, *, resume: bool = False):
     """Run ``tune`` with a live progress bar (step, loss, tokens/s) on ``console``."""
     from tempering.train.recipe import tune as run_tune  # torch loads here, not for --help
 
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[loss]}"), TextColumn("{task.fields[speed]}"), TimeElapsedColumn()]
-    with Progress(*columns, console=console) as progress:
-        return run_tune(config, on_event=_ProgressSink(progress))
+    with Progress(*columns, console=console) as progress, _stop_on_interrupt(console) as should_stop:
+        return run_tune(config, on_event=_ProgressSink(progress), resume=resume, should_stop=should_stop)
 
 
 def _fmt(value) -> str:
@@ -54,22 +77,27 @@ def tune(
     = DEFAULT_MODEL_ID,
     epochs: Annotated[int | None, typer.Option(help="Epochs (default: auto).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size (default: auto).")] = None,
+    batch_size_multiplier: Annotated[float | None, typer.Option(help="Azure-style × on the batch size.")] = None,
     learning_rate_multiplier: Annotated[float | None, typer.Option(help="× the family's base rate "
                                                                         "(default: auto = 1).")] = None,
     suffix: Annotated[str | None, typer.Option(help="Put in the new model's id.")] = None,
     seed: Annotated[int | None, typer.Option(help="Random seed (default: random, recorded).")] = None,
+    checkpoint_every: Annotated[int | None, typer.Option(help="Also checkpoint every N steps.")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run started by this same "
+                                                          "command, from its latest checkpoint.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON object describing the result.")]
     = False,
 ) -> None:
     """LoRA fine-tune a model; prints the new fine-tuned model id."""
     quiet_libraries()
-    hyperparameters = {"n_epochs": epochs, "batch_size": batch_size,
+    hyperparameters = {"n_epochs": epochs, "batch_size": batch_size, "batch_size_multiplier": batch_size_multiplier,
                        "learning_rate_multiplier": learning_rate_multiplier}
     config = parse_config({
         "model": model, "training_file": training_file, "validation_file": validation, "suffix": suffix,
         "seed": seed, "hyperparameters": {k: v for k, v in hyperparameters.items() if v is not None},
+        "checkpoint_every_steps": checkpoint_every,
     })
-    result = run_with_progress(config, err)
+    result = run_with_progress(config, err, resume=resume)
     if as_json:
         print_json(result.model_dump(mode="json"))
         return

@@ -2,6 +2,7 @@
 
 One folder per run under ``TEMPERING_HOME/runs/<short id>/``::
 
+    run.json            config, resolved hyperparameters, data hashes, status (rewritten atomically)
     events.jsonl        one JSON object per event (messages and metrics), appended as the run goes
     results.csv         step metrics with OpenAI's column names
     checkpoints/        one complete folder per epoch (see ``checkpoint``)
@@ -25,6 +26,7 @@ from tempering.errors import ModelNotFoundError
 from tempering.settings import get_settings
 
 METADATA = "tempering.json"
+RUN_FILE = "run.json"  # the run's config, resolved hyperparameters, data hashes and status
 RESULT_COLUMNS = [
     "step",
     "train_loss",
@@ -89,6 +91,16 @@ class RunLog:
         with self.events_path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(event, default=str) + "\n")
 
+    def truncate_results(self, step: int) -> None:
+        """Drop metric rows after ``step``: a resumed run recomputes them."""
+        with self.results_path.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.reader(fh))
+        kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
+        tmp = self.results_path.with_name(f".{self.results_path.name}.tmp")
+        with tmp.open("w", newline="", encoding="utf-8") as fh:
+            csv.writer(fh).writerows(kept)
+        os.replace(tmp, self.results_path)
+
     def metrics_row(self, row: dict) -> None:
         with self.results_path.open("a", newline="", encoding="utf-8") as fh:
             csv.writer(fh).writerow(["" if row.get(c) is None else row[c] for c in RESULT_COLUMNS])
@@ -118,3 +130,34 @@ def list_finetuned() -> list[dict]:
         with contextlib.suppress(OSError, json.JSONDecodeError):
             found.append(json.loads(meta_path.read_text(encoding="utf-8")))
     return found
+
+
+def read_run(folder: Path) -> dict | None:
+    with contextlib.suppress(OSError, json.JSONDecodeError):
+        return json.loads((folder / RUN_FILE).read_text(encoding="utf-8"))
+    return None
+
+
+def find_resumable(config: dict, data_sha256: dict) -> str | None:
+    """The newest unfinished run started with exactly this config on exactly these files."""
+    runs = get_settings().runs_dir
+    candidates = []
+    for folder in runs.iterdir() if runs.is_dir() else []:
+        run = read_run(folder)
+        if (run and run.get("status") != "succeeded" and run.get("config") == config
+                and run.get("data_sha256") == data_sha256 and not _alive(run.get("pid"))):
+            candidates.append((run.get("created_at", 0), folder.name))
+    return max(candidates)[1] if candidates else None
+
+
+def _alive(pid: int | None) -> bool:
+    """Whether a process with this id runs here (then its run is not ours to resume)."""
+    if not pid or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,7 +1,7 @@
 """Checkpoints: everything needed to continue a run exactly, written so a crash never leaves a fake one.
 
 A checkpoint folder ``checkpoints/step-<N>/`` holds the PEFT adapter, ``training_state.pt`` (optimizer,
-scheduler, RNG states, epoch and data position) and ``metrics.json``; the ``COMPLETE`` marker is written
+scheduler, RNG states, and the data position: the epoch to train and how many of its batches are done) and ``metrics.json``; the ``COMPLETE`` marker is written
 last inside a temp folder that is then renamed into place. ``latest_checkpoint`` ignores any folder
 without the marker.
 """
@@ -21,7 +21,7 @@ STATE_FILE = "training_state.pt"
 
 
 def save_checkpoint(run_folder: Path, *, model, optimizer, scheduler, step: int, epoch: int,
-                    batches_done: int, metrics: dict) -> Path:
+                    batches_done: int, metrics: dict, extra: dict | None = None) -> Path:
     target = run_folder / "checkpoints" / f"step-{step:06d}"
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(target) as tmp:
@@ -36,10 +36,11 @@ def save_checkpoint(run_folder: Path, *, model, optimizer, scheduler, step: int,
                 "step": step,
                 "epoch": epoch,
                 "batches_done": batches_done,
+                **(extra or {}),
             },
             tmp / STATE_FILE,
         )
-        (tmp / "metrics.json").write_text(json.dumps({"step": step, "epoch": epoch, **metrics}, indent=2))
+        (tmp / "metrics.json").write_text(json.dumps({"step": step, **metrics}, indent=2))
         (tmp / COMPLETE).write_text("ok\n")
     return target
 

@@ -34,6 +34,9 @@ class Hyperparameters(BaseModel):
     batch_size: int | Auto = Field(
         default="auto", description="Examples per optimizer step (1-256). auto: about 1/20 of the "
         "training examples, rounded down to a power of two, between 1 and 32.")
+    batch_size_multiplier: float | Auto = Field(
+        default="auto", description="Azure-style scale on the batch size (0 < x <= 64): the effective batch "
+        "is batch_size (or its auto value) times this, rounded, at least 1; auto: 1.")
     learning_rate_multiplier: float | Auto = Field(
         default="auto", description="Scales the model family's base learning rate (0 < x <= 10); auto: 1.")
 
@@ -49,6 +52,13 @@ class Hyperparameters(BaseModel):
     def _batch(cls, v):
         if v != "auto" and not 1 <= v <= 256:
             raise ValueError("batch_size must be between 1 and 256, or 'auto'")
+        return v
+
+    @field_validator("batch_size_multiplier")
+    @classmethod
+    def _batch_multiplier(cls, v):
+        if v != "auto" and not 0 < v <= 64:
+            raise ValueError("batch_size_multiplier must be > 0 and <= 64, or 'auto'")
         return v
 
     @field_validator("learning_rate_multiplier")
@@ -88,6 +98,8 @@ class TuneConfig(BaseModel):
         default=None, ge=16, description="Longest training sequence in tokens; default: the model's context.")
     warmup_ratio: float = Field(default=0.1, ge=0.0, le=0.5, description="Share of steps spent warming up.")
     weight_decay: float = Field(default=0.0, ge=0.0, le=1.0, description="AdamW weight decay.")
+    checkpoint_every_steps: int | None = Field(
+        default=None, ge=1, description="Also write a checkpoint every N steps (one is always written per epoch).")
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Where to train.")
 
 
@@ -113,6 +125,8 @@ def resolve_hyperparameters(config: TuneConfig, n_examples: int, family: str, se
         batch_size = min(32, 2 ** int(math.log2(max(1, n_examples // 20))))
     else:
         batch_size = hp.batch_size
+    if hp.batch_size_multiplier != "auto":
+        batch_size = max(1, round(batch_size * hp.batch_size_multiplier))
     batch_size = min(batch_size, max(1, n_examples))
     multiplier = 1.0 if hp.learning_rate_multiplier == "auto" else hp.learning_rate_multiplier
     base = BASE_LEARNING_RATE.get(family, DEFAULT_BASE_LEARNING_RATE)

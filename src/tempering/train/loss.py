@@ -7,12 +7,14 @@ long system/user turns that is most of the head's work saved, with the same loss
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from tempering.data.encode import IGNORE_INDEX
+from tempering.data.encode import IGNORE_INDEX, EncodedExample
+from tempering.train.batching import collate
 
 
 @dataclass
@@ -47,3 +49,23 @@ def sparse_lm_loss(model, batch: dict) -> LossResult:
     loss_sum = F.cross_entropy(logits, wanted, reduction="sum")
     n_correct = int((logits.detach().argmax(-1) == wanted).sum())
     return LossResult(loss_sum=loss_sum, n_tokens=int(wanted.numel()), n_correct=n_correct)
+
+
+@torch.inference_mode()
+def evaluate(model, examples: list[EncodedExample], pad_id: int, max_length: int | None, batch_size: int = 16) -> dict:
+    """Token-weighted loss, mean token accuracy and perplexity over the trained tokens of ``examples``."""
+    if not examples:
+        return {"loss": None, "mean_token_accuracy": None, "perplexity": None}
+    was_training = model.training
+    model.eval()
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i]))  # similar lengths, little padding
+    loss_sum, n_tokens, n_correct = 0.0, 0, 0
+    for start in range(0, len(order), batch_size):
+        batch = collate([examples[i] for i in order[start : start + batch_size]], pad_id, max_length)
+        result = sparse_lm_loss(model, batch)
+        loss_sum += float(result.loss_sum)
+        n_tokens += result.n_tokens
+        n_correct += result.n_correct
+    model.train(was_training)
+    loss = loss_sum / max(n_tokens, 1)
+    return {"loss": loss, "mean_token_accuracy": n_correct / max(n_tokens, 1), "perplexity": math.exp(loss)}

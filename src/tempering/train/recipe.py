@@ -9,7 +9,7 @@ handed to ``on_event``; this module prints nothing and knows nothing about HTTP 
 from __future__ import annotations
 
 import hashlib
-import math
+import os
 import random
 import time
 from collections.abc import Callable
@@ -24,10 +24,10 @@ from tempering.data import EncodedExample, encode_chat, load_chat_file
 from tempering.errors import InvalidConfigError
 from tempering.hardware import select_placement
 from tempering.train import artifacts
-from tempering.train.batching import collate, epoch_batches
-from tempering.train.checkpoint import save_checkpoint
+from tempering.train.checkpoint import latest_checkpoint
 from tempering.train.config import ResolvedHyperparameters, TuneConfig, resolve_hyperparameters
-from tempering.train.loss import sparse_lm_loss
+from tempering.train.fit import RunCancelled, fit
+from tempering.train.loss import evaluate
 
 EventSink = Callable[[dict], None]
 HOLDOUT_FRACTION, MIN_EXAMPLES_FOR_HOLDOUT = 0.1, 20
@@ -66,6 +66,14 @@ class Setup:
     log: artifacts.RunLog
     on_event: EventSink | None
     data_sha256: dict
+
+    def write_run(self, **fields) -> None:
+        """Create or update ``run.json``: what resume needs to find and rebuild this run."""
+        run = artifacts.read_run(self.folder) or {
+            "id": self.short_id, "config": self.config.model_dump(mode="json"), "base_model": self.base_model,
+            "parent_model": self.parent, "hyperparameters": self.hp.model_dump(), "data_sha256": self.data_sha256,
+        }
+        artifacts.write_json_atomic(self.folder / artifacts.RUN_FILE, {**run, **fields})
 
     def emit(self, message: str, *, type: str = "message", level: str = "info", **data) -> None:
         event = {"created_at": int(time.time()), "level": level, "type": type, "message": message, "data": data}
@@ -108,8 +116,18 @@ def _wrap_lora(model, config: TuneConfig, parent_folder: Path | None):
     return get_peft_model(model, lora)
 
 
-def setup(config: TuneConfig, on_event: EventSink | None = None) -> Setup:
-    seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
+def data_hashes(config: TuneConfig) -> dict:
+    hashes = {"training_file": _sha256(config.training_file)}
+    if config.validation_file is not None:
+        hashes["validation_file"] = _sha256(config.validation_file)
+    return hashes
+
+
+def setup(config: TuneConfig, on_event: EventSink | None = None, *, short_id: str | None = None,
+          seed: int | None = None, data_sha256: dict | None = None) -> Setup:
+    """Load and check everything a run needs; ``short_id``/``seed`` given means resuming that run."""
+    if seed is None:
+        seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
     parent, parent_folder, base_model = None, None, config.model
     if artifacts.is_finetuned_id(config.model):
         parent_folder, meta = artifacts.resolve_finetuned(config.model)
@@ -122,11 +140,9 @@ def setup(config: TuneConfig, on_event: EventSink | None = None) -> Setup:
     max_length = min(config.max_seq_length or card.context_length, card.context_length)
 
     train_msgs, _ = load_chat_file(config.training_file, tokenizer=tokenizer, context_length=card.context_length)
-    data_sha256 = {"training_file": _sha256(config.training_file)}
     if config.validation_file is not None:
         valid_msgs, _ = load_chat_file(config.validation_file, tokenizer=tokenizer,
                                        context_length=card.context_length, min_examples=1)
-        data_sha256["validation_file"] = _sha256(config.validation_file)
     else:
         train_msgs, valid_msgs = _holdout(train_msgs, seed)
     train = [encode_chat(tokenizer, m) for m in train_msgs]
@@ -135,90 +151,17 @@ def setup(config: TuneConfig, on_event: EventSink | None = None) -> Setup:
 
     torch.manual_seed(seed)  # LoRA A matrices are initialised randomly
     model = _wrap_lora(load_causal_lm(card, placement), config, parent_folder)
-    short_id = artifacts.new_short_id()
+    resuming = short_id is not None
+    short_id = short_id or artifacts.new_short_id()
     folder = artifacts.run_dir(short_id)
     state = Setup(config, card.id, parent, tokenizer, model, train, valid, hp, max_length, short_id,
-                  folder, artifacts.RunLog(folder), on_event, data_sha256)
-    state.emit(f"Created run {short_id}: {len(train)} training and {len(valid)} validation examples, "
-               f"{hp.n_epochs} epoch(s), batch size {hp.batch_size}, learning rate {hp.learning_rate:g}, "
-               f"{placement.device.type}/{placement.dtype_name}", hyperparameters=hp.model_dump())
+                  folder, artifacts.RunLog(folder), on_event, data_sha256 or data_hashes(config))
+    state.write_run(status="running", pid=os.getpid(), **({} if resuming else {"created_at": int(time.time())}))
+    if not resuming:
+        state.emit(f"Created run {short_id}: {len(train)} training and {len(valid)} validation examples, "
+                   f"{hp.n_epochs} epoch(s), batch size {hp.batch_size}, learning rate {hp.learning_rate:g}, "
+                   f"{placement.device.type}/{placement.dtype_name}", hyperparameters=hp.model_dump())
     return state
-
-
-@torch.inference_mode()
-def evaluate(model, examples: list[EncodedExample], pad_id: int, max_length: int, batch_size: int = 16) -> dict:
-    """Token-weighted loss and accuracy over the trained tokens of ``examples``."""
-    if not examples:
-        return {"loss": None, "mean_token_accuracy": None, "perplexity": None}
-    was_training = model.training
-    model.eval()
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i]))
-    loss_sum, n_tokens, n_correct = 0.0, 0, 0
-    for start in range(0, len(order), batch_size):
-        batch = collate([examples[i] for i in order[start : start + batch_size]], pad_id, max_length)
-        result = sparse_lm_loss(model, batch)
-        loss_sum += float(result.loss_sum)
-        n_tokens += result.n_tokens
-        n_correct += result.n_correct
-    model.train(was_training)
-    loss = loss_sum / max(n_tokens, 1)
-    return {"loss": loss, "mean_token_accuracy": n_correct / max(n_tokens, 1), "perplexity": math.exp(loss)}
-
-
-def _optimizer_and_schedule(s: Setup, total_steps: int):
-    from transformers import get_cosine_schedule_with_warmup
-
-    params = [p for p in s.model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=s.hp.learning_rate, weight_decay=s.config.weight_decay)
-    warmup = int(s.config.warmup_ratio * total_steps)
-    return optimizer, get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
-
-
-def fit(s: Setup) -> dict:
-    """Train for the resolved epochs; returns the last epoch's mean train loss and the step count."""
-    pad_id = s.tokenizer.pad_token_id
-    lengths = [len(e) for e in s.train]
-    steps_per_epoch = math.ceil(len(s.train) / s.hp.batch_size)
-    total_steps = steps_per_epoch * s.hp.n_epochs
-    optimizer, scheduler = _optimizer_and_schedule(s, total_steps)
-    s.emit("Fine-tuning started", type="started", total_steps=total_steps, steps_per_epoch=steps_per_epoch)
-    s.model.train()
-    step, epoch_loss = 0, None
-    for epoch in range(1, s.hp.n_epochs + 1):
-        loss_sum, token_sum = 0.0, 0
-        for index in epoch_batches(lengths, s.hp.batch_size, s.hp.seed, epoch):
-            began = time.perf_counter()
-            batch = collate([s.train[i] for i in index], pad_id, s.max_length)
-            result = sparse_lm_loss(s.model, batch)
-            result.mean.backward()
-            torch.nn.utils.clip_grad_norm_([p for p in s.model.parameters() if p.requires_grad], 1.0)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            loss = float(result.mean.detach())
-            loss_sum += float(result.loss_sum.detach())
-            token_sum += result.n_tokens
-            real_tokens = int(batch["attention_mask"].sum())
-            row = {"step": step, "train_loss": loss,
-                   "train_mean_token_accuracy": result.n_correct / max(result.n_tokens, 1)}
-            s.emit(f"Step {step}/{total_steps}: training loss={loss:.4f}", type="metrics", epoch=epoch, **row,
-                   tokens_per_second=real_tokens / (time.perf_counter() - began),
-                   learning_rate=scheduler.get_last_lr()[0], total_steps=total_steps)
-            s.log.metrics_row(row)
-        epoch_loss = loss_sum / max(token_sum, 1)
-        valid = evaluate(s.model, s.valid, pad_id, s.max_length)
-        metrics = {"train_loss": epoch_loss, "valid_loss": valid["loss"],
-                   "valid_mean_token_accuracy": valid["mean_token_accuracy"], "valid_perplexity": valid["perplexity"]}
-        if valid["loss"] is not None:
-            s.log.metrics_row({"step": step, "valid_loss": valid["loss"],
-                               "valid_mean_token_accuracy": valid["mean_token_accuracy"]})
-        path = save_checkpoint(s.folder, model=s.model, optimizer=optimizer, scheduler=scheduler, step=step,
-                               epoch=epoch, batches_done=steps_per_epoch, metrics=metrics)
-        s.emit(f"Epoch {epoch}/{s.hp.n_epochs} done: " + ", ".join(
-            f"{k}={v:.4f}" for k, v in metrics.items() if v is not None), type="epoch", epoch=epoch,
-            step=step, checkpoint=str(path), **metrics)
-    return {"train_loss": epoch_loss, "steps": step}
 
 
 def _save_model(s: Setup, model_id: str, metadata: dict) -> Path:
@@ -239,16 +182,44 @@ def _versions() -> dict:
             "transformers": transformers.__version__, "peft": peft.__version__}
 
 
-def tune(config: TuneConfig, *, on_event: EventSink | None = None) -> TuneResult:
-    """Fine-tune ``config.model`` on ``config.training_file``; the result names the new model."""
+def _start_or_resume(config: TuneConfig, on_event, resume: bool) -> tuple[Setup, Path | None, dict | None]:
+    if not resume:
+        return setup(config, on_event), None, None
+    hashes = data_hashes(config)
+    short_id = artifacts.find_resumable(config.model_dump(mode="json"), hashes)
+    if short_id is None:
+        raise InvalidConfigError("no interrupted run was started with exactly this config and these files; "
+                                 "run without --resume to start a new one", param="resume")
+    run = artifacts.read_run(artifacts.run_dir(short_id))
+    s = setup(config, on_event, short_id=short_id, seed=run["hyperparameters"]["seed"], data_sha256=hashes)
+    return s, latest_checkpoint(s.folder), run.get("base_eval")
+
+
+def tune(config: TuneConfig, *, on_event: EventSink | None = None, resume: bool = False,
+         should_stop: Callable[[], bool] | None = None) -> TuneResult:
+    """Fine-tune ``config.model`` on ``config.training_file``; the result names the new model.
+
+    ``resume`` continues the newest interrupted run with the same config and data from its latest
+    complete checkpoint. ``should_stop`` is polled between steps; when it returns True the run writes a
+    checkpoint and raises ``RunCancelled``.
+    """
     started = time.perf_counter()
-    s = setup(config, on_event)
+    s, checkpoint, base = _start_or_resume(config, on_event, resume)
     pad_id = s.tokenizer.pad_token_id
-    with s.model.disable_adapter():
-        base = evaluate(s.model, s.valid, pad_id, s.max_length)
-    if base["loss"] is not None:
-        s.emit(f"Base model validation loss {base['loss']:.4f}", type="base_eval", **base)
-    fitted = fit(s)
+    if base is None:
+        with s.model.disable_adapter():
+            base = evaluate(s.model, s.valid, pad_id, s.max_length)
+        s.write_run(base_eval=base)
+        if base["loss"] is not None:
+            s.emit(f"Base model validation loss {base['loss']:.4f}", type="base_eval", **base)
+    try:
+        fitted = fit(s, resume_from=checkpoint, should_stop=should_stop)
+    except RunCancelled:
+        s.write_run(status="cancelled")
+        raise
+    except BaseException:
+        s.write_run(status="failed")
+        raise
     final = evaluate(s.model, s.valid, pad_id, s.max_length)
     s.log.metrics_row({"step": fitted["steps"], "full_valid_loss": final["loss"],
                        "full_valid_mean_token_accuracy": final["mean_token_accuracy"]})
@@ -268,6 +239,7 @@ def tune(config: TuneConfig, *, on_event: EventSink | None = None) -> TuneResult
         "versions": _versions(),
     }
     output = _save_model(s, model_id, metadata)
+    s.write_run(status="succeeded", model_id=model_id)
     s.emit(f"New fine-tuned model {model_id}", type="succeeded", model_id=model_id, output_dir=str(output))
     return TuneResult(
         model_id=model_id, base_model=s.base_model, output_dir=str(output), run_dir=str(s.folder),

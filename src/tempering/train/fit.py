@@ -1,0 +1,134 @@
+"""The training loop: epochs of length-grouped batches, checkpoints, exact resume and cancellation.
+
+Where a run is (epoch, batches done in it) is all the data position there is: batches are a pure
+function of (seed, epoch), so resuming replays the same batches from the same point, with the optimizer,
+scheduler and RNG states restored from the checkpoint. Cancellation is checked at step boundaries; the
+loop then writes a checkpoint at that step so nothing done is lost. Knows nothing about HTTP or printing.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from tempering.errors import TemperingError
+from tempering.train.batching import collate, epoch_batches
+from tempering.train.checkpoint import STATE_FILE, save_checkpoint
+from tempering.train.loss import evaluate, sparse_lm_loss
+
+
+class RunCancelled(TemperingError):
+    code = "cancelled"
+
+
+@dataclass
+class Position:
+    step: int = 0
+    epoch: int = 1  # the epoch being trained (1-based)
+    batches_done: int = 0  # batches of that epoch already trained
+
+
+def _optimizer_and_schedule(model, learning_rate: float, weight_decay: float, warmup_ratio: float,
+                            total_steps: int):
+    from transformers import get_cosine_schedule_with_warmup
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+    return optimizer, get_cosine_schedule_with_warmup(optimizer, int(warmup_ratio * total_steps), total_steps)
+
+
+def _restore(s, checkpoint: Path, optimizer, scheduler) -> Position:
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    set_peft_model_state_dict(s.model, load_file(checkpoint / "adapter_model.safetensors"))
+    state = torch.load(checkpoint / STATE_FILE, weights_only=False)  # our own file, written by save_checkpoint
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["torch_rng"])
+    if state.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    random.setstate(state["python_rng"])
+    return Position(step=state["step"], epoch=state["epoch"], batches_done=state["batches_done"])
+
+
+def fit(s, *, resume_from: Path | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
+    """Train ``s`` (a ``recipe.Setup``) for its resolved epochs; returns the last epoch's train loss."""
+    pad_id = s.tokenizer.pad_token_id
+    lengths = [len(e) for e in s.train]
+    steps_per_epoch = math.ceil(len(s.train) / s.hp.batch_size)
+    total_steps = steps_per_epoch * s.hp.n_epochs
+    optimizer, scheduler = _optimizer_and_schedule(s.model, s.hp.learning_rate, s.config.weight_decay,
+                                                   s.config.warmup_ratio, total_steps)
+    pos = Position()
+    if resume_from is not None:
+        pos = _restore(s, resume_from, optimizer, scheduler)
+        s.log.truncate_results(pos.step)
+        s.emit(f"Resumed from checkpoint at step {pos.step}", type="resumed", step=pos.step,
+               checkpoint=str(resume_from))
+    s.emit("Fine-tuning started", type="started", total_steps=total_steps, steps_per_epoch=steps_per_epoch,
+           step=pos.step)
+    every = s.config.checkpoint_every_steps
+
+    sums = {"loss": 0.0, "tokens": 0}  # the current epoch's running train loss, kept across a resume
+    if resume_from is not None:
+        sums = torch.load(resume_from / STATE_FILE, weights_only=False).get("epoch_sums", sums)
+
+    def checkpoint(metrics: dict) -> Path:
+        return save_checkpoint(s.folder, model=s.model, optimizer=optimizer, scheduler=scheduler, step=pos.step,
+                               epoch=pos.epoch, batches_done=pos.batches_done, metrics=metrics,
+                               extra={"epoch_sums": dict(sums)})
+
+    s.model.train()
+    epoch_loss = None
+    while pos.epoch <= s.hp.n_epochs:
+        for index in epoch_batches(lengths, s.hp.batch_size, s.hp.seed, pos.epoch)[pos.batches_done :]:
+            if should_stop is not None and should_stop():
+                path = checkpoint({"cancelled": True})
+                s.emit(f"Cancelled at step {pos.step}; checkpoint kept at {path}", type="cancelled",
+                       level="warning", step=pos.step, checkpoint=str(path))
+                raise RunCancelled(f"run {s.short_id} cancelled at step {pos.step}/{total_steps}; its "
+                                   f"checkpoint is kept, and the same command with --resume continues it")
+            began = time.perf_counter()
+            batch = collate([s.train[i] for i in index], pad_id, s.max_length)
+            result = sparse_lm_loss(s.model, batch)
+            result.mean.backward()
+            torch.nn.utils.clip_grad_norm_([p for p in s.model.parameters() if p.requires_grad], 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            pos.step += 1
+            pos.batches_done += 1
+            loss = float(result.mean.detach())
+            sums["loss"] += float(result.loss_sum.detach())
+            sums["tokens"] += result.n_tokens
+            row = {"step": pos.step, "train_loss": loss,
+                   "train_mean_token_accuracy": result.n_correct / max(result.n_tokens, 1)}
+            s.log.metrics_row(row)
+            s.emit(f"Step {pos.step}/{total_steps}: training loss={loss:.4f}", type="metrics", epoch=pos.epoch,
+                   **row, tokens=int(batch["attention_mask"].sum()), seconds=time.perf_counter() - began,
+                   tokens_per_second=int(batch["attention_mask"].sum()) / (time.perf_counter() - began),
+                   learning_rate=scheduler.get_last_lr()[0], total_steps=total_steps)
+            if every and pos.step % every == 0 and pos.batches_done < steps_per_epoch:
+                checkpoint({"train_loss": loss})
+        epoch_loss = sums["loss"] / sums["tokens"] if sums["tokens"] else None
+        valid = evaluate(s.model, s.valid, pad_id, s.max_length)
+        metrics = {"train_loss": epoch_loss, "valid_loss": valid["loss"],
+                   "valid_mean_token_accuracy": valid["mean_token_accuracy"], "valid_perplexity": valid["perplexity"]}
+        if valid["loss"] is not None:
+            s.log.metrics_row({"step": pos.step, "valid_loss": valid["loss"],
+                               "valid_mean_token_accuracy": valid["mean_token_accuracy"]})
+        done = pos.epoch
+        pos.epoch, pos.batches_done = pos.epoch + 1, 0  # the checkpoint points at the next epoch's start
+        sums = {"loss": 0.0, "tokens": 0}
+        path = checkpoint({"epoch_completed": done, **metrics})
+        s.emit(f"Epoch {done}/{s.hp.n_epochs} done: " + ", ".join(
+            f"{k}={v:.4f}" for k, v in metrics.items() if v is not None), type="epoch", epoch=done,
+            step=pos.step, checkpoint=str(path), **metrics)
+    return {"train_loss": epoch_loss, "steps": pos.step}

@@ -1,0 +1,142 @@
+"""Exact resume: a run stopped mid-epoch (cancelled, or killed with SIGKILL) and resumed ends exactly where
+an uninterrupted run with the same seed ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import chat_example, write_jsonl
+from safetensors.torch import load_file
+
+from tempering.errors import InvalidConfigError
+from tempering.train import TuneConfig, tune
+from tempering.train.artifacts import read_run, resolve_finetuned
+from tempering.train.checkpoint import COMPLETE, latest_checkpoint, list_checkpoints
+from tempering.train.fit import RunCancelled
+
+
+@pytest.fixture
+def data(tmp_path) -> tuple[Path, Path]:
+    train = [chat_example(f"Spell the number {i}.", f"The number {i} is spelled {i * 7}.") for i in range(40)]
+    valid = [chat_example(f"Spell the number {i}.", f"The number {i} is spelled {i * 7}.") for i in range(40, 46)]
+    return write_jsonl(tmp_path / "train.jsonl", train), write_jsonl(tmp_path / "valid.jsonl", valid)
+
+
+def _config(model, data, **extra) -> TuneConfig:
+    train, valid = data
+    return TuneConfig(model=model, training_file=train, validation_file=valid, seed=5,
+                      hyperparameters={"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 5.0}, **extra)
+
+
+def _adapter(model_id: str) -> dict:
+    folder, _ = resolve_finetuned(model_id)
+    return load_file(folder / "adapter_model.safetensors")
+
+
+def _assert_same_result(resumed, reference) -> None:
+    a, b = _adapter(resumed.model_id), _adapter(reference.model_id)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    assert resumed.valid_loss == pytest.approx(reference.valid_loss, rel=1e-5)
+    assert resumed.train_loss == pytest.approx(reference.train_loss, rel=1e-5)
+
+
+def test_cancel_mid_epoch_then_resume_matches_an_uninterrupted_run(tiny_model, data):
+    reference = tune(_config(tiny_model, data))
+
+    steps = []
+    stop_at = 14  # epoch 2 of 3 (10 steps per epoch), after the epoch-1 checkpoint
+    with pytest.raises(RunCancelled, match="cancelled at step 14"):
+        tune(_config(tiny_model, data), on_event=lambda e: steps.append(e["data"].get("step")),
+             should_stop=lambda: max((s for s in steps if s), default=0) >= stop_at)
+    run_folder = latest_checkpoint(Path(os.environ["TEMPERING_HOME"]) / "runs" / _only_unfinished_run())
+    assert run_folder is not None and run_folder.name == "step-000014"
+
+    resumed = tune(_config(tiny_model, data), resume=True)
+    _assert_same_result(resumed, reference)
+    run = read_run(Path(resumed.run_dir))
+    assert run["status"] == "succeeded"
+    events = [json.loads(line)["type"] for line in (Path(resumed.run_dir) / "events.jsonl").read_text().splitlines()]
+    assert "cancelled" in events and "resumed" in events
+    steps_logged = [int(line.split(",")[0]) for line in
+                    (Path(resumed.run_dir) / "results.csv").read_text().splitlines()[1:] if line.split(",")[1]]
+    assert steps_logged == list(range(1, 31))  # every step once, none repeated by the resume
+
+
+def _only_unfinished_run() -> str:
+    runs = Path(os.environ["TEMPERING_HOME"]) / "runs"
+    unfinished = [f.name for f in runs.iterdir() if read_run(f)["status"] != "succeeded"]
+    assert len(unfinished) == 1
+    return unfinished[0]
+
+
+def test_resume_without_an_interrupted_run_is_refused(tiny_model, data):
+    with pytest.raises(InvalidConfigError, match="no interrupted run"):
+        tune(_config(tiny_model, data), resume=True)
+
+
+def test_latest_checkpoint_ignores_a_half_written_one(tmp_path):
+    for name, complete in (("step-000010", True), ("step-000020", True), ("step-000030", False)):
+        folder = tmp_path / "checkpoints" / name
+        folder.mkdir(parents=True)
+        if complete:
+            (folder / COMPLETE).write_text("ok\n")
+    (tmp_path / "checkpoints" / ".step-000040.123.tmp").mkdir()
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-000010", "step-000020"]
+    assert latest_checkpoint(tmp_path).name == "step-000020"
+
+
+def _cli(home: Path, *args) -> list[str]:
+    return [sys.executable, "-m", "tempering.cli.main", *map(str, args)]
+
+
+def test_kill_9_mid_epoch_then_resume_matches_an_uninterrupted_run(tiny_model, data, tempering_home):
+    train, valid = data
+    args = ["tune", train, "--validation", valid, "--model", tiny_model, "--epochs", 5, "--batch-size", 4,
+            "--learning-rate-multiplier", 5.0, "--seed", 5, "--checkpoint-every", 3, "--json"]
+    env = {**os.environ, "TEMPERING_HOME": str(tempering_home)}
+    reference = json.loads(subprocess.run(_cli(tempering_home, *args), env=env, capture_output=True, text=True,
+                                          check=True, timeout=300).stdout)
+
+    victim = subprocess.Popen(_cli(tempering_home, *args), env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    runs = tempering_home / "runs"
+    killed_at = None
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and victim.poll() is None:
+        for folder in runs.iterdir():
+            events = folder / "events.jsonl"
+            if folder.name == Path(reference["run_dir"]).name or not events.exists():
+                continue
+            steps = [json.loads(line)["data"].get("step") for line in events.read_text().splitlines()[:-1]]
+            if max((s for s in steps if s), default=0) >= 17:  # mid epoch 2, past the step-15 checkpoint
+                victim.send_signal(signal.SIGKILL)
+                victim.wait()
+                killed_at = folder
+                break
+        time.sleep(0.005)
+    assert killed_at is not None, "the run finished before it could be killed"
+    assert read_run(killed_at)["status"] == "running"  # it never got to say anything: killed
+    assert 15 <= int(latest_checkpoint(killed_at).name.removeprefix("step-")) < 50  # a real one, mid-run
+    assert not (killed_at / "model").exists()
+
+    resumed = subprocess.run(_cli(tempering_home, *args, "--resume"), env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    result = json.loads(resumed.stdout)
+    assert Path(result["run_dir"]) == killed_at
+
+    class R:  # the two results in the shape _assert_same_result reads
+        def __init__(self, d):
+            self.__dict__.update(d)
+
+    _assert_same_result(R(result), R(reference))
