@@ -20,6 +20,21 @@ class Settings(BaseSettings):
         description="Folder holding the model cache, data, runs and (later) the database.",
     )
 
+    price_per_1k_training_tokens: dict[str, float] = Field(
+        default={
+            "smollm2-135m-instruct": 0.0002,
+            "phi-3-mini-4k-instruct": 0.002,
+            "phi-3-mini-128k-instruct": 0.002,
+            "phi-3.5-mini-instruct": 0.002,
+            "phi-3-medium-4k-instruct": 0.006,
+            "*": 0.002,
+        },
+        description="Price in USD per 1,000 trained tokens (tokens per epoch × epochs), per catalog id; '*' "
+        "prices any other model. The defaults are indicative internal chargebacks that grow with model "
+        "size; put your own in TEMPERING_PRICE_PER_1K_TRAINING_TOKENS as a JSON object (it replaces the "
+        "whole table).",
+    )
+
     @property
     def root(self) -> Path:
         return self.home.expanduser().resolve()
@@ -38,6 +53,11 @@ class Settings(BaseSettings):
     def catalog_file(self) -> Path:
         """User additions to the catalog (``tempering models add-path``)."""
         return self.root / "catalog.json"
+
+    @property
+    def calibration_file(self) -> Path:
+        """Measured training throughput per model and device (``tempering calibrate``)."""
+        return self.root / "calibration.json"
 
 
 @lru_cache(maxsize=1)
