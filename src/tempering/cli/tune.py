@@ -98,6 +98,10 @@ def tune(
         "checkpoint_every_steps": checkpoint_every,
     })
     result = run_with_progress(config, err, resume=resume)
+    from tempering.train.distributed import current_world
+
+    if not current_world().is_main:  # under torchrun, process 0 speaks for the run
+        return
     if as_json:
         print_json(result.model_dump(mode="json"))
         return

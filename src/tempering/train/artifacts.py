@@ -77,9 +77,13 @@ def write_json_atomic(path: Path, data) -> None:
 
 
 class RunLog:
-    """Appends events to ``events.jsonl`` and metric rows to ``results.csv``."""
+    """Appends events to ``events.jsonl`` and metric rows to ``results.csv`` (a no-op when not ``enabled``:
+    in a multi-process run only process 0 writes)."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, *, enabled: bool = True):
+        self.enabled = enabled
+        if not enabled:
+            return
         folder.mkdir(parents=True, exist_ok=True)
         self.events_path = folder / "events.jsonl"
         self.results_path = folder / "results.csv"
@@ -88,11 +92,15 @@ class RunLog:
                 csv.writer(fh).writerow(RESULT_COLUMNS)
 
     def event(self, event: dict) -> None:
+        if not self.enabled:
+            return
         with self.events_path.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(event, default=str) + "\n")
 
     def truncate_results(self, step: int) -> None:
         """Drop metric rows after ``step``: a resumed run recomputes them."""
+        if not self.enabled:
+            return
         with self.results_path.open(newline="", encoding="utf-8") as fh:
             rows = list(csv.reader(fh))
         kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) <= step]
@@ -102,6 +110,8 @@ class RunLog:
         os.replace(tmp, self.results_path)
 
     def metrics_row(self, row: dict) -> None:
+        if not self.enabled:
+            return
         with self.results_path.open("a", newline="", encoding="utf-8") as fh:
             csv.writer(fh).writerow(["" if row.get(c) is None else row[c] for c in RESULT_COLUMNS])
 

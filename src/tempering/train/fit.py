@@ -58,6 +58,27 @@ def _restore(s, checkpoint: Path, optimizer, scheduler) -> Position:
     return Position(step=state["step"], epoch=state["epoch"], batches_done=state["batches_done"])
 
 
+def _train_step(s, examples: list, trainable: list) -> dict:
+    """Forward and backward on this process's share of one global batch; gradients end up summed over
+    processes and normalised by the global trained-token count, then clipped."""
+    mine = s.world.shard(examples)
+    loss_sum, n_tokens, n_correct, tokens = 0.0, 0, 0, 0
+    if mine:
+        batch = collate(mine, s.tokenizer.pad_token_id, s.max_length)
+        result = sparse_lm_loss(s.model, batch)
+        loss_sum, n_tokens, n_correct = float(result.loss_sum.detach()), result.n_tokens, result.n_correct
+        tokens = int(batch["attention_mask"].sum())
+    loss_sum, n_tokens, n_correct, tokens = s.world.sum([loss_sum, n_tokens, n_correct, tokens])
+    if mine:
+        (result.loss_sum / max(n_tokens, 1)).backward()
+    for p in trainable:  # every process must all-reduce the same tensors, even with an empty share
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    s.world.sum_gradients(trainable)
+    torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+    return {"loss_sum": loss_sum, "n_tokens": int(n_tokens), "n_correct": int(n_correct), "tokens": int(tokens)}
+
+
 def fit(s, *, resume_from: Path | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
     """Train ``s`` (a ``recipe.Setup``) for its resolved epochs; returns the last epoch's train loss."""
     pad_id = s.tokenizer.pad_token_id
@@ -81,44 +102,48 @@ def fit(s, *, resume_from: Path | None = None, should_stop: Callable[[], bool] |
         sums = torch.load(resume_from / STATE_FILE, weights_only=False).get("epoch_sums", sums)
 
     def checkpoint(metrics: dict) -> Path:
-        return save_checkpoint(s.folder, model=s.model, optimizer=optimizer, scheduler=scheduler, step=pos.step,
-                               epoch=pos.epoch, batches_done=pos.batches_done, metrics=metrics,
-                               extra={"epoch_sums": dict(sums)})
+        path = s.folder / "checkpoints" / f"step-{pos.step:06d}"
+        if s.world.is_main:
+            path = save_checkpoint(s.folder, model=s.model, optimizer=optimizer, scheduler=scheduler,
+                                   step=pos.step, epoch=pos.epoch, batches_done=pos.batches_done,
+                                   metrics=metrics, extra={"epoch_sums": dict(sums)})
+        s.world.barrier()
+        return path
+
+    trainable = [p for p in s.model.parameters() if p.requires_grad]
 
     s.model.train()
     epoch_loss = None
     while pos.epoch <= s.hp.n_epochs:
         for index in epoch_batches(lengths, s.hp.batch_size, s.hp.seed, pos.epoch)[pos.batches_done :]:
-            if should_stop is not None and should_stop():
+            if s.world.any(should_stop is not None and should_stop()):
                 path = checkpoint({"cancelled": True})
                 s.emit(f"Cancelled at step {pos.step}; checkpoint kept at {path}", type="cancelled",
                        level="warning", step=pos.step, checkpoint=str(path))
                 raise RunCancelled(f"run {s.short_id} cancelled at step {pos.step}/{total_steps}; its "
                                    f"checkpoint is kept, and the same command with --resume continues it")
             began = time.perf_counter()
-            batch = collate([s.train[i] for i in index], pad_id, s.max_length)
-            result = sparse_lm_loss(s.model, batch)
-            result.mean.backward()
-            torch.nn.utils.clip_grad_norm_([p for p in s.model.parameters() if p.requires_grad], 1.0)
+            step_stats = _train_step(s, [s.train[i] for i in index], trainable)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             pos.step += 1
             pos.batches_done += 1
-            loss = float(result.mean.detach())
-            sums["loss"] += float(result.loss_sum.detach())
-            sums["tokens"] += result.n_tokens
+            loss = step_stats["loss_sum"] / max(step_stats["n_tokens"], 1)
+            sums["loss"] += step_stats["loss_sum"]
+            sums["tokens"] += step_stats["n_tokens"]
             row = {"step": pos.step, "train_loss": loss,
-                   "train_mean_token_accuracy": result.n_correct / max(result.n_tokens, 1)}
+                   "train_mean_token_accuracy": step_stats["n_correct"] / max(step_stats["n_tokens"], 1)}
+            seconds = time.perf_counter() - began
             s.log.metrics_row(row)
             s.emit(f"Step {pos.step}/{total_steps}: training loss={loss:.4f}", type="metrics", epoch=pos.epoch,
-                   **row, tokens=int(batch["attention_mask"].sum()), seconds=time.perf_counter() - began,
-                   tokens_per_second=int(batch["attention_mask"].sum()) / (time.perf_counter() - began),
+                   **row, tokens=step_stats["tokens"], seconds=seconds,
+                   tokens_per_second=step_stats["tokens"] / seconds,
                    learning_rate=scheduler.get_last_lr()[0], total_steps=total_steps)
             if every and pos.step % every == 0 and pos.batches_done < steps_per_epoch:
                 checkpoint({"train_loss": loss})
         epoch_loss = sums["loss"] / sums["tokens"] if sums["tokens"] else None
-        valid = evaluate(s.model, s.valid, pad_id, s.max_length)
+        valid = evaluate(s.model, s.valid, pad_id, s.max_length, world=s.world)
         metrics = {"train_loss": epoch_loss, "valid_loss": valid["loss"],
                    "valid_mean_token_accuracy": valid["mean_token_accuracy"], "valid_perplexity": valid["perplexity"]}
         if valid["loss"] is not None:

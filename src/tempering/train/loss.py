@@ -52,13 +52,17 @@ def sparse_lm_loss(model, batch: dict) -> LossResult:
 
 
 @torch.inference_mode()
-def evaluate(model, examples: list[EncodedExample], pad_id: int, max_length: int | None, batch_size: int = 16) -> dict:
-    """Token-weighted loss, mean token accuracy and perplexity over the trained tokens of ``examples``."""
+def evaluate(model, examples: list[EncodedExample], pad_id: int, max_length: int | None, batch_size: int = 16,
+             world=None) -> dict:
+    """Token-weighted loss, mean token accuracy and perplexity over the trained tokens of ``examples``
+    (each process of a multi-process ``world`` scores its share, and the sums are added up)."""
     if not examples:
         return {"loss": None, "mean_token_accuracy": None, "perplexity": None}
     was_training = model.training
     model.eval()
     order = sorted(range(len(examples)), key=lambda i: len(examples[i]))  # similar lengths, little padding
+    if world is not None:
+        order = world.shard(order)
     loss_sum, n_tokens, n_correct = 0.0, 0, 0
     for start in range(0, len(order), batch_size):
         batch = collate([examples[i] for i in order[start : start + batch_size]], pad_id, max_length)
@@ -67,5 +71,7 @@ def evaluate(model, examples: list[EncodedExample], pad_id: int, max_length: int
         n_tokens += result.n_tokens
         n_correct += result.n_correct
     model.train(was_training)
+    if world is not None:
+        loss_sum, n_tokens, n_correct = world.sum([loss_sum, n_tokens, n_correct])
     loss = loss_sum / max(n_tokens, 1)
     return {"loss": loss, "mean_token_accuracy": n_correct / max(n_tokens, 1), "perplexity": math.exp(loss)}

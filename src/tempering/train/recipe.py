@@ -26,6 +26,7 @@ from tempering.hardware import select_placement
 from tempering.train import artifacts
 from tempering.train.checkpoint import latest_checkpoint
 from tempering.train.config import ResolvedHyperparameters, TuneConfig, resolve_hyperparameters
+from tempering.train.distributed import World, current_world
 from tempering.train.fit import RunCancelled, fit
 from tempering.train.loss import evaluate
 
@@ -66,9 +67,12 @@ class Setup:
     log: artifacts.RunLog
     on_event: EventSink | None
     data_sha256: dict
+    world: World
 
     def write_run(self, **fields) -> None:
         """Create or update ``run.json``: what resume needs to find and rebuild this run."""
+        if not self.world.is_main:
+            return
         run = artifacts.read_run(self.folder) or {
             "id": self.short_id, "config": self.config.model_dump(mode="json"), "base_model": self.base_model,
             "parent_model": self.parent, "hyperparameters": self.hp.model_dump(), "data_sha256": self.data_sha256,
@@ -76,6 +80,8 @@ class Setup:
         artifacts.write_json_atomic(self.folder / artifacts.RUN_FILE, {**run, **fields})
 
     def emit(self, message: str, *, type: str = "message", level: str = "info", **data) -> None:
+        if not self.world.is_main:
+            return
         event = {"created_at": int(time.time()), "level": level, "type": type, "message": message, "data": data}
         self.log.event(event)
         if self.on_event is not None:
@@ -126,8 +132,9 @@ def data_hashes(config: TuneConfig) -> dict:
 def setup(config: TuneConfig, on_event: EventSink | None = None, *, short_id: str | None = None,
           seed: int | None = None, data_sha256: dict | None = None) -> Setup:
     """Load and check everything a run needs; ``short_id``/``seed`` given means resuming that run."""
+    world = current_world()
     if seed is None:
-        seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**31)
+        seed = config.seed if config.seed is not None else world.broadcast(random.SystemRandom().randrange(2**31))
     parent, parent_folder, base_model = None, None, config.model
     if artifacts.is_finetuned_id(config.model):
         parent_folder, meta = artifacts.resolve_finetuned(config.model)
@@ -152,15 +159,16 @@ def setup(config: TuneConfig, on_event: EventSink | None = None, *, short_id: st
     torch.manual_seed(seed)  # LoRA A matrices are initialised randomly
     model = _wrap_lora(load_causal_lm(card, placement), config, parent_folder)
     resuming = short_id is not None
-    short_id = short_id or artifacts.new_short_id()
+    short_id = short_id or world.broadcast(artifacts.new_short_id())
     folder = artifacts.run_dir(short_id)
-    state = Setup(config, card.id, parent, tokenizer, model, train, valid, hp, max_length, short_id,
-                  folder, artifacts.RunLog(folder), on_event, data_sha256 or data_hashes(config))
+    state = Setup(config, card.id, parent, tokenizer, model, train, valid, hp, max_length, short_id, folder,
+                  artifacts.RunLog(folder, enabled=world.is_main), on_event, data_sha256 or data_hashes(config), world)
     state.write_run(status="running", pid=os.getpid(), **({} if resuming else {"created_at": int(time.time())}))
     if not resuming:
         state.emit(f"Created run {short_id}: {len(train)} training and {len(valid)} validation examples, "
                    f"{hp.n_epochs} epoch(s), batch size {hp.batch_size}, learning rate {hp.learning_rate:g}, "
-                   f"{placement.device.type}/{placement.dtype_name}", hyperparameters=hp.model_dump())
+                   f"{placement.device.type}/{placement.dtype_name}"
+                   + (f", {world.size} processes" if world.active else ""), hyperparameters=hp.model_dump())
     return state
 
 
@@ -186,7 +194,9 @@ def _start_or_resume(config: TuneConfig, on_event, resume: bool) -> tuple[Setup,
     if not resume:
         return setup(config, on_event), None, None
     hashes = data_hashes(config)
-    short_id = artifacts.find_resumable(config.model_dump(mode="json"), hashes)
+    world = current_world()
+    short_id = world.broadcast(artifacts.find_resumable(config.model_dump(mode="json"), hashes)
+                               if world.is_main else None)
     if short_id is None:
         raise InvalidConfigError("no interrupted run was started with exactly this config and these files; "
                                  "run without --resume to start a new one", param="resume")
@@ -208,7 +218,7 @@ def tune(config: TuneConfig, *, on_event: EventSink | None = None, resume: bool 
     pad_id = s.tokenizer.pad_token_id
     if base is None:
         with s.model.disable_adapter():
-            base = evaluate(s.model, s.valid, pad_id, s.max_length)
+            base = evaluate(s.model, s.valid, pad_id, s.max_length, world=s.world)
         s.write_run(base_eval=base)
         if base["loss"] is not None:
             s.emit(f"Base model validation loss {base['loss']:.4f}", type="base_eval", **base)
@@ -220,7 +230,7 @@ def tune(config: TuneConfig, *, on_event: EventSink | None = None, resume: bool 
     except BaseException:
         s.write_run(status="failed")
         raise
-    final = evaluate(s.model, s.valid, pad_id, s.max_length)
+    final = evaluate(s.model, s.valid, pad_id, s.max_length, world=s.world)
     s.log.metrics_row({"step": fitted["steps"], "full_valid_loss": final["loss"],
                        "full_valid_mean_token_accuracy": final["mean_token_accuracy"]})
     model_id = artifacts.model_id_for(s.base_model, config.suffix, s.short_id)
@@ -238,7 +248,10 @@ def tune(config: TuneConfig, *, on_event: EventSink | None = None, resume: bool 
         "trained_tokens": trained_tokens, "seconds": round(seconds, 2), "metrics": metrics,
         "versions": _versions(),
     }
-    output = _save_model(s, model_id, metadata)
+    output = s.folder / "model"
+    if s.world.is_main:
+        _save_model(s, model_id, metadata)
+    s.world.barrier()  # every process returns only once the model exists
     s.write_run(status="succeeded", model_id=model_id)
     s.emit(f"New fine-tuned model {model_id}", type="succeeded", model_id=model_id, output_dir=str(output))
     return TuneResult(
