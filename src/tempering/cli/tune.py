@@ -65,6 +65,20 @@ def run_with_progress(config, console, *, resume: bool = False):
         return run_tune(config, on_event=_ProgressSink(progress), resume=resume, should_stop=should_stop)
 
 
+def _print_estimate(config, as_json: bool) -> None:
+    from tempering.train.recipe import estimate_job
+
+    result = estimate_job(config)
+    if as_json:
+        print_json(result.model_dump(mode="json"))
+        return
+    table = Table(title="Estimate", title_justify="left", show_header=False)
+    for key, value in result.model_dump().items():
+        table.add_row(key.replace("_", " "), "—" if value is None else f"{value:,}" if isinstance(value, int)
+                      else f"{value:,.2f}" if isinstance(value, float) else str(value))
+    out.print(table)
+
+
 def _fmt(value) -> str:
     return "—" if value is None else f"{value:.4f}"
 
@@ -75,6 +89,11 @@ def tune(
                                                     exists=True, dir_okay=False)] = None,
     model: Annotated[str, typer.Option(help="Base model id, or a fine-tuned model id to continue.")]
     = DEFAULT_MODEL_ID,
+    task: Annotated[str, typer.Option(help="chat, or classification (a classification head).")] = "chat",
+    data_format: Annotated[str | None, typer.Option("--format", help="Data format (default: detected).")] = None,
+    text_column: Annotated[str | None, typer.Option(help="Text column of classification data.")] = None,
+    label_column: Annotated[str | None, typer.Option(help="Label column of classification data.")] = None,
+    validation_fraction: Annotated[float, typer.Option(help="Held out when no --validation file.")] = 0.1,
     epochs: Annotated[int | None, typer.Option(help="Epochs (default: auto).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size (default: auto).")] = None,
     batch_size_multiplier: Annotated[float | None, typer.Option(help="Azure-style × on the batch size.")] = None,
@@ -85,6 +104,8 @@ def tune(
     checkpoint_every: Annotated[int | None, typer.Option(help="Also checkpoint every N steps.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run started by this same "
                                                           "command, from its latest checkpoint.")] = False,
+    estimate: Annotated[bool, typer.Option("--estimate", help="Only estimate tokens, time and cost; train "
+                                                               "nothing.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON object describing the result.")]
     = False,
 ) -> None:
@@ -93,10 +114,15 @@ def tune(
     hyperparameters = {"n_epochs": epochs, "batch_size": batch_size, "batch_size_multiplier": batch_size_multiplier,
                        "learning_rate_multiplier": learning_rate_multiplier}
     config = parse_config({
-        "model": model, "training_file": training_file, "validation_file": validation, "suffix": suffix,
+        "model": model, "task": task, "training_file": training_file, "validation_file": validation,
+        "validation_fraction": validation_fraction, "data_format": data_format, "text_column": text_column,
+        "label_column": label_column, "suffix": suffix,
         "seed": seed, "hyperparameters": {k: v for k, v in hyperparameters.items() if v is not None},
         "checkpoint_every_steps": checkpoint_every,
     })
+    if estimate:
+        _print_estimate(config, as_json)
+        return
     result = run_with_progress(config, err, resume=resume)
     from tempering.train.distributed import current_world
 
@@ -112,5 +138,8 @@ def tune(
                   _fmt(result.base_valid_mean_token_accuracy))
     table.add_row("fine-tuned", _fmt(result.valid_loss), _fmt(result.valid_mean_token_accuracy))
     err.print(table)
+    if result.classification:
+        c = result.classification
+        err.print(f"Validation accuracy {c['accuracy']:.4f}, macro-F1 {c['macro_f1']:.4f} on {c['n']} examples")
     err.print(f"{result.trained_tokens:,} trained tokens in {result.seconds:.1f} s; saved to {result.output_dir}")
     out.print(result.model_id)

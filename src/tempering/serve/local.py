@@ -57,6 +57,9 @@ def load_chat_model(model_id: str, device: str = "auto") -> ChatModel:
     base_id, adapter = model_id, None
     if artifacts.is_finetuned_id(model_id):
         adapter, meta = artifacts.resolve_finetuned(model_id)
+        if meta.get("task", "chat") != "chat":
+            raise InvalidConfigError(f"{model_id} is a {meta['task']} model; use `tempering classify`",
+                                     param="model")
         base_id = meta["base_model"]
     card = get_card(base_id)
     tokenizer = load_tokenizer(card)

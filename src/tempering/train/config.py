@@ -82,11 +82,20 @@ class LoraSettings(BaseModel):
 class TuneConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(default=DEFAULT_MODEL_ID, description="Catalog id of the base model.")
-    training_file: Path = Field(description="Chat-completions JSONL file to train on.")
+    model: str = Field(default=DEFAULT_MODEL_ID, description="Catalog id of the base model, or a fine-tuned "
+                       "model id to continue training.")
+    task: Literal["chat", "classification"] = Field(
+        default="chat", description="chat: LoRA supervised fine-tuning on assistant turns. classification: a "
+        "classification head on the model (trained fully, the body with LoRA) predicting a label from a text.")
+    training_file: Path = Field(description="Training data: chat JSONL or any format `tempering data convert` reads.")
     validation_file: Path | None = Field(
-        default=None, description="Chat JSONL file to validate on; when absent, a seeded 10% of the "
-        "training file is held out (if it has at least 20 examples).")
+        default=None, description="Validation data; when absent, a seeded split of the training file is held out "
+        "(stratified by label, duplicates kept on one side) if it has at least 20 examples.")
+    validation_fraction: float = Field(default=0.1, gt=0.0, lt=0.5,
+                                       description="Share of the training file held out when no validation file.")
+    data_format: str | None = Field(default=None, description="Format of the data files; detected when absent.")
+    text_column: str | None = Field(default=None, description="Text column of classification CSV/JSONL data.")
+    label_column: str | None = Field(default=None, description="Label column of classification CSV/JSONL data.")
     suffix: str | None = Field(
         default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$",
         description="Up to 40 letters, digits, '-' or '_', put in the fine-tuned model's id.")

@@ -18,9 +18,9 @@ from pathlib import Path
 import torch
 
 from tempering.errors import TemperingError
-from tempering.train.batching import collate, epoch_batches
+from tempering.train.batching import epoch_batches
 from tempering.train.checkpoint import STATE_FILE, save_checkpoint
-from tempering.train.loss import evaluate, sparse_lm_loss
+from tempering.train.loss import evaluate
 
 
 class RunCancelled(TemperingError):
@@ -64,8 +64,8 @@ def _train_step(s, examples: list, trainable: list) -> dict:
     mine = s.world.shard(examples)
     loss_sum, n_tokens, n_correct, tokens = 0.0, 0, 0, 0
     if mine:
-        batch = collate(mine, s.tokenizer.pad_token_id, s.max_length)
-        result = sparse_lm_loss(s.model, batch)
+        batch = s.make_batch(mine)
+        result = s.loss_fn(s.model, batch)
         loss_sum, n_tokens, n_correct = float(result.loss_sum.detach()), result.n_tokens, result.n_correct
         tokens = int(batch["attention_mask"].sum())
     loss_sum, n_tokens, n_correct, tokens = s.world.sum([loss_sum, n_tokens, n_correct, tokens])
@@ -81,7 +81,6 @@ def _train_step(s, examples: list, trainable: list) -> dict:
 
 def fit(s, *, resume_from: Path | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
     """Train ``s`` (a ``recipe.Setup``) for its resolved epochs; returns the last epoch's train loss."""
-    pad_id = s.tokenizer.pad_token_id
     lengths = [len(e) for e in s.train]
     steps_per_epoch = math.ceil(len(s.train) / s.hp.batch_size)
     total_steps = steps_per_epoch * s.hp.n_epochs
@@ -143,7 +142,7 @@ def fit(s, *, resume_from: Path | None = None, should_stop: Callable[[], bool] |
             if every and pos.step % every == 0 and pos.batches_done < steps_per_epoch:
                 checkpoint({"train_loss": loss})
         epoch_loss = sums["loss"] / sums["tokens"] if sums["tokens"] else None
-        valid = evaluate(s.model, s.valid, pad_id, s.max_length, world=s.world)
+        valid = evaluate(s.model, s.valid, s.make_batch, s.loss_fn, world=s.world)
         metrics = {"train_loss": epoch_loss, "valid_loss": valid["loss"],
                    "valid_mean_token_accuracy": valid["mean_token_accuracy"], "valid_perplexity": valid["perplexity"]}
         if valid["loss"] is not None:

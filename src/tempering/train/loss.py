@@ -13,8 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from tempering.data.encode import IGNORE_INDEX, EncodedExample
-from tempering.train.batching import collate
+from tempering.data.encode import IGNORE_INDEX
 
 
 @dataclass
@@ -52,10 +51,12 @@ def sparse_lm_loss(model, batch: dict) -> LossResult:
 
 
 @torch.inference_mode()
-def evaluate(model, examples: list[EncodedExample], pad_id: int, max_length: int | None, batch_size: int = 16,
-             world=None) -> dict:
-    """Token-weighted loss, mean token accuracy and perplexity over the trained tokens of ``examples``
-    (each process of a multi-process ``world`` scores its share, and the sums are added up)."""
+def evaluate(model, examples: list, make_batch, loss_fn=None, batch_size: int = 16, world=None) -> dict:
+    """Token-weighted loss, mean token accuracy and perplexity over the trained units of ``examples``
+    (tokens for chat, examples for classification); ``make_batch(examples) -> batch``, ``loss_fn(model,
+    batch) -> LossResult`` (default: the causal-LM loss). Each process of a multi-process ``world`` scores
+    its share, and the sums are added up."""
+    loss_fn = loss_fn or sparse_lm_loss
     if not examples:
         return {"loss": None, "mean_token_accuracy": None, "perplexity": None}
     was_training = model.training
@@ -65,8 +66,7 @@ def evaluate(model, examples: list[EncodedExample], pad_id: int, max_length: int
         order = world.shard(order)
     loss_sum, n_tokens, n_correct = 0.0, 0, 0
     for start in range(0, len(order), batch_size):
-        batch = collate([examples[i] for i in order[start : start + batch_size]], pad_id, max_length)
-        result = sparse_lm_loss(model, batch)
+        result = loss_fn(model, make_batch([examples[i] for i in order[start : start + batch_size]]))
         loss_sum += float(result.loss_sum)
         n_tokens += result.n_tokens
         n_correct += result.n_correct

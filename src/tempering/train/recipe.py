@@ -19,19 +19,32 @@ from pathlib import Path
 import torch
 from pydantic import BaseModel
 
-from tempering.catalog import get_card, load_causal_lm, load_tokenizer
-from tempering.data import EncodedExample, encode_chat, load_chat_file
-from tempering.errors import InvalidConfigError
+from tempering.catalog import get_card, load_causal_lm, load_tokenizer, resolve_weights
+from tempering.data import EncodedExample, encode_chat
+from tempering.data.formats import load_examples, validate_any
+from tempering.data.split import split_examples
+from tempering.data.validate import MIN_EXAMPLES
+from tempering.errors import InvalidConfigError, InvalidDataError
 from tempering.hardware import select_placement
 from tempering.train import artifacts
 from tempering.train.checkpoint import latest_checkpoint
 from tempering.train.config import ResolvedHyperparameters, TuneConfig, resolve_hyperparameters
 from tempering.train.distributed import World, current_world
 from tempering.train.fit import RunCancelled, fit
-from tempering.train.loss import evaluate
+from tempering.train.batching import collate
+from tempering.train.classify import (
+    classification_loss,
+    classification_metrics,
+    collate_classes,
+    encode_texts,
+    load_classifier,
+    predict,
+    texts_and_labels,
+)
+from tempering.train.loss import evaluate, sparse_lm_loss
 
 EventSink = Callable[[dict], None]
-HOLDOUT_FRACTION, MIN_EXAMPLES_FOR_HOLDOUT = 0.1, 20
+MIN_EXAMPLES_FOR_HOLDOUT = 20
 
 
 class TuneResult(BaseModel):
@@ -49,6 +62,8 @@ class TuneResult(BaseModel):
     n_train_examples: int
     n_valid_examples: int
     hyperparameters: ResolvedHyperparameters
+    task: str = "chat"
+    classification: dict | None = None  # accuracy, macro-F1, per-class F1, top confusions on validation
 
 
 @dataclass
@@ -68,6 +83,10 @@ class Setup:
     on_event: EventSink | None
     data_sha256: dict
     world: World
+    task: str = "chat"
+    make_batch: Callable = None  # examples -> batch dict
+    loss_fn: Callable = None  # (model, batch) -> LossResult
+    id2label: dict[int, str] | None = None  # classification only
 
     def write_run(self, **fields) -> None:
         """Create or update ``run.json``: what resume needs to find and rebuild this run."""
@@ -96,17 +115,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _holdout(examples: list, seed: int) -> tuple[list, list]:
-    if len(examples) < MIN_EXAMPLES_FOR_HOLDOUT:
-        return examples, []
-    order = list(range(len(examples)))
-    random.Random(seed).shuffle(order)
-    n_valid = max(2, round(HOLDOUT_FRACTION * len(examples)))
-    held = set(order[:n_valid])
-    return [e for i, e in enumerate(examples) if i not in held], [examples[i] for i in sorted(held)]
-
-
-def _wrap_lora(model, config: TuneConfig, parent_folder: Path | None):
+def _wrap_lora(model, config: TuneConfig, parent_folder: Path | None, task_type: str = "CAUSAL_LM"):
     from peft import LoraConfig, PeftModel, get_peft_model
 
     if parent_folder is not None:  # continue training the parent's adapter
@@ -117,7 +126,7 @@ def _wrap_lora(model, config: TuneConfig, parent_folder: Path | None):
         lora_dropout=config.lora.dropout,
         target_modules=config.lora.target_modules,
         bias="none",
-        task_type="CAUSAL_LM",
+        task_type=task_type,
     )
     return get_peft_model(model, lora)
 
@@ -127,6 +136,61 @@ def data_hashes(config: TuneConfig) -> dict:
     if config.validation_file is not None:
         hashes["validation_file"] = _sha256(config.validation_file)
     return hashes
+
+
+def _load_data(path: Path, config: TuneConfig, tokenizer, context_length: int, min_examples: int):
+    """Validate a data file of any supported format (every problem at once), then read it: (messages, labels)."""
+    options = {"text_column": config.text_column, "label_column": config.label_column}
+    report = validate_any(path, config.data_format, tokenizer=tokenizer, context_length=context_length,
+                          min_examples=min_examples, **options)
+    if not report.valid:
+        first = report.errors[0]
+        where = f"line {first.line}: " if first.line else ""
+        raise InvalidDataError(f"{report.summary()}; first: {where}{first.message} [{first.code}]", report)
+    messages, labels, _ = load_examples(path, config.data_format, **options)
+    return messages, labels
+
+
+def _split(messages, labels, config: TuneConfig, seed: int):
+    if len(messages) < MIN_EXAMPLES_FOR_HOLDOUT:
+        return messages, labels, [], None
+    if labels is None and config.task == "classification":
+        labels = texts_and_labels(messages, None)[1]
+    split = split_examples(messages, labels, config.validation_fraction, seed)
+    train_msgs, valid_msgs = split.apply(messages)
+    train_labels, valid_labels = split.apply(labels) if labels is not None else (None, None)
+    return train_msgs, train_labels, valid_msgs, valid_labels
+
+
+def _chat_task(config, card, placement, tokenizer, max_length, parent_folder, train_msgs, valid_msgs, seed):
+    train = [encode_chat(tokenizer, m) for m in train_msgs]
+    valid = [encode_chat(tokenizer, m) for m in valid_msgs]
+    torch.manual_seed(seed)  # LoRA A matrices are initialised randomly
+    model = _wrap_lora(load_causal_lm(card, placement), config, parent_folder)
+    pad_id = tokenizer.pad_token_id
+    return model, train, valid, lambda batch: collate(batch, pad_id, max_length), sparse_lm_loss, None
+
+
+def _classification_task(config, card, placement, tokenizer, max_length, parent_folder, train_data, valid_data,
+                         seed):
+    train_texts, train_labels = texts_and_labels(*train_data)
+    valid_texts, valid_labels = texts_and_labels(*valid_data)
+    classes = sorted(set(train_labels))
+    if len(classes) < 2:
+        raise InvalidDataError(f"classification needs at least 2 labels; the training data has {classes}")
+    unseen = sorted(set(valid_labels) - set(classes))
+    if unseen:
+        raise InvalidDataError(f"validation labels never seen in training: {', '.join(unseen[:10])}")
+    id2label = dict(enumerate(classes))
+    label2id = {label: i for i, label in id2label.items()}
+    train = encode_texts(tokenizer, train_texts, train_labels, label2id, max_length)
+    valid = encode_texts(tokenizer, valid_texts, valid_labels, label2id, max_length)
+    torch.manual_seed(seed)  # the head and the LoRA A matrices are initialised randomly
+    model = load_classifier(resolve_weights(card), placement, id2label)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model = _wrap_lora(model, config, parent_folder, task_type="SEQ_CLS")
+    pad_id = tokenizer.pad_token_id
+    return model, train, valid, lambda batch: collate_classes(batch, pad_id), classification_loss, id2label
 
 
 def setup(config: TuneConfig, on_event: EventSink | None = None, *, short_id: str | None = None,
@@ -146,23 +210,26 @@ def setup(config: TuneConfig, on_event: EventSink | None = None, *, short_id: st
     tokenizer = load_tokenizer(card)
     max_length = min(config.max_seq_length or card.context_length, card.context_length)
 
-    train_msgs, _ = load_chat_file(config.training_file, tokenizer=tokenizer, context_length=card.context_length)
+    train_msgs, train_labels = _load_data(config.training_file, config, tokenizer, card.context_length, MIN_EXAMPLES)
     if config.validation_file is not None:
-        valid_msgs, _ = load_chat_file(config.validation_file, tokenizer=tokenizer,
-                                       context_length=card.context_length, min_examples=1)
+        valid_msgs, valid_labels = _load_data(config.validation_file, config, tokenizer, card.context_length, 1)
     else:
-        train_msgs, valid_msgs = _holdout(train_msgs, seed)
-    train = [encode_chat(tokenizer, m) for m in train_msgs]
-    valid = [encode_chat(tokenizer, m) for m in valid_msgs]
+        train_msgs, train_labels, valid_msgs, valid_labels = _split(train_msgs, train_labels, config, seed)
+    if config.task == "classification":
+        task = _classification_task(config, card, placement, tokenizer, max_length, parent_folder,
+                                    (train_msgs, train_labels), (valid_msgs, valid_labels), seed)
+    else:
+        task = _chat_task(config, card, placement, tokenizer, max_length, parent_folder, train_msgs, valid_msgs,
+                          seed)
+    model, train, valid, make_batch, loss_fn, id2label = task
     hp = resolve_hyperparameters(config, len(train), card.family, seed)
 
-    torch.manual_seed(seed)  # LoRA A matrices are initialised randomly
-    model = _wrap_lora(load_causal_lm(card, placement), config, parent_folder)
     resuming = short_id is not None
     short_id = short_id or world.broadcast(artifacts.new_short_id())
     folder = artifacts.run_dir(short_id)
     state = Setup(config, card.id, parent, tokenizer, model, train, valid, hp, max_length, short_id, folder,
-                  artifacts.RunLog(folder, enabled=world.is_main), on_event, data_sha256 or data_hashes(config), world)
+                  artifacts.RunLog(folder, enabled=world.is_main), on_event, data_sha256 or data_hashes(config), world,
+                  config.task, make_batch, loss_fn, id2label)
     state.write_run(status="running", pid=os.getpid(), **({} if resuming else {"created_at": int(time.time())}))
     if not resuming:
         state.emit(f"Created run {short_id}: {len(train)} training and {len(valid)} validation examples, "
@@ -190,6 +257,34 @@ def _versions() -> dict:
             "transformers": transformers.__version__, "peft": peft.__version__}
 
 
+def estimate_job(config: TuneConfig):
+    """Tokens, time and cost of ``config`` before it runs: the same data loading and split as ``tune``."""
+    from tempering.data.estimate import estimate
+
+    seed = config.seed if config.seed is not None else 0
+    base_model = config.model
+    if artifacts.is_finetuned_id(config.model):
+        base_model = artifacts.resolve_finetuned(config.model)[1]["base_model"]
+    card = get_card(base_model)
+    tokenizer = load_tokenizer(card)
+    train_msgs, labels = _load_data(config.training_file, config, tokenizer, card.context_length, MIN_EXAMPLES)
+    if config.validation_file is not None:
+        valid_msgs, _ = _load_data(config.validation_file, config, tokenizer, card.context_length, 1)
+    else:
+        train_msgs, _, valid_msgs, _ = _split(train_msgs, labels, config, seed)
+    return estimate(train_msgs, tokenizer=tokenizer, config=config, validation=valid_msgs, seed=seed)
+
+
+def _classification_report(s: Setup) -> dict | None:
+    if not s.valid:
+        return None
+    probabilities = predict(s.model, s.valid, s.tokenizer.pad_token_id)
+    report = classification_metrics([e.label for e in s.valid], probabilities.argmax(-1).tolist(), s.id2label)
+    s.emit(f"Validation accuracy {report['accuracy']:.4f}, macro-F1 {report['macro_f1']:.4f}",
+           type="classification_eval", **report)
+    return report
+
+
 def _start_or_resume(config: TuneConfig, on_event, resume: bool) -> tuple[Setup, Path | None, dict | None]:
     if not resume:
         return setup(config, on_event), None, None
@@ -215,10 +310,9 @@ def tune(config: TuneConfig, *, on_event: EventSink | None = None, resume: bool 
     """
     started = time.perf_counter()
     s, checkpoint, base = _start_or_resume(config, on_event, resume)
-    pad_id = s.tokenizer.pad_token_id
     if base is None:
         with s.model.disable_adapter():
-            base = evaluate(s.model, s.valid, pad_id, s.max_length, world=s.world)
+            base = evaluate(s.model, s.valid, s.make_batch, s.loss_fn, world=s.world)
         s.write_run(base_eval=base)
         if base["loss"] is not None:
             s.emit(f"Base model validation loss {base['loss']:.4f}", type="base_eval", **base)
@@ -230,7 +324,8 @@ def tune(config: TuneConfig, *, on_event: EventSink | None = None, resume: bool 
     except BaseException:
         s.write_run(status="failed")
         raise
-    final = evaluate(s.model, s.valid, pad_id, s.max_length, world=s.world)
+    final = evaluate(s.model, s.valid, s.make_batch, s.loss_fn, world=s.world)
+    classification = _classification_report(s) if s.task == "classification" else None
     s.log.metrics_row({"step": fitted["steps"], "full_valid_loss": final["loss"],
                        "full_valid_mean_token_accuracy": final["mean_token_accuracy"]})
     model_id = artifacts.model_id_for(s.base_model, config.suffix, s.short_id)
@@ -239,9 +334,10 @@ def tune(config: TuneConfig, *, on_event: EventSink | None = None, resume: bool 
     metrics = {"train_loss": fitted["train_loss"], "full_valid_loss": final["loss"],
                "full_valid_mean_token_accuracy": final["mean_token_accuracy"],
                "full_valid_perplexity": final["perplexity"], "base_valid_loss": base["loss"],
-               "base_valid_mean_token_accuracy": base["mean_token_accuracy"]}
+               "base_valid_mean_token_accuracy": base["mean_token_accuracy"], "classification": classification}
     metadata = {
-        "id": model_id, "object": "model", "base_model": s.base_model, "parent_model": s.parent,
+        "id": model_id, "object": "model", "base_model": s.base_model, "parent_model": s.parent, "task": s.task,
+        "labels": list(s.id2label.values()) if s.id2label else None,
         "created_at": int(time.time()), "run_id": s.short_id,
         "config": config.model_dump(mode="json"), "hyperparameters": s.hp.model_dump(),
         "data_sha256": s.data_sha256, "n_train_examples": len(s.train), "n_valid_examples": len(s.valid),
@@ -260,4 +356,5 @@ def tune(config: TuneConfig, *, on_event: EventSink | None = None, resume: bool 
         valid_loss=final["loss"], valid_mean_token_accuracy=final["mean_token_accuracy"],
         base_valid_loss=base["loss"], base_valid_mean_token_accuracy=base["mean_token_accuracy"],
         n_train_examples=len(s.train), n_valid_examples=len(s.valid), hyperparameters=s.hp,
+        task=s.task, classification=classification,
     )

@@ -1,0 +1,52 @@
+"""Predictions of a fine-tuned classification model: text in, label and class probabilities out.
+
+Loads the base model under the trained head and LoRA adapter (both in the PEFT folder) and uses the same
+pooling as training (``train.classify``). Knows nothing about HTTP.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tempering.catalog import get_card, load_tokenizer, resolve_weights
+from tempering.errors import InvalidConfigError
+from tempering.hardware import select_placement
+from tempering.train import artifacts
+from tempering.train.classify import ClassExample, load_classifier, predict
+
+
+@dataclass
+class Classifier:
+    model_id: str
+    tokenizer: object
+    model: object
+    labels: list[str]
+    max_length: int
+
+    def classify(self, texts: list[str]) -> list[dict]:
+        """For each text: {"label", "scores": {label: probability}}, labels by descending probability."""
+        ids = self.tokenizer(texts, add_special_tokens=False, truncation=True,
+                             max_length=self.max_length)["input_ids"]
+        probabilities = predict(self.model, [ClassExample(i, 0) for i in ids], self.tokenizer.pad_token_id)
+        results = []
+        for row in probabilities.tolist():
+            scores = dict(sorted(zip(self.labels, row), key=lambda kv: -kv[1]))
+            results.append({"label": next(iter(scores)), "scores": scores})
+        return results
+
+
+def load_classifier_model(model_id: str, device: str = "auto") -> Classifier:
+    from peft import PeftModel
+
+    folder, meta = artifacts.resolve_finetuned(model_id)
+    if meta.get("task") != "classification":
+        raise InvalidConfigError(f"{model_id} is a {meta.get('task', 'chat')} model; use `tempering chat`",
+                                 param="model")
+    card = get_card(meta["base_model"])
+    placement = select_placement(device)
+    tokenizer = load_tokenizer(card)
+    labels = meta["labels"]
+    model = load_classifier(resolve_weights(card), placement, dict(enumerate(labels)))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model = PeftModel.from_pretrained(model, folder).eval()
+    return Classifier(model_id, tokenizer, model, labels, card.context_length)
