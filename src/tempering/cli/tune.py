@@ -14,7 +14,7 @@ from rich.table import Table
 
 from tempering.catalog import DEFAULT_MODEL_ID
 from tempering.cli.common import err, out, print_json, quiet_libraries
-from tempering.train.config import parse_config
+from tempering.train.config import Hyperparameters, LoraSettings, TuneConfig, parse_config
 
 
 class _ProgressSink:
@@ -83,25 +83,44 @@ def _fmt(value) -> str:
     return "—" if value is None else f"{value:.4f}"
 
 
+def _given(**values) -> dict:
+    """Only the options the user set: the rest keep the config's defaults."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _help(field: str, model=TuneConfig) -> str:
+    """The option's help is the config field's description: written once, in ``train.config``."""
+    return model.model_fields[field].description
+
+
 def tune(
-    training_file: Annotated[Path, typer.Argument(help="Chat JSONL to train on.", exists=True, dir_okay=False)],
-    validation: Annotated[Path | None, typer.Option("--validation", help="Chat JSONL to validate on.",
+    training_file: Annotated[Path, typer.Argument(help=_help("training_file"), exists=True, dir_okay=False)],
+    validation: Annotated[Path | None, typer.Option("--validation", help=_help("validation_file"),
                                                     exists=True, dir_okay=False)] = None,
-    model: Annotated[str, typer.Option(help="Base model id, or a fine-tuned model id to continue.")]
-    = DEFAULT_MODEL_ID,
-    task: Annotated[str, typer.Option(help="chat, or classification (a classification head).")] = "chat",
-    data_format: Annotated[str | None, typer.Option("--format", help="Data format (default: detected).")] = None,
-    text_column: Annotated[str | None, typer.Option(help="Text column of classification data.")] = None,
-    label_column: Annotated[str | None, typer.Option(help="Label column of classification data.")] = None,
-    validation_fraction: Annotated[float, typer.Option(help="Held out when no --validation file.")] = 0.1,
-    epochs: Annotated[int | None, typer.Option(help="Epochs (default: auto).")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Batch size (default: auto).")] = None,
-    batch_size_multiplier: Annotated[float | None, typer.Option(help="Azure-style × on the batch size.")] = None,
-    learning_rate_multiplier: Annotated[float | None, typer.Option(help="× the family's base rate "
-                                                                        "(default: auto = 1).")] = None,
-    suffix: Annotated[str | None, typer.Option(help="Put in the new model's id.")] = None,
-    seed: Annotated[int | None, typer.Option(help="Random seed (default: random, recorded).")] = None,
-    checkpoint_every: Annotated[int | None, typer.Option(help="Also checkpoint every N steps.")] = None,
+    model: Annotated[str, typer.Option(help=_help("model"))] = DEFAULT_MODEL_ID,
+    task: Annotated[str, typer.Option(help=_help("task"))] = "chat",
+    data_format: Annotated[str | None, typer.Option("--format", help=_help("data_format"))] = None,
+    text_column: Annotated[str | None, typer.Option(help=_help("text_column"))] = None,
+    label_column: Annotated[str | None, typer.Option(help=_help("label_column"))] = None,
+    validation_fraction: Annotated[float, typer.Option(help=_help("validation_fraction"))] = 0.1,
+    epochs: Annotated[int | None, typer.Option(help=_help("n_epochs", Hyperparameters))] = None,
+    batch_size: Annotated[int | None, typer.Option(help=_help("batch_size", Hyperparameters))] = None,
+    batch_size_multiplier: Annotated[float | None, typer.Option(
+        help=_help("batch_size_multiplier", Hyperparameters))] = None,
+    learning_rate_multiplier: Annotated[float | None, typer.Option(
+        help=_help("learning_rate_multiplier", Hyperparameters))] = None,
+    suffix: Annotated[str | None, typer.Option(help=_help("suffix"))] = None,
+    seed: Annotated[int | None, typer.Option(help=_help("seed"))] = None,
+    lora_rank: Annotated[int | None, typer.Option(help=_help("rank", LoraSettings))] = None,
+    lora_alpha: Annotated[int | None, typer.Option(help=_help("alpha", LoraSettings))] = None,
+    lora_dropout: Annotated[float | None, typer.Option(help=_help("dropout", LoraSettings))] = None,
+    lora_target: Annotated[list[str] | None, typer.Option(help=_help("target_modules", LoraSettings)
+                                                          + " Repeat for several.")] = None,
+    max_seq_length: Annotated[int | None, typer.Option(help=_help("max_seq_length"))] = None,
+    warmup_ratio: Annotated[float | None, typer.Option(help=_help("warmup_ratio"))] = None,
+    weight_decay: Annotated[float | None, typer.Option(help=_help("weight_decay"))] = None,
+    checkpoint_every: Annotated[int | None, typer.Option(help=_help("checkpoint_every_steps"))] = None,
+    device: Annotated[str, typer.Option(help=_help("device"))] = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run started by this same "
                                                           "command, from its latest checkpoint.")] = False,
     estimate: Annotated[bool, typer.Option("--estimate", help="Only estimate tokens, time and cost; train "
@@ -117,8 +136,11 @@ def tune(
         "model": model, "task": task, "training_file": training_file, "validation_file": validation,
         "validation_fraction": validation_fraction, "data_format": data_format, "text_column": text_column,
         "label_column": label_column, "suffix": suffix,
-        "seed": seed, "hyperparameters": {k: v for k, v in hyperparameters.items() if v is not None},
-        "checkpoint_every_steps": checkpoint_every,
+        "seed": seed, "hyperparameters": _given(**hyperparameters),
+        "checkpoint_every_steps": checkpoint_every, "max_seq_length": max_seq_length, "device": device,
+        **_given(warmup_ratio=warmup_ratio, weight_decay=weight_decay),
+        "lora": _given(rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout,
+                       target_modules=(lora_target[0] if lora_target == ["all-linear"] else lora_target)),
     })
     if estimate:
         _print_estimate(config, as_json)
