@@ -25,9 +25,20 @@ from tempering.train.config import parse_config
 
 
 def _calibration(**overrides) -> Calibration:
-    values = dict(model="smollm2-135m-instruct", device="cpu", dtype="float32", tokens_per_second=1000.0,
-                  overhead_seconds=5.0, trained_tokens=10_000, fit_seconds=10.0, total_seconds=15.0,
-                  n_examples=32, batch_size=8, n_epochs=2, measured_at=0)
+    values = dict(
+        model="smollm2-135m-instruct",
+        device="cpu",
+        dtype="float32",
+        tokens_per_second=1000.0,
+        overhead_seconds=5.0,
+        trained_tokens=10_000,
+        fit_seconds=10.0,
+        total_seconds=15.0,
+        n_examples=32,
+        batch_size=8,
+        n_epochs=2,
+        measured_at=0,
+    )
     return Calibration(**{**values, **overrides})
 
 
@@ -39,7 +50,10 @@ def test_seconds_arithmetic():
 
 
 def test_price_table_defaults_and_environment(monkeypatch):
-    assert price_per_1k("smollm2-135m-instruct") == get_settings().price_per_1k_training_tokens["smollm2-135m-instruct"]
+    assert (
+        price_per_1k("smollm2-135m-instruct")
+        == get_settings().price_per_1k_training_tokens["smollm2-135m-instruct"]
+    )
     assert price_per_1k("some-unknown-model") == get_settings().price_per_1k_training_tokens["*"]
     monkeypatch.setenv("TEMPERING_PRICE_PER_1K_TRAINING_TOKENS", json.dumps({"smollm2-135m-instruct": 0.5}))
     reset_settings()
@@ -75,10 +89,14 @@ def test_estimate_tokens_epochs_time_and_cost(tokenizer, tmp_path, monkeypatch):
     assert uncalibrated.cost == pytest.approx(round(5 * per_epoch / 1000 * 0.01, 4))
 
     save_calibration(_calibration())
-    fixed = parse_config({"training_file": tmp_path / "t.jsonl", "device": "cpu", "hyperparameters": {"n_epochs": 2}})
+    fixed = parse_config(
+        {"training_file": tmp_path / "t.jsonl", "device": "cpu", "hyperparameters": {"n_epochs": 2}}
+    )
     result = estimate(train, tokenizer=tokenizer, config=fixed, validation=valid)
     assert result.n_epochs == 2 and result.trained_tokens == 2 * per_epoch
-    assert result.seconds == pytest.approx(round(5 + (2 * per_epoch + EVAL_COST * 4 * valid_tokens) / 1000, 1))
+    assert result.seconds == pytest.approx(
+        round(5 + (2 * per_epoch + EVAL_COST * 4 * valid_tokens) / 1000, 1)
+    )
     assert result.device == "cpu" and result.tokens_per_second == 1000.0 and not result.notes
 
 
@@ -88,9 +106,12 @@ def test_calibrate_times_a_real_run_and_leaves_no_model(tiny_model):
     measured = json.loads(result.stdout)
     assert measured["model"] == tiny_model and measured["device"] == "cpu"
     assert measured["tokens_per_second"] > 0 and 0 < measured["fit_seconds"] <= measured["total_seconds"]
-    assert measured["trained_tokens"] > 0 and measured["n_epochs"] == 2 and measured["batch_size"] == 8
+    assert measured["n_examples"] == 16  # nothing held out: evaluation is not part of the timing
+    assert measured["trained_tokens"] > 0 and measured["n_epochs"] == 3 and measured["batch_size"] == 4
     assert find_calibration(tiny_model, "cpu").tokens_per_second == measured["tokens_per_second"]
     runs = get_settings().runs_dir
     assert not runs.exists() or not any(runs.iterdir())  # the timing run is not a model
-    listed = json.loads(CliRunner().invoke(app, ["models", "list", "--search", "fine-tuned", "--json"]).stdout)
+    listed = json.loads(
+        CliRunner().invoke(app, ["models", "list", "--search", "fine-tuned", "--json"]).stdout
+    )
     assert listed == []

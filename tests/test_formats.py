@@ -43,38 +43,70 @@ def _codes(report) -> dict[int, set[str]]:
 
 
 PHI3 = "<|system|>\nBe brief.<|end|>\n<|user|>\nHi there <|end|>\n<|assistant|> \nHello! <|end|>"
-CHATML = "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n" \
-         "<|im_start|>assistant\nHello!<|im_end|>\n"
-EXPECTED = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi there"},
-            {"role": "assistant", "content": "Hello!"}]
+CHATML = (
+    "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n"
+    "<|im_start|>assistant\nHello!<|im_end|>\n"
+)
+EXPECTED = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Hi there"},
+    {"role": "assistant", "content": "Hello!"},
+]
 
 # format → (good lines, [(bad line, codes expected on it)])
 CASES = {
     "prompt-completion": (
-        [{"prompt": "Hi there", "completion": "Hello!", "system": "Be brief."},
-         {"prompt": "Hi there", "response": "Hello!"}],
-        [({"prompt": "Hi"}, {"missing_field"}), ({"prompt": 3, "completion": "x"}, {"field_not_string"}),
-         ({"prompt": " ", "completion": "x"}, {"empty_field"}), (b"{oops", {"invalid_json"})]),
+        [
+            {"prompt": "Hi there", "completion": "Hello!", "system": "Be brief."},
+            {"prompt": "Hi there", "response": "Hello!"},
+        ],
+        [
+            ({"prompt": "Hi"}, {"missing_field"}),
+            ({"prompt": 3, "completion": "x"}, {"field_not_string"}),
+            ({"prompt": " ", "completion": "x"}, {"empty_field"}),
+            (b"{oops", {"invalid_json"}),
+        ],
+    ),
     "text": (
-        [{"text": PHI3}, {"text": CHATML}, {"text": "<s><|user|>\nHi there<|end|>\n<|assistant|>\nHello!<|end|>"}],
-        [({"text": "just some prose"}, {"no_template"}),
-         ({"text": "preface <|user|>\nHi<|end|>\n<|assistant|>\nYo<|end|>"}, {"text_outside_turns"}),
-         ({"text": "<|im_start|>tool\nx<|im_end|><|im_start|>assistant\ny<|im_end|>"}, {"unknown_role"}),
-         ({"text": "<|user|>\nHi<|end|>"}, {"no_assistant_message"}),
-         ({"text": "<|user|>\nHi<|end|>\n<|assistant|>\n <|end|>"}, {"empty_content"})]),
+        [
+            {"text": PHI3},
+            {"text": CHATML},
+            {"text": "<s><|user|>\nHi there<|end|>\n<|assistant|>\nHello!<|end|>"},
+        ],
+        [
+            ({"text": "just some prose"}, {"no_template"}),
+            ({"text": "preface <|user|>\nHi<|end|>\n<|assistant|>\nYo<|end|>"}, {"text_outside_turns"}),
+            ({"text": "<|im_start|>tool\nx<|im_end|><|im_start|>assistant\ny<|im_end|>"}, {"unknown_role"}),
+            ({"text": "<|user|>\nHi<|end|>"}, {"no_assistant_message"}),
+            ({"text": "<|user|>\nHi<|end|>\n<|assistant|>\n <|end|>"}, {"empty_content"}),
+        ],
+    ),
     "instruction": (
-        [{"instruction": "Hi there", "input": "", "output": "Hello!"},
-         {"instruction": "Translate", "input": "bonjour", "output": "hello"}],
-        [({"instruction": "x"}, {"missing_field"}), ({"instruction": "x", "output": ["y"]}, {"field_not_string"}),
-         ([1, 2], {"not_object"})]),
+        [
+            {"instruction": "Hi there", "input": "", "output": "Hello!"},
+            {"instruction": "Translate", "input": "bonjour", "output": "hello"},
+        ],
+        [
+            ({"instruction": "x"}, {"missing_field"}),
+            ({"instruction": "x", "output": ["y"]}, {"field_not_string"}),
+            ([1, 2], {"not_object"}),
+        ],
+    ),
     "classification": (
         [{"text": "where is my card", "label": "card_arrival"}, {"text": "fees?", "label": 7}],
-        [({"text": "", "label": "a"}, {"empty_field"}), ({"text": "x"}, {"missing_field"}),
-         ({"text": "x", "label": ""}, {"empty_field"})]),
+        [
+            ({"text": "", "label": "a"}, {"empty_field"}),
+            ({"text": "x"}, {"missing_field"}),
+            ({"text": "x", "label": ""}, {"empty_field"}),
+        ],
+    ),
     "chat": (
         [{"messages": EXPECTED}],
-        [({"messages": [{"role": "user", "content": "hi"}]}, {"no_assistant_message"}),
-         ({"messages": [{"role": "bot", "content": "hi"}, EXPECTED[2]]}, {"unknown_role"})]),
+        [
+            ({"messages": [{"role": "user", "content": "hi"}]}, {"no_assistant_message"}),
+            ({"messages": [{"role": "bot", "content": "hi"}, EXPECTED[2]]}, {"unknown_role"}),
+        ],
+    ),
 }
 
 
@@ -106,17 +138,22 @@ def test_conversions_produce_the_canonical_messages(tmp_path):
     assert examples[1].messages[0] == {"role": "user", "content": "Translate\n\nbonjour"}
     examples, report = read_examples(_write(tmp_path / "cls.jsonl", CASES["classification"][0]))
     assert [e.label for e in examples] == ["card_arrival", "7"]
-    assert examples[0].messages == [{"role": "user", "content": "where is my card"},
-                                    {"role": "assistant", "content": "card_arrival"}]
+    assert examples[0].messages == [
+        {"role": "user", "content": "where is my card"},
+        {"role": "assistant", "content": "card_arrival"},
+    ]
 
 
-@pytest.mark.parametrize(("rows", "expected"), [
-    ([{"messages": EXPECTED}], "chat"),
-    ([{"prompt": "a", "response": "b"}], "prompt-completion"),
-    ([{"text": PHI3}], "text"),
-    ([{"instruction": "a", "input": "", "output": "b"}], "instruction"),
-    ([{"sentence": "a", "intent": "b"}], "classification"),
-])
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        ([{"messages": EXPECTED}], "chat"),
+        ([{"prompt": "a", "response": "b"}], "prompt-completion"),
+        ([{"text": PHI3}], "text"),
+        ([{"instruction": "a", "input": "", "output": "b"}], "instruction"),
+        ([{"sentence": "a", "intent": "b"}], "classification"),
+    ],
+)
 def test_format_is_detected_from_the_keys(tmp_path, rows, expected):
     assert detect_format(_write(tmp_path / "x.jsonl", rows * 3)) == expected
 
@@ -138,8 +175,10 @@ def test_format_override_wins_over_detection(tmp_path):
     assert [w.code for w in report.warnings] == ["ignored_key"]
 
 
-@pytest.mark.parametrize(("ending", "final", "bom"), [(b"\n", True, False), (b"\r\n", True, True),
-                                                      (b"\r\n", False, False), (b"\n", False, True)])
+@pytest.mark.parametrize(
+    ("ending", "final", "bom"),
+    [(b"\n", True, False), (b"\r\n", True, True), (b"\r\n", False, False), (b"\n", False, True)],
+)
 def test_line_endings_bom_and_final_newline(tmp_path, ending, final, bom):
     rows = [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(3)]
     examples, report = read_examples(_write(tmp_path / "x.jsonl", rows, ending, final, bom))
@@ -150,14 +189,19 @@ def test_line_endings_bom_and_final_newline(tmp_path, ending, final, bom):
 
 def test_csv_columns_detected_or_given_and_bad_rows_reported(tmp_path):
     csv_path = tmp_path / "intents.csv"
-    csv_path.write_bytes("\ufefftext,category\r\nwhere is my card?,card_arrival\r\n\"fees, again\",fees\r\n"
-                         "broken row\r\n\r\n,fees\r\ncaf\xe9 ok,other\r\n".encode("utf-8")
-                         + b"bad \xff byte,fees")
+    csv_path.write_bytes(
+        '\ufefftext,category\r\nwhere is my card?,card_arrival\r\n"fees, again",fees\r\n'
+        "broken row\r\n\r\n,fees\r\ncaf\xe9 ok,other\r\n".encode("utf-8")
+        + b"bad \xff byte,fees"
+    )
     examples, report = read_examples(csv_path)
     assert report.format == "classification"
     assert (report.stats["text_column"], report.stats["label_column"]) == ("text", "category")
     assert [(e.line, e.messages[0]["content"], e.label) for e in examples] == [
-        (2, "where is my card?", "card_arrival"), (3, "fees, again", "fees"), (7, "café ok", "other")]
+        (2, "where is my card?", "card_arrival"),
+        (3, "fees, again", "fees"),
+        (7, "café ok", "other"),
+    ]
     assert _codes(report) == {4: {"wrong_column_count"}, 6: {"empty_field"}, 8: {"not_utf8"}}
     assert [w.line for w in report.warnings] == [5]
 
@@ -197,15 +241,19 @@ def test_validate_any_keeps_original_line_numbers(tmp_path, tokenizer):
     assert not report.valid
     assert [(i.line, i.code) for i in report.errors] == [(4, "missing_field")]
     assert [(w.line, w.message) for w in report.warnings if w.code == "duplicate_example"] == [
-        (8, "same example as line 6")]
+        (8, "same example as line 6")
+    ]
     assert report.stats["examples"] == 12 and report.stats["tokens_per_example"]["max"] > 0
     assert report.stats["format"] == "prompt-completion"
 
 
 def test_cli_convert_and_validate_any_format(tmp_path, tiny_model):
     runner = CliRunner()
-    src = _write(tmp_path / "pc.jsonl", [{"prompt": f"q{i}", "response": f"a{i}"} for i in range(10)]
-                 + [{"prompt": "broken"}], ending=b"\r\n")
+    src = _write(
+        tmp_path / "pc.jsonl",
+        [{"prompt": f"q{i}", "response": f"a{i}"} for i in range(10)] + [{"prompt": "broken"}],
+        ending=b"\r\n",
+    )
     out = tmp_path / "chat.jsonl"
     refused = runner.invoke(app, ["data", "convert", str(src), str(out)])
     assert refused.exit_code == 1 and "missing_field" in refused.output and not out.exists()
@@ -221,7 +269,9 @@ def test_cli_convert_and_validate_any_format(tmp_path, tiny_model):
 
 # ---------------------------------------------------------------- the real sample files (skipped when absent)
 
-needs_shared = pytest.mark.skipif(not BANKING.exists() or not TRAVEL.exists(), reason="../shared/data is absent")
+needs_shared = pytest.mark.skipif(
+    not BANKING.exists() or not TRAVEL.exists(), reason="../shared/data is absent"
+)
 
 
 @needs_shared

@@ -1,4 +1,4 @@
-"""The quality report: duplicates and leakage, labels, diversity, suspicious content, verdict; lines everywhere."""
+"""The quality report: duplicates, leakage, labels, diversity, suspicious content, verdict, with lines."""
 
 from __future__ import annotations
 
@@ -17,13 +17,17 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 def ex(line: int, question: str, answer: str, label: str | None = None, system: str | None = None) -> Example:
     messages = ([{"role": "system", "content": system}] if system else []) + [
-        {"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+        {"role": "user", "content": question},
+        {"role": "assistant", "content": answer},
+    ]
     return Example(line=line, messages=messages, label=label)
 
 
 def qa(n: int, start: int = 1) -> list[Example]:
-    return [ex(start + i, f"Question number {i} about topic {i * 7}?", f"A distinct answer {i} with detail.")
-            for i in range(n)]
+    return [
+        ex(start + i, f"Question number {i} about topic {i * 7}?", f"A distinct answer {i} with detail.")
+        for i in range(n)
+    ]
 
 
 def codes(report) -> dict[str, object]:
@@ -48,9 +52,11 @@ def test_clean_data_is_ready_and_counts_tokens(tokenizer):
 
 
 def test_exact_and_near_duplicates_within_training_carry_their_lines():
-    train = qa(10) + [ex(11, "Question number 2 about topic 14?", "A distinct answer 2 with detail."),
-                      ex(12, "question NUMBER 3 about topic 21", "A distinct answer 3, with detail"),
-                      ex(13, "Question number 4 about topic 28?", "Something else entirely.")]
+    train = qa(10) + [
+        ex(11, "Question number 2 about topic 14?", "A distinct answer 2 with detail."),
+        ex(12, "question NUMBER 3 about topic 21", "A distinct answer 3, with detail"),
+        ex(13, "Question number 4 about topic 28?", "Something else entirely."),
+    ]
     report = build_report(train)
     d = report.duplicates
     assert [g.lines for g in d.exact] == [[3, 11]] and d.exact_extra == 1
@@ -65,10 +71,12 @@ def test_exact_and_near_duplicates_within_training_carry_their_lines():
 
 def test_leakage_across_training_and_validation():
     train = qa(10)
-    validation = [ex(1, "Question number 1 about topic 7?", "A distinct answer 1 with detail."),  # exact
-                  ex(2, "QUESTION number 2 about topic 14", "a distinct answer 2 with detail"),  # near
-                  ex(3, "Question number 3 about topic 21?", "A different answer."),  # same prompt
-                  ex(4, "Something new?", "New.")]
+    validation = [
+        ex(1, "Question number 1 about topic 7?", "A distinct answer 1 with detail."),  # exact
+        ex(2, "QUESTION number 2 about topic 14", "a distinct answer 2 with detail"),  # near
+        ex(3, "Question number 3 about topic 21?", "A different answer."),  # same prompt
+        ex(4, "Something new?", "New."),
+    ]
     report = build_report(train, validation)
     d = report.duplicates
     assert [(g.lines, g.validation_lines) for g in d.leaked_exact] == [([2], [1])]
@@ -96,20 +104,28 @@ def test_labels_imbalance_rare_and_unsplittable_classes():
 
 
 def test_short_repeating_answers_are_inferred_as_labels():
-    messages = [[{"role": "user", "content": f"t{i}"}, {"role": "assistant", "content": "yes" if i % 3 else "no"}]
-                for i in range(12)]
+    messages = [
+        [{"role": "user", "content": f"t{i}"}, {"role": "assistant", "content": "yes" if i % 3 else "no"}]
+        for i in range(12)
+    ]
     assert infer_labels(messages) == [m[1]["content"] for m in messages]
-    long = [[{"role": "user", "content": "q"}, {"role": "assistant", "content": f"a long answer number {i}"}]
-            for i in range(12)]
+    long = [
+        [{"role": "user", "content": "q"}, {"role": "assistant", "content": f"a long answer number {i}"}]
+        for i in range(12)
+    ]
     assert infer_labels(long) is None
     report = build_report([Example(line=i + 1, messages=m) for i, m in enumerate(messages)])
     assert report.labels.source == "assistant_answers" and report.labels.counts == {"yes": 8, "no": 4}
 
 
 def test_diversity_and_dominant_answer():
-    train = [ex(i + 1, f"Tell me fact {i}", "I cannot help with that, sorry about it.", system=f"S{i % 2}")
-             for i in range(8)] + [ex(9, "What now", "Something useful here for you."),
-                                   ex(10, "Why so", "Another useful and longer answer here.")]
+    train = [
+        ex(i + 1, f"Tell me fact {i}", "I cannot help with that, sorry about it.", system=f"S{i % 2}")
+        for i in range(8)
+    ] + [
+        ex(9, "What now", "Something useful here for you."),
+        ex(10, "Why so", "Another useful and longer answer here."),
+    ]
     report = build_report(train)
     dv = report.diversity
     assert dv.distinct_system_prompts == 2 and dv.distinct_prompts == 10
@@ -118,20 +134,23 @@ def test_diversity_and_dominant_answer():
     assert codes(report)["dominant_answer"].lines == list(range(1, 9))
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("Plain text, nothing odd.", set()),
-    ("cafÃ© and donâ€™t", {"mojibake"}),
-    ("Tromsø, café, naïve, 東京", set()),
-    ("lost \ufffd byte", {"replacement_character"}),
-    ("don\\u2019t", {"escaped_unicode"}),
-    ("bell\x07 and zero\u200bwidth", {"control_characters"}),
-    ("a must-visit,t don't", {"missing_space"}),
-    ("write to jane.doe@example.com", {"pii_email"}),
-    ("call +1 415-555-0132 now", {"pii_phone"}),
-    ("card 4111 1111 1111 1111", {"pii_card"}),
-    ("order 1234 5678 9012 3456", set()),  # fails the Luhn check
-    ("in 2020-01-01 we had 10000 users", set()),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Plain text, nothing odd.", set()),
+        ("cafÃ© and donâ€™t", {"mojibake"}),
+        ("Tromsø, café, naïve, 東京", set()),
+        ("lost \ufffd byte", {"replacement_character"}),
+        ("don\\u2019t", {"escaped_unicode"}),
+        ("bell\x07 and zero\u200bwidth", {"control_characters"}),
+        ("a must-visit,t don't", {"missing_space"}),
+        ("write to jane.doe@example.com", {"pii_email"}),
+        ("call +1 415-555-0132 now", {"pii_phone"}),
+        ("card 4111 1111 1111 1111", {"pii_card"}),
+        ("order 1234 5678 9012 3456", set()),  # fails the Luhn check
+        ("in 2020-01-01 we had 10000 users", set()),
+    ],
+)
 def test_suspicious_content_flags(text, expected):
     assert content_flags(text) == expected
 
@@ -152,7 +171,9 @@ def test_normalize():
 
 def test_conversion_problems_and_file_layout_become_findings(tmp_path):
     path = tmp_path / "pc.jsonl"
-    rows = [json.dumps({"prompt": f"q{i}", "completion": f"answer {i}"}) for i in range(11)] + ['{"prompt": "x"}']
+    rows = [json.dumps({"prompt": f"q{i}", "completion": f"answer {i}"}) for i in range(11)] + [
+        '{"prompt": "x"}'
+    ]
     path.write_bytes("\r\n".join(rows).encode())
     report = report_files(path)
     found = codes(report)
@@ -166,8 +187,9 @@ def test_cli_report_json_and_tables(tmp_path, tiny_model):
     rows = [{"prompt": f"Question {i}?", "completion": f"Answer {i}."} for i in range(12)]
     train.write_text("".join(json.dumps(r) + "\n" for r in rows + rows[:2]), encoding="utf-8")
     runner = CliRunner()
-    result = runner.invoke(app, ["data", "report", str(train), "--validation", str(train), "--model", tiny_model,
-                                 "--json"])
+    result = runner.invoke(
+        app, ["data", "report", str(train), "--validation", str(train), "--model", tiny_model, "--json"]
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["duplicates"]["exact_extra"] == 2 and data["verdict"]["status"] == "review"
@@ -181,7 +203,9 @@ def test_real_files_report():
     travel = report_files(SHARED / "phi3-cookbook" / "travel_prompt_response.jsonl")
     assert travel.duplicates.exact_extra == 13 and travel.diversity.distinct_prompts == 190
     assert "missing_space" in codes(travel) and "file_layout" in codes(travel)
-    truthful = report_files(SHARED / "phi3-cookbook" / "truthfulqa_text_train.jsonl",
-                            SHARED / "phi3-cookbook" / "truthfulqa_text_valid.jsonl")
+    truthful = report_files(
+        SHARED / "phi3-cookbook" / "truthfulqa_text_train.jsonl",
+        SHARED / "phi3-cookbook" / "truthfulqa_text_valid.jsonl",
+    )
     d = truthful.duplicates
     assert not (d.leaked_exact or d.leaked_near or d.leaked_prompts)  # SOURCE.md: no question in both

@@ -26,16 +26,26 @@ def chat(prompt: str, answer: str = "ok") -> list[dict]:
 # Prompts drawn from a small pool, so duplicates (and same-prompt-other-answer pairs) are common;
 # a variant in case and punctuation makes near duplicates.
 datasets = st.lists(
-    st.tuples(st.integers(0, 30), st.booleans(), st.sampled_from(["a", "b", "c", "d", "e"]), st.integers(0, 2)),
-    min_size=1, max_size=80,
-).map(lambda rows: ([chat(f"Prompt {p}?" if v else f"prompt {p}", f"answer {a}") for p, v, _, a in rows],
-                    [label for _, _, label, _ in rows]))
+    st.tuples(
+        st.integers(0, 30), st.booleans(), st.sampled_from(["a", "b", "c", "d", "e"]), st.integers(0, 2)
+    ),
+    min_size=1,
+    max_size=80,
+).map(
+    lambda rows: (
+        [chat(f"Prompt {p}?" if v else f"prompt {p}", f"answer {a}") for p, v, _, a in rows],
+        [label for _, _, label, _ in rows],
+    )
+)
 fractions = st.floats(0.05, 0.5)
 seeds = st.integers(0, 2**31 - 1)
 
 
 def sides(result) -> dict[int, str]:
-    return {**{i: "train" for i in result.train_indices}, **{i: "validation" for i in result.validation_indices}}
+    return {
+        **{i: "train" for i in result.train_indices},
+        **{i: "validation" for i in result.validation_indices},
+    }
 
 
 @settings(max_examples=150, deadline=None)
@@ -88,7 +98,10 @@ def test_distinct_examples_split_each_class_by_the_fraction(sizes, fraction, see
         expected = max(1, round(fraction * n)) if n >= 2 else 0
         assert result.by_label[label].validation == expected
     assert [n for n in result.notes if "single example" in n] == [
-        f"class {label!r} has a single example: kept in training only" for label in sorted(sizes) if sizes[label] == 1]
+        f"class {label!r} has a single example: kept in training only"
+        for label in sorted(sizes)
+        if sizes[label] == 1
+    ]
 
 
 def test_seed_changes_the_split_and_apply_follows_the_indices():
@@ -112,19 +125,37 @@ def test_cli_split_writes_both_sides_and_what_went_where(tmp_path):
     rows = [f"text {label} {i},{label}" for label, n in (("a", 30), ("b", 10), ("c", 1)) for i in range(n)]
     src.write_text("text,label\n" + "\n".join(rows + ["text a 0,a"]) + "\n", encoding="utf-8")
     out = tmp_path / "out"
-    result = CliRunner().invoke(app, ["data", "split", str(src), "--validation-fraction", "0.2", "--seed", "3",
-                                      "--out-dir", str(out), "--json"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "data",
+            "split",
+            str(src),
+            "--validation-fraction",
+            "0.2",
+            "--seed",
+            "3",
+            "--out-dir",
+            str(out),
+            "--json",
+        ],
+    )
     assert result.exit_code == 0, result.output
     manifest = json.loads(result.stdout)
-    assert manifest["by_label"] == {"a": {"train": 25, "validation": 6}, "b": {"train": 8, "validation": 2},
-                                    "c": {"train": 1, "validation": 0}}
+    assert manifest["by_label"] == {
+        "a": {"train": 25, "validation": 6},
+        "b": {"train": 8, "validation": 2},
+        "c": {"train": 1, "validation": 0},
+    }
     assert manifest["duplicate_groups"] == 1
     assert sorted(manifest["train_lines"] + manifest["validation_lines"]) == list(range(2, 44))
     assert (2 in manifest["train_lines"]) == (43 in manifest["train_lines"])  # the duplicate stays together
     assert json.loads((out / "intents.split.json").read_text()) == manifest
     valid = [json.loads(line) for line in (out / "intents.validation.jsonl").read_text().splitlines()]
     assert len(valid) == 8 and all(set(v) == {"messages"} for v in valid)
-    rows_out = CliRunner().invoke(app, ["data", "split", str(src), "--out-dir", str(out), "--to", "classification"])
+    rows_out = CliRunner().invoke(
+        app, ["data", "split", str(src), "--out-dir", str(out), "--to", "classification"]
+    )
     assert rows_out.exit_code == 0, rows_out.output
     assert set(json.loads((out / "intents.train.jsonl").read_text().splitlines()[0])) == {"text", "label"}
 

@@ -24,6 +24,8 @@ def calibrate(
     if as_json:
         print_json(result.model_dump(mode="json"))
         return
-    out.print(f"{result.model} on {result.device} ({result.dtype}): {result.tokens_per_second:,.0f} trained "
-              f"tokens/s, plus {result.overhead_seconds:.1f} s per run to load and save "
-              f"({result.trained_tokens:,} tokens in {result.fit_seconds:.1f} s); saved for estimates")
+    out.print(
+        f"{result.model} on {result.device} ({result.dtype}): {result.tokens_per_second:,.0f} trained "
+        f"tokens/s, plus {result.overhead_seconds:.1f} s per run to load and save "
+        f"({result.trained_tokens:,} tokens in {result.fit_seconds:.1f} s); saved for estimates"
+    )

@@ -27,8 +27,9 @@ def _issues_table(report: ValidationReport) -> Table:
     issues = [("error", i) for i in report.errors] + [("warning", i) for i in report.warnings]
     for level, issue in issues[:SHOWN_ISSUES]:
         style = "red" if level == "error" else "yellow"
-        table.add_row("" if issue.line is None else str(issue.line), f"[{style}]{level}[/]", issue.code,
-                      issue.message)
+        table.add_row(
+            "" if issue.line is None else str(issue.line), f"[{style}]{level}[/]", issue.code, issue.message
+        )
     if len(issues) > SHOWN_ISSUES:
         table.caption = f"… and {len(issues) - SHOWN_ISSUES} more (use --json to see them all)"
     return table
@@ -39,27 +40,47 @@ def _stats_line(stats: dict) -> str:
     line = f"{stats['examples']} examples ({roles or 'no messages'})"
     tokens = stats.get("tokens_per_example")
     if tokens:
-        line += (f"; tokens per example min {tokens['min']}, median {tokens['median']:g}, "
-                 f"p95 {tokens['p95']}, max {tokens['max']}, total {tokens['total']:,}")
+        line += (
+            f"; tokens per example min {tokens['min']}, median {tokens['median']:g}, "
+            f"p95 {tokens['p95']}, max {tokens['max']}, total {tokens['total']:,}"
+        )
     return line
 
 
 # Options shared by the commands below; their help text lives here once.
-FormatOption = Annotated[str | None, typer.Option(
-    "--format", help=f"Input format, one of {', '.join(FORMATS)} (default: detected from the file).")]
-TextColumn = Annotated[str | None, typer.Option(
-    help="Classification: the column holding the text (default: detected, e.g. text, sentence, query).")]
-LabelColumn = Annotated[str | None, typer.Option(
-    help="Classification: the column holding the label (default: detected, e.g. label, category, intent).")]
-ModelOption = Annotated[str, typer.Option(
-    help="Catalog id whose tokenizer, chat template and context length count tokens.")]
+FormatOption = Annotated[
+    str | None,
+    typer.Option(
+        "--format", help=f"Input format, one of {', '.join(FORMATS)} (default: detected from the file)."
+    ),
+]
+TextColumn = Annotated[
+    str | None,
+    typer.Option(
+        help="Classification: the column holding the text (default: detected, e.g. text, sentence, query)."
+    ),
+]
+LabelColumn = Annotated[
+    str | None,
+    typer.Option(
+        help="Classification: the column holding the label (default: detected, e.g. label, category, intent)."
+    ),
+]
+ModelOption = Annotated[
+    str, typer.Option(help="Catalog id whose tokenizer, chat template and context length count tokens.")
+]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the result as JSON.")]
-SkipInvalid = Annotated[bool, typer.Option(
-    help="Leave out lines that fail to convert (they are still listed) instead of stopping.")]
-OutputFormat = Annotated[str, typer.Option(
-    "--to", help="Write chat JSONL ({\"messages\"}) or classification JSONL ({\"text\",\"label\"}).")]
-InputFile = Annotated[Path, typer.Argument(help="Training data in any supported format.", exists=True,
-                                           dir_okay=False)]
+SkipInvalid = Annotated[
+    bool,
+    typer.Option(help="Leave out lines that fail to convert (they are still listed) instead of stopping."),
+]
+OutputFormat = Annotated[
+    str,
+    typer.Option("--to", help='Write chat JSONL ({"messages"}) or classification JSONL ({"text","label"}).'),
+]
+InputFile = Annotated[
+    Path, typer.Argument(help="Training data in any supported format.", exists=True, dir_okay=False)
+]
 
 
 @app.command("validate")
@@ -74,8 +95,14 @@ def validate(
     """Check a training file and report every problem with its line number. Exit 0 if valid, 1 if not."""
     quiet_libraries()
     card = catalog.get_card(model)
-    report = validate_any(file, format, text_column=text_column, label_column=label_column,
-                          tokenizer=catalog.load_tokenizer(card), context_length=card.context_length)
+    report = validate_any(
+        file,
+        format,
+        text_column=text_column,
+        label_column=label_column,
+        tokenizer=catalog.load_tokenizer(card),
+        context_length=card.context_length,
+    )
     if as_json:
         print_json(report.model_dump(mode="json"))
     else:
@@ -85,18 +112,22 @@ def validate(
         if report.valid:
             out.print(f"[green]valid[/]: {len(report.warnings)} warning(s)")
         else:
-            err.print(f"[bold red]invalid[/]: {len(report.errors)} error(s), {len(report.warnings)} warning(s)")
+            err.print(
+                f"[bold red]invalid[/]: {len(report.errors)} error(s), {len(report.warnings)} warning(s)"
+            )
     raise typer.Exit(0 if report.valid else 1)
 
 
 def _read(file: Path, format, text_column, label_column, skip_invalid: bool):
-    """Examples and their conversion report; stops (exit 1, the problems shown) on bad lines unless skipping."""
+    """Examples and their conversion report; on bad lines, stops (exit 1, problems shown) unless skipping."""
     examples, report = read_examples(file, format, text_column=text_column, label_column=label_column)
     if report.errors or report.warnings:
         err.print(_issues_table(report))
     if not examples or (report.errors and not skip_invalid):
-        err.print(f"[bold red]not converted[/]: {report.summary()}"
-                  + ("" if not examples else "; fix the lines or pass --skip-invalid"))
+        err.print(
+            f"[bold red]not converted[/]: {report.summary()}"
+            + ("" if not examples else "; fix the lines or pass --skip-invalid")
+        )
         raise typer.Exit(1)
     return examples, report
 
@@ -117,10 +148,11 @@ def convert(
     examples, report = _read(file, format, text_column, label_column, skip_invalid)
     write_jsonl(examples, output, to)
     skipped = report.stats["examples"] - len(examples)
-    err.print(f"[green]converted[/] {len(examples)} {report.format} example(s) to {to} JSONL"
-              + (f", skipped {skipped} bad line(s)" if skipped else ""))
+    err.print(
+        f"[green]converted[/] {len(examples)} {report.format} example(s) to {to} JSONL"
+        + (f", skipped {skipped} bad line(s)" if skipped else "")
+    )
     out.print(str(output))
-
 
 
 # ---------------------------------------------------------------- report
@@ -146,9 +178,11 @@ def _counts_table(r: DataReport) -> Table:
     roles = ", ".join(f"{n:,} {role}" for role, n in c.messages_by_role.items())
     tokens = ", ".join(f"{n:,} {role}" for role, n in (c.tokens_by_role or {}).items())
     valid = "" if c.validation_examples is None else f", {c.validation_examples:,} validation examples"
-    table.caption = (f"{c.examples:,} training examples{valid}; messages: {roles}"
-                     + (f"; content tokens: {tokens}" if tokens else "")
-                     + (f"; {len(c.over_context)} over the {c.context_length:,}-token context" if c.context_length else ""))
+    table.caption = (
+        f"{c.examples:,} training examples{valid}; messages: {roles}"
+        + (f"; content tokens: {tokens}" if tokens else "")
+        + (f"; {len(c.over_context)} over the {c.context_length:,}-token context" if c.context_length else "")
+    )
     return table
 
 
@@ -156,14 +190,20 @@ def _labels_table(r: DataReport) -> Table | None:
     labels = r.labels
     if labels is None:
         return None
-    table = Table(title=f"Labels ({labels.n_classes} classes, imbalance {labels.imbalance_ratio:g}:1)",
-                  title_justify="left")
+    table = Table(
+        title=f"Labels ({labels.n_classes} classes, imbalance {labels.imbalance_ratio:g}:1)",
+        title_justify="left",
+    )
     table.add_column("class")
     table.add_column("train", justify="right")
     if labels.validation_counts is not None:
         table.add_column("validation", justify="right")
     items = list(labels.counts.items())
-    shown = items if len(items) <= 2 * SHOWN_CLASSES else items[:SHOWN_CLASSES] + [("…", None)] + items[-SHOWN_CLASSES:]
+    shown = (
+        items
+        if len(items) <= 2 * SHOWN_CLASSES
+        else items[:SHOWN_CLASSES] + [("…", None)] + items[-SHOWN_CLASSES:]
+    )
     for name, n in shown:
         row = [name, "" if n is None else f"{n:,}"]
         if labels.validation_counts is not None:
@@ -181,14 +221,25 @@ def _overview_table(r: DataReport) -> Table:
     table.add_row("near duplicates", f"{d.near_extra} ({len(d.near)} groups)")
     table.add_row("prompts repeated with other answers", str(len(d.repeated_prompts)))
     if r.validation_file:
-        table.add_row("leaked into validation", f"{sum(len(g.validation_lines) for g in d.leaked_exact)} exact, "
-                      f"{sum(len(g.validation_lines) for g in d.leaked_near)} near, "
-                      f"{sum(len(g.validation_lines) for g in d.leaked_prompts)} same prompt")
-    table.add_row("distinct prompts", f"{dv.distinct_prompts:,} (system prompts: {dv.distinct_system_prompts})")
-    table.add_row("distinct user openings", f"{dv.distinct_user_openings:,}; most common {dv.top_user_opening!r} "
-                  f"({dv.top_user_opening_share:.1%})")
-    table.add_row("distinct final answers", f"{dv.distinct_assistant_answers:,}; most common "
-                  f"{(dv.top_assistant_answer or '')[:50]!r} ({dv.top_assistant_answer_share:.1%})")
+        table.add_row(
+            "leaked into validation",
+            f"{sum(len(g.validation_lines) for g in d.leaked_exact)} exact, "
+            f"{sum(len(g.validation_lines) for g in d.leaked_near)} near, "
+            f"{sum(len(g.validation_lines) for g in d.leaked_prompts)} same prompt",
+        )
+    table.add_row(
+        "distinct prompts", f"{dv.distinct_prompts:,} (system prompts: {dv.distinct_system_prompts})"
+    )
+    table.add_row(
+        "distinct user openings",
+        f"{dv.distinct_user_openings:,}; most common {dv.top_user_opening!r} "
+        f"({dv.top_user_opening_share:.1%})",
+    )
+    table.add_row(
+        "distinct final answers",
+        f"{dv.distinct_assistant_answers:,}; most common "
+        f"{(dv.top_assistant_answer or '')[:50]!r} ({dv.top_assistant_answer_share:.1%})",
+    )
     if dv.assistant_length_cv is not None:
         table.add_row("answer length spread (std/mean)", f"{dv.assistant_length_cv:.2f}")
     return table
@@ -207,8 +258,10 @@ def _findings_table(r: DataReport) -> Table:
 @app.command("report")
 def report(
     train: InputFile,
-    validation: Annotated[Path | None, typer.Option("--validation", help="Validation data, same format.",
-                                                    exists=True, dir_okay=False)] = None,
+    validation: Annotated[
+        Path | None,
+        typer.Option("--validation", help="Validation data, same format.", exists=True, dir_okay=False),
+    ] = None,
     model: ModelOption = catalog.DEFAULT_MODEL_ID,
     format: FormatOption = None,
     text_column: TextColumn = None,
@@ -218,13 +271,26 @@ def report(
     """Quality report: counts, tokens, duplicates and leakage, labels, diversity, suspicious content."""
     quiet_libraries()
     card = catalog.get_card(model)
-    result = report_files(train, validation, format=format, text_column=text_column, label_column=label_column,
-                          tokenizer=catalog.load_tokenizer(card), context_length=card.context_length, model=card.id)
+    result = report_files(
+        train,
+        validation,
+        format=format,
+        text_column=text_column,
+        label_column=label_column,
+        tokenizer=catalog.load_tokenizer(card),
+        context_length=card.context_length,
+        model=card.id,
+    )
     if as_json:
         print_json(result.model_dump(mode="json"))
         return
     out.print(f"[bold]{result.train_file}[/] ({result.format}), tokens by {card.id}")
-    for table in (_counts_table(result), _labels_table(result), _overview_table(result), _findings_table(result)):
+    for table in (
+        _counts_table(result),
+        _labels_table(result),
+        _overview_table(result),
+        _findings_table(result),
+    ):
         if table is not None:
             out.print(table)
     style = {"ready": "green", "review": "yellow", "blocked": "bold red"}[result.verdict.status]
@@ -239,11 +305,18 @@ def report(
 @app.command("split")
 def split(
     file: InputFile,
-    validation_fraction: Annotated[float, typer.Option(help="Share of examples held out for validation.")] = 0.1,
+    validation_fraction: Annotated[
+        float, typer.Option(help="Share of examples held out for validation.")
+    ] = 0.1,
     seed: Annotated[int, typer.Option(help="Seed; the same seed and data give the same split.")] = 0,
-    out_dir: Annotated[Path, typer.Option(help="Folder for <name>.train.jsonl, <name>.validation.jsonl and "
-                                                "<name>.split.json (which line went where).",
-                                          file_okay=False)] = Path("."),
+    out_dir: Annotated[
+        Path,
+        typer.Option(
+            help="Folder for <name>.train.jsonl, <name>.validation.jsonl and "
+            "<name>.split.json (which line went where).",
+            file_okay=False,
+        ),
+    ] = Path("."),
     format: FormatOption = None,
     text_column: TextColumn = None,
     label_column: LabelColumn = None,
@@ -260,19 +333,28 @@ def split(
     result = split_examples(messages, labels, validation_fraction, seed)
     train, valid = result.apply(examples)
     stem = file.name.split(".")[0]
-    paths = {"train_file": out_dir / f"{stem}.train.jsonl", "validation_file": out_dir / f"{stem}.validation.jsonl"}
+    paths = {
+        "train_file": out_dir / f"{stem}.train.jsonl",
+        "validation_file": out_dir / f"{stem}.validation.jsonl",
+    }
     write_jsonl(train, paths["train_file"], to)
     write_jsonl(valid, paths["validation_file"], to)
-    manifest = {"source": str(file), **{k: str(v) for k, v in paths.items()},
-                "train_lines": [e.line for e in train], "validation_lines": [e.line for e in valid],
-                **result.model_dump(mode="json", exclude={"train_indices", "validation_indices"})}
+    manifest = {
+        "source": str(file),
+        **{k: str(v) for k, v in paths.items()},
+        "train_lines": [e.line for e in train],
+        "validation_lines": [e.line for e in valid],
+        **result.model_dump(mode="json", exclude={"train_indices", "validation_indices"}),
+    }
     (out_dir / f"{stem}.split.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     if as_json:
         print_json(manifest)
         return
     how = "stratified by label" if result.stratified else "not stratified (no labels)"
-    out.print(f"{len(train):,} training and {len(valid):,} validation examples ({how}, seed {seed}); "
-              f"{result.duplicate_groups} group(s) of examples sharing a prompt kept on one side")
+    out.print(
+        f"{len(train):,} training and {len(valid):,} validation examples ({how}, seed {seed}); "
+        f"{result.duplicate_groups} group(s) of examples sharing a prompt kept on one side"
+    )
     if result.by_label:
         table = Table(title="Per class", title_justify="left")
         for column in ("class", "train", "validation"):

@@ -22,7 +22,14 @@ from typing import Literal, get_args
 
 from pydantic import BaseModel
 
-from tempering.data.validate import MIN_EXAMPLES, Issue, ValidationReport, check_example, iter_lines, validate_file
+from tempering.data.validate import (
+    MIN_EXAMPLES,
+    Issue,
+    ValidationReport,
+    check_example,
+    iter_lines,
+    validate_file,
+)
 from tempering.errors import InvalidConfigError, InvalidDataError
 
 Format = Literal["chat", "prompt-completion", "text", "instruction", "classification"]
@@ -65,9 +72,11 @@ class ConversionReport(BaseModel):
     stats: dict
 
     def summary(self) -> str:
-        return (f"{self.path} ({self.format}): {self.stats.get('converted', 0)} of "
-                f"{self.stats.get('examples', 0)} example(s) converted, {len(self.errors)} error(s), "
-                f"{len(self.warnings)} warning(s)")
+        return (
+            f"{self.path} ({self.format}): {self.stats.get('converted', 0)} of "
+            f"{self.stats.get('examples', 0)} example(s) converted, {len(self.errors)} error(s), "
+            f"{len(self.warnings)} warning(s)"
+        )
 
 
 class _LineError(Exception):
@@ -94,15 +103,17 @@ def _format_of(obj: dict, text_column: str | None, label_column: str | None) -> 
     if "instruction" in keys and "output" in keys:
         return "instruction"
     if (label_column or _pick_column(keys, LABEL_COLUMNS)) in keys and (
-            text_column or _pick_column(keys, TEXT_COLUMNS)) in keys:
+        text_column or _pick_column(keys, TEXT_COLUMNS)
+    ) in keys:
         return "classification"
     if "text" in keys:
         return "text"
     return None
 
 
-def detect_format(path: str | Path, *, text_column: str | None = None, label_column: str | None = None,
-                  sample: int = 50) -> str:
+def detect_format(
+    path: str | Path, *, text_column: str | None = None, label_column: str | None = None, sample: int = 50
+) -> str:
     """The format of ``path``, decided from the first ``sample`` JSON lines (the most common shape wins)."""
     path = Path(path)
     first = next((raw for _, raw in iter_lines(path) if raw.strip()), None)
@@ -123,7 +134,8 @@ def detect_format(path: str | Path, *, text_column: str | None = None, label_col
     if not seen:
         raise InvalidDataError(
             f"{path}: cannot tell the data format (no line looks like any of {', '.join(FORMATS)}); "
-            "name it with --format")
+            "name it with --format"
+        )
     return seen.most_common(1)[0][0]
 
 
@@ -169,8 +181,9 @@ def _from_instruction(obj: dict) -> list[dict]:
     return _with_system(obj, [{"role": "user", "content": user}, {"role": "assistant", "content": output}])
 
 
-_PHI3_TURN = re.compile(r"<\|(system|user|assistant)\|>(.*?)(?:<\|end\|>|(?=<\|(?:system|user|assistant)\|>)|\Z)",
-                        re.DOTALL)
+_PHI3_TURN = re.compile(
+    r"<\|(system|user|assistant)\|>(.*?)(?:<\|end\|>|(?=<\|(?:system|user|assistant)\|>)|\Z)", re.DOTALL
+)
 _CHATML_TURN = re.compile(r"<\|im_start\|>([^\n<]*)\n?(.*?)(?:<\|im_end\|>|(?=<\|im_start\|>)|\Z)", re.DOTALL)
 # Markers a written-out template may carry around its turns; they hold no content.
 _NOISE = re.compile(r"<s>|</s>|<\|endoftext\|>|<\|end\|>|<\|im_end\|>")
@@ -183,16 +196,23 @@ def parse_template(text: str) -> list[dict]:
     elif _PHI3_TURN.search(text):
         pattern, template = _PHI3_TURN, "Phi-3"
     else:
-        raise _LineError(("no_template", "the text holds no Phi-3 (<|user|> … <|end|>) or ChatML "
-                          "(<|im_start|>user … <|im_end|>) chat template"))
+        raise _LineError(
+            (
+                "no_template",
+                "the text holds no Phi-3 (<|user|> … <|end|>) or ChatML "
+                "(<|im_start|>user … <|im_end|>) chat template",
+            )
+        )
     messages, problems, outside = [], [], []
     position = 0
     for match in pattern.finditer(text):
-        outside.append(text[position:match.start()])
+        outside.append(text[position : match.start()])
         position = match.end()
         role = match.group(1).strip()
         if role not in ("system", "user", "assistant"):
-            problems.append(("unknown_role", f"{template} turn with role {role!r}; use system, user or assistant"))
+            problems.append(
+                ("unknown_role", f"{template} turn with role {role!r}; use system, user or assistant")
+            )
             continue
         messages.append({"role": role, "content": match.group(2).strip()})
     outside.append(text[position:])
@@ -214,10 +234,18 @@ def _from_chat(obj: dict) -> list[dict]:
     return obj["messages"]
 
 
-_CONVERTERS = {"chat": _from_chat, "prompt-completion": _from_prompt_completion,
-               "instruction": _from_instruction, "text": _from_text}
-_USED_KEYS = {"chat": {"messages"}, "prompt-completion": {"prompt", "completion", "response", "system"},
-              "instruction": {"instruction", "input", "output", "system"}, "text": {"text"}}
+_CONVERTERS = {
+    "chat": _from_chat,
+    "prompt-completion": _from_prompt_completion,
+    "instruction": _from_instruction,
+    "text": _from_text,
+}
+_USED_KEYS = {
+    "chat": {"messages"},
+    "prompt-completion": {"prompt", "completion", "response", "system"},
+    "instruction": {"instruction", "input", "output", "system"},
+    "text": {"text"},
+}
 
 
 def _classification_example(text, label, text_column: str, label_column: str) -> tuple[list[dict], str]:
@@ -298,8 +326,13 @@ def _read_jsonl(path: Path, fmt: str, out: _Collector) -> None:
     for number, obj in _jsonl_records(path, out):
         if fmt != "chat":
             for key in sorted(set(obj) - _USED_KEYS[fmt]):
-                out.warnings.append(Issue(line=number, code="ignored_key",
-                                          message=f"key {key!r} is not part of the {fmt} format; dropped"))
+                out.warnings.append(
+                    Issue(
+                        line=number,
+                        code="ignored_key",
+                        message=f"key {key!r} is not part of the {fmt} format; dropped",
+                    )
+                )
         out.add(number, lambda obj=obj: convert(obj))
 
 
@@ -324,7 +357,7 @@ def _read_classification_jsonl(path: Path, out: _Collector, text_column, label_c
 
 
 def _decoded_lines(path: Path) -> Iterator[str]:
-    """Text lines (endings kept, as csv wants); invalid UTF-8 survives as lone surrogates to report per row."""
+    """Text lines (endings kept, as csv wants); invalid UTF-8 stays as lone surrogates, reported per row."""
     data = path.read_bytes()
     if data.startswith(b"\xef\xbb\xbf"):
         data = data[3:]
@@ -362,8 +395,11 @@ def _read_csv(path: Path, out: _Collector, text_column, label_column) -> tuple[s
             continue
         if len(row) != len(header):
             out.records += 1
-            out.error(number, "wrong_column_count", f"{len(row)} field(s); the header has {len(header)} "
-                      "(quote fields that hold the delimiter)")
+            out.error(
+                number,
+                "wrong_column_count",
+                f"{len(row)} field(s); the header has {len(header)} (quote fields that hold the delimiter)",
+            )
             continue
         out.add(number, lambda row=row: _classification_example(row[ti], row[li], t, lab))
     return t, lab
@@ -376,12 +412,20 @@ def file_facts(path: Path) -> dict:
     crlf = data.count(b"\r\n")
     lf = data.count(b"\n") - crlf
     endings = "none" if not crlf and not lf else "CRLF" if not lf else "LF" if not crlf else "mixed"
-    return {"line_endings": endings, "bom": data.startswith(b"\xef\xbb\xbf"),
-            "final_newline": data.endswith(b"\n") or not data}
+    return {
+        "line_endings": endings,
+        "bom": data.startswith(b"\xef\xbb\xbf"),
+        "final_newline": data.endswith(b"\n") or not data,
+    }
 
 
-def read_examples(path: str | Path, format: str | None = None, *, text_column: str | None = None,
-                  label_column: str | None = None) -> tuple[list[Example], ConversionReport]:
+def read_examples(
+    path: str | Path,
+    format: str | None = None,
+    *,
+    text_column: str | None = None,
+    label_column: str | None = None,
+) -> tuple[list[Example], ConversionReport]:
     """Convert every line of ``path``; never raises for bad lines, which are listed in the report.
 
     ``format`` is one of ``FORMATS`` or None to detect it. Raises ``InvalidDataError`` only when the file
@@ -389,7 +433,9 @@ def read_examples(path: str | Path, format: str | None = None, *, text_column: s
     """
     path = Path(path)
     if format is not None and format not in FORMATS:
-        raise InvalidConfigError(f"unknown format {format!r}; use one of {', '.join(FORMATS)}", param="format")
+        raise InvalidConfigError(
+            f"unknown format {format!r}; use one of {', '.join(FORMATS)}", param="format"
+        )
     fmt = format or detect_format(path, text_column=text_column, label_column=label_column)
     out = _Collector()
     stats: dict = file_facts(path)
@@ -405,14 +451,25 @@ def read_examples(path: str | Path, format: str | None = None, *, text_column: s
     if out.records == 0:
         out.errors.insert(0, Issue(line=None, code="empty_file", message="the file holds no examples"))
     stats.update(lines=out.lines, examples=out.records, converted=len(out.examples))
-    report = ConversionReport(path=str(path), format=fmt, valid=not out.errors, errors=out.errors,
-                              warnings=out.warnings, stats=stats)
+    report = ConversionReport(
+        path=str(path),
+        format=fmt,
+        valid=not out.errors,
+        errors=out.errors,
+        warnings=out.warnings,
+        stats=stats,
+    )
     return out.examples, report
 
 
-def load_examples(path: str | Path, format: str | None = None, text_column: str | None = None,
-                  label_column: str | None = None, *, skip_invalid: bool = False,
-                  ) -> tuple[list[list[dict]], list[str] | None, ConversionReport]:
+def load_examples(
+    path: str | Path,
+    format: str | None = None,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    *,
+    skip_invalid: bool = False,
+) -> tuple[list[list[dict]], list[str] | None, ConversionReport]:
     """Read any supported format → (chat message lists, class labels or None, report).
 
     Labels are returned for the classification format only (one per example, in order). Raises
@@ -443,8 +500,10 @@ def example_record(example: Example, to: str = "chat") -> dict:
         return {"messages": example.messages}
     turns = [m for m in example.messages if m["role"] != "system"]
     if len(turns) != 2 or turns[0]["role"] != "user":
-        raise InvalidDataError(f"line {example.line}: only single-turn examples (one user message and its "
-                               "answer) can be written as classification rows")
+        raise InvalidDataError(
+            f"line {example.line}: only single-turn examples (one user message and its "
+            "answer) can be written as classification rows"
+        )
     return {"text": turns[0]["content"], "label": example.label or turns[1]["content"].strip()}
 
 
@@ -462,9 +521,16 @@ def write_jsonl(examples: list[Example], path: str | Path, to: str = "chat") -> 
     return path
 
 
-def validate_any(path: str | Path, format: str | None = None, *, text_column: str | None = None,
-                 label_column: str | None = None, tokenizer=None, context_length: int | None = None,
-                 min_examples: int = MIN_EXAMPLES) -> ValidationReport:
+def validate_any(
+    path: str | Path,
+    format: str | None = None,
+    *,
+    text_column: str | None = None,
+    label_column: str | None = None,
+    tokenizer=None,
+    context_length: int | None = None,
+    min_examples: int = MIN_EXAMPLES,
+) -> ValidationReport:
     """``data.validate.validate_file`` for any supported format: converts first, keeps the original lines.
 
     A chat file is validated as it is; any other is converted, and the conversion's problems and the
@@ -472,18 +538,31 @@ def validate_any(path: str | Path, format: str | None = None, *, text_column: st
     """
     fmt = format or detect_format(path, text_column=text_column, label_column=label_column)
     if fmt == "chat":
-        return validate_file(path, tokenizer=tokenizer, context_length=context_length, min_examples=min_examples)
+        return validate_file(
+            path, tokenizer=tokenizer, context_length=context_length, min_examples=min_examples
+        )
     examples, conversion = read_examples(path, fmt, text_column=text_column, label_column=label_column)
     lines = [(e.line, json.dumps({"messages": e.messages}).encode("utf-8")) for e in examples]
-    inner = validate_file(path, tokenizer=tokenizer, context_length=context_length, min_examples=0,
-                          lines=lines)
+    inner = validate_file(
+        path, tokenizer=tokenizer, context_length=context_length, min_examples=0, lines=lines
+    )
     errors = conversion.errors + [i for i in inner.errors if i.code != "empty_file"]
     n_examples = conversion.stats["examples"]
     if 0 < n_examples < min_examples:
-        errors.append(Issue(line=None, code="too_few_examples",
-                            message=f"{n_examples} example(s); fine-tuning needs at least {min_examples}"))
+        errors.append(
+            Issue(
+                line=None,
+                code="too_few_examples",
+                message=f"{n_examples} example(s); fine-tuning needs at least {min_examples}",
+            )
+        )
     by_line = lambda issue: (issue.line is not None, issue.line or 0)  # noqa: E731
     stats = {**inner.stats, **conversion.stats, "format": fmt}
     stats["valid_examples"] = inner.stats["valid_examples"]
-    return ValidationReport(path=str(path), valid=not errors, errors=sorted(errors, key=by_line),
-                            warnings=sorted(conversion.warnings + inner.warnings, key=by_line), stats=stats)
+    return ValidationReport(
+        path=str(path),
+        valid=not errors,
+        errors=sorted(errors, key=by_line),
+        warnings=sorted(conversion.warnings + inner.warnings, key=by_line),
+        stats=stats,
+    )

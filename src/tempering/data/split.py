@@ -71,8 +71,9 @@ def _pick(groups: list[list[int]], target: int, rng: random.Random) -> list[list
     return chosen
 
 
-def split_examples(examples: Sequence[list[dict]], labels: Sequence[str] | None, validation_fraction: float,
-                   seed: int) -> SplitResult:
+def split_examples(
+    examples: Sequence[list[dict]], labels: Sequence[str] | None, validation_fraction: float, seed: int
+) -> SplitResult:
     """Split chat examples (message lists) into training and validation.
 
     ``labels`` (one per example, or None) stratifies the split: each class is split on its own with the
@@ -80,8 +81,10 @@ def split_examples(examples: Sequence[list[dict]], labels: Sequence[str] | None,
     group of examples sharing a prompt goes with the class most of its examples carry.
     """
     if not 0 < validation_fraction < 1:
-        raise InvalidConfigError(f"validation_fraction must be between 0 and 1, got {validation_fraction}",
-                                 param="validation_fraction")
+        raise InvalidConfigError(
+            f"validation_fraction must be between 0 and 1, got {validation_fraction}",
+            param="validation_fraction",
+        )
     if labels is not None and len(labels) != len(examples):
         raise InvalidConfigError(f"{len(labels)} labels for {len(examples)} examples", param="labels")
     groups = _groups(examples)
@@ -106,9 +109,21 @@ def split_examples(examples: Sequence[list[dict]], labels: Sequence[str] | None,
     train = [i for i in range(len(examples)) if i not in held]
     by_label = None
     if labels is not None:
-        counts = {side: Counter(labels[i] for i in idx) for side, idx in (("train", train), ("validation", validation))}
-        by_label = {c: ClassSplit(train=counts["train"][c], validation=counts["validation"][c])
-                    for c in sorted(set(labels))}
-    return SplitResult(train_indices=train, validation_indices=validation, validation_fraction=validation_fraction,
-                       seed=seed, stratified=labels is not None, by_label=by_label,
-                       duplicate_groups=sum(len(g) > 1 for g in groups), notes=notes)
+        counts = {
+            side: Counter(labels[i] for i in idx)
+            for side, idx in (("train", train), ("validation", validation))
+        }
+        by_label = {
+            c: ClassSplit(train=counts["train"][c], validation=counts["validation"][c])
+            for c in sorted(set(labels))
+        }
+    return SplitResult(
+        train_indices=train,
+        validation_indices=validation,
+        validation_fraction=validation_fraction,
+        seed=seed,
+        stratified=labels is not None,
+        by_label=by_label,
+        duplicate_groups=sum(len(g) > 1 for g in groups),
+        notes=notes,
+    )
