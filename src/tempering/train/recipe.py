@@ -194,8 +194,8 @@ def _classification_task(config, card, placement, tokenizer, max_length, parent_
 
 
 def setup(config: TuneConfig, on_event: EventSink | None = None, *, short_id: str | None = None,
-          seed: int | None = None, data_sha256: dict | None = None) -> Setup:
-    """Load and check everything a run needs; ``short_id``/``seed`` given means resuming that run."""
+          seed: int | None = None, data_sha256: dict | None = None, resuming: bool = False) -> Setup:
+    """Load and check everything a run needs, for a new run or (``resuming``) the run ``short_id``."""
     world = current_world()
     if seed is None:
         seed = config.seed if config.seed is not None else world.broadcast(random.SystemRandom().randrange(2**31))
@@ -224,7 +224,6 @@ def setup(config: TuneConfig, on_event: EventSink | None = None, *, short_id: st
     model, train, valid, make_batch, loss_fn, id2label = task
     hp = resolve_hyperparameters(config, len(train), card.family, seed)
 
-    resuming = short_id is not None
     short_id = short_id or world.broadcast(artifacts.new_short_id())
     folder = artifacts.run_dir(short_id)
     state = Setup(config, card.id, parent, tokenizer, model, train, valid, hp, max_length, short_id, folder,
@@ -285,31 +284,39 @@ def _classification_report(s: Setup) -> dict | None:
     return report
 
 
-def _start_or_resume(config: TuneConfig, on_event, resume: bool) -> tuple[Setup, Path | None, dict | None]:
-    if not resume:
+def _start_or_resume(config: TuneConfig, on_event, resume: bool,
+                     run_id: str | None) -> tuple[Setup, Path | None, dict | None]:
+    if run_id is not None and artifacts.read_run(artifacts.run_dir(run_id)) is None:
+        return setup(config, on_event, short_id=run_id), None, None  # a new run under the caller's id
+    if not resume and run_id is None:
         return setup(config, on_event), None, None
     hashes = data_hashes(config)
     world = current_world()
-    short_id = world.broadcast(artifacts.find_resumable(config.model_dump(mode="json"), hashes)
-                               if world.is_main else None)
+    short_id = run_id or world.broadcast(artifacts.find_resumable(config.model_dump(mode="json"), hashes)
+                                         if world.is_main else None)
     if short_id is None:
         raise InvalidConfigError("no interrupted run was started with exactly this config and these files; "
                                  "run without --resume to start a new one", param="resume")
     run = artifacts.read_run(artifacts.run_dir(short_id))
-    s = setup(config, on_event, short_id=short_id, seed=run["hyperparameters"]["seed"], data_sha256=hashes)
+    if run.get("data_sha256") != hashes:
+        raise InvalidConfigError(f"run {short_id} was started on different data files; they changed since",
+                                 param="training_file")
+    s = setup(config, on_event, short_id=short_id, seed=run["hyperparameters"]["seed"], data_sha256=hashes,
+              resuming=True)
     return s, latest_checkpoint(s.folder), run.get("base_eval")
 
 
 def tune(config: TuneConfig, *, on_event: EventSink | None = None, resume: bool = False,
-         should_stop: Callable[[], bool] | None = None) -> TuneResult:
+         should_stop: Callable[[], bool] | None = None, run_id: str | None = None) -> TuneResult:
     """Fine-tune ``config.model`` on ``config.training_file``; the result names the new model.
 
     ``resume`` continues the newest interrupted run with the same config and data from its latest
-    complete checkpoint. ``should_stop`` is polled between steps; when it returns True the run writes a
-    checkpoint and raises ``RunCancelled``.
+    complete checkpoint. ``run_id`` names the run (a job service passes its own): a new run gets that id,
+    an existing one is resumed. ``should_stop`` is polled between steps; when it returns True the run
+    writes a checkpoint and raises ``RunCancelled``.
     """
     started = time.perf_counter()
-    s, checkpoint, base = _start_or_resume(config, on_event, resume)
+    s, checkpoint, base = _start_or_resume(config, on_event, resume, run_id)
     if base is None:
         with s.model.disable_adapter():
             base = evaluate(s.model, s.valid, s.make_batch, s.loss_fn, world=s.world)
