@@ -9,8 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from tempering.cli.main import app
+from tempering.data.findings import content_flags, infer_labels, normalize
 from tempering.data.formats import Example
-from tempering.data.report import build_report, content_flags, infer_labels, normalize, report_files
+from tempering.data.report import build_report, report_files
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from tempering.cli.main import app
-from tempering.data.report import prompt_key
+from tempering.data.findings import prompt_key
 from tempering.data.split import split_examples
 from tempering.errors import InvalidConfigError
 

@@ -11,8 +11,9 @@ from rich.table import Table
 from tempering import catalog
 from tempering.cli.common import err, out, print_json, quiet_libraries
 from tempering.data import ValidationReport
+from tempering.data.findings import Distribution, infer_labels
 from tempering.data.formats import FORMATS, read_examples, validate_any, write_jsonl
-from tempering.data.report import DataReport, Distribution, infer_labels, report_files
+from tempering.data.report import DataReport, report_files
 from tempering.data.split import split_examples
 
 app = typer.Typer(help="Convert, validate, report on and split training data.", no_args_is_help=True)

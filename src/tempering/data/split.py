@@ -16,7 +16,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, Field
 
-from tempering.data.report import prompt_key
+from tempering.data.findings import prompt_key
 from tempering.errors import InvalidConfigError
 
 T = TypeVar("T")
