@@ -27,7 +27,9 @@ from tempering.data.validate import (
     Issue,
     ValidationReport,
     check_example,
+    invalid_data,
     iter_lines,
+    parse_json_line,
     validate_file,
 )
 from tempering.errors import InvalidConfigError, InvalidDataError
@@ -123,9 +125,8 @@ def detect_format(
     for _, raw in iter_lines(path):
         if not raw.strip():
             continue
-        try:
-            obj = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+        obj, problem = parse_json_line(raw)
+        if problem is not None:
             continue
         if isinstance(obj, dict) and (kind := _format_of(obj, text_column, label_column)):
             seen[kind] += 1
@@ -304,19 +305,12 @@ def _jsonl_records(path: Path, out: _Collector) -> Iterator[tuple[int, dict]]:
         if not raw.strip():
             out.warnings.append(Issue(line=number, code="blank_line", message="empty line, skipped"))
             continue
-        try:
-            obj = json.loads(raw.decode("utf-8"))
-        except UnicodeDecodeError as exc:
+        obj, problem = parse_json_line(raw)
+        if problem is None and not isinstance(obj, dict):
+            problem = ("not_object", f"expected a JSON object, got {type(obj).__name__}")
+        if problem is not None:
             out.records += 1
-            out.error(number, "not_utf8", f"not UTF-8 at byte {exc.start}")
-            continue
-        except json.JSONDecodeError as exc:
-            out.records += 1
-            out.error(number, "invalid_json", f"invalid JSON: {exc.msg} (column {exc.colno})")
-            continue
-        if not isinstance(obj, dict):
-            out.records += 1
-            out.error(number, "not_object", f"expected a JSON object, got {type(obj).__name__}")
+            out.error(number, *problem)
             continue
         yield number, obj
 
@@ -478,9 +472,7 @@ def load_examples(
     """
     examples, report = read_examples(path, format, text_column=text_column, label_column=label_column)
     if not examples or (not report.valid and not skip_invalid):
-        first = report.errors[0]
-        where = f"line {first.line}: " if first.line else ""
-        raise InvalidDataError(f"{report.summary()}; first: {where}{first.message} [{first.code}]", report)
+        raise invalid_data(report)
     labels = [e.label for e in examples] if report.format == "classification" else None
     return [e.messages for e in examples], labels, report
 

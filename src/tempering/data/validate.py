@@ -82,6 +82,19 @@ def iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
             yield number, raw.rstrip(b"\r\n")
 
 
+def parse_json_line(raw: bytes) -> tuple[object, tuple[str, str] | None]:
+    """(the JSON value of one line, None), or (None, (code, message)) when it is not UTF-8 or not JSON:
+    every reader of JSON lines reports these two problems in the same words."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, ("not_utf8", f"not UTF-8 at byte {exc.start}")
+    try:
+        return json.loads(text), None
+    except json.JSONDecodeError as exc:
+        return None, ("invalid_json", f"invalid JSON: {exc.msg} (column {exc.colno})")
+
+
 def _check_message(index: int, message, problems: list[tuple[str, str]]) -> None:
     where = f"message {index + 1}"
     if not isinstance(message, dict):
@@ -188,16 +201,9 @@ def validate_file(
             warnings.append(Issue(line=number, code="blank_line", message="empty line, skipped"))
             continue
         n_examples += 1
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            errors.append(Issue(line=number, code="not_utf8", message=f"not UTF-8 at byte {exc.start}"))
-            continue
-        try:
-            obj = json.loads(text)
-        except json.JSONDecodeError as exc:
-            errors.append(Issue(line=number, code="invalid_json", message=f"invalid JSON: {exc.msg} "
-                                f"(column {exc.colno})"))
+        obj, problem = parse_json_line(raw)
+        if problem is not None:
+            errors.append(Issue(line=number, code=problem[0], message=problem[1]))
             continue
         line_errors, line_warnings = check_example(obj)
         errors += [Issue(line=number, code=c, message=m) for c, m in line_errors]
@@ -248,7 +254,12 @@ def load_chat_file(path: str | Path, *, tokenizer=None, context_length=None,
     report = validate_file(path, tokenizer=tokenizer, context_length=context_length,
                            min_examples=min_examples, on_example=lambda _, m: examples.append(m))
     if not report.valid:
-        first = report.errors[0]
-        where = f"line {first.line}: " if first.line else ""
-        raise InvalidDataError(f"{report.summary()}; first: {where}{first.message} [{first.code}]", report)
+        raise invalid_data(report)
     return examples, report
+
+
+def invalid_data(report) -> InvalidDataError:
+    """The error for a report with errors (validation or conversion), naming the first; it holds the report."""
+    first = report.errors[0]
+    where = f"line {first.line}: " if first.line else ""
+    return InvalidDataError(f"{report.summary()}; first: {where}{first.message} [{first.code}]", report)
