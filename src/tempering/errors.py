@@ -41,3 +41,9 @@ class InvalidDataError(TemperingError):
 
 class InvalidConfigError(TemperingError):
     code = "invalid_config"
+
+
+class DeployRefusedError(TemperingError):
+    """A deployment refused because the model's stored evaluation says it is worse than its base."""
+
+    code = "worse_than_base"

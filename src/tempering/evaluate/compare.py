@@ -1,0 +1,168 @@
+"""A candidate model against a baseline on the same examples: the evaluation report.
+
+Owns the plan of an evaluation: which examples are scored (a seeded sample of at most ``max_examples``),
+whether answers are labels, free text or a classifier's classes, loading one model at a time (so a GPU
+holds one copy), the side-by-side samples and the verdict. ``evaluate_file`` is the on-demand entry (CLI,
+library); ``job.evaluate_job`` feeds a finished run's validation set through ``evaluate_examples``.
+Knows nothing about HTTP, printing or the training loop.
+"""
+
+from __future__ import annotations
+
+import gc
+import random
+from pathlib import Path
+from typing import Literal
+
+from tempering.errors import InvalidConfigError, InvalidDataError
+from tempering.evaluate import measure, targets
+from tempering.evaluate.metrics import detect_labels, final_answer, majority_accuracy
+from tempering.evaluate.report import (
+    CheckpointLoss,
+    Cost,
+    EvaluationReport,
+    LossMetrics,
+    ModelEvaluation,
+    Sample,
+    decide,
+)
+
+DEFAULT_MAX_NEW_TOKENS = 64
+N_SAMPLES = 5  # side-by-side answers kept in the report
+Answers = Literal["auto", "labels", "text"]
+
+
+def sample_indices(n: int, max_examples: int | None, seed: int = 0) -> list[int]:
+    """A seeded, order-preserving sample of at most ``max_examples`` of ``n`` indices."""
+    if max_examples is None or n <= max_examples:
+        return list(range(n))
+    return sorted(random.Random(seed).sample(range(n), max_examples))
+
+
+def _free(obj) -> None:
+    del obj
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass
+
+
+def _measure(target: targets.Target, examples: list[list[dict]], generated: list[list[dict]], *,
+             labels: list[str] | None, declared: list[str] | None, max_new_tokens: int, device: str,
+             loss: LossMetrics | None, with_loss: bool) -> tuple[ModelEvaluation, list[str]]:
+    """One model's evaluation and its answers to ``generated`` (predicted labels for a classifier)."""
+    from tempering.train.classify import texts_and_labels
+
+    evaluation = ModelEvaluation(model=target.name, kind=target.kind, task=target.task, loss=loss)
+    cost = Cost()
+    if target.task == "classification":
+        if not generated:
+            return evaluation, []
+        classifier = targets.load_classifier(target, device)
+        texts, truth = texts_and_labels(generated, declared)
+        metrics, computed, predicted, cost = measure.classifier_metrics(
+            classifier, texts, truth, with_loss=with_loss and loss is None)
+        evaluation.classification, evaluation.loss = metrics, loss or computed
+        _free(classifier)
+        return evaluation, predicted
+    chat = targets.load_chat(target, device)
+    if with_loss and loss is None and examples:
+        evaluation.loss, cost = measure.chat_loss(chat, examples)
+    texts = []
+    if generated:
+        texts, truncated, generation_cost = measure.answers(chat, generated, max_new_tokens)
+        cost = cost + generation_cost
+        if declared is not None:  # a classification file's labels are the references
+            generated = [m[:-1] + [{"role": "assistant", "content": y}] for m, y in zip(generated, declared)]
+        evaluation.generation = measure.generation_metrics(texts, generated, labels, truncated)
+        if labels is not None and target.kind == "base":
+            evaluation.note = "zero-shot: answers mapped onto the label set"
+    _free(chat)
+    evaluation.cost = Cost(seconds=round(cost.seconds, 3), loss_tokens=cost.loss_tokens,
+                           prompt_tokens=cost.prompt_tokens, generated_tokens=cost.generated_tokens)
+    return evaluation, texts
+
+
+def evaluate_examples(candidate: targets.Target, baseline: targets.Target | None, examples: list[list[dict]], *,
+                      data: str, declared_labels: list[str] | None = None, answers: Answers = "auto",
+                      max_examples: int | None = 50, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                      device: str = "auto", losses: dict[str, LossMetrics] | None = None,
+                      checkpoints: list[CheckpointLoss] | None = None) -> EvaluationReport:
+    """Evaluate ``candidate`` (and ``baseline``) on ``examples``.
+
+    ``declared_labels`` are per-example labels (a classification file's), which also declares the answers to
+    be labels. Without precomputed ``losses`` (keys "candidate", "baseline") the loss is scored on the same
+    sample that is generated for; with them, generation still covers at most ``max_examples``.
+    """
+    if not examples:
+        raise InvalidDataError(f"{data}: no examples to evaluate")
+    losses = losses or {}
+    picked = sample_indices(len(examples), max_examples)
+    generated = [examples[i] for i in picked]
+    declared = [declared_labels[i] for i in picked] if declared_labels else None
+    references = declared or [final_answer(m) for m in generated]
+    label_set = None
+    if candidate.task == "classification":
+        kind, label_set = "classification", sorted(set(candidate.labels or []) | set(references))
+    elif answers == "text":
+        kind = "text"
+    elif declared_labels or answers == "labels":
+        kind, label_set = "labels", sorted(set(declared_labels or [final_answer(m) for m in examples]))
+    elif answers == "auto" and (label_set := detect_labels(examples)):
+        kind = "labels"
+    else:
+        kind = "text"
+    scored = generated if "candidate" not in losses else []  # loss on the sample unless it is given
+    report = EvaluationReport(data=data, answer_kind=kind, n_examples=len(scored) or len(examples),
+                              n_generated=len(generated), max_new_tokens=max_new_tokens,
+                              candidate=ModelEvaluation(model=candidate.name, kind=candidate.kind),
+                              checkpoints=checkpoints or [])
+    if kind != "text":
+        report.majority_label_accuracy = majority_accuracy(references)
+    report.candidate, cand_answers = _measure(
+        candidate, scored, generated, labels=label_set, declared=declared, max_new_tokens=max_new_tokens,
+        device=device, loss=losses.get("candidate"), with_loss=True)
+    base_answers = None
+    if baseline is not None:
+        report.baseline, base_answers = _measure(
+            baseline, scored, generated, labels=label_set, declared=declared, max_new_tokens=max_new_tokens,
+            device=device, loss=losses.get("baseline"), with_loss=baseline.task == candidate.task)
+        report.verdict = decide(report.candidate, report.baseline)
+    report.samples = [Sample(prompt=measure.last_user(m), reference=r, candidate=c,
+                             baseline=base_answers[i] if base_answers else None)
+                      for i, (m, r, c) in enumerate(zip(generated, references, cand_answers)) if i < N_SAMPLES]
+    report.cost = report.candidate.cost + (report.baseline.cost if report.baseline else Cost())
+    return report
+
+
+def evaluate_file(model: str, data: str | Path, *, compare: str | None = "base", max_examples: int | None = 100,
+                  data_format: str | None = None, text_column: str | None = None, label_column: str | None = None,
+                  answers: Answers = "auto", max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+                  device: str = "auto") -> EvaluationReport:
+    """Evaluate ``model`` (a base, fine-tuned or checkpoint name, see ``targets``) on a data file of any
+    supported format, against ``compare``: a model name, "base" (the candidate's base model; nothing for a
+    base model) or None."""
+    from tempering.data.formats import load_examples
+
+    if max_new_tokens < 1:
+        raise InvalidConfigError("max_new_tokens must be at least 1", param="max_new_tokens")
+    candidate = targets.resolve(model)
+    baseline = None
+    if compare == "base":
+        baseline = targets.resolve(candidate.base_model) if candidate.kind != "base" else None
+    elif compare:
+        baseline = targets.resolve(compare)
+    if baseline is not None and baseline.task == "classification" and candidate.task != "classification":
+        raise InvalidConfigError("a chat model cannot be compared against a classification model; swap them",
+                                 param="compare")
+    messages, labels, _ = load_examples(data, data_format, text_column, label_column)
+    usable = [i for i, m in enumerate(messages) if any(t["role"] == "assistant" for t in m)]
+    messages = [messages[i] for i in usable]
+    labels = [labels[i] for i in usable] if labels else None
+    return evaluate_examples(candidate, baseline, messages, data=str(data), declared_labels=labels,
+                             answers=answers, max_examples=max_examples, max_new_tokens=max_new_tokens,
+                             device=device)

@@ -1,0 +1,27 @@
+"""The deploy gate: a fine-tuned model whose stored evaluation says "worse than base" is not deployed
+unless forced.
+
+Owns the rule only; the deploy step (a later issue) calls ``check_deploy_gate`` before it does anything.
+A model without a stored evaluation (a job run with ``evaluate: false``) passes: there is nothing to say it
+is worse. Knows nothing about deployments, HTTP or torch.
+"""
+
+from __future__ import annotations
+
+from tempering.errors import DeployRefusedError
+from tempering.evaluate.report import EvaluationReport, read_report
+from tempering.train import artifacts
+
+
+def check_deploy_gate(model_id: str, force: bool = False) -> EvaluationReport | None:
+    """The model's stored report (None when it has none); raises ``DeployRefusedError`` with the numbers
+    when the report's verdict is "worse" and ``force`` is not set."""
+    if not artifacts.is_finetuned_id(model_id):
+        return None  # base models are not judged against themselves
+    folder, _ = artifacts.resolve_finetuned(model_id)
+    report = read_report(folder.parent)
+    if report is None or report.verdict is None or report.verdict.outcome != "worse" or force:
+        return report
+    raise DeployRefusedError(
+        f"{model_id} is {report.verdict.message}; deploy with --force (\"force\": true) to do it anyway",
+        param="force")

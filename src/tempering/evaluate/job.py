@@ -1,0 +1,61 @@
+"""The automatic evaluation at the end of every fine-tuning job.
+
+``evaluate_job`` takes the finished run (the recipe's ``Setup``, its base and final validation losses and the
+validation conversations) and writes ``evaluation.json`` to the run folder: the loss-based metrics training
+already computed on the whole validation set, each kept checkpoint's validation loss (read from its
+``metrics.json``, or scored when a mid-epoch checkpoint lacks it), and generation-based metrics of the base
+and the saved fine-tuned model through the serving path on at most ``config.eval_max_examples`` examples.
+Runs on process 0 only. Knows nothing about HTTP or printing; the recipe emits the verdict as an event.
+"""
+
+from __future__ import annotations
+
+import json
+
+from tempering.evaluate import targets
+from tempering.evaluate.compare import evaluate_examples
+from tempering.evaluate.report import CheckpointLoss, EvaluationReport, LossMetrics, write_report
+
+
+def checkpoint_losses(s, model_id: str) -> list[CheckpointLoss]:
+    """Each complete checkpoint's validation loss: from its metrics.json (per-epoch checkpoints have it),
+    else scored by loading its adapter into the run's model, which is put back as it was afterwards."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from tempering.train.checkpoint import list_checkpoints
+    from tempering.train.loss import evaluate
+
+    rows, final_state = [], None
+    for folder in list_checkpoints(s.folder):
+        metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+        step = int(metrics.get("step", folder.name.removeprefix("step-")))
+        result = {"loss": metrics.get("valid_loss"), "perplexity": metrics.get("valid_perplexity"),
+                  "mean_token_accuracy": metrics.get("valid_mean_token_accuracy")}
+        if result["loss"] is None and s.valid:
+            if final_state is None:
+                final_state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(s.model).items()}
+            set_peft_model_state_dict(s.model, load_file(folder / "adapter_model.safetensors"))
+            result = evaluate(s.model, s.valid, s.make_batch, s.loss_fn)
+        rows.append(CheckpointLoss(checkpoint=targets.checkpoint_name(model_id, step), step=step, **result))
+    if final_state is not None:
+        set_peft_model_state_dict(s.model, final_state)
+    return rows
+
+
+def evaluate_job(s, *, model_id: str, base: dict, final: dict, valid_messages: list[list[dict]],
+                 valid_labels: list[str] | None) -> EvaluationReport | None:
+    """Evaluate the run's fine-tuned model against its base on the validation set and store the report."""
+    if not valid_messages:
+        return None
+    n = len(s.valid)
+    losses = {"candidate": LossMetrics(**final, n_examples=n)}
+    if s.task == "chat":  # the base's loss on the classification task is a random head's: not a baseline
+        losses["baseline"] = LossMetrics(**base, n_examples=n)
+    report = evaluate_examples(
+        targets.resolve(model_id), targets.resolve(s.base_model), valid_messages,
+        data=f"validation set of run {s.short_id} ({n} examples)", declared_labels=valid_labels,
+        max_examples=s.config.eval_max_examples, device=s.config.device, losses=losses,
+        checkpoints=checkpoint_losses(s, model_id))
+    write_report(s.folder, report)
+    return report
