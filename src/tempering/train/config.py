@@ -110,6 +110,12 @@ class TuneConfig(BaseModel):
     checkpoint_every_steps: int | None = Field(
         default=None, ge=1, description="Also write a checkpoint every N steps (one is always written per epoch).")
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Where to train.")
+    evaluate: bool = Field(
+        default=True, description="After training, evaluate the base and the fine-tuned model on the validation "
+        "set and store evaluation.json with the run: loss metrics, greedy answers' metrics, a verdict.")
+    eval_max_examples: int = Field(
+        default=50, ge=0, le=100_000, description="Most validation examples the evaluation answers by "
+        "generation (greedy, at most 64 new tokens each, base and fine-tuned); 0: loss metrics only.")
 
 
 class ResolvedHyperparameters(BaseModel):

@@ -64,6 +64,7 @@ class TuneResult(BaseModel):
     hyperparameters: ResolvedHyperparameters
     task: str = "chat"
     classification: dict | None = None  # accuracy, macro-F1, per-class F1, top confusions on validation
+    evaluation: dict | None = None  # the verdict of evaluation.json (tempering.evaluate), when evaluated
 
 
 @dataclass
@@ -306,6 +307,34 @@ def _start_or_resume(config: TuneConfig, on_event, resume: bool,
     return s, latest_checkpoint(s.folder), run.get("base_eval")
 
 
+def _validation_data(s: Setup) -> tuple[list, list | None]:
+    """The validation conversations (and class labels) behind ``s.valid``, read again: ``Setup`` keeps only
+    token ids, and the split is a pure function of the seed."""
+    config, options = s.config, {"text_column": s.config.text_column, "label_column": s.config.label_column}
+    if config.validation_file is not None:
+        messages, labels, _ = load_examples(config.validation_file, config.data_format, **options)
+        return messages, labels
+    messages, labels, _ = load_examples(config.training_file, config.data_format, **options)
+    return _split(messages, labels, config, s.hp.seed)[2:]
+
+
+def _evaluate(s: Setup, model_id: str, base: dict, final: dict) -> dict | None:
+    """The automatic evaluation report; its failure is a warning, never a failed job (the model is saved)."""
+    try:
+        from tempering.evaluate.job import evaluate_job
+
+        messages, labels = _validation_data(s)
+        report = evaluate_job(s, model_id=model_id, base=base, final=final, valid_messages=messages,
+                              valid_labels=labels)
+    except Exception as exc:  # noqa: BLE001 - whatever broke, the fine-tuned model stands
+        s.emit(f"Evaluation failed: {exc}", type="evaluation_failed", level="warning", error=repr(exc))
+        return None
+    if report is None or report.verdict is None:
+        return None
+    s.emit(f"Evaluation: {report.verdict.message}", type="evaluation", **report.summary())
+    return report.summary()
+
+
 def tune(config: TuneConfig, *, on_event: EventSink | None = None, resume: bool = False,
          should_stop: Callable[[], bool] | None = None, run_id: str | None = None) -> TuneResult:
     """Fine-tune ``config.model`` on ``config.training_file``; the result names the new model.
@@ -355,6 +384,11 @@ def tune(config: TuneConfig, *, on_event: EventSink | None = None, resume: bool 
     if s.world.is_main:
         _save_model(s, model_id, metadata)
     s.world.barrier()  # every process returns only once the model exists
+
+    # ---- evaluation (tempering.evaluate): base vs fine-tuned on the validation set → evaluation.json ----
+    evaluation = _evaluate(s, model_id, base, final) if config.evaluate and s.world.is_main else None
+    s.world.barrier()
+
     s.write_run(status="succeeded", model_id=model_id)
     s.emit(f"New fine-tuned model {model_id}", type="succeeded", model_id=model_id, output_dir=str(output))
     return TuneResult(
@@ -363,5 +397,5 @@ def tune(config: TuneConfig, *, on_event: EventSink | None = None, resume: bool 
         valid_loss=final["loss"], valid_mean_token_accuracy=final["mean_token_accuracy"],
         base_valid_loss=base["loss"], base_valid_mean_token_accuracy=base["mean_token_accuracy"],
         n_train_examples=len(s.train), n_valid_examples=len(s.valid), hyperparameters=s.hp,
-        task=s.task, classification=classification,
+        task=s.task, classification=classification, evaluation=evaluation,
     )
