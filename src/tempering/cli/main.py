@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from tempering.cli import classify, calibrate, chat, data, models, tune
+from tempering.cli import classify, calibrate, chat, data, evaluate, models, tune
 from tempering.cli.common import ErrorTranslatingGroup
 
 app = typer.Typer(
@@ -19,6 +19,7 @@ app.add_typer(data.app, name="data")
 app.command("tune")(tune.tune)
 app.command("chat")(chat.chat)
 app.command("classify")(classify.classify)
+app.command("eval")(evaluate.evaluate)
 app.command("calibrate")(calibrate.calibrate)
 
 
