@@ -35,6 +35,22 @@ class Settings(BaseSettings):
         "whole table).",
     )
 
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL of the database; default: a SQLite file in the home. "
+        "PostgreSQL: postgresql+psycopg://user:password@host/db.")
+    max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1, description="Largest accepted upload.")
+    worker_lease_seconds: float = Field(default=30.0, gt=0, description="How long a worker's claim on a job "
+                                        "lasts without a heartbeat; after that another worker takes it over.")
+
+    @property
+    def database(self) -> str:
+        return self.database_url or f"sqlite:///{self.root / 'tempering.db'}"
+
+    @property
+    def artifacts_dir(self) -> Path:
+        """Uploaded files, stored under server-generated ids."""
+        return self.root / "artifacts"
+
     @property
     def root(self) -> Path:
         return self.home.expanduser().resolve()

@@ -1,0 +1,165 @@
+"""Runs one fine-tuning job in its own process: ``python -m tempering.jobs.runner JOB_ID WORKER_ID``.
+
+Stages follow OpenAI's statuses: ``validating_files`` (the data is checked with the model's tokenizer;
+invalid data fails the job here and it never reaches ``running``), then ``running`` (the same ``tune``
+the CLI runs, under the job's run id, so a job taken over after a crash resumes from its checkpoint).
+Events and checkpoints go to the database as they happen; a cancel or pause request is polled between
+steps. Knows nothing about HTTP.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import signal
+import sys
+import time
+
+from tempering.errors import InvalidDataError, TemperingError
+from tempering.settings import get_settings
+from tempering.store.artifacts import ArtifactStore
+from tempering.store.db import Database
+from tempering.store.models import File, Job, JobCheckpoint, JobEvent, new_id, now, run_id_of
+
+STOP_POLL_SECONDS = 1.0
+
+
+def die_with_parent() -> None:
+    """Linux: get SIGKILL when the worker that started us dies, so a killed worker leaves no orphan."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def tune_config(job: Job, store: ArtifactStore):
+    from tempering.train.config import parse_config
+
+    files = {"training_file": store.file_path(job.training_file)}
+    if job.validation_file:
+        files["validation_file"] = store.file_path(job.validation_file)
+    return parse_config({**job.config, **files, "seed": job.seed})
+
+
+class JobRecorder:
+    """Turns the recipe's events into job events and checkpoint rows."""
+
+    def __init__(self, db: Database, job_id: str, model_id: str):
+        self.db, self.job_id, self.model_id = db, job_id, model_id
+
+    def event(self, message: str, *, level: str = "info", type: str = "message", data: dict | None = None):
+        with self.db.session() as session:
+            session.add(JobEvent(job_id=self.job_id, level=level, message=message, type=type, data=data))
+
+    def __call__(self, event: dict) -> None:
+        data = event["data"]
+        kind = "metrics" if event["type"] == "metrics" else "message"
+        self.event(event["message"], level=event["level"], type=kind, data=data if data else None)
+        if event["type"] == "epoch":
+            metrics = {k: v for k, v in data.items() if isinstance(v, (int, float)) and k != "epoch"}
+            with self.db.session() as session:
+                session.add(JobCheckpoint(job_id=self.job_id, step_number=data["step"], metrics=metrics,
+                                          fine_tuned_model_checkpoint=f"{self.model_id}:ckpt-step-{data['step']}"))
+        if event["type"] == "started":
+            with self.db.session() as session:
+                job = session.get(Job, self.job_id)
+                job.status, job.started_at = "running", job.started_at or now()
+
+
+def _stop_poller(db: Database, job_id: str):
+    last, answer = 0.0, False
+
+    def should_stop() -> bool:
+        nonlocal last, answer
+        if time.monotonic() - last >= STOP_POLL_SECONDS:
+            last = time.monotonic()
+            with db.session() as session:
+                answer = session.get(Job, job_id).stop_requested is not None
+        return answer
+
+    return should_stop
+
+
+def _finish(db: Database, job_id: str, **fields) -> None:
+    with db.session() as session:
+        job = session.get(Job, job_id)
+        for key, value in fields.items():
+            setattr(job, key, value)
+        if fields.get("status") in ("succeeded", "failed", "cancelled"):
+            job.finished_at = now()
+
+
+def _validate(job: Job, config, recorder: JobRecorder) -> None:
+    from tempering.catalog import get_card, load_tokenizer
+    from tempering.data.formats import validate_any
+    from tempering.train import artifacts
+
+    base = config.model
+    if artifacts.is_finetuned_id(base):
+        base = artifacts.resolve_finetuned(base)[1]["base_model"]
+    card = get_card(base)
+    tokenizer = load_tokenizer(card)
+    for param, path, minimum in (("training_file", config.training_file, 10),
+                                 ("validation_file", config.validation_file, 1)):
+        if path is None:
+            continue
+        report = validate_any(path, config.data_format, tokenizer=tokenizer, context_length=card.context_length,
+                              min_examples=minimum, text_column=config.text_column, label_column=config.label_column)
+        if not report.valid:
+            problems = "; ".join(f"line {i.line}: {i.message} [{i.code}]" if i.line else f"{i.message} [{i.code}]"
+                                 for i in report.errors[:20])
+            raise InvalidDataError(f"the {param.replace('_', ' ')} is invalid: {problems}", report)
+    recorder.event("Files validated", data={"training_file": job.training_file})
+
+
+def run(job_id: str) -> int:
+    from tempering.train import artifacts, tune
+    from tempering.train.fit import RunCancelled
+
+    settings = get_settings()
+    db = Database(settings.database)
+    store = ArtifactStore(settings.artifacts_dir)
+    with db.session() as session:
+        job = session.get(Job, job_id)
+    run_id = run_id_of(job.id)
+    base = job.model
+    recorder = JobRecorder(db, job_id, "")
+    try:
+        config = tune_config(job, store)
+        if artifacts.is_finetuned_id(base):
+            base = artifacts.resolve_finetuned(base)[1]["base_model"]
+        recorder.model_id = artifacts.model_id_for(base, job.suffix, run_id)
+        if job.status == "validating_files":
+            _validate(job, config, recorder)
+            _finish(db, job_id, status="queued")
+        result = tune(config, on_event=recorder, should_stop=_stop_poller(db, job_id), run_id=run_id)
+    except RunCancelled as exc:
+        with db.session() as session:
+            kind = session.get(Job, job_id).stop_requested
+        status = "paused" if kind == "pause" else "cancelled"
+        recorder.event(f"Job {status}: {exc.message}", level="warning")
+        _finish(db, job_id, status=status, stop_requested=None)
+        return 0
+    except TemperingError as exc:
+        param = "training_file" if isinstance(exc, InvalidDataError) else exc.param
+        code = "invalid_training_file" if isinstance(exc, InvalidDataError) else exc.code
+        recorder.event(f"Job failed: {exc.message}", level="error")
+        _finish(db, job_id, status="failed", error={"code": code, "message": exc.message, "param": param})
+        return 0
+    results = store.root / "files"
+    result_file = new_id("file-")
+    csv_bytes = (artifacts.run_dir(run_id) / "results.csv").read_bytes()
+    (results / result_file).write_bytes(csv_bytes)
+    with db.session() as session:
+        session.add(File(id=result_file, project_id=job.project_id, filename="step_metrics.csv",
+                         purpose="fine-tune-results", bytes=len(csv_bytes),
+                         sha256=hashlib.sha256(csv_bytes).hexdigest(), status="processed"))
+    _finish(db, job_id, status="succeeded", fine_tuned_model=result.model_id, trained_tokens=result.trained_tokens,
+            result_files=[result_file], hyperparameters=result.hyperparameters.model_dump())
+    recorder.event("The job has successfully completed")
+    return 0
+
+
+if __name__ == "__main__":
+    die_with_parent()
+    sys.exit(run(sys.argv[1]))

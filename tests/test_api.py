@@ -1,0 +1,223 @@
+"""The REST API: the official ``openai`` SDK against a live ``tempering serve``, and the edges in-process."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import openai
+import pytest
+from conftest import TINY_ID, chat_example
+
+from tempering.settings import reset_settings
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _jsonl(rows) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+TRAIN = _jsonl([chat_example(f"What color is item {i}?", f"Item {i} is {['red', 'blue'][i % 2]}.")
+                for i in range(20)])
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model_dir, tmp_path_factory):
+    """A live ``tempering serve`` (one worker) on a free loopback port, with the tiny model registered."""
+    home = tmp_path_factory.mktemp("server-home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TEMPERING_HOME", str(home))
+        reset_settings()
+        from tempering.catalog import register_local_path
+
+        register_local_path(TINY_ID, tiny_model_dir)
+    reset_settings()
+    port = _free_port()
+    env = {**os.environ, "TEMPERING_HOME": str(home), "TEMPERING_WORKER_LEASE_SECONDS": "10"}
+    process = subprocess.Popen([sys.executable, "-m", "tempering.cli.main", "serve", "--port", str(port)],
+                               env=env, stderr=subprocess.PIPE, text=True)
+    key = None
+    deadline = time.monotonic() + 60
+    while key is None and time.monotonic() < deadline:
+        line = process.stderr.readline()
+        match = re.search(r"(tk-\S+)", line)
+        key = match.group(1) if match else None
+    threading.Thread(target=process.stderr.read, daemon=True).start()  # keep the pipe drained
+    base = f"http://127.0.0.1:{port}/v1"
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.2)
+    assert key, "the server printed no admin key"
+    yield openai.OpenAI(base_url=base, api_key=key, max_retries=0), home
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def _wait(client, job_id: str, timeout: float = 180):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.fine_tuning.jobs.retrieve(job_id)
+        if job.status in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} still {job.status}")
+
+
+def test_openai_sdk_drives_the_whole_flow(server):
+    client, home = server
+    uploaded = client.files.create(file=("train.jsonl", TRAIN), purpose="fine-tune")
+    assert uploaded.status == "processed" and uploaded.bytes == len(TRAIN)
+    assert not (home / "artifacts" / "files" / "train.jsonl").exists()  # stored under its id
+    assert (home / "artifacts" / "files" / uploaded.id).read_bytes() == TRAIN
+
+    job = client.fine_tuning.jobs.create(
+        model=TINY_ID, training_file=uploaded.id, suffix="sdk", seed=4,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 2, "batch_size": 4}}})
+    assert job.status == "validating_files"
+    job = _wait(client, job.id)
+    assert job.status == "succeeded", job.error
+    assert job.fine_tuned_model.startswith(f"ft:{TINY_ID}:sdk:")
+    assert job.trained_tokens > 0 and job.result_files
+    assert job.hyperparameters.n_epochs == 2
+
+    events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
+    assert any(e.type == "metrics" and "train_loss" in (e.data or {}) for e in events)
+    assert events[0].message == "The job has successfully completed"  # newest first
+    checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
+    assert [c.step_number for c in checkpoints] == [10, 5]
+    assert checkpoints[0].fine_tuned_model_checkpoint == f"{job.fine_tuned_model}:ckpt-step-10"
+
+    results = client.files.content(job.result_files[0]).text
+    assert results.startswith("step,train_loss,train_mean_token_accuracy,valid_loss")
+
+    models = {m.id: m.owned_by for m in client.models.list().data}
+    assert models["smollm2-135m-instruct"] == "tempering" and models[job.fine_tuned_model] == job.organization_id
+    assert client.models.retrieve(job.fine_tuned_model).id == job.fine_tuned_model
+    assert [j.id for j in client.fine_tuning.jobs.list(limit=5).data][0] == job.id
+
+    assert client.files.delete(uploaded.id).deleted
+    with pytest.raises(openai.NotFoundError):
+        client.files.retrieve(uploaded.id)
+    assert client.models.delete(job.fine_tuned_model).deleted
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve(job.fine_tuned_model)
+
+
+def test_errors_reach_the_sdk_as_its_exceptions(server):
+    client, _ = server
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.files.create(file=("bad.jsonl", b'{"messages": [}\n' * 12), purpose="fine-tune")
+    assert "line 1" in bad.value.message and "invalid_json" in bad.value.message
+    with pytest.raises(openai.NotFoundError):
+        client.fine_tuning.jobs.retrieve("ftjob-doesnotexist")
+    with pytest.raises(openai.NotFoundError):
+        client.fine_tuning.jobs.create(model=TINY_ID, training_file="file-nothere")
+    uploaded = client.files.create(file=("ok.jsonl", TRAIN), purpose="fine-tune")
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.fine_tuning.jobs.create(model=TINY_ID, training_file=uploaded.id,
+                                       hyperparameters={"n_epochs": 0})
+    assert bad.value.body["param"] == "hyperparameters.n_epochs"
+    with pytest.raises(openai.AuthenticationError):
+        openai.OpenAI(base_url=str(client.base_url), api_key="tk-wrong", max_retries=0).models.list()
+
+
+def test_invalid_data_fails_in_validating_files_and_never_runs(server):
+    client, _ = server
+    rows = [chat_example(f"q{i}", "word " * (1500 if i == 3 else 2)) for i in range(12)]  # line 4: too long
+    uploaded = client.files.create(file=("long.jsonl", _jsonl(rows)), purpose="fine-tune")
+    job = _wait(client, client.fine_tuning.jobs.create(model=TINY_ID, training_file=uploaded.id).id)
+    assert job.status == "failed" and job.error.code == "invalid_training_file"
+    assert "line 4" in job.error.message and "too_long" in job.error.message
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=50).data]
+    assert not any(m.startswith("Fine-tuning started") for m in messages)
+    assert job.trained_tokens is None
+
+
+def test_cancel_a_running_job_keeps_its_checkpoint(server):
+    client, home = server
+    uploaded = client.files.create(file=("train.jsonl", TRAIN), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(model=TINY_ID, training_file=uploaded.id,
+                                         hyperparameters={"n_epochs": 50, "batch_size": 1})
+    deadline = time.monotonic() + 60
+    while client.fine_tuning.jobs.retrieve(job.id).status != "running" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    client.fine_tuning.jobs.cancel(job.id)
+    job = _wait(client, job.id)
+    assert job.status == "cancelled"
+    run = home / "runs" / job.id.removeprefix("ftjob-")
+    assert json.loads((run / "run.json").read_text())["status"] == "cancelled"
+    assert any((p / "COMPLETE").exists() for p in (run / "checkpoints").iterdir())
+
+
+def test_projects_are_isolated(tmp_path, tempering_home):
+    from fastapi.testclient import TestClient
+
+    from tempering.api.app import create_app
+    from tempering.api.deps import create_key
+    from tempering.settings import get_settings
+    from tempering.store.models import Project
+
+    app = create_app(get_settings(), workers=0)
+    with app.state.db.session() as session:
+        other = Project(name="other")
+        session.add(other)
+        session.flush()
+        other_key = create_key(session, other.id, "other")
+    client = TestClient(app)
+    mine = {"Authorization": f"Bearer {app.state.initial_api_key}"}
+    theirs = {"Authorization": f"Bearer {other_key}"}
+    file_id = client.post("/v1/files", headers=mine, files={"file": ("t.jsonl", TRAIN)},
+                          data={"purpose": "fine-tune"}).json()["id"]
+    assert client.get(f"/v1/files/{file_id}", headers=theirs).status_code == 404
+    assert client.get("/v1/files", headers=theirs).json()["data"] == []
+    response = client.post("/v1/fine_tuning/jobs", headers=theirs, json={"model": TINY_ID, "training_file": file_id})
+    assert response.status_code == 404 and response.json()["error"]["param"] == "training_file"
+    assert client.get("/v1/files", headers={"Authorization": "Bearer nope"}).json()["error"]["code"] == "invalid_api_key"
+
+
+def test_concurrent_claims_never_take_a_job_twice(tempering_home):
+    from tempering.jobs import queue
+    from tempering.settings import get_settings
+    from tempering.store.db import Database
+    from tempering.store.models import Job, Project
+
+    db = Database(get_settings().database)
+    db.migrate()
+    with db.session() as session:
+        project = Project(name="p")
+        session.add(project)
+        session.flush()
+        for i in range(30):
+            session.add(Job(project_id=project.id, model="m", training_file="file-x", seed=i, config={},
+                            status="queued", created_at=1000 + i))
+    first = [queue.claim(db, "solo", 30) for _ in range(3)]
+    with db.session() as session:  # first come, first served
+        assert [session.get(Job, j).seed for j in first] == [0, 1, 2]
+    claimed: list[str] = list(first)
+
+    def claimer(name: str) -> None:
+        other = Database(get_settings().database)  # its own engine, like a separate worker process
+        while (job_id := queue.claim(other, name, 30)) is not None:
+            claimed.append(job_id)
+
+    threads = [threading.Thread(target=claimer, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(claimed) == 30 and len(set(claimed)) == 30
