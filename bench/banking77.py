@@ -2,7 +2,8 @@
 
 Takes 10 training examples per intent (770) and a disjoint stratified validation set (5 per intent, 385)
 from ../shared/data/banking77/train.csv (CC BY-NC 4.0: used here, never shipped), fine-tunes, and prints
-validation accuracy, macro-F1 and training time. Reference (Casanueva et al. 2020): ~85 % accuracy with
+validation accuracy, macro-F1 and training time; the job's evaluation.json holds base vs fine-tuned
+(for chat: greedy answers mapped onto the intent labels). Reference (Casanueva et al. 2020): ~85 % accuracy with
 10 examples per intent, ~93 % with all data.
 
     python bench/banking77.py [--task classification|chat] [--epochs N] [--per-intent 10]
@@ -61,6 +62,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate-multiplier", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eval-max-examples", type=int, default=385,
+                        help="Validation examples the automatic evaluation answers (base and fine-tuned).")
     args = parser.parse_args()
     if not DATA.exists():
         raise SystemExit(f"{DATA} not found: this benchmark needs the shared BANKING77 data")
@@ -75,6 +78,7 @@ def main() -> None:
     config = TuneConfig(
         task=args.task, training_file=write(train, folder / f"train.{suffix}", args.task),
         validation_file=write(valid, folder / f"valid.{suffix}", args.task), seed=args.seed, suffix="banking77",
+        eval_max_examples=args.eval_max_examples,
         hyperparameters={"n_epochs": args.epochs, "batch_size": args.batch_size,
                          "learning_rate_multiplier": args.learning_rate_multiplier})
     started = time.perf_counter()
@@ -84,7 +88,8 @@ def main() -> None:
                       "model_id": result.model_id, "seconds": round(seconds, 1),
                       "valid_loss": result.valid_loss, "base_valid_loss": result.base_valid_loss,
                       "accuracy": (result.classification or {}).get("accuracy"),
-                      "macro_f1": (result.classification or {}).get("macro_f1")}, indent=2))
+                      "macro_f1": (result.classification or {}).get("macro_f1"),
+                      "evaluation": f"{result.run_dir}/evaluation.json", "verdict": result.evaluation}, indent=2))
 
 
 if __name__ == "__main__":
