@@ -48,24 +48,35 @@ def server(tiny_model_dir, tmp_path_factory):
     env = {**os.environ, "TEMPERING_HOME": str(home), "TEMPERING_WORKER_LEASE_SECONDS": "10"}
     process = subprocess.Popen([sys.executable, "-m", "tempering.cli.main", "serve", "--port", str(port)],
                                env=env, stderr=subprocess.PIPE, text=True)
-    key = None
-    deadline = time.monotonic() + 60
-    while key is None and time.monotonic() < deadline:
-        line = process.stderr.readline()
-        match = re.search(r"(tk-\S+)", line)
-        key = match.group(1) if match else None
-    threading.Thread(target=process.stderr.read, daemon=True).start()  # keep the pipe drained
-    base = f"http://127.0.0.1:{port}/v1"
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            time.sleep(0.2)
+    key = _read_key_and_wait(process, port)
     assert key, "the server printed no admin key"
+    base = f"http://127.0.0.1:{port}/v1"
     yield openai.OpenAI(base_url=base, api_key=key, max_retries=0), home
     process.terminate()
     process.wait(timeout=30)
+
+
+def _read_key_and_wait(process, port: int, timeout: float = 60) -> str | None:
+    """The admin key the server prints on its first start (None on later starts), once it accepts
+    connections; its stderr is drained in the background afterwards."""
+    key = None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stderr.readline()
+        if not line and process.poll() is not None:
+            raise AssertionError(f"the server exited with {process.returncode}")
+        match = re.search(r"(tk-\S+)", line)
+        key = match.group(1) if match else key
+        if "Tempering API on" in line:
+            break
+    threading.Thread(target=process.stderr.read, daemon=True).start()  # keep the pipe drained
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return key
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError("the server never accepted connections")
 
 
 def _wait(client, job_id: str, timeout: float = 180):

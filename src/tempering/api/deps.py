@@ -44,7 +44,8 @@ def ensure_admin_key(db) -> str | None:
 
 
 def get_session(request: Request):
-    with request.app.state.db.session() as session:
+    """The request's unit of work; only mutating methods take the write lock (when first used)."""
+    with request.app.state.db.session(write=request.method not in ("GET", "HEAD", "OPTIONS")) as session:
         yield session
 
 
@@ -59,13 +60,16 @@ class Caller:
     role: str
 
 
-def current_caller(request: Request, session: SessionDep) -> Caller:
+def current_caller(request: Request) -> Caller:
+    """The caller's project, looked up in a short read-only transaction of its own (so a slow upload does
+    not hold a database transaction open while it streams)."""
     header = request.headers.get("authorization", "")
     scheme, _, key = header.partition(" ")
     if scheme.lower() != "bearer" or not key:
         raise APIError(401, "You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.",
                        code="invalid_api_key")
-    row = session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(key.strip()))).first()
+    with request.app.state.db.session(write=False) as session:
+        row = session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(key.strip()))).first()
     if row is None or row.revoked:
         raise APIError(401, "Incorrect API key provided.", code="invalid_api_key")
     return Caller(project_id=row.project_id, key_id=row.id, role=row.role)

@@ -15,6 +15,8 @@ import signal
 import sys
 import time
 
+from sqlalchemy import select
+
 from tempering.errors import InvalidDataError, TemperingError
 from tempering.settings import get_settings
 from tempering.store.artifacts import ArtifactStore
@@ -60,10 +62,22 @@ class JobRecorder:
             with self.db.session() as session:
                 session.add(JobCheckpoint(job_id=self.job_id, step_number=data["step"], metrics=metrics,
                                           fine_tuned_model_checkpoint=f"{self.model_id}:ckpt-step-{data['step']}"))
+        if event["type"] == "resumed":
+            self._forget_steps_after(data["step"])
         if event["type"] == "started":
             with self.db.session() as session:
                 job = session.get(Job, self.job_id)
                 job.status, job.started_at = "running", job.started_at or now()
+
+
+    def _forget_steps_after(self, step: int) -> None:
+        """A resumed run redoes the steps after its checkpoint: drop their first metrics so each step is
+        reported once (as the run's results.csv is)."""
+        with self.db.session() as session:
+            rows = session.scalars(select(JobEvent).where(JobEvent.job_id == self.job_id, JobEvent.type == "metrics"))
+            for row in rows:
+                if (row.data or {}).get("step", 0) > step:
+                    session.delete(row)
 
 
 def _stop_poller(db: Database, job_id: str):
@@ -73,7 +87,7 @@ def _stop_poller(db: Database, job_id: str):
         nonlocal last, answer
         if time.monotonic() - last >= STOP_POLL_SECONDS:
             last = time.monotonic()
-            with db.session() as session:
+            with db.session(write=False) as session:
                 answer = session.get(Job, job_id).stop_requested is not None
         return answer
 
@@ -119,7 +133,7 @@ def run(job_id: str) -> int:
     settings = get_settings()
     db = Database(settings.database)
     store = ArtifactStore(settings.artifacts_dir)
-    with db.session() as session:
+    with db.session(write=False) as session:
         job = session.get(Job, job_id)
     run_id = run_id_of(job.id)
     base = job.model
@@ -134,7 +148,7 @@ def run(job_id: str) -> int:
             _finish(db, job_id, status="queued")
         result = tune(config, on_event=recorder, should_stop=_stop_poller(db, job_id), run_id=run_id)
     except RunCancelled as exc:
-        with db.session() as session:
+        with db.session(write=False) as session:
             kind = session.get(Job, job_id).stop_requested
         status = "paused" if kind == "pause" else "cancelled"
         recorder.event(f"Job {status}: {exc.message}", level="warning")

@@ -36,7 +36,11 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _begin(connection):
-            connection.exec_driver_sql("BEGIN")
+            # A deferred transaction that reads and then writes fails at once ("database is locked") if
+            # another process committed in between (WAL snapshots cannot be upgraded); a session that will
+            # write asks for the write lock up front instead, and waits for it.
+            immediate = connection.get_execution_options().get("sqlite_immediate", False)
+            connection.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
     return create_engine(url, pool_pre_ping=True)
@@ -66,8 +70,12 @@ class Database:
         migrate(self.engine)
 
     @contextmanager
-    def session(self):
+    def session(self, *, write: bool = True):
+        """A unit of work that commits on success. ``write`` (the default) takes SQLite's write lock when
+        the transaction begins; read-only work passes ``write=False`` and never blocks writers."""
         with self._sessions() as session, session.begin():
+            if write and self.url.startswith("sqlite"):
+                session.connection(execution_options={"sqlite_immediate": True})
             yield session
 
     def new_session(self) -> Session:

@@ -58,7 +58,7 @@ def _check(path, filename: str) -> tuple[str, str | None]:
 
 
 @router.post("", response_model=FileObject)
-async def upload(request: Request, caller: CallerDep, session: SessionDep, file: UploadFile,
+async def upload(request: Request, caller: CallerDep, file: UploadFile,
                  purpose: Annotated[str, Form()]) -> FileObject:
     if purpose not in ("fine-tune", "evals"):
         raise APIError(400, f"purpose must be 'fine-tune' or 'evals', got {purpose!r}", param="purpose")
@@ -76,14 +76,14 @@ async def upload(request: Request, caller: CallerDep, session: SessionDep, file:
     status, details = await run_in_threadpool(_check, store.file_path(file_id), filename)
     row = File(id=file_id, project_id=caller.project_id, filename=filename,
                purpose=purpose, bytes=size, sha256=sha256, status=status, status_details=details)
-    if status == "error":
-        with request.app.state.db.session() as kept:  # committed although the request fails
-            kept.add(row)
+    with request.app.state.db.session() as session:  # a short write once the bytes are on disk
+        session.add(row)
+        session.flush()  # fills the column defaults (created_at)
+        wire = to_wire(row)
+    if status == "error":  # the record stays (status "error") so it can be inspected and deleted
         raise APIError(400, f"{file.filename}: invalid training data ({file_id}): {details}", param="file",
                        code="invalid_file")
-    session.add(row)
-    session.flush()  # fills the column defaults (created_at)
-    return to_wire(row)
+    return wire
 
 
 @router.get("", response_model=ListPage[FileObject])
