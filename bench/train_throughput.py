@@ -49,6 +49,8 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=42, help="data shuffle and trainer seed (default 42)")
     p.add_argument("--data", type=Path, default=DATA, help=f"BANKING77 train.csv (default {DATA})")
     p.add_argument("--keep-run", action="store_true", help="keep Tempering's run folder under TEMPERING_HOME")
+    p.add_argument("--warmup-ratio", type=float, default=None,
+                   help="Tempering's warmup share of steps (default: the job config's default)")
     args = p.parse_args(argv)
     if args.examples < 10:
         p.error("--examples must be at least 10 (Tempering's minimum training set)")
@@ -117,9 +119,10 @@ def param_counts(model) -> tuple[int, int]:
 
 
 def validation_loss(model, valid_examples, tokenizer, max_length) -> dict:
-    from tempering.train.recipe import evaluate
+    from tempering.train.batching import collate
+    from tempering.train.loss import evaluate
 
-    return evaluate(model, valid_examples, tokenizer.pad_token_id, max_length)
+    return evaluate(model, valid_examples, lambda batch: collate(batch, tokenizer.pad_token_id, max_length))
 
 
 # ---------------------------------------------------------------------------------------------- TRL
@@ -241,7 +244,8 @@ def run_tempering(args, card, lr, base_lr, train_rows, valid_rows, valid_example
         model=card.id, training_file=train_file, validation_file=valid_file, seed=args.seed,
         hyperparameters={"n_epochs": args.epochs, "batch_size": BATCH_SIZE,
                          "learning_rate_multiplier": lr / base_lr},
-        lora=LORA,
+        lora=LORA, evaluate=False,  # the benchmark scores both models itself, identically
+        **({} if args.warmup_ratio is None else {"warmup_ratio": args.warmup_ratio}),
     )
     print(f"[tempering] {len(train_rows)} examples, {per_epoch} tokens/epoch (tempering.data.encode_chat), "
           f"{sum(e.n_trained for e in encoded)} with loss, threads {torch.get_num_threads()}", flush=True)
@@ -360,7 +364,7 @@ Notes:
   prompt-completion rendering, Tempering's encode_chat); tokens/s = tokens / wall seconds of training.
   TRL: trainer.train() wall time. Tempering: {results.get('tempering', {}).get('timing', 'n/a')}.
 - validation loss = mean cross-entropy over the assistant tokens of the same {len(valid_rows)} encoded
-  validation examples, by tempering.train.recipe.evaluate for both fine-tuned models
+  validation examples, by tempering.train.loss.evaluate for both fine-tuned models
   (Tempering's adapter is reloaded from its saved folder).
 - MFU = 4 * N * tokens/s / peak: LoRA computes the frozen weights' forward (2N) and input gradients (2N)
   but not their weight gradients; peak = the higher of the two float32 matmul measurements
