@@ -71,6 +71,8 @@ def main() -> None:
         body = "\n\n".join(f"[bold]{name}:[/] {complete(m, messages, params).strip()}" for name, m in models.items())
         console.print(Panel(body, title=question, title_align="left"))
 
+    if result.evaluation and result.evaluation.get("verdict"):
+        console.print(f"Evaluation report ({result.run_dir}/evaluation.json): {result.evaluation['verdict']}")
     better = result.valid_loss < result.base_valid_loss
     verdict = "[green]lower than[/]" if better else "[red]NOT lower than[/]"
     console.print(f"Fine-tuned validation loss {result.valid_loss:.4f} is {verdict} the base model's "
