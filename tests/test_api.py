@@ -232,3 +232,25 @@ def test_concurrent_claims_never_take_a_job_twice(tempering_home):
     for t in threads:
         t.join()
     assert len(claimed) == 30 and len(set(claimed)) == 30
+
+
+def test_cli_server_mode_runs_the_job_on_the_server(server, tmp_path):
+    client, home = server
+    train = tmp_path / "train.jsonl"
+    train.write_bytes(TRAIN)
+    env = {**os.environ, "TEMPERING_SERVER": str(client.base_url), "TEMPERING_API_KEY": client.api_key,
+           "TEMPERING_HOME": str(tmp_path / "client-home")}  # nothing local: the server does the work
+    cli = [sys.executable, "-m", "tempering.cli.main"]
+    tuned = subprocess.run([*cli, "tune", train, "--model", TINY_ID, "--epochs", "1", "--suffix", "remote",
+                            "--json"], env=env, capture_output=True, text=True, timeout=300)
+    assert tuned.returncode == 0, tuned.stderr
+    job = json.loads(tuned.stdout)
+    assert job["status"] == "succeeded" and job["fine_tuned_model"].startswith(f"ft:{TINY_ID}:remote:")
+    assert "Created job ftjob-" in tuned.stderr
+    assert not (tmp_path / "client-home" / "runs").exists()
+    listed = subprocess.run([*cli, "models", "list", "--json"], env=env, capture_output=True, text=True, timeout=60)
+    assert job["fine_tuned_model"] in {m["id"] for m in json.loads(listed.stdout)}
+
+    refused = subprocess.run([*cli, "tune", train, "--model", TINY_ID, "--lora-rank", "4"], env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1 and "not available with --server yet: lora" in refused.stderr

@@ -29,8 +29,26 @@ def list_models(
     search: Annotated[str | None, typer.Option(help="Only models whose id, name, family or licence "
                                                     "contain every word.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    server: Annotated[str | None, typer.Option(envvar="TEMPERING_SERVER", help="List a Tempering server's "
+                                                                               "models instead.")] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="TEMPERING_API_KEY", help="API key for --server.")]
+    = None,
 ) -> None:
     """List base models (and whether they can be fine-tuned) and the fine-tuned models made here."""
+    if server:
+        from tempering.client import TemperingClient
+
+        found = [m for m in TemperingClient(server, api_key).models() if _matches(search, m["id"], m["owned_by"])]
+        if as_json:
+            print_json(found)
+        else:
+            table = Table(title=f"Models on {server}", title_justify="left")
+            table.add_column("id")
+            table.add_column("owned by")
+            for m in found:
+                table.add_row(m["id"], m["owned_by"])
+            out.print(table)
+        return
     cards = catalog.list_cards(search)
     rows = [{**c.model_dump(mode="json"), "kind": "base", "status": catalog.model_status(c)} for c in cards]
     tuned = [

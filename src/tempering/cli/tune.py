@@ -65,6 +65,43 @@ def run_with_progress(config, console, *, resume: bool = False):
         return run_tune(config, on_event=_ProgressSink(progress), resume=resume, should_stop=should_stop)
 
 
+REMOTE_FIELDS = {"model", "task", "training_file", "validation_file", "validation_fraction", "suffix", "seed",
+                 "hyperparameters"}
+
+
+def _tune_remote(config: TuneConfig, server: str, api_key: str | None, as_json: bool) -> None:
+    """The same job, run by a server: upload the files, create the job, follow its events."""
+    from tempering.client import TemperingClient
+    from tempering.errors import InvalidConfigError
+
+    local_only = sorted(f for f in config.model_fields_set - REMOTE_FIELDS if getattr(config, f)
+                        != TuneConfig.model_fields[f].get_default(call_default_factory=True))
+    if local_only:
+        raise InvalidConfigError(f"not available with --server yet: {', '.join(local_only)}", param=local_only[0])
+    client = TemperingClient(server, api_key)
+    body = {"model": config.model, "task": config.task, "suffix": config.suffix, "seed": config.seed,
+            "validation_fraction": config.validation_fraction,
+            "training_file": client.upload(config.training_file)["id"],
+            "method": {"type": "supervised",
+                       "supervised": {"hyperparameters": config.hyperparameters.model_dump()}}}
+    if config.validation_file is not None:
+        body["validation_file"] = client.upload(config.validation_file)["id"]
+    job = client.create_job(body)
+    err.print(f"Created job {job['id']} on {server}")
+    for event in client.follow(job["id"]):
+        if event["type"] != "metrics":
+            err.print(f"[dim]{event['message']}[/]", highlight=False)
+    job = client.job(job["id"])
+    if as_json:
+        print_json(job)
+    elif job["status"] == "succeeded":
+        out.print(job["fine_tuned_model"])
+    if job["status"] != "succeeded":
+        error = job.get("error") or {}
+        raise InvalidConfigError(f"job {job['id']} {job['status']}: {error.get('message', '')}".rstrip(": "),
+                                 code=error.get("code"), param=error.get("param"))
+
+
 def _print_estimate(config, as_json: bool) -> None:
     from tempering.train.recipe import estimate_job
 
@@ -121,6 +158,9 @@ def tune(
     weight_decay: Annotated[float | None, typer.Option(help=_help("weight_decay"))] = None,
     checkpoint_every: Annotated[int | None, typer.Option(help=_help("checkpoint_every_steps"))] = None,
     device: Annotated[str, typer.Option(help=_help("device"))] = "auto",
+    server: Annotated[str | None, typer.Option(envvar="TEMPERING_SERVER", help="URL of a Tempering server: "
+                                               "upload the files and run the job there.")] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="TEMPERING_API_KEY", help="API key for --server.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run started by this same "
                                                           "command, from its latest checkpoint.")] = False,
     estimate: Annotated[bool, typer.Option("--estimate", help="Only estimate tokens, time and cost; train "
@@ -144,6 +184,9 @@ def tune(
     })
     if estimate:
         _print_estimate(config, as_json)
+        return
+    if server:
+        _tune_remote(config, server, api_key, as_json)
         return
     result = run_with_progress(config, err, resume=resume)
     from tempering.train.distributed import current_world

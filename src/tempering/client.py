@@ -1,0 +1,83 @@
+"""A small client for a Tempering server's REST API, used by the CLI's ``--server`` mode.
+
+Speaks the same OpenAI-compatible protocol as the official SDK (which works too); errors in OpenAI's
+envelope become ``TemperingError`` with the server's message, code and param. Knows nothing about torch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+from tempering.errors import TemperingError
+
+TERMINAL = ("succeeded", "failed", "cancelled")
+
+
+class ServerError(TemperingError):
+    code = "server_error"
+
+
+class TemperingClient:
+    def __init__(self, base_url: str, api_key: str | None, *, timeout: float = 60.0):
+        if not api_key:
+            raise TemperingError("--server needs an API key: pass --api-key or set TEMPERING_API_KEY",
+                                 param="api_key")
+        base = base_url.rstrip("/")
+        self.http = httpx.Client(base_url=base if base.endswith("/v1") else f"{base}/v1", timeout=timeout,
+                                 headers={"Authorization": f"Bearer {api_key}"})
+
+    def _call(self, method: str, path: str, **kwargs) -> dict:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ServerError(f"cannot reach the server at {self.http.base_url}: {exc}") from exc
+        if response.is_success:
+            return response.json()
+        try:
+            error = response.json()["error"]
+        except (ValueError, KeyError, TypeError):
+            error = {"message": response.text[:500] or response.reason_phrase}
+        raise ServerError(f"server answered {response.status_code}: {error.get('message')}",
+                          code=error.get("code") or "server_error", param=error.get("param"))
+
+    def upload(self, path: Path, purpose: str = "fine-tune") -> dict:
+        with path.open("rb") as fh:
+            return self._call("POST", "/files", files={"file": (path.name, fh)}, data={"purpose": purpose})
+
+    def create_job(self, body: dict) -> dict:
+        return self._call("POST", "/fine_tuning/jobs", json=body)
+
+    def job(self, job_id: str) -> dict:
+        return self._call("GET", f"/fine_tuning/jobs/{job_id}")
+
+    def events_since(self, job_id: str, seen: set[str]) -> list[dict]:
+        """Events not seen yet, oldest first (the API pages newest first)."""
+        fresh, after = [], None
+        while True:
+            params = {"limit": 100, **({"after": after} if after else {})}
+            page = self._call("GET", f"/fine_tuning/jobs/{job_id}/events", params=params)
+            new = [e for e in page["data"] if e["id"] not in seen]
+            fresh += new
+            if not page["has_more"] or len(new) < len(page["data"]):
+                break
+            after = page["data"][-1]["id"]
+        seen.update(e["id"] for e in fresh)
+        return list(reversed(fresh))
+
+    def follow(self, job_id: str, poll_seconds: float = 1.0) -> Iterator[dict]:
+        """Yield the job's events as they arrive; ends when the job does."""
+        seen: set[str] = set()
+        while True:
+            yield from self.events_since(job_id, seen)
+            job = self.job(job_id)
+            if job["status"] in TERMINAL:
+                yield from self.events_since(job_id, seen)
+                return
+            time.sleep(poll_seconds)
+
+    def models(self) -> list[dict]:
+        return self._call("GET", "/models")["data"]
