@@ -10,7 +10,6 @@ Nothing is ever downloaded, ``trust_remote_code`` is never enabled, and only saf
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import importlib.util
 import json
 import logging
@@ -22,6 +21,7 @@ from pathlib import Path
 
 from tempering.catalog.registry import ModelCard, get_card
 from tempering.errors import ModelUnavailableError
+from tempering.fileio import sha256_file
 from tempering.settings import get_settings
 
 log = logging.getLogger(__name__)
@@ -65,14 +65,6 @@ def converted_dir(card: ModelCard) -> Path:
     return get_settings().models_dir / card.id
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _convert_embedded(card: ModelCard) -> Path:
     """De-quantize the GGUF to float32 safetensors + tokenizer, atomically (temp folder, then rename)."""
     import torch
@@ -106,7 +98,7 @@ def _convert_embedded(card: ModelCard) -> Path:
             meta = {
                 "id": card.id,
                 "source": str(gguf),
-                "source_sha256": _file_sha256(gguf),
+                "source_sha256": sha256_file(gguf),
                 "dtype": "float32",
                 "transformers": transformers.__version__,
                 "seconds": round(time.perf_counter() - started, 1),

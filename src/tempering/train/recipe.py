@@ -8,7 +8,6 @@ handed to ``on_event``; this module prints nothing and knows nothing about HTTP 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import time
@@ -23,8 +22,9 @@ from tempering.catalog import get_card, load_causal_lm, load_tokenizer, resolve_
 from tempering.data import EncodedExample, encode_chat
 from tempering.data.formats import load_examples, validate_any
 from tempering.data.split import split_examples
-from tempering.data.validate import MIN_EXAMPLES
+from tempering.data.validate import MIN_EXAMPLES, invalid_data
 from tempering.errors import InvalidConfigError, InvalidDataError
+from tempering.fileio import sha256_file
 from tempering.hardware import select_placement
 from tempering.train import artifacts
 from tempering.train.checkpoint import latest_checkpoint
@@ -108,14 +108,6 @@ class Setup:
             self.on_event(event)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _wrap_lora(model, config: TuneConfig, parent_folder: Path | None, task_type: str = "CAUSAL_LM"):
     from peft import LoraConfig, PeftModel, get_peft_model
 
@@ -133,9 +125,9 @@ def _wrap_lora(model, config: TuneConfig, parent_folder: Path | None, task_type:
 
 
 def data_hashes(config: TuneConfig) -> dict:
-    hashes = {"training_file": _sha256(config.training_file)}
+    hashes = {"training_file": sha256_file(config.training_file)}
     if config.validation_file is not None:
-        hashes["validation_file"] = _sha256(config.validation_file)
+        hashes["validation_file"] = sha256_file(config.validation_file)
     return hashes
 
 
@@ -145,9 +137,7 @@ def _load_data(path: Path, config: TuneConfig, tokenizer, context_length: int, m
     report = validate_any(path, config.data_format, tokenizer=tokenizer, context_length=context_length,
                           min_examples=min_examples, **options)
     if not report.valid:
-        first = report.errors[0]
-        where = f"line {first.line}: " if first.line else ""
-        raise InvalidDataError(f"{report.summary()}; first: {where}{first.message} [{first.code}]", report)
+        raise invalid_data(report)
     messages, labels, _ = load_examples(path, config.data_format, **options)
     return messages, labels
 
