@@ -1,8 +1,10 @@
-"""A worker: claims jobs one at a time, runs each in a subprocess, and keeps its lease alive.
+"""A worker: claims jobs one at a time, runs each through an executor, and keeps its lease alive.
 
-If the heartbeat finds the job is no longer ours (the lease expired and another worker took it over),
-the subprocess is killed. A subprocess that dies without recording an outcome fails its job with an
-internal error, unless the job was taken over. ``stop()`` ends the loop after the current job.
+The executor (``jobs.executors``, picked by ``TEMPERING_EXECUTOR``) is a subprocess beside the worker or a
+Ray task; claiming, heartbeats and failing are the same for both. If the heartbeat finds the job is no
+longer ours (the lease expired and another worker took it over), the job's process is killed. A process
+that ends without recording an outcome fails its job with an internal error, unless the job was taken
+over. ``stop()`` ends the loop after the current job.
 """
 
 from __future__ import annotations
@@ -10,11 +12,10 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import subprocess
-import sys
 import threading
 
 from tempering.jobs import queue
+from tempering.jobs.executors import Executor, make_executor
 from tempering.store.db import Database
 from tempering.store.models import Job, JobEvent, new_id, now
 
@@ -23,11 +24,13 @@ log = logging.getLogger(__name__)
 
 class Worker:
     def __init__(self, db: Database, *, lease_seconds: float = 30.0, poll_seconds: float = 0.5,
-                 worker_id: str | None = None):
+                 worker_id: str | None = None, executor: Executor | None = None):
         self.db = db
+        self.executor = executor or make_executor()
         self.lease = lease_seconds
         self.poll = poll_seconds
-        self.id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{new_id('', 6)}"
+        # at most 40 + 1 + 7 + 1 + 6 characters: jobs.worker_id is VARCHAR(64), which PostgreSQL enforces
+        self.id = worker_id or f"{socket.gethostname()[:40]}-{os.getpid()}-{new_id('', 6)}"
         self._stop = threading.Event()
 
     def stop(self) -> None:
@@ -44,20 +47,23 @@ class Worker:
         if job_id is None:
             return False
         log.info("worker %s runs %s", self.id, job_id)
-        child = subprocess.Popen([sys.executable, "-m", "tempering.jobs.runner", job_id], env=os.environ.copy())
+        try:
+            handle = self.executor.start(job_id, self.id, self.lease)
+        except Exception as exc:  # the cluster is unreachable, …: fail the job rather than retry it forever
+            log.exception("could not start %s", job_id)
+            if queue.release(self.db, job_id, self.id) is not None:
+                self._fail(job_id, f"the job could not be started: {exc}")
+            return True
         ours = True
-        while child.poll() is None:
-            try:
-                child.wait(timeout=self.lease / 3)
-            except subprocess.TimeoutExpired:
-                ours = queue.heartbeat(self.db, job_id, self.id, self.lease)
-                if not ours:
-                    log.warning("lost the lease on %s; stopping its process", job_id)
-                    child.kill()
-                    child.wait()
+        while (code := self.executor.wait(handle, self.lease / 3)) is None:
+            ours = queue.heartbeat(self.db, job_id, self.id, self.lease)
+            if not ours:
+                log.warning("lost the lease on %s; stopping its process", job_id)
+                self.executor.kill(handle)
+                break
         job = queue.release(self.db, job_id, self.id) if ours else None
         if ours and job is not None and job.status in queue.ACTIVE:
-            self._fail(job_id, f"the training process exited with code {child.returncode}")
+            self._fail(job_id, self.executor.describe(handle, code))
         return True
 
     def _fail(self, job_id: str, message: str) -> None:
@@ -68,11 +74,13 @@ class Worker:
             session.add(JobEvent(job_id=job_id, level="error", message=f"Job failed: {message}", type="message"))
 
 
-def start_pool(db: Database, count: int, lease_seconds: float) -> list[tuple[Worker, threading.Thread]]:
-    """``count`` workers on daemon threads (each runs its jobs in subprocesses)."""
+def start_pool(db: Database, count: int, lease_seconds: float,
+               executor: Executor | None = None) -> list[tuple[Worker, threading.Thread]]:
+    """``count`` workers on daemon threads sharing one executor (default: the one the settings name)."""
     pool = []
+    executor = executor or make_executor()
     for _ in range(count):
-        worker = Worker(db, lease_seconds=lease_seconds)
+        worker = Worker(db, lease_seconds=lease_seconds, executor=executor)
         thread = threading.Thread(target=worker.run_forever, name=f"worker-{worker.id}", daemon=True)
         thread.start()
         pool.append((worker, thread))

@@ -11,11 +11,12 @@ from __future__ import annotations
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+MIGRATION_LOCK = 0x7E4E_0001  # the advisory lock that serialises migrations on PostgreSQL (any fixed bigint)
 
 
 def make_engine(url: str) -> Engine:
@@ -54,6 +55,11 @@ def migrate(engine: Engine) -> None:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # A server and its workers starting together would all find no ``alembic_version`` and all
+            # create the tables (one wins, the others fail). DDL is transactional on PostgreSQL: whoever
+            # waits here finds the schema current once the lock is granted, and does nothing.
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
 
