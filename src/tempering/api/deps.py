@@ -7,7 +7,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -60,7 +61,13 @@ class Caller:
     role: str
 
 
-def current_caller(request: Request) -> Caller:
+# Declares the bearer scheme in the OpenAPI schema; the header is checked below, so a missing or malformed one
+# gets OpenAI's 401 envelope rather than FastAPI's 403.
+_bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer tk-…`")
+
+
+def current_caller(request: Request,
+                   _: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None) -> Caller:
     """The caller's project, looked up in a short read-only transaction of its own (so a slow upload does
     not hold a database transaction open while it streams)."""
     header = request.headers.get("authorization", "")

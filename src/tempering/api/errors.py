@@ -5,15 +5,32 @@ AuthenticationError, 404 NotFoundError, 409 ConflictError, 413, 500 InternalServ
 from __future__ import annotations
 
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from tempering.api.protocol import ErrorEnvelope
 from tempering.errors import InvalidConfigError, InvalidDataError, ModelNotFoundError, TemperingError
 
 log = logging.getLogger(__name__)
+
+# Every id the server hands out (``file-…``, ``ftjob-…``, ``ftckpt-…``) is ASCII letters, digits, "-" and "_",
+# at most 40 characters. Anything else cannot name an object: it is answered 404 before it reaches the
+# database (where a NUL byte, an over-long value or an odd encoding would be the database's error, not ours).
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+# The OpenAPI description of every error answer: OpenAI's envelope. "default" covers the rarer statuses (403,
+# 409, 413, 500) and stops FastAPI from advertising its 422 validation body, which this API never sends.
+_ENVELOPE = {"model": ErrorEnvelope}
+ERROR_RESPONSES: dict[int | str, dict] = {
+    400: {**_ENVELOPE, "description": "Invalid request (invalid_request_error), naming the parameter"},
+    401: {**_ENVELOPE, "description": "Missing or incorrect API key (invalid_api_key)"},
+    404: {**_ENVELOPE, "description": "No such object in the caller's project (not_found)"},
+    "default": {**_ENVELOPE, "description": "Any other error, in the same envelope"},
+}
 
 
 class APIError(Exception):
@@ -25,6 +42,11 @@ class APIError(Exception):
 
 def not_found(kind: str, ident: str, param: str = "id") -> APIError:
     return APIError(404, f"No such {kind}: '{ident}'", param=param, code="not_found")
+
+
+def is_id(value: str) -> bool:
+    """Whether ``value`` could be an id this server generated (and so is safe to look up)."""
+    return bool(_ID.fullmatch(value))
 
 
 def _status_of(exc: TemperingError) -> int:

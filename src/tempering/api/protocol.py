@@ -5,9 +5,9 @@ Pure pydantic; imports no torch and no database. Conversion from database rows l
 
 from __future__ import annotations
 
-from typing import Any, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 T = TypeVar("T")
 
@@ -67,19 +67,27 @@ class Method(BaseModel):
     supervised: Supervised = Field(default_factory=Supervised)
 
 
+FileId = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+MetadataKey = Annotated[str, StringConstraints(max_length=64)]
+MetadataValue = Annotated[str, StringConstraints(max_length=512)]
+
+
 class JobCreate(BaseModel):
-    model: str
-    training_file: str
-    validation_file: str | None = None
-    suffix: str | None = None
-    seed: int | None = None
-    metadata: dict[str, str] | None = None
+    # The bounds are OpenAI's (metadata) or the database's (model); the finer rules (the suffix's characters,
+    # the hyperparameters' ranges) are the job config's, checked by parse_config with the field named.
+    model: str = Field(min_length=1, max_length=200)
+    training_file: FileId
+    validation_file: FileId | None = None
+    suffix: str | None = Field(default=None, max_length=64)
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1)
+    metadata: dict[MetadataKey, MetadataValue] | None = Field(
+        default=None, max_length=16, description="Up to 16 pairs; keys up to 64 characters, values up to 512.")
     method: Method | None = None
     hyperparameters: Hyperparameters | None = Field(default=None, description="Deprecated by OpenAI in "
                                                     "favour of method.supervised.hyperparameters; still accepted.")
     # Tempering's own extensions, ignored by OpenAI's SDK: the task and the data platform's options.
     task: Literal["chat", "classification"] = "chat"
-    validation_fraction: float | None = None
+    validation_fraction: float | None = Field(default=None, gt=0.0, lt=0.5)
 
 
 class JobError(BaseModel):

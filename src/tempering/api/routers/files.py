@@ -5,18 +5,19 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Request, UploadFile
+from fastapi import APIRouter, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse
 from sqlalchemy import select
 
 from tempering.api.deps import CallerDep, SessionDep
-from tempering.api.errors import APIError, not_found
+from tempering.api.errors import ERROR_RESPONSES, APIError, is_id, not_found
 from tempering.api.protocol import FileDeleted, FileObject, ListPage
 from tempering.store.models import File, new_id
 
-router = APIRouter(prefix="/v1/files", tags=["files"])
+router = APIRouter(prefix="/v1/files", tags=["files"], responses=ERROR_RESPONSES)
 PURPOSES = ("fine-tune", "fine-tune-results", "evals")
 SHOWN_PROBLEMS = 20
+MAX_FILENAME = 512  # the column's size
 
 
 def to_wire(row: File) -> FileObject:
@@ -25,7 +26,7 @@ def to_wire(row: File) -> FileObject:
 
 
 def owned_file(session, project_id: str, file_id: str, param: str = "file_id") -> File:
-    row = session.get(File, file_id)
+    row = session.get(File, file_id) if is_id(file_id) else None
     if row is None or row.deleted or row.project_id != project_id:
         raise not_found("file", file_id, param)
     return row
@@ -57,11 +58,16 @@ def _check(path, filename: str) -> tuple[str, str | None]:
     return "error", "; ".join(problems[:SHOWN_PROBLEMS]) + more
 
 
-@router.post("", response_model=FileObject)
+@router.post("", response_model=FileObject,
+             responses={413: {**ERROR_RESPONSES["default"], "description": "Larger than the upload limit"}})
 async def upload(request: Request, caller: CallerDep, file: UploadFile,
                  purpose: Annotated[str, Form()]) -> FileObject:
     if purpose not in ("fine-tune", "evals"):
         raise APIError(400, f"purpose must be 'fine-tune' or 'evals', got {purpose!r}", param="purpose")
+    filename = file.filename or "upload.jsonl"
+    if len(filename) > MAX_FILENAME or "\x00" in filename:
+        raise APIError(400, f"the file name must be at most {MAX_FILENAME} characters, without NUL",
+                       param="file", code="invalid_value")
     limit = request.app.state.settings.max_upload_bytes
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
@@ -72,7 +78,6 @@ async def upload(request: Request, caller: CallerDep, file: UploadFile,
     size, sha256 = await store.save_stream(file_id, _chunks(file), limit)
     from starlette.concurrency import run_in_threadpool
 
-    filename = file.filename or "upload.jsonl"
     status, details = await run_in_threadpool(_check, store.file_path(file_id), filename)
     row = File(id=file_id, project_id=caller.project_id, filename=filename,
                purpose=purpose, bytes=size, sha256=sha256, status=status, status_details=details)
@@ -81,13 +86,17 @@ async def upload(request: Request, caller: CallerDep, file: UploadFile,
         session.flush()  # fills the column defaults (created_at)
         wire = to_wire(row)
     if status == "error":  # the record stays (status "error") so it can be inspected and deleted
-        raise APIError(400, f"{file.filename}: invalid training data ({file_id}): {details}", param="file",
+        raise APIError(400, f"{filename}: invalid training data ({file_id}): {details}", param="file",
                        code="invalid_file")
     return wire
 
 
 @router.get("", response_model=ListPage[FileObject])
-def list_files(caller: CallerDep, session: SessionDep, purpose: str | None = None) -> ListPage[FileObject]:
+def list_files(caller: CallerDep, session: SessionDep,
+               purpose: Annotated[str | None, Query(max_length=64, description="Only files of this purpose "
+                                                    f"({', '.join(PURPOSES)})")] = None) -> ListPage[FileObject]:
+    if purpose and purpose not in PURPOSES:  # no file has it; never sent to the database
+        return ListPage[FileObject](data=[])
     query = select(File).where(File.project_id == caller.project_id, File.deleted.is_(False))
     if purpose:
         query = query.where(File.purpose == purpose)
@@ -100,7 +109,10 @@ def get_file(file_id: str, caller: CallerDep, session: SessionDep) -> FileObject
     return to_wire(owned_file(session, caller.project_id, file_id))
 
 
-@router.get("/{file_id}/content")
+@router.get("/{file_id}/content", response_class=FileResponse,
+            responses={200: {"description": "The file's bytes as uploaded",
+                             "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                                 "format": "binary"}}}}})
 def file_content(file_id: str, request: Request, caller: CallerDep, session: SessionDep):
     row = owned_file(session, caller.project_id, file_id)
     return FileResponse(request.app.state.store.file_path(row.id), media_type="application/octet-stream",

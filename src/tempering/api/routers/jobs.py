@@ -3,18 +3,35 @@ resume, events and checkpoints. Nothing trains in a request: a worker claims the
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+import re
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
 from sqlalchemy import select
 
 from tempering.api.deps import CallerDep, SessionDep
-from tempering.api.errors import APIError, not_found
+from tempering.api.errors import ERROR_RESPONSES, APIError, is_id, not_found
 from tempering.api.protocol import CheckpointObject, FineTuningJob, JobCreate, JobEventObject, ListPage
 from tempering.api.routers.files import owned_file
 from tempering.store.models import Job, JobCheckpoint, JobEvent
 from tempering.train.config import parse_config
 
-router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"])
+router = APIRouter(prefix="/v1/fine_tuning/jobs", tags=["fine-tuning"], responses=ERROR_RESPONSES)
 MAX_LIMIT = 100
+_EVENT_ID = re.compile(r"ftevent-(\d{1,18})")  # a sequence number; 18 digits stay within a 64-bit integer
+
+
+def _limit(default: int):
+    return Annotated[int, Query(description=f"Page size, default {default}; values outside 1 to {MAX_LIMIT} "
+                                "are clamped")]
+
+
+def _after(kind: str):
+    return Annotated[str | None, Query(description=f"The id of the last {kind} of the previous page")]
+
+
+JobsAfter, EventsAfter, CheckpointsAfter = _after("job"), _after("event"), _after("checkpoint")
+Limit20, Limit10 = _limit(20), _limit(10)
 
 
 def to_wire(job: Job) -> FineTuningJob:
@@ -30,7 +47,7 @@ def to_wire(job: Job) -> FineTuningJob:
 
 
 def owned_job(session, caller, job_id: str) -> Job:
-    job = session.get(Job, job_id)
+    job = session.get(Job, job_id) if is_id(job_id) else None
     if job is None or job.project_id != caller.project_id:
         raise not_found("fine-tuning job", job_id, "fine_tuning_job_id")
     return job
@@ -39,6 +56,8 @@ def owned_job(session, caller, job_id: str) -> Job:
 def _model_exists(session, caller, model: str) -> None:
     from tempering.catalog import get_card
 
+    if "\x00" in model:  # names no model; kept from the database
+        raise not_found("model", model.replace("\x00", "\\x00"), "model")
     if model.startswith("ft:"):
         owned = session.scalars(select(Job).where(Job.project_id == caller.project_id,
                                                   Job.fine_tuned_model == model)).first()
@@ -79,7 +98,7 @@ def create_job(body: JobCreate, request: Request, caller: CallerDep, session: Se
 
 
 @router.get("", response_model=ListPage[FineTuningJob])
-def list_jobs(caller: CallerDep, session: SessionDep, after: str | None = None, limit: int = 20):
+def list_jobs(caller: CallerDep, session: SessionDep, after: JobsAfter = None, limit: Limit20 = 20):
     limit = max(1, min(limit, MAX_LIMIT))
     query = select(Job).where(Job.project_id == caller.project_id)
     if after:
@@ -138,12 +157,17 @@ def resume_job(job_id: str, caller: CallerDep, session: SessionDep) -> FineTunin
 
 
 @router.get("/{job_id}/events", response_model=ListPage[JobEventObject])
-def list_events(job_id: str, caller: CallerDep, session: SessionDep, after: str | None = None, limit: int = 20):
+def list_events(job_id: str, caller: CallerDep, session: SessionDep, after: EventsAfter = None,
+                limit: Limit20 = 20):
     owned_job(session, caller, job_id)
     limit = max(1, min(limit, MAX_LIMIT))
     query = select(JobEvent).where(JobEvent.job_id == job_id)
     if after:
-        query = query.where(JobEvent.seq < int(after.removeprefix("ftevent-") or 0))
+        match = _EVENT_ID.fullmatch(after)
+        if match is None:
+            raise APIError(400, f"after must be an event id (ftevent-<number>), got {after!r}", param="after",
+                           code="invalid_value")
+        query = query.where(JobEvent.seq < int(match.group(1)))
     rows = session.scalars(query.order_by(JobEvent.seq.desc()).limit(limit + 1)).all()
     data = [JobEventObject(id=e.id, created_at=e.created_at, level=e.level, message=e.message, type=e.type,
                            data=e.data) for e in rows[:limit]]
@@ -151,8 +175,8 @@ def list_events(job_id: str, caller: CallerDep, session: SessionDep, after: str 
 
 
 @router.get("/{job_id}/checkpoints", response_model=ListPage[CheckpointObject])
-def list_checkpoints(job_id: str, caller: CallerDep, session: SessionDep, after: str | None = None,
-                     limit: int = 10):
+def list_checkpoints(job_id: str, caller: CallerDep, session: SessionDep, after: CheckpointsAfter = None,
+                     limit: Limit10 = 10):
     owned_job(session, caller, job_id)
     rows = session.scalars(select(JobCheckpoint).where(JobCheckpoint.job_id == job_id)
                            .order_by(JobCheckpoint.step_number.desc())).all()

@@ -8,11 +8,11 @@ from fastapi import APIRouter
 from sqlalchemy import select
 
 from tempering.api.deps import CallerDep, SessionDep
-from tempering.api.errors import APIError, not_found
+from tempering.api.errors import ERROR_RESPONSES, APIError, not_found
 from tempering.api.protocol import ListPage, ModelDeleted, ModelObject
 from tempering.store.models import Job
 
-router = APIRouter(prefix="/v1/models", tags=["models"])
+router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERROR_RESPONSES)
 BASE_OWNER = "tempering"
 CATALOG_CREATED = 1_735_689_600  # the catalog's entries are fixed; a stable date keeps responses stable
 
@@ -47,6 +47,7 @@ def get_model(model_id: str, caller: CallerDep, session: SessionDep) -> ModelObj
 
 @router.delete("/{model_id:path}", response_model=ModelDeleted)
 def delete_model(model_id: str, caller: CallerDep, session: SessionDep) -> ModelDeleted:
+    from tempering.errors import ModelNotFoundError
     from tempering.train import artifacts
 
     job = next((j for j in _fine_tuned(session, caller) if j.fine_tuned_model == model_id), None)
@@ -55,7 +56,10 @@ def delete_model(model_id: str, caller: CallerDep, session: SessionDep) -> Model
             raise APIError(403, f"{model_id} is a base model; only fine-tuned models can be deleted",
                            param="model", code="model_not_deletable")
         raise not_found("model", model_id, "model")
-    folder, _ = artifacts.resolve_finetuned(model_id)
-    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        folder, _ = artifacts.resolve_finetuned(model_id)
+        shutil.rmtree(folder, ignore_errors=True)
+    except ModelNotFoundError:  # its files are already gone: deleting it forgets the name
+        pass
     job.fine_tuned_model = None
     return ModelDeleted(id=model_id)
