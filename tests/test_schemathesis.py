@@ -1,0 +1,234 @@
+"""Property-based API testing (issue 5): schemathesis reads the app's own ``/openapi.json`` and sends
+generated requests to every operation, in-process over ASGI with a valid key: valid ones (positive) and
+schema-violating ones (negative, for the operations with a query or a body).
+
+No answer may be a server error, every answer must be documented (status, content type, body), and a
+negative request must be refused with a 4xx. The database (SQLite, and PostgreSQL where the throwaway
+server can run) is seeded with processed files, jobs with an event and a checkpoint, and a fine-tuned
+model; valid cases use those ids some of the time, so the by-id routes reach real rows and not only 404s.
+Deterministic (derandomized, no example database) and small: seconds per database.
+"""
+
+from __future__ import annotations
+
+import json
+
+import hypothesis
+import pytest
+from hypothesis import HealthCheck
+from hypothesis import strategies as st
+
+schemathesis = pytest.importorskip("schemathesis")
+
+from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import FailureGroup
+from schemathesis.hooks import HookDispatcher, HookScope
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+# No 5xx, and the schema tells the truth: every status, content type and body the API answers is documented.
+CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
+
+try:  # its fixtures (``postgres_url``: a fresh database on a throwaway server; skipped without the binaries)
+    from postgres_fixture import *
+except ImportError:
+    pass
+
+MAX_EXAMPLES = 15
+BASE_MODEL = "smollm2-135m-instruct"
+FINE_TUNED = f"ft:{BASE_MODEL}:fuzz:abc123"
+TRAIN = "".join(json.dumps({"messages": [{"role": "user", "content": f"q{i}"},
+                                         {"role": "assistant", "content": f"a{i}"}]}) + "\n"
+                for i in range(12)).encode()
+
+
+def _seed(app) -> dict[str, str]:
+    """Two processed files (uploaded through the API; one is for DELETE to delete), a queued job with an
+    event and a checkpoint, a queued job for cancel to cancel, and a succeeded job whose fine-tuned model
+    is listed. Returns their ids."""
+    from fastapi.testclient import TestClient
+
+    from tempering.store.models import File, Job, JobCheckpoint, JobEvent
+
+    client = TestClient(app)
+    headers = {"Authorization": f"Bearer {app.state.initial_api_key}"}
+    files = []
+    for _ in range(2):
+        uploaded = client.post("/v1/files", headers=headers, files={"file": ("train.jsonl", TRAIN)},
+                               data={"purpose": "fine-tune"})
+        assert uploaded.status_code == 200, uploaded.text
+        files.append(uploaded.json()["id"])
+    with app.state.db.session() as session:
+        project = session.get(File, files[0]).project_id
+
+        def job(**fields) -> Job:
+            row = Job(project_id=project, model=BASE_MODEL, training_file=files[0], seed=1, config={}, **fields)
+            session.add(row)
+            return row
+
+        queued, doomed = job(status="queued"), job(status="queued")
+        done = job(status="succeeded", fine_tuned_model=FINE_TUNED, finished_at=1_700_000_000)
+        session.flush()
+        event = JobEvent(job_id=queued.id, level="info", message="Created", type="message")
+        checkpoint = JobCheckpoint(job_id=queued.id, step_number=5, metrics={"train_loss": 1.0},
+                                   fine_tuned_model_checkpoint=f"{FINE_TUNED}:ckpt-step-5")
+        session.add_all([event, checkpoint])
+        session.flush()
+        return {"file": files[0], "doomed_file": files[1], "job": queued.id, "doomed_job": doomed.id,
+                "done_job": done.id, "checkpoint": checkpoint.id, "event": event.id}
+
+
+def _real_ids(ids: dict[str, str]) -> dict[tuple[str, str], list[str]]:
+    """The seeded ids each path parameter may take: (method or "*", parameter) → ids. DELETE and cancel get
+    their own objects, so that the routes after them still find the shared ones."""
+    return {("DELETE", "file_id"): [ids["doomed_file"]], ("*", "file_id"): [ids["file"]],
+            ("POST", "job_id"): [ids["doomed_job"], ids["done_job"]], ("*", "job_id"): [ids["job"], ids["done_job"]],
+            ("*", "model_id"): [FINE_TUNED, BASE_MODEL]}
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, monkeypatch):
+    """SQLite (the default) and PostgreSQL, which refuses what SQLite stores (NUL characters, strings longer
+    than their column): both must answer 4xx, never 5xx. PostgreSQL runs when the throwaway-server helper
+    (tests/postgres_fixture.py) and its binaries are there; otherwise that variant is skipped."""
+    from tempering.settings import reset_settings
+
+    if request.param == "postgresql":
+        try:
+            url = request.getfixturevalue("postgres_url")
+        except pytest.FixtureLookupError:
+            pytest.skip("no PostgreSQL helper (tests/postgres_fixture.py)")
+        monkeypatch.setenv("TEMPERING_DATABASE_URL", url)
+        reset_settings()
+        return url
+    return None
+
+
+@pytest.fixture
+def api_schema(tempering_home, database_url):
+    from tempering.api.app import create_app
+    from tempering.settings import get_settings
+
+    app = create_app(get_settings(), workers=0)
+    ids = _seed(app)
+    real = _real_ids(ids)
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    # Unknown query parameters are ignored, as OpenAI does (SDKs send newer ones), so negative cases do not
+    # invent them; the key is sent with every request, so no case drops or mangles it.
+    schema.config.generation.update(allow_extra_parameters=False, with_security_parameters=False)
+    # For valid (positive) cases only: a negative case's invalid value must reach the server as generated.
+    seeded = HookDispatcher(scope=HookScope.TEST)
+
+    @seeded.hook
+    def flatmap_path_parameters(context, path_parameters):
+        """As often as not, a seeded id of the right kind in place of the generated one."""
+        options = [path_parameters]
+        operation = context.operation
+        for name in path_parameters or {}:
+            # cancel (the first POST on a job) may take the doomed job; pause and resume the shared one
+            key = (operation.method.upper(), name)
+            values = real.get(key) if key in real else real.get(("*", name), [])
+            if key == ("POST", "job_id") and not operation.path.endswith("/cancel"):
+                values = real[("*", "job_id")]
+            options += [{**path_parameters, name: value} for value in values]
+        return st.sampled_from(options)
+
+    @seeded.hook
+    def flatmap_query(context, query):
+        if not isinstance(query, dict) or "after" not in query:
+            return st.just(query)
+        return st.sampled_from([query] + [{**query, "after": ids[kind]} for kind in ("job", "event", "checkpoint")])
+
+    @seeded.hook
+    def flatmap_body(context, body):
+        if not isinstance(body, dict):
+            return st.just(body)
+        if "training_file" in body:  # creating a job: a real file, and a real model, so parse_config runs
+            real_file = {**body, "training_file": ids["file"], "validation_file": None}
+            return st.sampled_from([body, real_file, {**real_file, "model": BASE_MODEL},
+                                    {**real_file, "model": BASE_MODEL, "validation_file": ids["file"]}])
+        if "purpose" in body:  # an upload: valid training data sometimes, so it is stored and listed
+            return st.sampled_from([body, {**body, "file": TRAIN, "purpose": "fine-tune"}])
+        return st.just(body)
+
+    return schema, seeded
+
+
+def _operations(schema):
+    for result in schema.get_all_operations():
+        yield result.ok()  # an operation the loader cannot read is an error in our schema: let it raise
+
+
+@pytest.mark.parametrize("mode", ["positive", "negative"])
+def test_no_server_errors(api_schema, mode):
+    """Every operation, valid (``positive``) and schema-violating (``negative``) requests: never a 5xx.
+    All operations run; the failures are reported together, each with the request that reproduces it."""
+    from schemathesis import GenerationMode
+
+    api_schema, seeded = api_schema
+    headers = {"Authorization": f"Bearer {api_schema.app.state.initial_api_key}"}
+    checks = CHECKS + ([negative_data_rejection] if mode == "negative" else [])  # an invalid request is a 4xx
+    failures: list[str] = []
+    for operation in _operations(api_schema):
+        if mode == "negative" and not (len(operation.query) or len(operation.body)):
+            continue  # any string is a valid path segment: nothing here can violate the schema
+        strategy = operation.as_strategy(GenerationMode(mode), hooks=seeded if mode == "positive" else None)
+
+        @hypothesis.given(case=strategy)
+        @hypothesis.settings(max_examples=MAX_EXAMPLES, derandomize=True, database=None, deadline=None,
+                             suppress_health_check=list(HealthCheck), print_blob=False)
+        def run(case):
+            case.call_and_validate(headers=headers, checks=checks)
+
+        try:
+            run()
+        except (Exception, FailureGroup) as exc:  # noqa: BLE001 - collected: one failure hides no other
+            failures.append(f"{operation.label}: {exc}")
+    assert not failures, "\n\n".join(failures)
+
+
+# Values random generation rarely reaches. Before the fixes the events' ``after`` ones were server errors on
+# both databases, the NUL ones on PostgreSQL (which refuses NUL in text); the over-long ones are now refused
+# up front, as documented in the schema, instead of depending on the database.
+ODD_REQUESTS = [
+    ("GET", "/v1/fine_tuning/jobs/{job}/events?after=0.1.0", None, 400),  # not an event id (int() raised)
+    ("GET", "/v1/fine_tuning/jobs/{job}/events?after=ftevent-99999999999999999999999", None, 400),  # > int64
+    ("GET", "/v1/fine_tuning/jobs/{job}/events?after=ftevent-1", None, 200),
+    ("GET", "/v1/files/file-%00", None, 404),  # NUL: PostgreSQL refuses it in text
+    ("GET", "/v1/files/" + "x" * 300, None, 404),  # longer than the column
+    ("GET", "/v1/files?purpose=%00", None, 200),
+    ("GET", "/v1/fine_tuning/jobs?after=ftjob-%00", None, 404),
+    ("POST", "/v1/fine_tuning/jobs/ftjob-%00/cancel", None, 404),
+    ("GET", "/v1/models/ft:%00", None, 404),
+    ("POST", "/v1/fine_tuning/jobs", {"model": "ft:\x00", "training_file": "{file}"}, 404),
+    ("POST", "/v1/fine_tuning/jobs", {"model": "m" * 201, "training_file": "{file}"}, 400),
+    ("POST", "/v1/fine_tuning/jobs", {"model": BASE_MODEL, "training_file": "file-\x00"}, 404),
+    ("POST", "/v1/fine_tuning/jobs", {"model": BASE_MODEL, "training_file": "{file}", "suffix": "s" * 65}, 400),
+    ("POST", "/v1/fine_tuning/jobs", {"model": BASE_MODEL, "training_file": "{file}", "suffix": "a\x00"}, 400),
+    ("POST", "/v1/fine_tuning/jobs", {"model": BASE_MODEL, "training_file": "{file}", "seed": 2**70}, 400),
+    ("POST", "/v1/fine_tuning/jobs", {"model": BASE_MODEL, "training_file": "{file}",
+                                      "metadata": {"k" * 65: "v"}}, 400),
+]
+
+
+@pytest.mark.parametrize("method,path,body,status", ODD_REQUESTS)
+def test_odd_values_are_client_errors(api_schema, method, path, body, status):
+    from fastapi.testclient import TestClient
+
+    schema, _ = api_schema
+    app = schema.app
+    with app.state.db.session() as session:
+        from tempering.store.models import File, Job
+
+        ids = {"file": session.query(File).first().id, "job": session.query(Job).first().id}
+    if body:
+        body = {k: v.format(**ids) if isinstance(v, str) and "{" in v else v for k, v in body.items()}
+    response = TestClient(app).request(method, path.format(**ids), json=body,
+                                       headers={"Authorization": f"Bearer {app.state.initial_api_key}"})
+    assert response.status_code == status, response.text
+    if status >= 400:
+        assert set(response.json()["error"]) == {"message", "type", "param", "code"}
