@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -41,6 +42,18 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1, description="Largest accepted upload.")
     worker_lease_seconds: float = Field(default=30.0, gt=0, description="How long a worker's claim on a job "
                                         "lasts without a heartbeat; after that another worker takes it over.")
+    executor: Literal["local", "ray"] = Field(
+        default="local", description="Where a worker runs the jobs it claims: 'local', a subprocess beside "
+        "the worker; 'ray', a task on the Ray cluster at ray_address, with CPU, GPU and memory requests "
+        "derived from the model and config (docs/ray.md). Claims, leases and heartbeats are the same.")
+    ray_address: str | None = Field(
+        default=None, validation_alias=AliasChoices("ray_address", "TEMPERING_RAY_ADDRESS", "RAY_ADDRESS"),
+        description="The Ray cluster for executor 'ray' (TEMPERING_RAY_ADDRESS or Ray's own RAY_ADDRESS): "
+        "'auto' (the cluster this machine belongs to), 'ray://head:10001' (Ray Client); unset, a worker "
+        "starts a private local Ray instance.")
+    ray_task_options: dict[str, Any] = Field(
+        default_factory=dict, description="Ray task options merged over the derived ones, as a JSON object, "
+        "e.g. {\"num_cpus\": 8, \"accelerator_type\": \"H100\"}.")
 
     @property
     def database(self) -> str:

@@ -62,7 +62,8 @@ class Worker:
                 self.executor.kill(handle)
                 break
         job = queue.release(self.db, job_id, self.id) if ours else None
-        if ours and job is not None and job.status in queue.ACTIVE:
+        # a job taken over just as its process ended (a Ray task stops itself then) is not ours to fail
+        if ours and job is not None and job.worker_id is None and job.status in queue.ACTIVE:
             self._fail(job_id, self.executor.describe(handle, code))
         return True
 
