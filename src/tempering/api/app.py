@@ -29,9 +29,10 @@ def create_app(settings: Settings, *, workers: int = 1) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        from tempering.jobs.executors import make_executor
         from tempering.jobs.worker import start_pool
 
-        pool = start_pool(db, workers, settings.worker_lease_seconds) if workers else []
+        pool = start_pool(db, workers, settings.worker_lease_seconds, make_executor(settings)) if workers else []
         yield
         for worker, _ in pool:
             worker.stop()
