@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -71,9 +72,10 @@ def test_data_validate_exit_codes_and_json(tmp_path, qa_file, tiny_model):
 
 def test_tune_json_then_chat(qa_file, tiny_model):
     result = run("tune", qa_file, "--model", tiny_model, "--epochs", 1, "--batch-size", 8,
-                 "--suffix", "cli", "--seed", 1, "--json")
+                 "--suffix", "cli", "--seed", 1, "--no-evaluate", "--json")
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
+    assert out["evaluation"] is None and not (Path(out["run_dir"]) / "evaluation.json").exists()
     assert out["model_id"].startswith(f"ft:{tiny_model}:cli:")
     for key in ("output_dir", "trained_tokens", "seconds", "train_loss", "valid_loss", "base_valid_loss"):
         assert out[key] is not None, key

@@ -157,6 +157,8 @@ def tune(
     warmup_ratio: Annotated[float | None, typer.Option(help=_help("warmup_ratio"))] = None,
     weight_decay: Annotated[float | None, typer.Option(help=_help("weight_decay"))] = None,
     checkpoint_every: Annotated[int | None, typer.Option(help=_help("checkpoint_every_steps"))] = None,
+    evaluate: Annotated[bool, typer.Option("--evaluate/--no-evaluate", help=_help("evaluate"))] = True,
+    eval_max_examples: Annotated[int | None, typer.Option(help=_help("eval_max_examples"))] = None,
     device: Annotated[str, typer.Option(help=_help("device"))] = "auto",
     server: Annotated[str | None, typer.Option(envvar="TEMPERING_SERVER", help="URL of a Tempering server: "
                                                "upload the files and run the job there.")] = None,
@@ -178,7 +180,8 @@ def tune(
         "label_column": label_column, "suffix": suffix,
         "seed": seed, "hyperparameters": _given(**hyperparameters),
         "checkpoint_every_steps": checkpoint_every, "max_seq_length": max_seq_length, "device": device,
-        **_given(warmup_ratio=warmup_ratio, weight_decay=weight_decay),
+        "evaluate": evaluate,
+        **_given(warmup_ratio=warmup_ratio, weight_decay=weight_decay, eval_max_examples=eval_max_examples),
         "lora": _given(rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout,
                        target_modules=(lora_target[0] if lora_target == ["all-linear"] else lora_target)),
     })
