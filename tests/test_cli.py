@@ -69,6 +69,9 @@ def test_data_validate_exit_codes_and_json(tmp_path, qa_file, tiny_model):
     table = run("data", "validate", bad, "--model", tiny_model)
     assert table.exit_code == 1 and "invalid_json" in table.output and "21" in table.output
 
+    tuned = run("tune", bad, "--model", tiny_model)  # the error line keeps its bracketed code, not eaten as markup
+    assert tuned.exit_code == 1 and "line 21" in tuned.output and "[invalid_json]" in tuned.output
+
 
 def test_tune_json_then_chat(qa_file, tiny_model):
     result = run("tune", qa_file, "--model", tiny_model, "--epochs", 1, "--batch-size", 8,

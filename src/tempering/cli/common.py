@@ -8,6 +8,7 @@ import os
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from typer.core import TyperGroup
 
 from tempering.errors import TemperingError
@@ -23,8 +24,13 @@ class ErrorTranslatingGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except TemperingError as exc:
-            err.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True, markup=True)
+            err.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True)
             raise typer.Exit(1) from exc
+
+
+def safe(text) -> str:
+    """Text from data or errors, shown as is: '[invalid_json]' is a code to print, not rich markup."""
+    return escape(str(text))
 
 
 def print_json(data) -> None:

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from tempering import catalog
-from tempering.cli.common import err, out, print_json, quiet_libraries
+from tempering.cli.common import err, out, print_json, quiet_libraries, safe
 from tempering.data import ValidationReport
 from tempering.data.findings import Distribution, infer_labels
 from tempering.data.formats import FORMATS, read_examples, validate_any, write_jsonl
@@ -29,7 +29,7 @@ def _issues_table(report: ValidationReport) -> Table:
     for level, issue in issues[:SHOWN_ISSUES]:
         style = "red" if level == "error" else "yellow"
         table.add_row(
-            "" if issue.line is None else str(issue.line), f"[{style}]{level}[/]", issue.code, issue.message
+            "" if issue.line is None else str(issue.line), f"[{style}]{level}[/]", issue.code, safe(issue.message)
         )
     if len(issues) > SHOWN_ISSUES:
         table.caption = f"… and {len(issues) - SHOWN_ISSUES} more (use --json to see them all)"
@@ -252,7 +252,7 @@ def _findings_table(r: DataReport) -> Table:
         table.add_column(column, overflow="fold")
     styles = {"error": "red", "warning": "yellow", "info": "dim"}
     for f in r.findings:
-        table.add_row(f"[{styles[f.level]}]{f.level}[/]", f.code, f.message)
+        table.add_row(f"[{styles[f.level]}]{f.level}[/]", f.code, safe(f.message))
     return table
 
 
@@ -295,9 +295,9 @@ def report(
         if table is not None:
             out.print(table)
     style = {"ready": "green", "review": "yellow", "blocked": "bold red"}[result.verdict.status]
-    out.print(f"[{style}]{result.verdict.status}[/]: {result.verdict.summary}")
+    out.print(f"[{style}]{result.verdict.status}[/]: {safe(result.verdict.summary)}")
     for advice in result.verdict.advice:
-        out.print(f"  • {advice}", highlight=False)
+        out.print(f"  • {safe(advice)}", highlight=False)
 
 
 # ---------------------------------------------------------------- split
@@ -366,6 +366,6 @@ def split(
             table.caption = f"… {len(result.by_label) - 2 * SHOWN_CLASSES} more in {stem}.split.json"
         out.print(table)
     for note in result.notes:
-        err.print(f"[yellow]note[/]: {note}", highlight=False)
+        err.print(f"[yellow]note[/]: {safe(note)}", highlight=False)
     for path in paths.values():
         out.print(str(path))

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from tempering.cli.common import err, out, print_json, quiet_libraries
+from tempering.cli.common import err, out, print_json, quiet_libraries, safe
 
 MODEL_HELP = ("A catalog id, a fine-tuned id (ft:…), or a checkpoint: <fine-tuned id>@step-<N> or the path of a "
               "checkpoint folder (runs/<id>/checkpoints/step-NNNNNN).")
@@ -68,9 +68,9 @@ def evaluate(
         table.add_row(*_row(evaluation))
     out.print(table)
     for sample in report.samples[:3]:
-        err.print(f"[dim]prompt:[/] {sample.prompt[:200]}\n[dim]reference:[/] {sample.reference[:200]}\n"
-                  f"[dim]answer:[/] {sample.candidate[:200]}"
-                  + (f"\n[dim]baseline:[/] {sample.baseline[:200]}" if sample.baseline is not None else ""),
+        err.print(f"[dim]prompt:[/] {safe(sample.prompt[:200])}\n[dim]reference:[/] {safe(sample.reference[:200])}\n"
+                  f"[dim]answer:[/] {safe(sample.candidate[:200])}"
+                  + (f"\n[dim]baseline:[/] {safe(sample.baseline[:200])}" if sample.baseline is not None else ""),
                   highlight=False)
     if report.verdict is not None:
-        out.print(f"[bold]Verdict:[/] {report.verdict.message}", highlight=False)
+        out.print(f"[bold]Verdict:[/] {safe(report.verdict.message)}", highlight=False)

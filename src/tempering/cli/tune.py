@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from tempering.catalog import DEFAULT_MODEL_ID
-from tempering.cli.common import err, out, print_json, quiet_libraries
+from tempering.cli.common import err, out, print_json, quiet_libraries, safe
 from tempering.train.config import Hyperparameters, LoraSettings, TuneConfig, parse_config
 
 
@@ -33,7 +33,7 @@ class _ProgressSink:
             self.progress.update(self.task, completed=data["step"], loss=f"loss {data['train_loss']:.3f}",
                                  speed=f"{data['tokens_per_second']:.0f} tok/s")
         else:
-            self.progress.console.print(f"[dim]{event['message']}[/]", highlight=False)
+            self.progress.console.print(f"[dim]{safe(event['message'])}[/]", highlight=False)
 
 
 @contextlib.contextmanager
@@ -90,7 +90,7 @@ def _tune_remote(config: TuneConfig, server: str, api_key: str | None, as_json: 
     err.print(f"Created job {job['id']} on {server}")
     for event in client.follow(job["id"]):
         if event["type"] != "metrics":
-            err.print(f"[dim]{event['message']}[/]", highlight=False)
+            err.print(f"[dim]{safe(event['message'])}[/]", highlight=False)
     job = client.job(job["id"])
     if as_json:
         print_json(job)
