@@ -208,14 +208,6 @@ def estimate_seconds(
     )
 
 
-def _base_model(model: str) -> str:
-    from tempering.train import artifacts
-
-    if artifacts.is_finetuned_id(model):
-        return artifacts.resolve_finetuned(model)[1]["base_model"]
-    return model
-
-
 def estimate(
     train: Sequence[list[dict]], *, tokenizer, config, validation: Sequence[list[dict]] = (), seed: int = 0
 ) -> Estimate:
@@ -229,7 +221,9 @@ def estimate(
     from tempering.hardware import select_placement
     from tempering.train.config import resolve_hyperparameters
 
-    base = _base_model(config.model)
+    from tempering.train.artifacts import base_model_of
+
+    base = base_model_of(config.model)
     card = get_card(base)
     hp = resolve_hyperparameters(config, len(train), card.family, seed)
     tokens_per_epoch = sum(len(encode_chat(tokenizer, m)) for m in train)

@@ -243,9 +243,7 @@ def _model_size_and_device(job_id: str, settings: Settings) -> tuple[int | None,
     finally:
         db.dispose()
     try:
-        if artifacts.is_finetuned_id(model):
-            model = artifacts.resolve_finetuned(model)[1]["base_model"]
-        return get_card(model).parameters, device
+        return get_card(artifacts.base_model_of(model)).parameters, device
     except (TemperingError, OSError, KeyError, ValueError):
         return None, device
 

@@ -103,14 +103,10 @@ def _finish(db: Database, job_id: str, **fields) -> None:
             job.finished_at = now()
 
 
-def _validate(job: Job, config, recorder: JobRecorder) -> None:
+def _validate(job: Job, config, base: str, recorder: JobRecorder) -> None:
     from tempering.catalog import get_card, load_tokenizer
     from tempering.data.formats import validate_any
-    from tempering.train import artifacts
 
-    base = config.model
-    if artifacts.is_finetuned_id(base):
-        base = artifacts.resolve_finetuned(base)[1]["base_model"]
     card = get_card(base)
     tokenizer = load_tokenizer(card)
     for param, path, minimum in (("training_file", config.training_file, 10),
@@ -136,15 +132,13 @@ def run(job_id: str) -> int:
     with db.session(write=False) as session:
         job = session.get(Job, job_id)
     run_id = run_id_of(job.id)
-    base = job.model
     recorder = JobRecorder(db, job_id, "")
     try:
         config = tune_config(job, store)
-        if artifacts.is_finetuned_id(base):
-            base = artifacts.resolve_finetuned(base)[1]["base_model"]
+        base = artifacts.base_model_of(job.model)
         recorder.model_id = artifacts.model_id_for(base, job.suffix, run_id)
         if job.status == "validating_files":
-            _validate(job, config, recorder)
+            _validate(job, config, base, recorder)
             _finish(db, job_id, status="queued")
         result = tune(config, on_event=recorder, should_stop=_stop_poller(db, job_id), run_id=run_id)
     except RunCancelled as exc:

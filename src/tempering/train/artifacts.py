@@ -133,6 +133,11 @@ def resolve_finetuned(model_id: str) -> tuple[Path, dict]:
     return folder, meta
 
 
+def base_model_of(model_id: str) -> str:
+    """The catalog id under a model: itself for a catalog id, the recorded base for a fine-tuned one."""
+    return resolve_finetuned(model_id)[1]["base_model"] if is_finetuned_id(model_id) else model_id
+
+
 def list_finetuned() -> list[dict]:
     runs = get_settings().runs_dir
     found = []

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from tempering.train.loss import LossResult
+from tempering.train.loss import LossResult, causal_lm
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def collate_classes(examples: list[ClassExample], pad_id: int) -> dict:
 
 def _logits(model, batch: dict) -> torch.Tensor:
     """Head output at each row's last real token (right padding, so the pad id never matters)."""
-    lm = model.get_base_model() if hasattr(model, "get_base_model") else model
+    lm = causal_lm(model)  # the *ForSequenceClassification module under the PEFT wrapper
     device = next(lm.parameters()).device
     backbone = getattr(lm, lm.base_model_prefix)
     hidden = backbone(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),

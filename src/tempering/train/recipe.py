@@ -252,10 +252,7 @@ def estimate_job(config: TuneConfig):
     from tempering.data.estimate import estimate
 
     seed = config.seed if config.seed is not None else 0
-    base_model = config.model
-    if artifacts.is_finetuned_id(config.model):
-        base_model = artifacts.resolve_finetuned(config.model)[1]["base_model"]
-    card = get_card(base_model)
+    card = get_card(artifacts.base_model_of(config.model))
     tokenizer = load_tokenizer(card)
     train_msgs, labels = _load_data(config.training_file, config, tokenizer, card.context_length, MIN_EXAMPLES)
     if config.validation_file is not None:
