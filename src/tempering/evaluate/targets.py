@@ -4,7 +4,8 @@ Three forms are accepted:
 
 - a catalog id (``smollm2-135m-instruct``): the base model;
 - a fine-tuned id (``ft:<base>:<suffix>:<run>``): the final adapter of a run;
-- a checkpoint: ``<fine-tuned id>@step-<N>`` (``@step-20`` and ``@step-000020`` are the same), or the path of a
+- a checkpoint: ``<fine-tuned id>@step-<N>`` (``@step-20`` and ``@step-000020`` are the same), the API's
+  checkpoint id ``<fine-tuned id>:ckpt-step-<N>``, or the path of a
   checkpoint folder (``TEMPERING_HOME/runs/<run>/checkpoints/step-000020``). A checkpoint of an unfinished
   run works too: its fine-tuned id is the one the run will get (``run.json`` holds the base and suffix).
 
@@ -23,7 +24,8 @@ from tempering.errors import ModelNotFoundError
 from tempering.train import artifacts
 from tempering.train.checkpoint import COMPLETE
 
-_CHECKPOINT = re.compile(r"^(?P<model>ft:[^@]+)@step-(?P<step>\d+)$")
+# ``@step-N`` is Tempering's own; ``:ckpt-step-N`` is the checkpoint id the fine-tuning API hands out (OpenAI's form).
+_CHECKPOINT = re.compile(r"^(?P<model>ft:[^@]+?)(?:@step-|:ckpt-step-)(?P<step>\d+)$")
 
 
 @dataclass(frozen=True)

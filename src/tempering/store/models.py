@@ -113,3 +113,44 @@ class JobCheckpoint(Base):
     metrics: Mapped[dict] = mapped_column(JSON, default=dict)
     fine_tuned_model_checkpoint: Mapped[str] = mapped_column(String(240))
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+
+class Deployment(Base):
+    """A model made callable: a base model, a fine-tuned model or one of its checkpoints, served by the
+    local engine (its base model loaded once, the adapter chosen per request) or forwarded upstream."""
+
+    __tablename__ = "deployments"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("deploy-", 16, _LOWER))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64), index=True)  # unique among a project's live deployments
+    model: Mapped[str] = mapped_column(String(240))  # as deployed: catalog id, fine-tuned id or checkpoint
+    fine_tuned_model: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)  # the guard's key
+    base_model: Mapped[str] = mapped_column(String(200))
+    task: Mapped[str] = mapped_column(String(24), default="chat")
+    content_filter: Mapped[bool] = mapped_column(Boolean, default=True)
+    max_concurrent_requests: Mapped[int] = mapped_column(Integer, default=8)
+    backend: Mapped[str] = mapped_column(String(16), default="local")  # local | upstream
+    upstream_url: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    upstream_model: Mapped[str | None] = mapped_column(String(240), nullable=True)
+    status: Mapped[str] = mapped_column(String(16), default="succeeded")
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    deleted_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True, index=True)
+
+
+class DeploymentRequest(Base):
+    """One request served by a deployment: the request log behind its metrics."""
+
+    __tablename__ = "deployment_requests"
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                     autoincrement=True)
+    deployment_id: Mapped[str] = mapped_column(ForeignKey("deployments.id"), index=True)
+    created_at: Mapped[float] = mapped_column(index=True)  # seconds since the epoch, when the request arrived
+    endpoint: Mapped[str] = mapped_column(String(32))  # chat.completions | completions | classifications
+    adapter: Mapped[str | None] = mapped_column(String(240), nullable=True)
+    stream: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[int] = mapped_column(Integer)  # the HTTP status answered
+    error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    latency_ms: Mapped[float] = mapped_column()
+    ttft_ms: Mapped[float | None] = mapped_column(nullable=True)  # time to the first token (streams and not)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
