@@ -154,3 +154,26 @@ class DeploymentRequest(Base):
     ttft_ms: Mapped[float | None] = mapped_column(nullable=True)  # time to the first token (streams and not)
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class Evaluation(Base):
+    """An on-demand evaluation (``POST /v1/evaluations``): a model, and optionally a baseline, scored on an
+    uploaded file by a worker, under the same claim and lease rules as a job."""
+
+    __tablename__ = "evaluations"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("eval-", 16, _LOWER))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    model: Mapped[str] = mapped_column(String(240))  # as given: catalog id, fine-tuned id or checkpoint
+    compare_model: Mapped[str | None] = mapped_column(String(240), nullable=True)  # resolved; None: alone
+    data_file: Mapped[str] = mapped_column(String(40))
+    options: Mapped[dict] = mapped_column(JSON, default=dict)  # evaluate_file's other arguments
+    status: Mapped[str] = mapped_column(String(16), index=True)  # queued | running | succeeded | failed | cancelled
+    report: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # the EvaluationReport, once succeeded
+    error: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now, index=True)
+    started_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    worker_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    lease_expires_at: Mapped[float | None] = mapped_column(nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    stop_requested: Mapped[str | None] = mapped_column(String(16), nullable=True)  # cancel
