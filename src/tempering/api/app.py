@@ -12,7 +12,7 @@ from fastapi import FastAPI
 import tempering
 from tempering.api import errors
 from tempering.api.deps import ensure_admin_key
-from tempering.api.routers import files, jobs, models
+from tempering.api.routers import evaluations, files, jobs, models
 from tempering.settings import Settings
 from tempering.store.artifacts import ArtifactStore
 from tempering.store.db import Database
@@ -45,7 +45,7 @@ def create_app(settings: Settings, *, workers: int = 1) -> FastAPI:
     app.state.store = ArtifactStore(settings.artifacts_dir)
     app.state.initial_api_key = initial_key
     errors.install(app)
-    for router in (files.router, jobs.router, models.router):
+    for router in (files.router, jobs.router, models.router, evaluations.router):
         app.include_router(router)
 
     @app.get("/health", tags=["meta"])
