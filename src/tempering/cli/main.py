@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from tempering.cli import calibrate, chat, classify, data, evaluate, models, serve, tune
+from tempering.cli import calibrate, chat, classify, data, evaluate, export, models, serve, tune
 from tempering.cli.common import ErrorTranslatingGroup
 
 app = typer.Typer(
@@ -20,6 +20,7 @@ app.command("tune")(tune.tune)
 app.command("chat")(chat.chat)
 app.command("classify")(classify.classify)
 app.command("eval")(evaluate.evaluate)
+app.command("export")(export.export)
 app.command("serve")(serve.serve)
 app.command("worker")(serve.worker)
 app.command("calibrate")(calibrate.calibrate)
