@@ -12,26 +12,13 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache
-from pydantic import BaseModel, Field
 
 from tempering.catalog import get_card, load_causal_lm, load_tokenizer
 from tempering.data.encode import encode_prompt
 from tempering.errors import InvalidConfigError
 from tempering.hardware import select_placement
+from tempering.serve.params import Chunk, SamplingParams
 from tempering.train import artifacts
-
-
-class SamplingParams(BaseModel):
-    max_tokens: int = Field(default=256, ge=1, description="Most tokens to generate.")
-    temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="0 picks the likeliest token (greedy).")
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    seed: int | None = Field(default=None, description="Seed for sampling (temperature > 0).")
-
-
-@dataclass
-class Chunk:
-    text: str
-    finish_reason: str | None = None  # "stop" or "length" on the last chunk
 
 
 @dataclass
@@ -44,7 +31,7 @@ class ChatModel:
     eos_ids: set[int] = field(default_factory=set)
 
 
-def _eos_ids(tokenizer, model) -> set[int]:
+def eos_ids(tokenizer, model) -> set[int]:
     ids = {tokenizer.eos_token_id}
     configured = getattr(model.generation_config, "eos_token_id", None)
     ids |= set(configured if isinstance(configured, list) else [configured])
@@ -69,10 +56,10 @@ def load_chat_model(model_id: str, device: str = "auto") -> ChatModel:
 
         # One adapter, one user: merging makes every decode step as cheap as the base model's.
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload().eval()
-    return ChatModel(model_id, card.id, tokenizer, model, card.context_length, _eos_ids(tokenizer, model))
+    return ChatModel(model_id, card.id, tokenizer, model, card.context_length, eos_ids(tokenizer, model))
 
 
-def _pick(logits: torch.Tensor, params: SamplingParams, generator) -> int:
+def pick_token(logits: torch.Tensor, params: SamplingParams, generator) -> int:
     if params.temperature == 0.0:
         return int(logits.argmax())
     probs = torch.softmax(logits.float() / params.temperature, dim=-1)
@@ -102,7 +89,7 @@ def generate(chat: ChatModel, messages: list[dict], params: SamplingParams | Non
     finish = "length"
     for _ in range(budget):
         out = chat.model(input_ids=input_ids, cache=cache, use_cache=True)
-        token = _pick(out.logits[0, -1].cpu(), params, generator)
+        token = pick_token(out.logits[0, -1].cpu(), params, generator)
         if token in chat.eos_ids:
             finish = "stop"
             break

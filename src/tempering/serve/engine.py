@@ -1,0 +1,389 @@
+"""The serving engine: one base model in memory, every fine-tuned adapter of it, continuous batching.
+
+``TransformersEngine(base_model)`` owns a base model and a thread that runs the decode loop. Requests
+(``generate(prompt_ids, params, adapter)``, an async iterator of ``Chunk``) join the running batch as soon
+as they arrive: each is prefilled alone, its KV cache is left-padded to the batch's width (or the batch to
+its width) and appended, and from then on one forward pass per step decodes a token for every sequence,
+each with its own adapter, sampling parameters and random generator. A sequence leaves the batch when it
+ends (end of turn, budget, or its caller went away); columns that no sequence needs any more are trimmed.
+
+Adapters (PEFT LoRA folders) load on first use under a name derived from their path and are evicted least
+recently used beyond ``max_adapters`` (never while a sequence uses one). A step whose sequences all use one
+adapter activates it; a step mixing adapters (or adapters and the plain base) passes PEFT's per-row
+``adapter_names``. Knows nothing about HTTP or databases.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import queue
+import threading
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import DynamicCache
+
+from tempering.errors import InvalidConfigError, TemperingError
+from tempering.serve.params import Chunk, SamplingParams, TokenLogprob, TopLogprob
+
+log = logging.getLogger(__name__)
+BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+
+
+class EngineError(TemperingError):
+    code = "engine_error"
+
+
+def adapter_name(folder: Path) -> str:
+    """A PEFT adapter name for a folder: stable, and a valid module key (no dots or colons)."""
+    return "a" + hashlib.sha1(str(Path(folder).resolve()).encode()).hexdigest()[:16]
+
+
+class Detokenizer:
+    """Incremental detokenization: each new token's text, held back while a multi-byte character is
+    incomplete. Decodes a short window (not the whole answer) per token, the way vLLM and TGI do."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+        self.ids: list[int] = []
+        self.prefix = 0  # start of the window decoded for context
+        self.read = 0  # end of what has been emitted
+
+    def add(self, token: int) -> str:
+        self.ids.append(token)
+        prefix_text = self.tokenizer.decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
+        text = self.tokenizer.decode(self.ids[self.prefix:], skip_special_tokens=True)
+        if len(text) > len(prefix_text) and not text.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return text[len(prefix_text):]
+        return ""
+
+    def flush(self) -> str:
+        """Whatever is still held back (an incomplete character at the very end), as the tokenizer renders it."""
+        if self.read == len(self.ids):
+            return ""
+        prefix_text = self.tokenizer.decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
+        return self.tokenizer.decode(self.ids[self.prefix:], skip_special_tokens=True)[len(prefix_text):]
+
+
+@dataclass(eq=False)
+class _Sequence:
+    prompt: list[int]
+    params: SamplingParams
+    adapter: str  # a PEFT adapter name, or BASE
+    adapter_path: Path | None
+    budget: int
+    deliver: callable  # thread-safe: hands a Chunk (or an exception) to the caller's event loop
+    generator: torch.Generator | None = None
+    detok: Detokenizer | None = None
+    produced: int = 0
+    position: int = 0  # the position of the pending token (= tokens in the cache for this row)
+    pending: int = -1  # the last sampled token, not yet in the cache
+    cancelled: bool = False
+    done: bool = False
+
+
+class TransformersEngine:
+    """The embedded backend: a transformers model with PEFT adapters, decoded in one thread."""
+
+    def __init__(self, base_model: str, *, max_batch: int = 16, max_adapters: int = 8, device: str = "auto",
+                 threads: int | None = None):
+        self.base_model = base_model
+        self.max_batch = max_batch
+        self.max_adapters = max_adapters
+        self.device_request = device
+        self.threads = threads
+        self._inbox: queue.Queue[_Sequence] = queue.Queue()
+        self._ready = threading.Event()
+        self._load_error: BaseException | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self._adapters: OrderedDict[str, Path] = OrderedDict()
+        self._active_adapter: str | None = None
+        self.model = None
+        self.tokenizer = None
+        self.context_length = 0
+        self.eos_ids: set[int] = set()
+        self.active: list[_Sequence] = []
+        # counters read by monitoring
+        self.steps = 0
+        self.tokens_generated = 0
+
+    # -- lifecycle -------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        with self._start_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name=f"engine-{self.base_model}", daemon=True)
+                self._thread.start()
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        self.start()
+        if not self._ready.wait(timeout):
+            raise EngineError(f"{self.base_model} did not load within {timeout} s")
+        if self._load_error is not None:
+            raise self._load_error
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._inbox.put(None)  # wake the loop
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    @property
+    def queued(self) -> int:
+        return self._inbox.qsize()
+
+    @property
+    def adapters_loaded(self) -> int:
+        return len(self._adapters)
+
+    def _load(self) -> None:
+        from tempering.catalog import get_card, load_causal_lm, load_tokenizer
+        from tempering.hardware import select_placement
+        from tempering.serve.local import eos_ids
+
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        card = get_card(self.base_model)
+        self.tokenizer = load_tokenizer(card)
+        self.model = load_causal_lm(card, select_placement(self.device_request)).eval()
+        self.device = next(self.model.parameters()).device
+        self.context_length = card.context_length
+        self.eos_ids = eos_ids(self.tokenizer, self.model)
+
+    # -- the caller's side -------------------------------------------------------------------------------------
+
+    async def generate(self, prompt_ids: list[int], params: SamplingParams,
+                       adapter: Path | None = None) -> AsyncIterator[Chunk]:
+        """Stream the continuation of ``prompt_ids`` under ``adapter`` (a PEFT folder; None: the base)."""
+        loop = asyncio.get_running_loop()
+        if not self._ready.is_set():
+            await asyncio.to_thread(self.wait_ready)
+        elif self._load_error is not None:
+            raise self._load_error
+        if not prompt_ids:
+            raise InvalidConfigError("the prompt is empty", param="messages")
+        room = self.context_length - len(prompt_ids)
+        if room < 1:
+            raise InvalidConfigError(f"the prompt is {len(prompt_ids)} tokens; the model's context is "
+                                     f"{self.context_length}", param="messages")
+        out: asyncio.Queue = asyncio.Queue()
+        seq = _Sequence(list(prompt_ids), params, adapter_name(adapter) if adapter else BASE,
+                        Path(adapter) if adapter else None, min(params.max_tokens, room),
+                        lambda item: loop.call_soon_threadsafe(out.put_nowait, item))
+        self._inbox.put(seq)
+        try:
+            while True:
+                item = await out.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            seq.cancelled = True  # the caller stopped reading (or the answer ended): leave the batch
+
+    # -- the decode loop (engine thread) -----------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            self._load()
+        except BaseException as exc:  # noqa: BLE001 - handed to every caller
+            self._load_error = exc if isinstance(exc, TemperingError) else EngineError(
+                f"could not load {self.base_model}: {exc}")
+            self._ready.set()
+            return
+        self._ready.set()
+        self._cache = None
+        self._mask = None  # [rows, width] 1 where the cache holds a real token
+        with torch.inference_mode():
+            while not self._stop.is_set():
+                try:
+                    self._admit()
+                    if self.active:
+                        self._step()
+                except Exception as exc:  # noqa: BLE001 - a failed step fails its sequences, not the engine
+                    log.exception("decode step failed")
+                    for seq in self.active:
+                        seq.deliver(EngineError(f"generation failed: {exc}"))
+                    self.active, self._cache, self._mask = [], None, None
+
+    def _admit(self) -> None:
+        """Take waiting requests into the batch (blocking only when there is nothing to decode)."""
+        while len(self.active) < self.max_batch:
+            try:
+                seq = self._inbox.get(block=not self.active, timeout=None if not self.active else 0)
+            except queue.Empty:
+                return
+            if seq is None or seq.cancelled:
+                if seq is None and not self.active:
+                    return
+                continue
+            try:
+                self._prefill(seq)
+            except Exception as exc:  # noqa: BLE001 - this request's problem (e.g. a broken adapter folder)
+                log.exception("prefill failed")
+                seq.deliver(exc if isinstance(exc, TemperingError) else EngineError(f"generation failed: {exc}"))
+
+    def _use_adapter(self, seq: _Sequence) -> None:
+        if seq.adapter == BASE:
+            return
+        if seq.adapter in self._adapters:
+            self._adapters.move_to_end(seq.adapter)
+            return
+        from peft import PeftModel
+
+        in_use = {s.adapter for s in self.active}
+        while len(self._adapters) >= self.max_adapters:
+            victim = next((name for name in self._adapters if name not in in_use), None)
+            if victim is None:
+                break  # every loaded adapter is decoding: go over the limit for now
+            self.model.delete_adapter(victim)
+            del self._adapters[victim]
+            if self._active_adapter == victim:
+                self._active_adapter = None
+        if isinstance(self.model, PeftModel):
+            self.model.load_adapter(str(seq.adapter_path), adapter_name=seq.adapter)
+        else:
+            self.model = PeftModel.from_pretrained(self.model, str(seq.adapter_path), adapter_name=seq.adapter)
+        self.model.set_adapter(seq.adapter)  # load_adapter only adds it
+        self.model.eval()
+        self._adapters[seq.adapter] = seq.adapter_path
+        self._active_adapter = seq.adapter
+
+    def _forward(self, names: list[str], **inputs):
+        """One forward pass with each row under its adapter."""
+        from peft import PeftModel
+
+        if not isinstance(self.model, PeftModel):
+            return self.model(**inputs, use_cache=True, logits_to_keep=1)
+        distinct = set(names)
+        if distinct == {BASE}:
+            with self.model.disable_adapter():
+                return self.model(**inputs, use_cache=True, logits_to_keep=1)
+        if len(distinct) == 1:
+            (name,) = distinct
+            if self._active_adapter != name:
+                self.model.set_adapter(name)
+                self._active_adapter = name
+            return self.model(**inputs, use_cache=True, logits_to_keep=1)
+        return self.model(**inputs, use_cache=True, logits_to_keep=1, adapter_names=names)
+
+    def _prefill(self, seq: _Sequence) -> None:
+        self._use_adapter(seq)
+        if seq.params.seed is not None:
+            seq.generator = torch.Generator().manual_seed(seq.params.seed)
+        seq.detok = Detokenizer(self.tokenizer)
+        cache = DynamicCache(config=self.model.config)
+        ids = torch.tensor([seq.prompt], device=self.device)
+        out = self._forward([seq.adapter], input_ids=ids, cache=cache)
+        seq.position = len(seq.prompt)
+        token = self._emit(seq, out.logits[0, -1])
+        if seq.done:
+            return
+        seq.pending = token
+        self._join(seq, cache)
+
+    def _join(self, seq: _Sequence, cache: DynamicCache) -> None:
+        """Append a prefilled sequence to the batch, left-padding whichever side is shorter."""
+        length = len(seq.prompt)
+        row_mask = torch.ones((1, length), dtype=torch.long, device=self.device)
+        if self._cache is None:
+            self._cache, self._mask = cache, row_mask
+            self.active.append(seq)
+            return
+        width = self._mask.shape[1]
+        pad_new, pad_old = max(0, width - length), max(0, length - width)
+        for mine, theirs in zip(self._cache.layers, cache.layers):
+            for attr in ("keys", "values"):
+                old, new = getattr(mine, attr), getattr(theirs, attr)
+                if pad_old:
+                    old = torch.nn.functional.pad(old, (0, 0, pad_old, 0))
+                if pad_new:
+                    new = torch.nn.functional.pad(new, (0, 0, pad_new, 0))
+                setattr(mine, attr, torch.cat([old, new], dim=0))
+        old_mask = torch.nn.functional.pad(self._mask, (pad_old, 0))
+        row_mask = torch.nn.functional.pad(row_mask, (pad_new, 0))
+        self._mask = torch.cat([old_mask, row_mask], dim=0)
+        self.active.append(seq)
+
+    def _step(self) -> None:
+        rows = self.active
+        ids = torch.tensor([[s.pending] for s in rows], device=self.device)
+        positions = torch.tensor([[s.position] for s in rows], device=self.device)
+        mask = torch.cat([self._mask, torch.ones((len(rows), 1), dtype=torch.long, device=self.device)], dim=1)
+        out = self._forward([s.adapter for s in rows], input_ids=ids, attention_mask=mask, position_ids=positions,
+                            cache=self._cache)
+        self._mask = mask
+        self.steps += 1
+        logits = out.logits[:, -1]
+        greedy = logits.argmax(-1).tolist()
+        for i, seq in enumerate(rows):
+            seq.position += 1
+            if seq.cancelled:
+                seq.done = True
+                continue
+            seq.pending = self._emit(seq, logits[i], greedy[i])
+        self._retire()
+
+    def _retire(self) -> None:
+        """Drop finished rows from the batch and trim the columns no remaining row needs."""
+        keep = [i for i, s in enumerate(self.active) if not (s.done or s.cancelled)]
+        if len(keep) == len(self.active):
+            return
+        self.active = [self.active[i] for i in keep]
+        if not keep:
+            self._cache, self._mask = None, None
+            return
+        index = torch.tensor(keep, device=self.device)
+        self._mask = self._mask.index_select(0, index)
+        used = self._mask.any(dim=0).nonzero()
+        start = int(used[0]) if len(used) else 0
+        self._mask = self._mask[:, start:]
+        for layer in self._cache.layers:
+            layer.keys = layer.keys.index_select(0, index)[..., start:, :]
+            layer.values = layer.values.index_select(0, index)[..., start:, :]
+
+    # -- sampling and output -----------------------------------------------------------------------------------
+
+    def _emit(self, seq: _Sequence, logits: torch.Tensor, greedy: int | None = None) -> int:
+        """Pick the next token of ``seq``, hand its text to the caller; marks the sequence done at its end."""
+        from tempering.serve.local import pick_token
+
+        params = seq.params
+        token = greedy if greedy is not None and params.temperature == 0.0 else pick_token(
+            logits.float().cpu(), params, seq.generator)
+        logprobs = self._logprobs(logits, token, params.top_logprobs) if params.logprobs else []
+        if token in self.eos_ids:
+            seq.done = True
+            seq.deliver(Chunk(seq.detok.flush(), "stop", completion_tokens=seq.produced))
+            return token
+        seq.produced += 1
+        self.tokens_generated += 1
+        text = seq.detok.add(token)
+        if seq.produced >= seq.budget:
+            seq.done = True
+            seq.deliver(Chunk(text + seq.detok.flush(), "length", logprobs, completion_tokens=seq.produced))
+        elif seq.cancelled:
+            seq.done = True
+        else:
+            seq.deliver(Chunk(text, None, logprobs))
+        return token
+
+    def _logprobs(self, logits: torch.Tensor, token: int, top: int) -> list[TokenLogprob]:
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        best = []
+        if top:
+            values, indices = logp.topk(top)
+            best = [TopLogprob(self._piece(int(i)), float(v), int(i)) for v, i in zip(values, indices)]
+        return [TokenLogprob(self._piece(token), float(logp[token]), token, best)]
+
+    def _piece(self, token: int) -> str:
+        return self.tokenizer.decode([token], skip_special_tokens=False)

@@ -1,0 +1,160 @@
+"""The serving engine: continuous batching and many adapters on one base model give, for every request, what
+that request would get alone on the same model with its adapter merged (greedy decoding)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from tempering.serve.params import SamplingParams
+
+PROMPTS = [[1, 17, 256, 980], [5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15], [42], [300, 301, 302, 303, 304, 305]]
+
+
+def make_adapter(model_dir: Path, out: Path, seed: int) -> Path:
+    """A LoRA adapter with random (non-zero) weights: changes the model's answers without training."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    config = LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj", "o_proj", "up_proj", "down_proj"],
+                        init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_model_dir, tmp_path_factory) -> list[Path]:
+    root = tmp_path_factory.mktemp("adapters")
+    return [make_adapter(tiny_model_dir, root / f"adapter-{i}", seed=i) for i in range(3)]
+
+
+def alone(model_dir: Path, adapter: Path | None, prompt: list[int], max_tokens: int) -> list[int]:
+    """The reference: transformers' own greedy generate on the merged model, one request at a time."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    if adapter is not None:
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    out = model.generate(torch.tensor([prompt]), max_new_tokens=max_tokens, do_sample=False,
+                         min_new_tokens=max_tokens, pad_token_id=0)  # never stop early: compare whole sequences
+    return out[0, len(prompt):].tolist()
+
+
+async def collect(engine, prompt, params, adapter=None):
+    chunks = [c async for c in engine.generate(prompt, params, adapter)]
+    return chunks
+
+
+def token_ids(chunks) -> list[int]:
+    return [lp.token_id for c in chunks for lp in c.logprobs]
+
+
+@pytest.fixture
+def engine(tiny_model):
+    from tempering.serve.engine import TransformersEngine
+
+    engine = TransformersEngine(tiny_model, max_batch=8, max_adapters=8, threads=1)
+    yield engine
+    engine.stop()
+
+
+def no_eos(engine):
+    engine.wait_ready()
+    engine.eos_ids = set()  # random weights: compare full-length sequences, never an early end of turn
+
+
+def test_batched_mixed_adapters_match_each_request_alone(engine, tiny_model_dir, adapters):
+    no_eos(engine)
+    params = SamplingParams(max_tokens=12, logprobs=True)
+    jobs = [(prompt, adapter) for prompt in PROMPTS for adapter in (None, *adapters[:2])]
+
+    async def run_all():
+        return await asyncio.gather(*(collect(engine, p, params, a) for p, a in jobs))
+
+    results = asyncio.run(run_all())
+    assert engine.steps < sum(len(token_ids(r)) for r in results)  # they really shared forward passes
+    for (prompt, adapter), chunks in zip(jobs, results):
+        assert token_ids(chunks) == alone(tiny_model_dir, adapter, prompt, 12), (prompt, adapter)
+        assert chunks[-1].finish_reason == "length" and chunks[-1].completion_tokens == 12
+
+
+def test_adapters_change_the_answer(engine, adapters):
+    no_eos(engine)
+    params = SamplingParams(max_tokens=8, logprobs=True)
+    answers = [token_ids(asyncio.run(collect(engine, PROMPTS[1], params, a))) for a in (None, *adapters)]
+    assert len({tuple(a) for a in answers}) == len(answers)
+
+
+def test_adapters_are_evicted_least_recently_used(tiny_model, tiny_model_dir, adapters):
+    from tempering.serve.engine import TransformersEngine, adapter_name
+
+    engine = TransformersEngine(tiny_model, max_adapters=2, threads=1)
+    try:
+        no_eos(engine)
+        params = SamplingParams(max_tokens=4, logprobs=True)
+        for adapter in adapters:  # three adapters through a two-slot engine
+            assert token_ids(asyncio.run(collect(engine, PROMPTS[0], params, adapter))) == \
+                alone(tiny_model_dir, adapter, PROMPTS[0], 4)
+        assert list(engine._adapters) == [adapter_name(a) for a in adapters[1:]]
+        # the evicted one reloads and still gives its own answer
+        assert token_ids(asyncio.run(collect(engine, PROMPTS[0], params, adapters[0]))) == \
+            alone(tiny_model_dir, adapters[0], PROMPTS[0], 4)
+    finally:
+        engine.stop()
+
+
+def test_a_caller_that_goes_away_leaves_the_batch(engine):
+    no_eos(engine)
+
+    async def scenario():
+        short = engine.generate(PROMPTS[0], SamplingParams(max_tokens=200))
+        async for _ in short:
+            break
+        await short.aclose()
+        full = await collect(engine, PROMPTS[1], SamplingParams(max_tokens=6))
+        return full
+
+    full = asyncio.run(scenario())
+    assert full[-1].finish_reason == "length"
+    deadline = time.monotonic() + 5  # the engine retires rows after handing out the step's chunks
+    while engine.active and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert engine.active == [] and engine._cache is None
+
+
+def test_logprobs_and_top_logprobs(engine):
+    no_eos(engine)
+    chunks = asyncio.run(collect(engine, PROMPTS[0], SamplingParams(max_tokens=3, logprobs=True, top_logprobs=5)))
+    steps = [lp for c in chunks for lp in c.logprobs]
+    assert len(steps) == 3
+    for lp in steps:
+        assert len(lp.top) == 5 and lp.top[0].logprob >= lp.logprob  # greedy: the pick is the likeliest
+        assert lp.top[0].token_id == lp.token_id and lp.logprob <= 0
+
+
+def test_seeded_sampling_is_reproducible_in_a_batch(engine):
+    no_eos(engine)
+    params = SamplingParams(max_tokens=10, temperature=1.0, seed=7, logprobs=True)
+
+    async def run():
+        return await asyncio.gather(*(collect(engine, PROMPTS[i % 2], params) for i in range(4)))
+
+    first, second = asyncio.run(run()), asyncio.run(run())
+    assert [token_ids(r) for r in first] == [token_ids(r) for r in second]
+    assert token_ids(first[0]) == token_ids(first[2])  # same prompt, same seed, different batch rows
+
+
+def test_prompt_longer_than_the_context_is_refused(engine):
+    from tempering.errors import InvalidConfigError
+
+    engine.wait_ready()
+    with pytest.raises(InvalidConfigError, match="context"):
+        asyncio.run(collect(engine, [1] * (engine.context_length + 1), SamplingParams()))
