@@ -8,6 +8,8 @@ them; an executor only starts the runner, reports its exit code and kills it.
   config (``ray_options``). The runner writes status, events, checkpoints and artifacts to the same
   database and home itself, so nothing but an exit code comes back. See docs/ray.md.
 
+An on-demand evaluation (``eval-…``) runs the same way: the runner hands its id to ``jobs.evaluation_runner``.
+
 ``ray`` is imported only when a ``RayExecutor`` starts its first job.
 """
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -75,7 +78,10 @@ class LocalProcessExecutor:
         handle.wait()
 
     def describe(self, handle: subprocess.Popen, code: int) -> str:
-        return f"the training process exited with code {code}"
+        from tempering.jobs.queue import EVALUATION_PREFIX
+
+        what = "evaluation" if str(handle.args[-1]).startswith(EVALUATION_PREFIX) else "training"
+        return f"the {what} process exited with code {code}"
 
 
 # --- Ray -------------------------------------------------------------------------------------------------
@@ -118,14 +124,14 @@ def _watch_lease(job_id: str, worker_id: str, lease_seconds: float, done: thread
     """In the Ray task: exit when the job is no longer ``worker_id``'s (taken over after a crash, or
     released) or its lease expired long ago (three leases, at least 30 s: the worker died) — the Ray
     counterpart of the local subprocess dying with its worker, so a job never trains twice at once for long."""
+    from tempering.jobs.queue import table_of
     from tempering.store.db import Database
-    from tempering.store.models import Job
 
     db = Database(get_settings().database)
     grace = max(3 * lease_seconds, 30.0)
     while not done.wait(max(0.5, min(5.0, lease_seconds / 3))):
         with db.session(write=False) as session:
-            job = session.get(Job, job_id)
+            job = session.get(table_of(job_id), job_id)
             orphaned = job is None or job.worker_id != worker_id or \
                 (job.lease_expires_at or 0) < time.time() - grace
         if orphaned and not done.is_set():
@@ -228,21 +234,24 @@ class RayExecutor:
 
 
 def _model_size_and_device(job_id: str, settings: Settings) -> tuple[int | None, str]:
-    """The job's base model's parameter count (None when it cannot be known here) and configured device."""
+    """The job's (or evaluation's) base model's parameter count (None when it cannot be known here) and
+    configured device."""
     from tempering.catalog import get_card
     from tempering.errors import TemperingError
+    from tempering.jobs.queue import table_of
     from tempering.store.db import Database
-    from tempering.store.models import Job
     from tempering.train import artifacts
 
     db = Database(settings.database)
     try:
         with db.session(write=False) as session:
-            job = session.get(Job, job_id)
-            model, device = job.model, (job.config or {}).get("device", "auto")
+            job = session.get(table_of(job_id), job_id)
+            model, device = job.model, (getattr(job, "config", None) or {}).get("device", "auto")
     finally:
         db.dispose()
     try:
+        # a checkpoint (<fine-tuned id>@step-N) sits on its fine-tuned model's base
+        model = re.sub(r"(@step-|:ckpt-step-)\d+$", "", model)
         return get_card(artifacts.base_model_of(model)).parameters, device
     except (TemperingError, OSError, KeyError, ValueError):
         return None, device

@@ -4,7 +4,8 @@ Stages follow OpenAI's statuses: ``validating_files`` (the data is checked with 
 invalid data fails the job here and it never reaches ``running``), then ``running`` (the same ``tune``
 the CLI runs, under the job's run id, so a job taken over after a crash resumes from its checkpoint).
 Events and checkpoints go to the database as they happen; a cancel or pause request is polled between
-steps. Knows nothing about HTTP.
+steps. An on-demand evaluation's id (``eval-…``) is handed to ``jobs.evaluation_runner``, so every executor
+runs both the same way. Knows nothing about HTTP.
 """
 
 from __future__ import annotations
@@ -123,6 +124,12 @@ def _validate(job: Job, config, base: str, recorder: JobRecorder) -> None:
 
 
 def run(job_id: str) -> int:
+    from tempering.jobs.queue import EVALUATION_PREFIX
+
+    if job_id.startswith(EVALUATION_PREFIX):
+        from tempering.jobs.evaluation_runner import run as run_evaluation
+
+        return run_evaluation(job_id)
     from tempering.train import artifacts, tune
     from tempering.train.fit import RunCancelled
 

@@ -1,10 +1,12 @@
-"""A worker: claims jobs one at a time, runs each through an executor, and keeps its lease alive.
+"""A worker: claims jobs and on-demand evaluations one at a time, runs each through an executor, and keeps
+its lease alive. With both kinds waiting it alternates between them, so neither starves the other.
 
 The executor (``jobs.executors``, picked by ``TEMPERING_EXECUTOR``) is a subprocess beside the worker or a
 Ray task; claiming, heartbeats and failing are the same for both. If the heartbeat finds the job is no
 longer ours (the lease expired and another worker took it over), the job's process is killed. A process
 that ends without recording an outcome fails its job with an internal error, unless the job was taken
-over. ``stop()`` ends the loop after the current job.
+over. A cancelled evaluation's process is killed at the next heartbeat (a job stops itself between steps).
+``stop()`` ends the loop after the current job.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import threading
 from tempering.jobs import queue
 from tempering.jobs.executors import Executor, make_executor
 from tempering.store.db import Database
-from tempering.store.models import Job, JobEvent, new_id, now
+from tempering.store.models import Evaluation, Job, JobEvent, new_id, now
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +34,7 @@ class Worker:
         # at most 40 + 1 + 7 + 1 + 6 characters: jobs.worker_id is VARCHAR(64), which PostgreSQL enforces
         self.id = worker_id or f"{socket.gethostname()[:40]}-{os.getpid()}-{new_id('', 6)}"
         self._stop = threading.Event()
+        self._jobs_first = True
 
     def stop(self) -> None:
         self._stop.set()
@@ -41,9 +44,16 @@ class Worker:
             if not self.run_once():
                 self._stop.wait(self.poll)
 
+    def _claim(self) -> str | None:
+        for table in (Job, Evaluation) if self._jobs_first else (Evaluation, Job):
+            if (work_id := queue.claim(self.db, self.id, self.lease, table)) is not None:
+                self._jobs_first = table is Evaluation  # the other kind goes first next time
+                return work_id
+        return None
+
     def run_once(self) -> bool:
-        """Claim and run one job; False when there was none."""
-        job_id = queue.claim(self.db, self.id, self.lease)
+        """Claim and run one job or evaluation; False when there was none."""
+        job_id = self._claim()
         if job_id is None:
             return False
         log.info("worker %s runs %s", self.id, job_id)
@@ -54,20 +64,37 @@ class Worker:
             if queue.release(self.db, job_id, self.id) is not None:
                 self._fail(job_id, f"the job could not be started: {exc}")
             return True
-        ours = True
+        ours, cancelled = True, False
+        evaluation = queue.table_of(job_id) is Evaluation
         while (code := self.executor.wait(handle, self.lease / 3)) is None:
             ours = queue.heartbeat(self.db, job_id, self.id, self.lease)
             if not ours:
                 log.warning("lost the lease on %s; stopping its process", job_id)
                 self.executor.kill(handle)
                 break
+            if evaluation and queue.stop_requested(self.db, job_id) == "cancel":
+                self.executor.kill(handle)  # an evaluation writes nothing but its row: stopping it is safe
+                cancelled = True
+                break
         job = queue.release(self.db, job_id, self.id) if ours else None
         # a job taken over just as its process ended (a Ray task stops itself then) is not ours to fail
-        if ours and job is not None and job.worker_id is None and job.status in queue.ACTIVE:
-            self._fail(job_id, self.executor.describe(handle, code))
+        if ours and job is not None and job.worker_id is None and job.status in queue.active_statuses(type(job)):
+            if cancelled:
+                self._finish_evaluation(job_id, "cancelled")
+            else:
+                self._fail(job_id, self.executor.describe(handle, code))
         return True
 
+    def _finish_evaluation(self, evaluation_id: str, status: str, error: dict | None = None) -> None:
+        with self.db.session() as session:
+            row = session.get(Evaluation, evaluation_id)
+            if row.status in queue.EVALUATION_ACTIVE:  # its runner may have finished it meanwhile
+                row.status, row.finished_at, row.error = status, now(), error
+
     def _fail(self, job_id: str, message: str) -> None:
+        if queue.table_of(job_id) is Evaluation:
+            self._finish_evaluation(job_id, "failed", {"code": "internal_error", "message": message, "param": None})
+            return
         with self.db.session() as session:
             job = session.get(Job, job_id)
             job.status, job.finished_at = "failed", now()

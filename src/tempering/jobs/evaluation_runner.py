@@ -1,0 +1,83 @@
+"""Runs one on-demand evaluation in its own process (``python -m tempering.jobs.runner EVAL_ID``: the job
+runner hands ``eval-…`` ids here, so every executor runs evaluations as it runs jobs).
+
+``queued`` → ``running`` → ``succeeded`` with the report, or ``failed`` with the error; the evaluation is the
+one ``tempering eval`` runs (``evaluate.evaluate_file``), on the uploaded file. A cancel asked for before the
+run starts ends it here; one asked for later is the worker's to carry out (it kills this process). Messages
+and the report name the uploaded file, never the server's paths. Knows nothing about HTTP.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from tempering.errors import InvalidDataError, TemperingError
+from tempering.settings import get_settings
+from tempering.store.artifacts import ArtifactStore
+from tempering.store.db import Database
+from tempering.store.models import Evaluation, File, now
+
+log = logging.getLogger(__name__)
+
+# evaluate_file's names for what the API calls otherwise (InvalidDataError names the training file)
+WIRE_PARAMS = {"training_file": "data_file", "format": "data_format", "compare": "compare_model"}
+
+
+def _finish(db: Database, evaluation_id: str, **fields) -> None:
+    with db.session() as session:
+        row = session.get(Evaluation, evaluation_id)
+        if row.status not in ("queued", "running"):  # cancelled meanwhile: the cancel stands
+            return
+        for key, value in fields.items():
+            setattr(row, key, value)
+        row.finished_at = now()
+
+
+def _start(db: Database, evaluation_id: str) -> tuple[Evaluation, str] | None:
+    """Mark the evaluation running; None when it is to stop instead (and has been marked cancelled)."""
+    with db.session() as session:
+        row = session.get(Evaluation, evaluation_id)
+        upload = session.get(File, row.data_file)
+        if row.stop_requested == "cancel":
+            row.status, row.finished_at = "cancelled", now()
+            return None
+        row.status, row.started_at = "running", row.started_at or now()
+        return row, upload.filename if upload is not None else row.data_file
+
+
+def _scrub(message: str, replacements: dict[str, str]) -> str:
+    for secret, shown in replacements.items():
+        message = message.replace(secret, shown)
+    return message
+
+
+def run(evaluation_id: str) -> int:
+    from tempering.evaluate import evaluate_file
+
+    settings = get_settings()
+    db = Database(settings.database)
+    started = _start(db, evaluation_id)
+    if started is None:
+        return 0
+    row, filename = started
+    path = ArtifactStore(settings.artifacts_dir).file_path(row.data_file)
+    shown = f"{filename} ({row.data_file})"
+    replacements = {str(path): shown, str(settings.root): "TEMPERING_HOME"}
+    try:
+        if not path.is_file():
+            raise InvalidDataError(f"the data file {row.data_file} was deleted")
+        report = evaluate_file(row.model, path, compare=row.compare_model, device="auto", **row.options)
+    except TemperingError as exc:
+        param = "data_file" if isinstance(exc, InvalidDataError) else WIRE_PARAMS.get(exc.param, exc.param)
+        error = {"code": exc.code, "message": _scrub(exc.message, replacements), "param": param}
+        _finish(db, evaluation_id, status="failed", error=error)
+        return 0
+    except Exception as exc:  # noqa: BLE001 - a bug or an engine error: the evaluation fails, saying what it was
+        log.exception("evaluation %s failed", evaluation_id)
+        message = _scrub(f"{type(exc).__name__}: {exc}", replacements)
+        _finish(db, evaluation_id, status="failed", error={"code": "internal_error", "message": message, "param": None})
+        return 0
+    report.data = shown
+    _finish(db, evaluation_id, status="succeeded", report=report.model_dump(mode="json"))
+    return 0
+
