@@ -95,6 +95,23 @@ def test_data_that_cannot_be_read_as_asked_fails_with_the_reason(server):  # noq
     assert "artifacts" not in error["message"]  # no server path
 
 
+def test_the_python_client_evaluates_a_local_file_on_the_server(server, tmp_path):  # noqa: F811
+    from tempering.client import ServerError, TemperingClient
+
+    client, _ = server
+    data = tmp_path / "local.jsonl"
+    data.write_bytes(TRAIN)
+    remote = TemperingClient(str(client.base_url), client.api_key)
+    created = []
+    done = remote.evaluate(data, {"model": TINY_ID, "max_examples": 2, "max_new_tokens": 4}, poll_seconds=0.3,
+                           on_created=created.append)
+    assert created[0]["status"] == "queued" and done["status"] == "succeeded", done["error"]
+    assert done["report"]["data"].startswith("local.jsonl (file-") and done["report"]["n_generated"] == 2
+    with pytest.raises(ServerError) as refused:
+        remote.evaluate(data, {"model": "no-such-model"})
+    assert refused.value.param == "model" and "404" in refused.value.message
+
+
 # --- in-process: the checks made before anything is queued ----------------------------------------------
 
 

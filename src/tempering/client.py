@@ -81,3 +81,22 @@ class TemperingClient:
 
     def models(self) -> list[dict]:
         return self._call("GET", "/models")["data"]
+
+    def create_evaluation(self, body: dict) -> dict:
+        return self._call("POST", "/evaluations", json=body)
+
+    def evaluation(self, evaluation_id: str) -> dict:
+        return self._call("GET", f"/evaluations/{evaluation_id}")
+
+    def evaluate(self, data: Path, body: dict, poll_seconds: float = 1.0, on_created=None) -> dict:
+        """``tempering eval`` on the server: upload ``data`` (purpose ``evals``), create the evaluation from
+        ``body`` (``model``, ``compare_model``, options; ``data_file`` is filled in) and wait for it to end.
+        Returns the evaluation object; its ``report`` once succeeded, its ``error`` once failed."""
+        uploaded = self.upload(data, purpose="evals")
+        evaluation = self.create_evaluation({**body, "data_file": uploaded["id"]})
+        if on_created is not None:
+            on_created(evaluation)
+        while evaluation["status"] not in TERMINAL:
+            time.sleep(poll_seconds)
+            evaluation = self.evaluation(evaluation["id"])
+        return evaluation
