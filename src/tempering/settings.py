@@ -55,6 +55,18 @@ class Settings(BaseSettings):
         default_factory=dict, description="Ray task options merged over the derived ones, as a JSON object, "
         "e.g. {\"num_cpus\": 8, \"accelerator_type\": \"H100\"}.")
 
+    serve_max_batch: int = Field(default=16, ge=1, le=256, description="Sequences one engine decodes together "
+                                 "(continuous batching); requests beyond it wait for a free row.")
+    serve_max_adapters: int = Field(default=8, ge=1, description="Adapters an engine keeps loaded on its base "
+                                    "model; the least recently used is evicted beyond it.")
+    serve_default_max_tokens: int = Field(default=2048, ge=1, description="Most tokens a chat answer may have "
+                                          "when the request sets no max_tokens (at most the room left in the "
+                                          "model's context).")
+    serve_threads: int | None = Field(default=None, ge=1, description="CPU threads for the serving engines "
+                                      "(default: torch's choice).")
+    upstream_api_key: str | None = Field(default=None, description="Bearer key sent to upstream "
+                                         "(OpenAI-compatible) backends of deployments.")
+
     @property
     def database(self) -> str:
         return self.database_url or f"sqlite:///{self.root / 'tempering.db'}"

@@ -8,11 +8,13 @@ import sys
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.responses import Response
 
 import tempering
 from tempering.api import errors
 from tempering.api.deps import ensure_admin_key
-from tempering.api.routers import evaluations, files, jobs, models
+from tempering.api.monitoring import Monitor
+from tempering.api.routers import deployments, evaluations, files, inference, jobs, models
 from tempering.settings import Settings
 from tempering.store.artifacts import ArtifactStore
 from tempering.store.db import Database
@@ -36,20 +38,40 @@ def create_app(settings: Settings, *, workers: int = 1) -> FastAPI:
         yield
         for worker, _ in pool:
             worker.stop()
+        await serving.aclose()
+        monitor.close()
         db.dispose()
 
+    from tempering.serve.registry import Serving
+
+    serving = Serving(max_batch=settings.serve_max_batch, max_adapters=settings.serve_max_adapters,
+                      threads=settings.serve_threads)
+    monitor = Monitor(db, serving)
     app = FastAPI(title="Tempering", version=tempering.__version__, lifespan=lifespan,
-                  description="Self-hosted fine-tuning speaking OpenAI's fine-tuning protocol.")
+                  description="Self-hosted fine-tuning and serving, speaking OpenAI's fine-tuning and chat protocols.")
     app.state.settings = settings
     app.state.db = db
     app.state.store = ArtifactStore(settings.artifacts_dir)
     app.state.initial_api_key = initial_key
+    app.state.serving = serving  # engines load lazily, on a deployment's first request
+    app.state.monitor = monitor
+    app.state.in_flight = {}  # deployment id → requests being served
     errors.install(app)
-    for router in (files.router, jobs.router, models.router, evaluations.router):
+    for router in (files.router, jobs.router, models.router, evaluations.router, deployments.router,
+                   inference.router):
         app.include_router(router)
 
     @app.get("/health", tags=["meta"])
     def health() -> dict:
         return {"status": "ok", "version": tempering.__version__}
+
+    @app.get("/metrics", tags=["meta"], response_class=Response,
+             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
+    def metrics() -> Response:
+        """Prometheus metrics of serving: requests by deployment and status, latency and time-to-first-token
+        histograms, tokens, requests in flight, and each engine's batch, queue and loaded adapters."""
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        return Response(generate_latest(monitor.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -54,6 +54,10 @@ def _status_of(exc: TemperingError) -> int:
         return 404
     if exc.code == "file_too_large":
         return 413
+    if exc.code == "upstream_error":
+        return 502
+    if exc.code == "engine_error":
+        return 500
     if isinstance(exc, (InvalidConfigError, InvalidDataError)):
         return 400
     return 400

@@ -370,11 +370,11 @@ class TransformersEngine:
         text = seq.detok.add(token)
         if seq.produced >= seq.budget:
             seq.done = True
-            seq.deliver(Chunk(text + seq.detok.flush(), "length", logprobs, completion_tokens=seq.produced))
+            seq.deliver(Chunk(text + seq.detok.flush(), "length", logprobs, seq.produced, tokens=1))
         elif seq.cancelled:
             seq.done = True
         else:
-            seq.deliver(Chunk(text, None, logprobs))
+            seq.deliver(Chunk(text, None, logprobs, tokens=1))
         return token
 
     def _logprobs(self, logits: torch.Tensor, token: int, top: int) -> list[TokenLogprob]:

@@ -39,9 +39,12 @@ class TokenLogprob:
 class Chunk:
     """A piece of an answer. ``text`` may be empty while a multi-byte character is incomplete; the last
     chunk carries ``finish_reason`` ("stop": the model ended its turn; "length": the token budget ran out;
-    "cancelled": the caller went away) and ``completion_tokens``, the number of tokens generated in all."""
+    "cancelled": the caller went away) and ``completion_tokens``, the number of tokens generated in all.
+    ``tokens`` is how many generated tokens this chunk stands for (0 for a closing chunk after the end of
+    turn), so a caller that stops early (a stop sequence) still counts what was generated."""
 
     text: str
     finish_reason: str | None = None
     logprobs: list[TokenLogprob] = field(default_factory=list)
     completion_tokens: int | None = None
+    tokens: int = 0

@@ -50,7 +50,14 @@ def delete_model(model_id: str, caller: CallerDep, session: SessionDep) -> Model
     from tempering.errors import ModelNotFoundError
     from tempering.train import artifacts
 
+    from tempering.api.routers.deployments import deployments_of_model
+
     job = next((j for j in _fine_tuned(session, caller) if j.fine_tuned_model == model_id), None)
+    serving = deployments_of_model(session, model_id) if job is not None else []
+    if serving:
+        names = ", ".join(f"{d.name} ({d.id})" for d in serving)
+        raise APIError(409, f"{model_id} has {len(serving)} deployment(s): {names}; delete them first",
+                       param="model", code="model_has_deployments")
     if job is None:
         if any(m.id == model_id for m in _models(session, caller)):
             raise APIError(403, f"{model_id} is a base model; only fine-tuned models can be deleted",

@@ -1,0 +1,112 @@
+"""Monitoring of deployments: every served request becomes a row of the request log (written by a background
+thread, so serving never waits on the database and a caller that goes away mid-stream is still logged) and
+updates the Prometheus metrics exposed at ``/metrics``."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+
+from tempering.store.models import DeploymentRequest
+
+log = logging.getLogger(__name__)
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+@dataclass
+class RequestRecord:
+    deployment_id: str
+    created_at: float
+    endpoint: str
+    adapter: str | None
+    stream: bool
+    status: int
+    error_code: str | None
+    latency_ms: float
+    ttft_ms: float | None
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class _EngineCollector:
+    """Gauges read from the live engines at scrape time."""
+
+    def __init__(self, serving):
+        self.serving = serving
+
+    def collect(self):
+        active = GaugeMetricFamily("tempering_engine_active_sequences", "Sequences being decoded", labels=["base_model"])
+        queued = GaugeMetricFamily("tempering_engine_queued_requests", "Requests waiting for a batch row",
+                                   labels=["base_model"])
+        adapters = GaugeMetricFamily("tempering_engine_adapters_loaded", "Adapters loaded on the base model",
+                                     labels=["base_model"])
+        for base, engine in list(self.serving.engines.items()):
+            active.add_metric([base], len(engine.active))
+            queued.add_metric([base], engine.queued)
+            adapters.add_metric([base], engine.adapters_loaded)
+        yield from (active, queued, adapters)
+
+
+class Monitor:
+    def __init__(self, db, serving):
+        self.db = db
+        self.registry = CollectorRegistry()
+        labels = ["deployment", "endpoint"]
+        self.requests = Counter("tempering_requests", "Requests served, by HTTP status", labels + ["status"],
+                                registry=self.registry)
+        self.latency = Histogram("tempering_request_latency_seconds", "Time from request to last byte", labels,
+                                 buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.ttft = Histogram("tempering_time_to_first_token_seconds", "Time from request to the first token",
+                              labels, buckets=_LATENCY_BUCKETS, registry=self.registry)
+        self.tokens = Counter("tempering_tokens", "Tokens processed", ["deployment", "kind"], registry=self.registry)
+        self.in_flight = Gauge("tempering_requests_in_flight", "Requests being served", ["deployment"],
+                               registry=self.registry)
+        self.registry.register(_EngineCollector(serving))
+        self._queue: queue.Queue[RequestRecord | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._write_loop, name="request-log", daemon=True)
+        self._thread.start()
+
+    def record(self, r: RequestRecord) -> None:
+        labels = (r.deployment_id, r.endpoint)
+        self.requests.labels(*labels, str(r.status)).inc()
+        self.latency.labels(*labels).observe(r.latency_ms / 1000)
+        if r.ttft_ms is not None:
+            self.ttft.labels(*labels).observe(r.ttft_ms / 1000)
+        self.tokens.labels(r.deployment_id, "prompt").inc(r.prompt_tokens)
+        self.tokens.labels(r.deployment_id, "completion").inc(r.completion_tokens)
+        self._queue.put(r)
+
+    def flush(self) -> None:
+        """Wait until every record so far is in the database."""
+        self._queue.join()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    def _write_loop(self) -> None:
+        while True:
+            first = self._queue.get()
+            batch = [first]
+            while first is not None:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            rows = [r for r in batch if r is not None]
+            try:
+                if rows:
+                    with self.db.session() as session:
+                        session.add_all(DeploymentRequest(**vars(r)) for r in rows)
+            except Exception:  # noqa: BLE001 - losing log rows must not stop serving
+                log.exception("could not write %d request log rows", len(rows))
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+            if None in batch:
+                return

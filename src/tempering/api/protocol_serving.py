@@ -1,0 +1,296 @@
+"""Wire models of serving: deployments (Tempering's own resource), chat completions and completions shaped
+exactly like OpenAI's, classifications (Tempering's own). Pure pydantic; imports no torch and no database.
+
+Requests accept unknown fields (OpenAI adds fields often; a client that sends one must not break): the
+router logs them as ignored. Bounds are checked here so an out-of-range value is a fast 400 naming it.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+MAX_N = 16  # choices per request: each is a sequence in the batch
+MAX_STOP = 4  # OpenAI's bound on stop sequences
+DEPLOYMENT_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,239}$"
+
+DeploymentName = Annotated[str, StringConstraints(pattern=DEPLOYMENT_NAME)]
+
+
+# -- deployments ----------------------------------------------------------------------------------------------
+
+class DeploymentCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(min_length=1, max_length=240, description="A catalog id, a fine-tuned model id, or one "
+                       "of its checkpoints (`<id>:ckpt-step-N` as the checkpoints API lists them, or `<id>@step-N`).")
+    name: DeploymentName | None = Field(default=None, description="The name clients call it by (`model` in a "
+                                        "chat request); unique in the project. Default: the model id.")
+    content_filter: bool = Field(default=True, description="Filter prompts and completions (stored now; the "
+                                 "filter itself is applied once the safety stage exists).")
+    max_concurrent_requests: int = Field(default=8, ge=1, le=256, description="Requests served at once; "
+                                         "beyond it a request is answered 429 (OpenAI's SDK retries those).")
+    force: bool = Field(default=False, description="Deploy even when the model's evaluation says it is worse "
+                        "than its base model.")
+    backend: Literal["local", "upstream"] = Field(default="local", description="'local': the embedded engine "
+                                                  "(transformers, adapters on a shared base model); 'upstream': "
+                                                  "forward to an OpenAI-compatible server such as vLLM.")
+    upstream_url: str | None = Field(default=None, max_length=500, pattern=r"^https?://",
+                                     description="The upstream server's base URL (…/v1), for backend 'upstream'.")
+    upstream_model: str | None = Field(default=None, max_length=240, description="The model name the upstream "
+                                       "knows it by (vLLM: the --lora-modules name); default: the model id.")
+    base_model: str | None = Field(default=None, max_length=200, description="For backend 'upstream' when the "
+                                   "model's files are not on this server: its catalog base model, whose tokenizer "
+                                   "and chat template build the prompts.")
+
+
+class DeploymentObject(BaseModel):
+    id: str
+    object: Literal["deployment"] = "deployment"
+    name: str
+    model: str
+    base_model: str
+    task: Literal["chat", "classification"]
+    content_filter: bool
+    max_concurrent_requests: int
+    backend: Literal["local", "upstream"]
+    upstream_url: str | None = None
+    upstream_model: str | None = None
+    status: Literal["succeeded"]
+    created_at: int
+
+
+class DeploymentDeleted(BaseModel):
+    id: str
+    object: Literal["deployment"] = "deployment"
+    deleted: bool = True
+
+
+class Percentiles(BaseModel):
+    p50: float | None = None
+    p95: float | None = None
+
+
+class DeploymentMetrics(BaseModel):
+    object: Literal["deployment.metrics"] = "deployment.metrics"
+    deployment: str
+    since: float | None = Field(description="Counted from this time (seconds since the epoch); null: all time.")
+    requests: int
+    errors: int = Field(description="Requests answered with a status of 400 or more.")
+    by_status: dict[str, int]
+    latency_ms: Percentiles
+    time_to_first_token_ms: Percentiles
+    prompt_tokens: int
+    completion_tokens: int
+    tokens_per_second: float | None = Field(description="Completion tokens per second of request time, over "
+                                            "successful requests.")
+
+
+class RequestLogEntry(BaseModel):
+    id: str
+    object: Literal["deployment.request"] = "deployment.request"
+    created_at: float
+    endpoint: str
+    adapter: str | None
+    stream: bool
+    status: int
+    error_code: str | None
+    latency_ms: float
+    time_to_first_token_ms: float | None
+    prompt_tokens: int
+    completion_tokens: int
+
+
+# -- chat completions -----------------------------------------------------------------------------------------
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+
+class ChatMessageIn(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    include_usage: bool = False
+
+
+class SamplingFields(BaseModel):
+    """The sampling fields chat completions and completions share, with OpenAI's defaults and bounds."""
+
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(min_length=1, max_length=240)
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    max_tokens: int | None = Field(default=None, ge=1)
+    stop: str | list[str] | None = None
+    seed: int | None = Field(default=None, ge=-(2**63), le=2**63 - 1)
+    n: int = Field(default=1, ge=1, le=MAX_N)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    frequency_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    presence_penalty: float | None = Field(default=None, ge=-2.0, le=2.0)
+    user: str | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, value):
+        stops = [value] if isinstance(value, str) else value
+        if stops is not None and (len(stops) > MAX_STOP or any(not s for s in stops)):
+            raise ValueError(f"at most {MAX_STOP} non-empty stop sequences")
+        return value
+
+    def stops(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+
+class ChatCompletionRequest(SamplingFields):
+    messages: list[ChatMessageIn] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    logprobs: bool | None = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    tools: list[Any] | None = None
+    tool_choice: Any | None = None
+    response_format: dict[str, Any] | None = None
+
+
+class TopLogprobWire(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprobWire(TopLogprobWire):
+    top_logprobs: list[TopLogprobWire]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprobWire] | None
+    refusal: list[TokenLogprobWire] | None = None
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | None
+    refusal: str | None = None
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: AssistantMessage
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: Literal["stop", "length", "content_filter"]
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage
+    system_fingerprint: str | None = None
+    service_tier: str | None = None
+
+
+class ChunkDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int
+    delta: ChunkDelta
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: Literal["stop", "length", "content_filter"] | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    system_fingerprint: str | None = None
+    usage: Usage | None = None
+
+
+# -- completions (legacy; what vLLM-style upstreams are spoken to with: prompts as token ids) ------------------
+
+class CompletionRequest(SamplingFields):
+    prompt: str | list[int] = Field(description="Text, or token ids (what the upstream backend sends).")
+    logprobs: int | None = Field(default=None, ge=0, le=20)
+    echo: bool = False
+    suffix: str | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value):
+        if isinstance(value, list) and (not value or any(i < 0 for i in value)):
+            raise ValueError("a token id prompt is a non-empty list of non-negative integers")
+        return value
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]] | None
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    logprobs: CompletionLogprobs | None = None
+    finish_reason: Literal["stop", "length", "content_filter"] | None
+
+
+class Completion(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+    system_fingerprint: str | None = None
+
+
+# -- classifications ------------------------------------------------------------------------------------------
+
+class ClassificationRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(min_length=1, max_length=240)
+    input: str | list[str] = Field(description="A text or up to 256 texts.")
+
+    @field_validator("input")
+    @classmethod
+    def _input(cls, value):
+        texts = [value] if isinstance(value, str) else value
+        if not texts or len(texts) > 256:
+            raise ValueError("between 1 and 256 texts")
+        return value
+
+
+class ClassificationResult(BaseModel):
+    index: int
+    label: str
+    scores: dict[str, float] = Field(description="Every label's probability, likeliest first.")
+
+
+class ClassificationResponse(BaseModel):
+    object: Literal["list"] = "list"
+    model: str
+    data: list[ClassificationResult]
+    usage: Usage

@@ -1,0 +1,71 @@
+"""What a server holds in memory for serving: one engine per base model (shared by every deployment of that
+base and all its adapters), upstream clients, tokenizers, classifiers. Everything loads lazily on first use,
+so deployments stored in the database come back after a restart without loading anything up front."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+from tempering.serve.engine import TransformersEngine
+from tempering.serve.upstream import UpstreamEngine
+
+
+class Serving:
+    def __init__(self, *, max_batch: int = 16, max_adapters: int = 8, max_classifiers: int = 4,
+                 device: str = "auto", threads: int | None = None):
+        self.max_batch, self.max_adapters, self.device, self.threads = max_batch, max_adapters, device, threads
+        self.max_classifiers = max_classifiers
+        self.engines: dict[str, TransformersEngine] = {}
+        self.upstreams: dict[tuple[str, str], UpstreamEngine] = {}
+        self._tokenizers: dict[str, object] = {}
+        self._classifiers: OrderedDict[str, object] = OrderedDict()
+        self._lock = threading.Lock()
+        self.classify_lock = threading.Lock()  # one classification forward at a time (the model is shared)
+
+    def engine(self, base_model: str) -> TransformersEngine:
+        with self._lock:
+            engine = self.engines.get(base_model)
+            if engine is None:
+                engine = TransformersEngine(base_model, max_batch=self.max_batch, max_adapters=self.max_adapters,
+                                            device=self.device, threads=self.threads)
+                engine.start()
+                self.engines[base_model] = engine
+            return engine
+
+    def upstream(self, url: str, model: str, api_key: str | None) -> UpstreamEngine:
+        with self._lock:
+            key = (url, model)
+            if key not in self.upstreams:
+                self.upstreams[key] = UpstreamEngine(url, model, api_key=api_key)
+            return self.upstreams[key]
+
+    def tokenizer(self, base_model: str):
+        """The base model's tokenizer (blocking on first use: call it from a worker thread)."""
+        with self._lock:
+            if base_model not in self._tokenizers:
+                from tempering.catalog import get_card, load_tokenizer
+
+                self._tokenizers[base_model] = load_tokenizer(get_card(base_model))
+            return self._tokenizers[base_model]
+
+    def classifier(self, model: str):
+        """A loaded classification model, least recently used evicted (blocking: call from a worker thread)."""
+        from tempering.evaluate import targets
+
+        with self._lock:
+            if model in self._classifiers:
+                self._classifiers.move_to_end(model)
+                return self._classifiers[model]
+        loaded = targets.load_classifier(targets.resolve(model), self.device)
+        with self._lock:
+            self._classifiers[model] = loaded
+            while len(self._classifiers) > self.max_classifiers:
+                self._classifiers.popitem(last=False)
+        return loaded
+
+    async def aclose(self) -> None:
+        for engine in list(self.engines.values()):
+            engine.stop()
+        for client in list(self.upstreams.values()):
+            await client.aclose()
