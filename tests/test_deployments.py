@@ -249,3 +249,24 @@ def test_classification_models_answer_classifications(tiny_model, tmp_path):
                    for d in data)
         wrong = http.post("/v1/chat/completions", json={"model": "sorter", "messages": QUESTION})
         assert wrong.status_code == 400 and wrong.json()["error"]["code"] == "wrong_task"
+
+
+def test_cli_deploys_lists_and_deletes(served):
+    from typer.testing import CliRunner
+
+    from tempering.cli.main import app
+
+    runner = CliRunner()
+    server = ["--server", f"http://127.0.0.1:{served['port']}", "--api-key", served["key"]]
+    made = runner.invoke(app, ["deploy", TINY_ID, "--name", "from-cli", "--no-content-filter", *server])
+    assert made.exit_code == 0, made.output
+    assert "from-cli" in made.output
+    listed = runner.invoke(app, ["deployments", "list", "--json", *server])
+    row = next(d for d in json.loads(listed.output) if d["name"] == "from-cli")
+    assert row["content_filter"] is False and row["model"] == TINY_ID
+    _chat(served["client"], "from-cli")
+    shown = runner.invoke(app, ["deployments", "metrics", "from-cli", *server])
+    assert shown.exit_code == 0 and "1 requests" in shown.output, shown.output
+    again = runner.invoke(app, ["deploy", TINY_ID, "--name", "from-cli", *server])
+    assert again.exit_code == 1 and "already exists" in again.output
+    assert runner.invoke(app, ["deployments", "delete", "from-cli", *server]).exit_code == 0

@@ -100,3 +100,20 @@ class TemperingClient:
             time.sleep(poll_seconds)
             evaluation = self.evaluation(evaluation["id"])
         return evaluation
+
+    # -- deployments and chat (``tempering deploy`` / ``deployments`` / ``chat --server``) --------------------
+
+    def create_deployment(self, body: dict) -> dict:
+        return self._call("POST", "/deployments", json=body)
+
+    def deployments(self) -> list[dict]:
+        return self._call("GET", "/deployments")["data"]
+
+    def deployment(self, ident: str) -> dict:
+        return self._call("GET", f"/deployments/{ident}")
+
+    def delete_deployment(self, ident: str) -> dict:
+        return self._call("DELETE", f"/deployments/{ident}")
+
+    def deployment_metrics(self, ident: str) -> dict:
+        return self._call("GET", f"/deployments/{ident}/metrics")

@@ -13,8 +13,8 @@ from typer.core import TyperGroup
 
 from tempering.errors import TemperingError
 
-out = Console()  # results: tables, answers, JSON
-err = Console(stderr=True)  # progress and errors, so stdout stays machine-readable
+out = Console(emoji=False)  # results: tables, answers, JSON
+err = Console(stderr=True, emoji=False)  # progress and errors, so stdout stays machine-readable
 
 
 class ErrorTranslatingGroup(TyperGroup):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from tempering.cli import calibrate, chat, classify, data, evaluate, export, models, serve, tune
+from tempering.cli import calibrate, chat, classify, data, deploy, evaluate, export, models, serve, tune
 from tempering.cli.common import ErrorTranslatingGroup
 
 app = typer.Typer(
@@ -22,6 +22,8 @@ app.command("classify")(classify.classify)
 app.command("eval")(evaluate.evaluate)
 app.command("export")(export.export)
 app.command("serve")(serve.serve)
+app.command("deploy")(deploy.deploy)
+app.add_typer(deploy.app, name="deployments")
 app.command("worker")(serve.worker)
 app.command("calibrate")(calibrate.calibrate)
 

@@ -1,0 +1,96 @@
+"""``tempering deploy`` and ``tempering deployments``: deployments live on a server (``--server``), which
+serves them to the OpenAI SDK, the CLI's ``chat --server`` and anything else speaking the chat protocol."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from tempering.cli.common import out, print_json, safe
+
+app = typer.Typer(help="List, inspect and delete a server's deployments.", no_args_is_help=True)
+
+Server = Annotated[str, typer.Option(envvar="TEMPERING_SERVER", help="The Tempering server, e.g. "
+                                     "http://127.0.0.1:8000 (or TEMPERING_SERVER).")]
+ApiKey = Annotated[str | None, typer.Option(envvar="TEMPERING_API_KEY", help="API key for --server.")]
+Json = Annotated[bool, typer.Option("--json", help="Print the server's JSON.")]
+
+
+def _client(server: str, api_key: str | None):
+    from tempering.client import TemperingClient
+
+    return TemperingClient(server, api_key)
+
+
+def deploy(
+    model: Annotated[str, typer.Argument(help="A catalog id, a fine-tuned model id, or a checkpoint "
+                                              "(<id>:ckpt-step-N or <id>@step-N).")],
+    server: Server,
+    name: Annotated[str | None, typer.Option(help="The name clients call it by; default: the model id.")] = None,
+    content_filter: Annotated[bool, typer.Option("--content-filter/--no-content-filter",
+                                                 help="Filter prompts and completions.")] = True,
+    max_concurrent: Annotated[int, typer.Option(help="Requests served at once; more are answered 429.")] = 8,
+    force: Annotated[bool, typer.Option(help="Deploy even if the model's evaluation says it is worse than its "
+                                             "base.")] = False,
+    upstream_url: Annotated[str | None, typer.Option(help="Serve through an OpenAI-compatible upstream "
+                                                          "(vLLM --enable-lora) at this …/v1 URL.")] = None,
+    upstream_model: Annotated[str | None, typer.Option(help="The upstream's name for the model (vLLM: the "
+                                                            "--lora-modules name).")] = None,
+    api_key: ApiKey = None,
+    json_out: Json = False,
+) -> None:
+    """Deploy a model on a server: callable at once by name through /v1/chat/completions."""
+    body = {"model": model, "name": name, "content_filter": content_filter, "max_concurrent_requests": max_concurrent,
+            "force": force}
+    if upstream_url:
+        body |= {"backend": "upstream", "upstream_url": upstream_url, "upstream_model": upstream_model}
+    created = _client(server, api_key).create_deployment({k: v for k, v in body.items() if v is not None})
+    if json_out:
+        print_json(created)
+        return
+    out.print(f"Deployed {safe(created['model'])} as [bold]{safe(created['name'])}[/] ({created['id']}); chat with it: "
+              f"model={safe(created['name'])!r} at {server.rstrip('/')}/v1/chat/completions")
+
+
+@app.command("list")
+def list_deployments(server: Server, api_key: ApiKey = None, json_out: Json = False) -> None:
+    """The project's deployments."""
+    rows = _client(server, api_key).deployments()
+    if json_out:
+        print_json(rows)
+        return
+    table = Table(title=f"Deployments on {server}", title_justify="left")
+    for column in ("name", "id", "model", "backend", "filter", "max concurrent"):
+        table.add_column(column)
+    for d in rows:
+        table.add_row(safe(d["name"]), d["id"], safe(d["model"]), d["backend"], "on" if d["content_filter"] else "off",
+                      str(d["max_concurrent_requests"]))
+    out.print(table)
+
+
+@app.command("metrics")
+def metrics(deployment: Annotated[str, typer.Argument(help="Deployment id or name.")], server: Server,
+            api_key: ApiKey = None, json_out: Json = False) -> None:
+    """Requests, latency percentiles, time to first token and tokens/s of a deployment."""
+    m = _client(server, api_key).deployment_metrics(deployment)
+    if json_out:
+        print_json(m)
+        return
+
+    def ms(p):
+        return "-" if p["p50"] is None else f"p50 {p['p50']:.0f} ms, p95 {p['p95']:.0f} ms"
+
+    tps = "-" if m["tokens_per_second"] is None else f"{m['tokens_per_second']:.1f}"
+    out.print(f"{m['requests']} requests ({m['errors']} errors); latency {ms(m['latency_ms'])}; first token "
+              f"{ms(m['time_to_first_token_ms'])}; tokens in {m['prompt_tokens']}, out {m['completion_tokens']}; "
+              f"{tps} tokens/s")
+
+
+@app.command("delete")
+def delete(deployment: Annotated[str, typer.Argument(help="Deployment id or name.")], server: Server,
+           api_key: ApiKey = None) -> None:
+    """Delete a deployment (its request log is kept)."""
+    gone = _client(server, api_key).delete_deployment(deployment)
+    out.print(f"Deleted deployment {gone['id']}")
