@@ -12,7 +12,7 @@ from conftest import chat_example, write_jsonl
 from tempering.cli.main import app
 from tempering.errors import DeployRefusedError
 from tempering.evaluate import REPORT_FILE, EvaluationReport, check_deploy_gate, decide, read_report
-from tempering.evaluate.metrics import OTHER, detect_labels, to_label
+from tempering.evaluate.metrics import OTHER, detect_labels, to_label, training_labels
 from tempering.evaluate.report import GenerationMetrics, LossMetrics, ModelEvaluation, TextMetrics
 from tempering.train import TuneConfig, tune
 from tempering.train.artifacts import resolve_finetuned
@@ -88,10 +88,67 @@ def test_label_answers_get_accuracy_and_f1(tiny_model, tmp_path):
     result = _tune(path, tiny_model)
     report = read_report(resolve_finetuned(result.model_id)[0].parent)
     assert report.answer_kind == "labels" and report.majority_label_accuracy == pytest.approx(1 / 3)
+    assert report.answer_kind_from == "training answers"
     labels = report.candidate.generation.labels
     assert set(labels.per_label_f1) == set(LABELS) and labels.n == 15
     assert 0.0 <= labels.macro_f1 <= 1.0 and 0.0 <= labels.accuracy <= 1.0
     assert report.verdict.outcome == "better", report.verdict.message
+
+
+INTENTS = [f"intent_{name}" for name in "abcdefghij"]  # ten labels
+
+
+@pytest.fixture
+def intent_files(tmp_path):
+    """Ten intents: three training examples each, one validation example each. The validation answers never
+    repeat, so only the training set shows they are labels (BANKING77's situation, small)."""
+    train = [chat_example(f"Request {i} for {label}", label) for i in range(3) for label in INTENTS]
+    valid = [chat_example(f"Another request for {label}", label) for label in INTENTS]
+    return write_jsonl(tmp_path / "train.jsonl", train), write_jsonl(tmp_path / "valid.jsonl", valid)
+
+
+def test_job_detects_labels_from_its_training_set_unless_declared(tiny_model, intent_files):
+    train, valid = intent_files
+    hp = {"n_epochs": 1, "batch_size": 8}
+    result = tune(TuneConfig(model=tiny_model, training_file=train, validation_file=valid, seed=3,
+                             hyperparameters=hp, eval_max_examples=3))
+    report = read_report(resolve_finetuned(result.model_id)[0].parent)
+    assert (report.answer_kind, report.answer_kind_from) == ("labels", "training answers")
+    assert set(report.candidate.generation.labels.per_label_f1) == set(INTENTS)
+    assert report.baseline.generation.labels is not None and report.candidate.generation.text is None
+    # label answers are generated only as far as a label can go: the longest label plus a few tokens
+    assert report.baseline.cost.generated_tokens <= 3 * 16
+
+    declared = tune(TuneConfig(model=tiny_model, training_file=train, validation_file=valid, seed=3,
+                               hyperparameters=hp, eval_max_examples=3, eval_answers="text"))
+    report = read_report(resolve_finetuned(declared.model_id)[0].parent)
+    assert (report.answer_kind, report.answer_kind_from) == ("text", "declared")
+    assert report.candidate.generation.text is not None
+
+
+def test_eval_detects_labels_from_train_data_and_obeys_answers(tiny_model, intent_files):
+    train, valid = intent_files
+    common = ["eval", tiny_model, "--data", str(valid), "--json", "--max-examples", "2", "--max-new-tokens", "3"]
+
+    def kind(*extra):
+        cli = runner.invoke(app, [*common, *extra])
+        assert cli.exit_code == 0, cli.output
+        report = json.loads(cli.stdout)
+        return report["answer_kind"], report["answer_kind_from"]
+
+    assert kind() == ("text", "evaluated answers")  # ten distinct answers in ten: no label set in sight
+    assert kind("--train-data", str(train)) == ("labels", "training answers")
+    assert kind("--train-data", str(train), "--answers", "text") == ("text", "declared")
+    assert kind("--answers", "labels") == ("labels", "declared")
+
+
+def test_training_labels_rule():
+    answers = [label for _ in range(3) for label in INTENTS]
+    assert training_labels(answers, ["Intent_A.", "intent_b"]) == INTENTS  # normalised references fall in
+    assert training_labels(answers, ["intent_a", "something else"]) is None  # half the references outside
+    assert training_labels(answers[:9], ["intent_a"]) is None  # too few training answers to tell
+    assert training_labels([f"answer {i}" for i in range(30)], ["answer 1"]) is None  # nothing repeats
+    assert training_labels(["a long answer " * 5] * 30, ["a long answer " * 5]) is None  # not label-like
 
 
 def test_evaluate_can_be_switched_off(tiny_model, magic_file):

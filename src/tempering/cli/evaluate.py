@@ -38,8 +38,13 @@ def evaluate(
                                          "base of a fine-tuned MODEL) or 'none'.")] = "base",
     max_examples: Annotated[int, typer.Option(min=1, help="Most examples scored (a seeded sample).")] = 100,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Most tokens per generated answer.")] = 64,
-    answers: Annotated[str, typer.Option(help="auto: answers that repeat from a small set are labels; "
-                                         "labels; text.")] = "auto",
+    answers: Annotated[str, typer.Option(help="labels (accuracy, macro-F1), text (ROUGE-L) or auto: labels "
+                                         "when the --train-data answers are a small closed set the references "
+                                         "fall in; without --train-data, when the answers repeat from a small "
+                                         "set.")] = "auto",
+    train_data: Annotated[Path | None, typer.Option(help="The model's training data (any format): its answers "
+                                                    "tell whether answers are labels.", exists=True,
+                                                    dir_okay=False)] = None,
     data_format: Annotated[str | None, typer.Option("--format", help="Format of the data file; detected "
                                                     "when absent.")] = None,
     text_column: Annotated[str | None, typer.Option(help="Text column of classification data.")] = None,
@@ -56,7 +61,7 @@ def evaluate(
         raise InvalidConfigError("--answers must be auto, labels or text", param="answers")
     report = evaluate_file(model, data, compare=None if compare == "none" else compare, max_examples=max_examples,
                            data_format=data_format, text_column=text_column, label_column=label_column,
-                           answers=answers, max_new_tokens=max_new_tokens, device=device)
+                           answers=answers, train_data=train_data, max_new_tokens=max_new_tokens, device=device)
     if as_json:
         print_json(report.model_dump(mode="json"))
         return

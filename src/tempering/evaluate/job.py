@@ -5,7 +5,9 @@ validation conversations) and writes ``evaluation.json`` to the run folder: the 
 already computed on the whole validation set, each kept checkpoint's validation loss (read from its
 ``metrics.json``, or scored when a mid-epoch checkpoint lacks it), and generation-based metrics of the base
 and the saved fine-tuned model through the serving path on at most ``config.eval_max_examples`` examples.
-Runs on process 0 only. Knows nothing about HTTP or printing; the recipe emits the verdict as an event.
+Whether chat answers are labels is ``config.eval_answers``, "auto" reading the training file's answers (the
+whole file when the validation set was split off it: the label set is the same). Runs on process 0 only.
+Knows nothing about HTTP or printing; the recipe emits the verdict as an event.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import json
 
 from tempering.evaluate import targets
-from tempering.evaluate.compare import evaluate_examples
+from tempering.evaluate.compare import evaluate_examples, training_answers_of
 from tempering.evaluate.report import CheckpointLoss, EvaluationReport, LossMetrics, write_report
 
 
@@ -52,10 +54,15 @@ def evaluate_job(s, *, model_id: str, base: dict, final: dict, valid_messages: l
     losses = {"candidate": LossMetrics(**final, n_examples=n)}
     if s.task == "chat":  # the base's loss on the classification task is a random head's: not a baseline
         losses["baseline"] = LossMetrics(**base, n_examples=n)
+    config = s.config
+    training = None
+    if s.task == "chat" and config.eval_answers == "auto":
+        training = training_answers_of(config.training_file, config.data_format, config.text_column,
+                                       config.label_column)
     report = evaluate_examples(
         targets.resolve(model_id), targets.resolve(s.base_model), valid_messages,
         data=f"validation set of run {s.short_id} ({n} examples)", declared_labels=valid_labels,
-        max_examples=s.config.eval_max_examples, device=s.config.device, losses=losses,
-        checkpoints=checkpoint_losses(s, model_id))
+        answers=config.eval_answers, training_answers=training, max_examples=config.eval_max_examples,
+        device=config.device, losses=losses, checkpoints=checkpoint_losses(s, model_id))
     write_report(s.folder, report)
     return report

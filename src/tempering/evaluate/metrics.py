@@ -10,11 +10,16 @@ from __future__ import annotations
 
 from collections import Counter
 
-from tempering.data.findings import infer_labels, normalize
+from tempering.data.findings import MAX_LABEL_CHARS, MAX_LABEL_WORDS, infer_labels, normalize
 from tempering.evaluate.report import LabelMetrics, TextMetrics
 
 OTHER = "(other)"  # the prediction of an answer that matches no label
 MIN_EXAMPLES_TO_DETECT_LABELS = 10  # below this, "answers repeat" is chance, not a label set
+# Training answers are a label set when each distinct answer is seen twice on average: looser than the rule on
+# the evaluated answers alone (a third), because the references must also fall in the set. BANKING77 with 10
+# examples per intent has 77 answers over 770 examples, but only ~100 distinct among 100 validation examples.
+MAX_DISTINCT_TRAINING_SHARE = 0.5
+MIN_REFERENCES_IN_LABELS = 0.9  # a few validation labels never seen in training still make a label task
 
 
 def final_answer(messages: list[dict]) -> str:
@@ -28,6 +33,27 @@ def detect_labels(examples: list[list[dict]]) -> list[str] | None:
         return None
     answers = infer_labels(examples)
     return sorted(set(answers)) if answers else None
+
+
+def is_label_like(answer: str) -> bool:
+    """Short and on one line: what a label looks like (``data.findings``' limits)."""
+    return bool(answer) and len(answer) <= MAX_LABEL_CHARS and len(answer.split()) <= MAX_LABEL_WORDS \
+        and "\n" not in answer
+
+
+def training_labels(training_answers: list[str], references: list[str]) -> list[str] | None:
+    """The label set when the training answers form a small closed set that the evaluated references fall in:
+    at least ``MIN_EXAMPLES_TO_DETECT_LABELS`` answers, all label-like, at most half as many distinct answers
+    as examples, and at least 90 % of the references among them (after normalisation). None otherwise."""
+    answers = [a.strip() for a in training_answers]
+    if len(answers) < MIN_EXAMPLES_TO_DETECT_LABELS or not references or not all(map(is_label_like, answers)):
+        return None
+    distinct = sorted(set(answers))
+    if len(distinct) > MAX_DISTINCT_TRAINING_SHARE * len(answers):
+        return None
+    keys = {normalize(a) for a in distinct}
+    inside = sum(normalize(r) in keys for r in references)
+    return distinct if inside >= MIN_REFERENCES_IN_LABELS * len(references) else None
 
 
 def exact_match(answers: list[str], references: list[str]) -> float:

@@ -27,6 +27,8 @@ METRIC_TOLERANCE = 0.02  # 2 points of accuracy / ROUGE-L: one example in 50 mov
 LOSS_TOLERANCE = 0.01  # 1 % of the baseline's validation loss
 
 AnswerKind = Literal["labels", "text", "classification"]
+KindSource = Literal["classification model", "classification data", "declared", "training answers",
+                     "evaluated answers"]
 Outcome = Literal["better", "no better", "worse"]
 
 
@@ -128,6 +130,10 @@ class EvaluationReport(BaseModel):
     created_at: int = Field(default_factory=lambda: int(time.time()))
     data: str = Field(description="What was evaluated on: a file, or a run's validation set.")
     answer_kind: AnswerKind
+    answer_kind_from: KindSource | None = Field(
+        default=None, description="What decided answer_kind: the candidate is a classifier, the data is in the "
+        "classification format, the caller declared it, the training set's answers, or (no training set "
+        "known) the evaluated examples' answers.")
     n_examples: int = Field(description="Examples scored for loss.")
     n_generated: int = Field(description="Examples answered by generation (a seeded sample, at most max_examples).")
     max_new_tokens: int

@@ -116,6 +116,10 @@ class TuneConfig(BaseModel):
     eval_max_examples: int = Field(
         default=50, ge=0, le=100_000, description="Most validation examples the evaluation answers by "
         "generation (greedy, at most 64 new tokens each, base and fine-tuned); 0: loss metrics only.")
+    eval_answers: Literal["auto", "labels", "text"] = Field(
+        default="auto", description="How the evaluation scores chat answers: labels (accuracy, macro-F1) or text "
+        "(ROUGE-L). auto: labels when the training answers are a small closed set of short answers that the "
+        "validation answers fall in.")
 
 
 class ResolvedHyperparameters(BaseModel):
