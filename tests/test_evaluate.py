@@ -95,7 +95,8 @@ def test_label_answers_get_accuracy_and_f1(tiny_model, tmp_path):
     assert report.verdict.outcome == "better", report.verdict.message
 
 
-INTENTS = [f"intent_{name}" for name in "abcdefghij"]  # ten labels
+# ten labels, one longer than data.findings' 40 characters, as BANKING77's longest intents are
+INTENTS = [f"intent_{name}" for name in "abcdefghi"] + ["balance_not_updated_after_cheque_or_cash_deposit"]
 
 
 @pytest.fixture
@@ -117,7 +118,7 @@ def test_job_detects_labels_from_its_training_set_unless_declared(tiny_model, in
     assert set(report.candidate.generation.labels.per_label_f1) == set(INTENTS)
     assert report.baseline.generation.labels is not None and report.candidate.generation.text is None
     # label answers are generated only as far as a label can go: the longest label plus a few tokens
-    assert report.baseline.cost.generated_tokens <= 3 * 16
+    assert report.baseline.cost.generated_tokens <= 3 * (17 + 8)  # the longest label is 17 tokens
 
     declared = tune(TuneConfig(model=tiny_model, training_file=train, validation_file=valid, seed=3,
                                hyperparameters=hp, eval_max_examples=3, eval_answers="text"))
@@ -144,11 +145,11 @@ def test_eval_detects_labels_from_train_data_and_obeys_answers(tiny_model, inten
 
 def test_training_labels_rule():
     answers = [label for _ in range(3) for label in INTENTS]
-    assert training_labels(answers, ["Intent_A.", "intent_b"]) == INTENTS  # normalised references fall in
+    assert training_labels(answers, ["Intent_A.", "intent_b"]) == sorted(INTENTS)  # normalised, they fall in
     assert training_labels(answers, ["intent_a", "something else"]) is None  # half the references outside
     assert training_labels(answers[:9], ["intent_a"]) is None  # too few training answers to tell
     assert training_labels([f"answer {i}" for i in range(30)], ["answer 1"]) is None  # nothing repeats
-    assert training_labels(["a long answer " * 5] * 30, ["a long answer " * 5]) is None  # not label-like
+    assert training_labels(["a long answer " * 3] * 30, ["a long answer " * 3]) is None  # 9 words: not a label
 
 
 def test_evaluate_can_be_switched_off(tiny_model, magic_file):
