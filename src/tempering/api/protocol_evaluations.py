@@ -30,6 +30,9 @@ class EvaluationCreate(BaseModel):
         default="base", min_length=1, max_length=240, description="The baseline: a model named as for `model`, "
         "`base` (the base model of a fine-tuned model or checkpoint; nothing for a base model), or null (or "
         "`none`) for no baseline.")
+    train_file: FileId | None = Field(default=None, description="The model's training data (an uploaded file, "
+                                      "any format): with `answers` auto, its answers tell whether answers are "
+                                      "labels.")
     max_examples: int = Field(default=100, ge=1, le=100_000, description="Most examples scored (a seeded "
                               "sample), for loss and generation alike.")
     max_new_tokens: int = Field(default=64, ge=1, le=4096, description="Most tokens per generated answer.")
@@ -44,8 +47,8 @@ class EvaluationCreate(BaseModel):
 
     def options(self) -> dict[str, Any]:
         """``evaluate_file``'s arguments besides the model, the data and the baseline."""
-        return self.model_dump(include={"max_examples", "max_new_tokens", "answers", "data_format", "text_column",
-                                        "label_column"})
+        return self.model_dump(include={"train_file", "max_examples", "max_new_tokens", "answers", "data_format",
+                                        "text_column", "label_column"})
 
 
 class EvaluationObject(BaseModel):
@@ -56,8 +59,8 @@ class EvaluationObject(BaseModel):
     compare_model: str | None = Field(description="The baseline evaluated against (`base` resolved to the "
                                       "model's base), or null.")
     data_file: str
-    options: dict[str, Any] = Field(description="max_examples, max_new_tokens, answers, data_format, "
-                                    "text_column, label_column as requested.")
+    options: dict[str, Any] = Field(description="train_file, max_examples, max_new_tokens, answers, "
+                                    "data_format, text_column, label_column as requested.")
     created_at: int
     started_at: int | None = None
     finished_at: int | None = None

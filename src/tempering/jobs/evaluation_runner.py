@@ -60,16 +60,27 @@ def run(evaluation_id: str) -> int:
     if started is None:
         return 0
     row, filename = started
-    path = ArtifactStore(settings.artifacts_dir).file_path(row.data_file)
+    store = ArtifactStore(settings.artifacts_dir)
+    path = store.file_path(row.data_file)
+    options = dict(row.options)
+    train_file = options.pop("train_file", None)
+    train_data = store.file_path(train_file) if train_file else None
     shown = f"{filename} ({row.data_file})"
     replacements = {str(path): shown, str(settings.root): "TEMPERING_HOME"}
+    if train_data is not None:
+        replacements = {str(train_data): train_file, **replacements}
     try:
-        if not path.is_file():
-            raise InvalidDataError(f"the data file {row.data_file} was deleted")
-        report = evaluate_file(row.model, path, compare=row.compare_model, device="auto", **row.options)
+        for file_id, file_path in ((row.data_file, path), (train_file, train_data)):
+            if file_path is not None and not file_path.is_file():
+                raise InvalidDataError(f"the file {file_id} was deleted")
+        report = evaluate_file(row.model, path, compare=row.compare_model, train_data=train_data, device="auto",
+                               **options)
     except TemperingError as exc:
-        param = "data_file" if isinstance(exc, InvalidDataError) else WIRE_PARAMS.get(exc.param, exc.param)
-        error = {"code": exc.code, "message": _scrub(exc.message, replacements), "param": param}
+        message = _scrub(exc.message, replacements)
+        param = WIRE_PARAMS.get(exc.param, exc.param)
+        if isinstance(exc, InvalidDataError):  # which file: the message names it
+            param = "train_file" if train_file and train_file in message and shown not in message else "data_file"
+        error = {"code": exc.code, "message": message, "param": param}
         _finish(db, evaluation_id, status="failed", error=error)
         return 0
     except Exception as exc:  # noqa: BLE001 - a bug or an engine error: the evaluation fails, saying what it was

@@ -77,11 +77,11 @@ def _target(session, caller, name: str, param: str):
         raise not_found("model", name, param) from exc
 
 
-def _data_file(session, caller, file_id: str):
-    row = owned_file(session, caller.project_id, file_id, "data_file")
+def _data_file(session, caller, file_id: str, param: str = "data_file"):
+    row = owned_file(session, caller.project_id, file_id, param)
     if row.status != "processed" or row.purpose not in DATA_PURPOSES:
-        raise APIError(400, f"file {row.id} cannot be evaluated on (purpose {row.purpose}, status {row.status}; "
-                       f"needs a processed file of purpose {' or '.join(DATA_PURPOSES)})", param="data_file",
+        raise APIError(400, f"file {row.id} cannot be used (purpose {row.purpose}, status {row.status}; "
+                       f"needs a processed file of purpose {' or '.join(DATA_PURPOSES)})", param=param,
                        code="invalid_file")
     return row
 
@@ -107,7 +107,8 @@ def create_evaluation(body: EvaluationCreate, caller: CallerDep, session: Sessio
     data, candidate, baseline = _check_all(
         lambda: _data_file(session, caller, body.data_file),
         lambda: _target(session, caller, body.model, "model"),
-        lambda: _target(session, caller, compare, "compare_model") if compare else None)
+        lambda: _target(session, caller, compare, "compare_model") if compare else None,
+        lambda: _data_file(session, caller, body.train_file, "train_file") if body.train_file else None)[:3]
     if body.compare_model == "base" and candidate.kind != "base":
         baseline = _target(session, caller, candidate.base_model, "compare_model")
     if baseline is not None and baseline.task == "classification" and candidate.task != "classification":
