@@ -5,6 +5,10 @@ cancel rules of the workers with a fake executor (milliseconds)."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 
@@ -95,21 +99,23 @@ def test_data_that_cannot_be_read_as_asked_fails_with_the_reason(server):  # noq
     assert "artifacts" not in error["message"]  # no server path
 
 
-def test_the_python_client_evaluates_a_local_file_on_the_server(server, tmp_path):  # noqa: F811
-    from tempering.client import ServerError, TemperingClient
-
+def test_cli_eval_with_server_runs_on_the_servers_worker(server, tmp_path):  # noqa: F811
     client, _ = server
     data = tmp_path / "local.jsonl"
     data.write_bytes(TRAIN)
-    remote = TemperingClient(str(client.base_url), client.api_key)
-    created = []
-    done = remote.evaluate(data, {"model": TINY_ID, "max_examples": 2, "max_new_tokens": 4}, poll_seconds=0.3,
-                           on_created=created.append)
-    assert created[0]["status"] == "queued" and done["status"] == "succeeded", done["error"]
-    assert done["report"]["data"].startswith("local.jsonl (file-") and done["report"]["n_generated"] == 2
-    with pytest.raises(ServerError) as refused:
-        remote.evaluate(data, {"model": "no-such-model"})
-    assert refused.value.param == "model" and "404" in refused.value.message
+    env = {**os.environ, "TEMPERING_SERVER": str(client.base_url), "TEMPERING_API_KEY": client.api_key,
+           "TEMPERING_HOME": str(tmp_path / "client-home")}  # nothing local: the server evaluates
+    cli = [sys.executable, "-m", "tempering.cli.main", "eval"]
+    done = subprocess.run([*cli, TINY_ID, "--data", data, "--train-data", data, "--max-examples", "2",
+                           "--max-new-tokens", "4", "--json"], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Created evaluation eval-" in done.stderr
+    report = json.loads(done.stdout)
+    assert report["data"].startswith("local.jsonl (file-") and report["n_generated"] == 2
+    assert report["candidate"]["model"] == TINY_ID and report["baseline"] is None
+    refused = subprocess.run([*cli, TINY_ID, "--data", data, "--compare", "no-such-model"], env=env,
+                             capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "no-such-model" in refused.stderr
 
 
 # --- in-process: the checks made before anything is queued ----------------------------------------------
@@ -166,6 +172,7 @@ def test_unknown_models_and_files_are_refused_naming_the_parameter(api):
     assert _error(post(model=f"ft:{TINY_ID}:x:../../x@step-1", data_file=file_id), 404)["param"] == "model"
     assert _error(post(model=TINY_ID, data_file=file_id, max_examples=0), 400)["param"] == "max_examples"
     assert _error(post(model=TINY_ID, data_file=file_id, data_format="csv"), 400)["param"] == "data_format"
+    assert _error(post(model=TINY_ID, data_file=file_id, train_file="file-nothere"), 404)["param"] == "train_file"
     assert client.get("/v1/evaluations", headers=mine).json()["data"] == []  # nothing was queued
 
 
@@ -363,9 +370,6 @@ def test_cancelling_a_running_evaluation_stops_its_process(db):
 
 
 def test_the_process_message_names_an_evaluation():
-    import subprocess
-    import sys
-
     from tempering.jobs.executors import LocalProcessExecutor
 
     handle = subprocess.Popen([sys.executable, "-c", "pass", "eval-abc"])

@@ -88,12 +88,15 @@ class TemperingClient:
     def evaluation(self, evaluation_id: str) -> dict:
         return self._call("GET", f"/evaluations/{evaluation_id}")
 
-    def evaluate(self, data: Path, body: dict, poll_seconds: float = 1.0, on_created=None) -> dict:
-        """``tempering eval`` on the server: upload ``data`` (purpose ``evals``), create the evaluation from
-        ``body`` (``model``, ``compare_model``, options; ``data_file`` is filled in) and wait for it to end.
-        Returns the evaluation object; its ``report`` once succeeded, its ``error`` once failed."""
-        uploaded = self.upload(data, purpose="evals")
-        evaluation = self.create_evaluation({**body, "data_file": uploaded["id"]})
+    def evaluate(self, data: Path, body: dict, poll_seconds: float = 1.0, on_created=None,
+                 train_data: Path | None = None) -> dict:
+        """``tempering eval`` on the server: upload ``data`` (and ``train_data``, purpose ``evals``), create the
+        evaluation from ``body`` (``model``, ``compare_model``, options; the file ids are filled in) and wait
+        for it to end. Returns the evaluation object; its ``report`` once succeeded, its ``error`` once failed."""
+        body = {**body, "data_file": self.upload(data, purpose="evals")["id"]}
+        if train_data is not None:
+            body["train_file"] = self.upload(train_data, purpose="evals")["id"]
+        evaluation = self.create_evaluation(body)
         if on_created is not None:
             on_created(evaluation)
         while evaluation["status"] not in TERMINAL:

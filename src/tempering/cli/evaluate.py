@@ -30,6 +30,24 @@ def _row(evaluation) -> list[str]:
             f"{evaluation.cost.seconds:.1f}"]
 
 
+def _evaluate_remote(model: str, data: Path, train_data: Path | None, options: dict, server: str,
+                     api_key: str | None):
+    """The same evaluation, run by a server's workers: the report, or the server's error raised."""
+    from tempering.client import TemperingClient
+    from tempering.errors import TemperingError
+    from tempering.evaluate.report import EvaluationReport
+
+    body = {"model": model, **{k: v for k, v in options.items() if k != "compare"},
+            "compare_model": options["compare"]}
+    evaluation = TemperingClient(server, api_key).evaluate(
+        data, body, train_data=train_data, on_created=lambda e: err.print(f"Created evaluation {e['id']} on {server}"))
+    if evaluation["status"] != "succeeded":
+        error = evaluation.get("error") or {}
+        raise TemperingError(f"evaluation {evaluation['id']} {evaluation['status']}: {error.get('message', '')}"
+                             .rstrip(": "), code=error.get("code"), param=error.get("param"))
+    return EvaluationReport.model_validate(evaluation["report"])
+
+
 def evaluate(
     model: Annotated[str, typer.Argument(help=MODEL_HELP)],
     data: Annotated[Path, typer.Option("--data", help="Examples with reference answers, in any format "
@@ -50,18 +68,29 @@ def evaluate(
     text_column: Annotated[str | None, typer.Option(help="Text column of classification data.")] = None,
     label_column: Annotated[str | None, typer.Option(help="Label column of classification data.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    server: Annotated[str | None, typer.Option(envvar="TEMPERING_SERVER", help="URL of a Tempering server: "
+                                               "upload the data and evaluate there, on its workers.")] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="TEMPERING_API_KEY", help="API key for --server.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole report as JSON.")] = False,
 ) -> None:
     """Evaluate a model on a data file: loss, greedy answers' metrics, and a verdict against a baseline."""
     quiet_libraries()
     from tempering.errors import InvalidConfigError
-    from tempering.evaluate import evaluate_file
 
     if answers not in ("auto", "labels", "text"):
         raise InvalidConfigError("--answers must be auto, labels or text", param="answers")
-    report = evaluate_file(model, data, compare=None if compare == "none" else compare, max_examples=max_examples,
-                           data_format=data_format, text_column=text_column, label_column=label_column,
-                           answers=answers, train_data=train_data, max_new_tokens=max_new_tokens, device=device)
+    options = dict(compare=None if compare == "none" else compare, max_examples=max_examples,
+                   data_format=data_format, text_column=text_column, label_column=label_column, answers=answers,
+                   max_new_tokens=max_new_tokens)
+    if server:
+        if device != "auto":
+            raise InvalidConfigError("not available with --server: device (the server's workers choose)",
+                                     param="device")
+        report = _evaluate_remote(model, data, train_data, options, server, api_key)
+    else:
+        from tempering.evaluate import evaluate_file
+
+        report = evaluate_file(model, data, train_data=train_data, device=device, **options)
     if as_json:
         print_json(report.model_dump(mode="json"))
         return
