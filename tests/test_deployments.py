@@ -270,3 +270,31 @@ def test_cli_deploys_lists_and_deletes(served):
     again = runner.invoke(app, ["deploy", TINY_ID, "--name", "from-cli", *server])
     assert again.exit_code == 1 and "already exists" in again.output
     assert runner.invoke(app, ["deployments", "delete", "from-cli", *server]).exit_code == 0
+
+
+def test_deploy_gate_refuses_a_model_worse_than_base_unless_forced(tiny_model, qa_file):
+    """In-process: the stored evaluation says "worse", so the deployment is refused with the numbers."""
+    from fastapi.testclient import TestClient
+    from test_evaluate import _model
+
+    from tempering.api.app import create_app
+    from tempering.evaluate import REPORT_FILE, EvaluationReport, decide
+    from tempering.settings import get_settings
+    from tempering.train.artifacts import resolve_finetuned
+    from tempering.train.config import parse_config
+    from tempering.train.recipe import tune
+
+    result = tune(parse_config({"model": tiny_model, "training_file": str(qa_file), "evaluate": False,
+                                "hyperparameters": {"n_epochs": 1, "batch_size": 8}}))
+    worse = decide(_model(2.5, 0.30, result.model_id), _model(2.0, 0.40, tiny_model))
+    report = EvaluationReport(data="x", answer_kind="text", n_examples=50, n_generated=50, max_new_tokens=64,
+                              candidate=_model(2.5, 0.30, result.model_id), verdict=worse)
+    (resolve_finetuned(result.model_id)[0].parent / REPORT_FILE).write_text(report.model_dump_json())
+    app = create_app(get_settings(), workers=0)
+    with TestClient(app, headers={"Authorization": f"Bearer {app.state.initial_api_key}"}) as http:
+        refused = http.post("/v1/deployments", json={"model": result.model_id})
+        assert refused.status_code == 400, refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "worse_than_base" and "0.3000 vs 0.4000" in error["message"]
+        assert error["param"] == "force"
+        assert http.post("/v1/deployments", json={"model": result.model_id, "force": True}).status_code == 200

@@ -158,3 +158,29 @@ def test_prompt_longer_than_the_context_is_refused(engine):
     engine.wait_ready()
     with pytest.raises(InvalidConfigError, match="context"):
         asyncio.run(collect(engine, [1] * (engine.context_length + 1), SamplingParams()))
+
+
+def test_int8_weights_serve_close_to_float_with_adapters(tiny_model, adapters):
+    """Weight-only int8 (TEMPERING_SERVE_QUANTIZE=int8): PEFT wraps the int8 layers, adapters still apply,
+    and the first token's log-probabilities stay within 0.15 of float32's (bf16 activations, int8 weights)."""
+    from tempering.serve.engine import TransformersEngine
+    from tempering.serve.quantize import Int8Linear
+
+    float_engine = TransformersEngine(tiny_model, threads=1)
+    int8_engine = TransformersEngine(tiny_model, threads=1, quantize="int8")
+    try:
+        for engine in (float_engine, int8_engine):
+            no_eos(engine)
+        assert isinstance(int8_engine.model.model.layers[0].self_attn.q_proj, Int8Linear)
+        params = SamplingParams(max_tokens=1, logprobs=True, top_logprobs=5)
+        for adapter in (None, adapters[0]):
+            exact = asyncio.run(collect(float_engine, PROMPTS[1], params, adapter))[0].logprobs[0]
+            close = asyncio.run(collect(int8_engine, PROMPTS[1], params, adapter))[0].logprobs[0]
+            assert close.token_id == exact.token_id
+            assert [t.logprob for t in close.top] == pytest.approx([t.logprob for t in exact.top], abs=0.15)
+        answers = [token_ids(asyncio.run(collect(int8_engine, PROMPTS[1], SamplingParams(max_tokens=6, logprobs=True),
+                                                 a))) for a in (None, adapters[0])]
+        assert answers[0] != answers[1]
+    finally:
+        float_engine.stop()
+        int8_engine.stop()

@@ -20,6 +20,18 @@ from postgres_fixture import postgres_server_fixture, postgres_url_fixture  # no
 
 from tempering.settings import get_settings, reset_settings
 
+
+def head_revision() -> str:
+    """The newest migration, as Alembic's script directory says (so adding a migration needs no test edit)."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    from tempering.store.db import MIGRATIONS
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    return ScriptDirectory.from_config(config).get_current_head()
+
 TRAIN = "".join(json.dumps(chat_example(f"What color is item {i}?", f"Item {i} is {['red', 'blue'][i % 2]}."))
                 + "\n" for i in range(20)).encode()
 
@@ -67,10 +79,10 @@ def test_migrations_apply_twice_and_concurrently(postgres_url, postgres_server):
         db.migrate()
         db.migrate()  # idempotent
         tables = set(inspect(db.engine).get_table_names())
-        assert {"projects", "api_keys", "files", "jobs", "job_events", "job_checkpoints",
-                "alembic_version"} <= tables
+        assert {"projects", "api_keys", "files", "jobs", "job_events", "job_checkpoints", "deployments",
+                "deployment_requests", "evaluations", "alembic_version"} <= tables
         with db.engine.connect() as connection:
-            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0001"]
+            assert connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == [head_revision()]
             types = dict(connection.execute(text(
                 "SELECT column_name, data_type FROM information_schema.columns WHERE table_name = 'jobs'")).all())
         assert types["created_at"] == "bigint" and types["lease_expires_at"] == "double precision"

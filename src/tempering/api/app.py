@@ -45,7 +45,7 @@ def create_app(settings: Settings, *, workers: int = 1) -> FastAPI:
     from tempering.serve.registry import Serving
 
     serving = Serving(max_batch=settings.serve_max_batch, max_adapters=settings.serve_max_adapters,
-                      threads=settings.serve_threads)
+                      threads=settings.serve_threads, quantize=settings.serve_quantize)
     monitor = Monitor(db, serving)
     app = FastAPI(title="Tempering", version=tempering.__version__, lifespan=lifespan,
                   description="Self-hosted fine-tuning and serving, speaking OpenAI's fine-tuning and chat protocols.")

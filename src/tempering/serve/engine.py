@@ -92,12 +92,13 @@ class TransformersEngine:
     """The embedded backend: a transformers model with PEFT adapters, decoded in one thread."""
 
     def __init__(self, base_model: str, *, max_batch: int = 16, max_adapters: int = 8, device: str = "auto",
-                 threads: int | None = None):
+                 threads: int | None = None, quantize: str = "none"):
         self.base_model = base_model
         self.max_batch = max_batch
         self.max_adapters = max_adapters
         self.device_request = device
         self.threads = threads
+        self.quantize = quantize
         self._inbox: queue.Queue[_Sequence] = queue.Queue()
         self._ready = threading.Event()
         self._load_error: BaseException | None = None
@@ -154,6 +155,10 @@ class TransformersEngine:
         card = get_card(self.base_model)
         self.tokenizer = load_tokenizer(card)
         self.model = load_causal_lm(card, select_placement(self.device_request)).eval()
+        if self.quantize == "int8":
+            from tempering.serve.quantize import quantize_int8
+
+            quantize_int8(self.model)
         self.device = next(self.model.parameters()).device
         self.context_length = card.context_length
         self.eos_ids = eos_ids(self.tokenizer, self.model)

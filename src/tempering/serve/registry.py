@@ -13,8 +13,9 @@ from tempering.serve.upstream import UpstreamEngine
 
 class Serving:
     def __init__(self, *, max_batch: int = 16, max_adapters: int = 8, max_classifiers: int = 4,
-                 device: str = "auto", threads: int | None = None):
+                 device: str = "auto", threads: int | None = None, quantize: str = "none"):
         self.max_batch, self.max_adapters, self.device, self.threads = max_batch, max_adapters, device, threads
+        self.quantize = quantize
         self.max_classifiers = max_classifiers
         self.engines: dict[str, TransformersEngine] = {}
         self.upstreams: dict[tuple[str, str], UpstreamEngine] = {}
@@ -28,7 +29,7 @@ class Serving:
             engine = self.engines.get(base_model)
             if engine is None:
                 engine = TransformersEngine(base_model, max_batch=self.max_batch, max_adapters=self.max_adapters,
-                                            device=self.device, threads=self.threads)
+                                            device=self.device, threads=self.threads, quantize=self.quantize)
                 engine.start()
                 self.engines[base_model] = engine
             return engine

@@ -1,0 +1,299 @@
+"""Serving: a live ``tempering serve`` on the embedded model against plain transformers and llama.cpp.
+
+    python bench/serve.py [--new-tokens 64] [--adapters ID,ID,ID,ID]
+
+One run, in order:
+  1. four adapters of the embedded model: the final model and three checkpoints of one short fine-tune on the
+     bundled sample data (or the ids given with --adapters);
+  2. a live server (``tempering serve --workers 0``, its own process) with a deployment per adapter and one of
+     the base model; over HTTP, streaming, greedy, ``--new-tokens`` per answer:
+       - one stream with an adapter: time to first token and decode tokens/s;
+       - aggregate tokens/s at 1, 4 and 8 concurrent streams (one adapter);
+       - 4 concurrent streams on 4 different adapters vs 4 on one adapter (mean latency);
+  3. baselines on the same prompt in this process, after the server is stopped: transformers ``generate``
+     (float32, the base model) and llama.cpp (``llama-cpp-python``, the embedded Q4_1 GGUF, 2 threads);
+then prints every number, the ratios and the issue's targets. Needs the ``bench`` extra for llama.cpp (its
+baseline is skipped, and said so, without it). Uses TEMPERING_HOME like the CLI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+BASE = "smollm2-135m-instruct"
+PROMPT = [{"role": "user", "content": "Write a detailed, step-by-step guide to setting up a new games console, "
+           "from unboxing to playing the first game."}]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--new-tokens", type=int, default=64, help="tokens per answer (default 64)")
+    p.add_argument("--adapters", help="four fine-tuned ids or checkpoints, comma-separated (default: fine-tune "
+                                      "the bundled sample for one epoch and use its final model and checkpoints)")
+    p.add_argument("--repeats", type=int, default=3, help="single-stream repeats; the median is reported")
+    return p.parse_args(argv)
+
+
+# ------------------------------------------------------------------------------------------------ setup
+
+def make_adapters() -> list[str]:
+    from tempering.evaluate.targets import checkpoint_name
+    from tempering.train.checkpoint import list_checkpoints
+    from tempering.train.config import parse_config
+    from tempering.train.recipe import tune
+
+    print("fine-tuning the sample for one epoch to get four adapters ...", flush=True)
+    started = time.perf_counter()
+    result = tune(parse_config({
+        "model": BASE, "training_file": str(REPO / "examples/xbox-support/train.jsonl"), "suffix": "bench-serve",
+        "evaluate": False, "checkpoint_every_steps": 3,
+        "hyperparameters": {"n_epochs": 1, "batch_size": 8, "learning_rate_multiplier": 2}}))
+    from tempering.train import artifacts
+
+    folder, _ = artifacts.resolve_finetuned(result.model_id)
+    steps = sorted(int(c.name.removeprefix("step-")) for c in list_checkpoints(folder.parent))
+    print(f"  done in {time.perf_counter() - started:.0f} s: {result.model_id}, checkpoints at steps {steps}")
+    return [result.model_id] + [checkpoint_name(result.model_id, s) for s in steps[-3:]]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bench_key() -> str:
+    from sqlalchemy import select
+
+    from tempering.api.deps import create_key
+    from tempering.settings import get_settings
+    from tempering.store.db import Database
+    from tempering.store.models import Project
+
+    db = Database(get_settings().database)
+    db.migrate()
+    with db.session() as session:
+        project = session.scalars(select(Project).order_by(Project.created_at)).first()
+        if project is None:
+            project = Project(name="default")
+            session.add(project)
+            session.flush()
+        key = create_key(session, project.id, "bench-serve")
+    db.dispose()
+    return key
+
+
+class Server:
+    def __init__(self):
+        self.port = free_port()
+        self.key = bench_key()
+        self.process = subprocess.Popen([sys.executable, "-m", "tempering.cli.main", "serve", "--workers", "0",
+                                         "--port", str(self.port)], stderr=subprocess.DEVNULL)
+        self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.port}/v1", timeout=600,
+                                 headers={"Authorization": f"Bearer {self.key}"})
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                self.http.get("/models").raise_for_status()
+                return
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        raise SystemExit("the server did not start")
+
+    def deploy(self, model: str, name: str) -> None:
+        self.http.delete(f"/deployments/{name}")  # a leftover of an earlier run
+        r = self.http.post("/deployments", json={"model": model, "name": name, "max_concurrent_requests": 32,
+                                                 "force": True})
+        if r.status_code != 200:
+            raise SystemExit(f"deploying {model}: {r.text}")
+
+    def stream(self, name: str, new_tokens: int) -> dict:
+        """One streamed, greedy chat answer: arrival times of its tokens."""
+        body = {"model": name, "messages": PROMPT, "max_tokens": new_tokens, "temperature": 0, "stream": True,
+                "stream_options": {"include_usage": True}}
+        start = time.perf_counter()
+        first = last = None
+        tokens = 0
+        with self.http.stream("POST", "/chat/completions", json=body) as response:
+            response.raise_for_status()
+            for line in response.iter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                event = json.loads(line[6:])
+                if event.get("usage"):
+                    tokens = event["usage"]["completion_tokens"]
+                if event["choices"] and event["choices"][0]["delta"].get("content"):
+                    last = time.perf_counter()
+                    first = first or last
+        end = time.perf_counter()
+        return {"ttft": first - start, "latency": end - start, "tokens": tokens,
+                "decode_tps": (tokens - 1) / (last - first) if last and last > first else None}
+
+    def close(self) -> None:
+        for name in self.deployed:
+            self.http.delete(f"/deployments/{name}")
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+    deployed: list[str] = []
+
+
+def concurrent(server: Server, names: list[str], new_tokens: int) -> tuple[float, list[dict]]:
+    start = time.perf_counter()
+    with ThreadPoolExecutor(len(names)) as pool:
+        results = list(pool.map(lambda n: server.stream(n, new_tokens), names))
+    return time.perf_counter() - start, results
+
+
+# ------------------------------------------------------------------------------------------------ baselines
+
+def transformers_baseline(new_tokens: int) -> dict:
+    import torch
+
+    from tempering.catalog import get_card, load_causal_lm, load_tokenizer
+    from tempering.data.encode import encode_prompt
+    from tempering.hardware import select_placement
+
+    card = get_card(BASE)
+    tokenizer, model = load_tokenizer(card), load_causal_lm(card, select_placement("cpu")).eval()
+    ids = torch.tensor([encode_prompt(tokenizer, PROMPT)])
+    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                  pad_token_id=tokenizer.pad_token_id)
+    model.generate(ids, **{**kwargs, "max_new_tokens": 4, "min_new_tokens": 4})  # warm-up
+    times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        model.generate(ids, **kwargs)
+        times.append(time.perf_counter() - start)
+    return {"tps": new_tokens / min(times), "prompt_tokens": ids.shape[1]}
+
+
+def llama_cpp_baseline(new_tokens: int) -> dict | None:
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return None
+    from tempering.catalog import get_card, load_tokenizer
+    from tempering.catalog.loading import embedded_gguf_path
+    from tempering.data.encode import encode_prompt
+
+    card = get_card(BASE)
+    prompt = encode_prompt(load_tokenizer(card), PROMPT)
+    llm = Llama(model_path=str(embedded_gguf_path(card)), n_threads=2, n_ctx=2048, verbose=False, seed=0)
+    best = None
+    for _ in range(3):
+        llm.reset()
+        start = time.perf_counter()
+        first = None
+        count = 0
+        for _token in llm.generate(prompt, temp=0.0, top_k=1):
+            count += 1
+            if first is None:
+                first = time.perf_counter()
+            if count == new_tokens:
+                break
+        end = time.perf_counter()
+        run = {"tps": new_tokens / (end - start), "decode_tps": (new_tokens - 1) / (end - first),
+               "ttft": first - start}
+        best = run if best is None or run["tps"] > best["tps"] else best
+    return best
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    n = args.new_tokens
+    from tempering.catalog import get_card, resolve_weights
+
+    resolve_weights(get_card(BASE))  # converts the embedded GGUF once, if this home has not yet
+    adapters = args.adapters.split(",") if args.adapters else make_adapters()
+    if len(adapters) != 4:
+        raise SystemExit("--adapters takes exactly four ids")
+
+    print(f"machine: {os.cpu_count()} cores, torch threads {__import__('torch').get_num_threads()}")
+    server = Server()
+    results: dict = {}
+    try:
+        names = [f"bench-a{i}" for i in range(4)]
+        for name, model in zip(names, adapters):
+            server.deploy(model, name)
+        server.deploy(BASE, "bench-base")
+        server.deployed = names + ["bench-base"]
+        for name in ("bench-base", *names):  # loads the base model and every adapter once
+            server.stream(name, 4)
+
+        singles = [server.stream("bench-a0", n) for _ in range(args.repeats)]
+        results["single"] = {k: statistics.median(s[k] for s in singles) for k in ("ttft", "decode_tps", "latency")}
+        results["single"]["tokens"] = singles[0]["tokens"]
+        base_single = [server.stream("bench-base", n) for _ in range(args.repeats)]
+        results["single_base_decode_tps"] = statistics.median(s["decode_tps"] for s in base_single)
+
+        results["aggregate"] = {}
+        for c in (1, 4, 8):
+            wall, runs = concurrent(server, ["bench-a0"] * c, n)
+            results["aggregate"][c] = {"tps": sum(r["tokens"] for r in runs) / wall, "wall": wall,
+                                       "mean_latency": statistics.mean(r["latency"] for r in runs),
+                                       "mean_ttft": statistics.mean(r["ttft"] for r in runs)}
+        _, same = concurrent(server, ["bench-a0"] * 4, n)
+        _, mixed = concurrent(server, names, n)
+        results["four_same_latency"] = statistics.mean(r["latency"] for r in same)
+        results["four_mixed_latency"] = statistics.mean(r["latency"] for r in mixed)
+    finally:
+        server.close()
+
+    print("baselines (server stopped) ...", flush=True)
+    results["transformers"] = transformers_baseline(n)
+    results["llama_cpp"] = llama_cpp_baseline(n)
+    report(results, n)
+
+
+def report(r: dict, n: int) -> None:
+    s = r["single"]
+    print(f"\n== Tempering serve, embedded model, float32, {n} new tokens, greedy, streamed over HTTP ==")
+    print(f"single stream, adapter: time to first token {s['ttft'] * 1000:.0f} ms, decode {s['decode_tps']:.1f} "
+          f"tokens/s, latency {s['latency']:.2f} s ({s['tokens']} tokens)")
+    print(f"single stream, base model: decode {r['single_base_decode_tps']:.1f} tokens/s")
+    for c, a in r["aggregate"].items():
+        print(f"{c} concurrent streams (one adapter): aggregate {a['tps']:.1f} tokens/s, mean latency "
+              f"{a['mean_latency']:.2f} s, mean time to first token {a['mean_ttft'] * 1000:.0f} ms")
+    print(f"4 streams: one adapter mean latency {r['four_same_latency']:.2f} s; four adapters "
+          f"{r['four_mixed_latency']:.2f} s")
+    hf, ll = r["transformers"], r["llama_cpp"]
+    print("\n== baselines, same prompt ==")
+    print(f"transformers generate (float32, base): {hf['tps']:.1f} tokens/s end to end")
+    if ll:
+        print(f"llama.cpp (Q4_1 GGUF, 2 threads, base): decode {ll['decode_tps']:.1f} tokens/s, {ll['tps']:.1f} "
+              "end to end")
+    else:
+        print("llama.cpp: not installed (pip install -e '.[bench]'); its ratio is not reported")
+
+    print("\n== targets ==")
+    if ll:
+        ratio = s["decode_tps"] / ll["decode_tps"]
+        print(f"single-stream decode with an adapter / llama.cpp base decode: {ratio:.2f}x (target >= 0.67x) "
+              f"{'MET' if ratio >= 0.67 else 'NOT MET'}")
+    scale = r["aggregate"][8]["tps"] / r["aggregate"][1]["tps"]
+    print(f"8 streams aggregate / 1 stream: {scale:.2f}x (target >= 4x) {'MET' if scale >= 4 else 'NOT MET'}")
+    mix = r["four_mixed_latency"] / r["four_same_latency"]
+    print(f"4 adapters at once / one adapter, latency: {mix:.2f}x (target <= 1.3x) {'MET' if mix <= 1.3 else 'NOT MET'}")
+    print(f"versus transformers generate: single-stream decode {s['decode_tps'] / hf['tps']:.2f}x, "
+          f"8-stream aggregate {r['aggregate'][8]['tps'] / hf['tps']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

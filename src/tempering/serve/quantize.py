@@ -1,0 +1,56 @@
+"""Optional int8 weights for serving on a CPU (``TEMPERING_SERVE_QUANTIZE=int8``).
+
+Decoding one token reads every weight once, so on a CPU it is bound by memory traffic: float32 weights are
+4 bytes a parameter, int8 one. ``Int8Linear`` keeps a linear layer's weight as int8 with one scale per output
+channel (weight-only quantization, as gpt-fast and torchao do it) and multiplies with PyTorch's
+``_weight_int8pack_mm`` CPU kernel, activations in bfloat16. Activations are not quantized: dynamic int8
+activations (``torch.ao``'s dynamic quantization) were as fast but lost the fine-tuned behaviour of the
+embedded model (its answers no longer started the way the adapter taught), weight-only int8 keeps it.
+
+It *is* an ``nn.Linear`` to PEFT, so LoRA adapters wrap it as usual and stay float32: the base is shared and
+quantized once, each adapter's small matrices are exact. Embeddings stay float (a decode step reads one row).
+Answers can differ slightly from float32 where two tokens are nearly tied; training and evaluation always use
+float weights. Knows nothing about HTTP.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class Int8Linear(torch.nn.Linear):
+    def __init__(self, linear: torch.nn.Linear):
+        torch.nn.Module.__init__(self)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        weight = linear.weight.detach().float()
+        scales = (weight.abs().amax(dim=1) / 127).clamp(min=1e-12)
+        # plain attributes, not buffers: state dicts (PEFT loading an adapter) never see or expect them
+        self._int8 = torch.round(weight / scales[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
+        self._scales = scales.to(torch.bfloat16)
+        self._bias = None if linear.bias is None else linear.bias.detach().float()
+        # PEFT reads the base layer's weight for its dtype and device only; the int8 copy is the real one
+        self.weight = torch.nn.Parameter(torch.empty(0), requires_grad=False)
+        self.bias = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        y = torch._weight_int8pack_mm(flat, self._int8, self._scales).to(x.dtype)
+        if self._bias is not None:
+            y = y + self._bias
+        return y.reshape(*x.shape[:-1], self.out_features)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights per channel"
+
+
+def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """Replace every ``nn.Linear`` of a causal LM (the decoder's and the LM head) by ``Int8Linear``, in place."""
+    if next(model.parameters()).device.type != "cpu":
+        raise ValueError("int8 serving is for CPUs; GPUs serve bf16")
+    targets = [(name, module) for name, module in model.named_modules() if type(module) is torch.nn.Linear]
+    for name, module in targets:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, Int8Linear(module))
+    model.config.tie_word_embeddings = False  # the head is its own int8 copy now
+    return model
