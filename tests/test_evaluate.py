@@ -167,6 +167,7 @@ def test_classification_job_is_evaluated_through_the_classifier(tiny_model, tmp_
     report = read_report(resolve_finetuned(result.model_id)[0].parent)
     assert report.answer_kind == "classification"
     assert report.candidate.task == "classification" and report.candidate.classification.n == 6
+    assert report.candidate.cost.seconds > 0 and report.candidate.cost.loss_tokens > 0
     assert set(report.candidate.classification.per_label_f1) == set(LABELS)
     assert report.baseline.task == "chat" and report.baseline.loss is None  # a chat loss is no baseline here
     assert report.baseline.generation.labels is not None and report.verdict is not None

@@ -93,6 +93,10 @@ def _label_budget(tokenizer, labels: list[str], max_new_tokens: int) -> int:
     return min(max_new_tokens, longest + LABEL_SLACK_TOKENS)
 
 
+def _rounded(cost: Cost) -> Cost:
+    return cost.model_copy(update={"seconds": round(cost.seconds, 3)})
+
+
 def _measure(target: targets.Target, examples: list[list[dict]], generated: list[list[dict]], *,
              labels: list[str] | None, declared: list[str] | None, max_new_tokens: int, device: str,
              loss: LossMetrics | None, with_loss: bool) -> tuple[ModelEvaluation, list[str]]:
@@ -109,6 +113,7 @@ def _measure(target: targets.Target, examples: list[list[dict]], generated: list
         metrics, computed, predicted, cost = measure.classifier_metrics(
             classifier, texts, truth, with_loss=with_loss and loss is None)
         evaluation.classification, evaluation.loss = metrics, loss or computed
+        evaluation.cost = _rounded(cost)
         _free(classifier)
         return evaluation, predicted
     chat = targets.load_chat(target, device)
@@ -125,8 +130,7 @@ def _measure(target: targets.Target, examples: list[list[dict]], generated: list
         if labels is not None and target.kind == "base":
             evaluation.note = "zero-shot: answers mapped onto the label set"
     _free(chat)
-    evaluation.cost = Cost(seconds=round(cost.seconds, 3), loss_tokens=cost.loss_tokens,
-                           prompt_tokens=cost.prompt_tokens, generated_tokens=cost.generated_tokens)
+    evaluation.cost = _rounded(cost)
     return evaluation, texts
 
 
