@@ -25,7 +25,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -45,6 +44,8 @@ def parse_args(argv=None):
     p.add_argument("--adapters", help="four fine-tuned ids or checkpoints, comma-separated (default: fine-tune "
                                       "the bundled sample for one epoch and use its final model and checkpoints)")
     p.add_argument("--repeats", type=int, default=3, help="single-stream repeats; the median is reported")
+    p.add_argument("--quantize", default="none,int8", help="server weight modes to measure, comma-separated "
+                                                           "(TEMPERING_SERVE_QUANTIZE; default none,int8)")
     return p.parse_args(argv)
 
 
@@ -98,11 +99,12 @@ def bench_key() -> str:
 
 
 class Server:
-    def __init__(self):
+    def __init__(self, quantize: str):
         self.port = free_port()
         self.key = bench_key()
+        env = {**os.environ, "TEMPERING_SERVE_QUANTIZE": quantize}
         self.process = subprocess.Popen([sys.executable, "-m", "tempering.cli.main", "serve", "--workers", "0",
-                                         "--port", str(self.port)], stderr=subprocess.DEVNULL)
+                                         "--port", str(self.port)], stderr=subprocess.DEVNULL, env=env)
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{self.port}/v1", timeout=600,
                                  headers={"Authorization": f"Bearer {self.key}"})
         deadline = time.monotonic() + 120
@@ -226,7 +228,16 @@ def main(argv=None) -> None:
         raise SystemExit("--adapters takes exactly four ids")
 
     print(f"machine: {os.cpu_count()} cores, torch threads {__import__('torch').get_num_threads()}")
-    server = Server()
+    runs = {mode: measure_server(mode, adapters, n, args.repeats) for mode in args.quantize.split(",")}
+    print("baselines (server stopped) ...", flush=True)
+    baselines = {"transformers": transformers_baseline(n), "llama_cpp": llama_cpp_baseline(n)}
+    for mode, results in runs.items():
+        report({**results, **baselines}, n, mode)
+
+
+def measure_server(mode: str, adapters: list[str], n: int, repeats: int) -> dict:
+    print(f"server with TEMPERING_SERVE_QUANTIZE={mode} ...", flush=True)
+    server = Server(mode)
     results: dict = {}
     try:
         names = [f"bench-a{i}" for i in range(4)]
@@ -237,10 +248,10 @@ def main(argv=None) -> None:
         for name in ("bench-base", *names):  # loads the base model and every adapter once
             server.stream(name, 4)
 
-        singles = [server.stream("bench-a0", n) for _ in range(args.repeats)]
+        singles = [server.stream("bench-a0", n) for _ in range(repeats)]
         results["single"] = {k: statistics.median(s[k] for s in singles) for k in ("ttft", "decode_tps", "latency")}
         results["single"]["tokens"] = singles[0]["tokens"]
-        base_single = [server.stream("bench-base", n) for _ in range(args.repeats)]
+        base_single = [server.stream("bench-base", n) for _ in range(repeats)]
         results["single_base_decode_tps"] = statistics.median(s["decode_tps"] for s in base_single)
 
         results["aggregate"] = {}
@@ -255,16 +266,13 @@ def main(argv=None) -> None:
         results["four_mixed_latency"] = statistics.mean(r["latency"] for r in mixed)
     finally:
         server.close()
-
-    print("baselines (server stopped) ...", flush=True)
-    results["transformers"] = transformers_baseline(n)
-    results["llama_cpp"] = llama_cpp_baseline(n)
-    report(results, n)
+    return results
 
 
-def report(r: dict, n: int) -> None:
+def report(r: dict, n: int, mode: str) -> None:
     s = r["single"]
-    print(f"\n== Tempering serve, embedded model, float32, {n} new tokens, greedy, streamed over HTTP ==")
+    weights = "float32" if mode == "none" else f"{mode} weights"
+    print(f"\n== Tempering serve, embedded model, {weights}, {n} new tokens, greedy, streamed over HTTP ==")
     print(f"single stream, adapter: time to first token {s['ttft'] * 1000:.0f} ms, decode {s['decode_tps']:.1f} "
           f"tokens/s, latency {s['latency']:.2f} s ({s['tokens']} tokens)")
     print(f"single stream, base model: decode {r['single_base_decode_tps']:.1f} tokens/s")
@@ -282,7 +290,7 @@ def report(r: dict, n: int) -> None:
     else:
         print("llama.cpp: not installed (pip install -e '.[bench]'); its ratio is not reported")
 
-    print("\n== targets ==")
+    print(f"\n== targets ({weights}) ==")
     if ll:
         ratio = s["decode_tps"] / ll["decode_tps"]
         print(f"single-stream decode with an adapter / llama.cpp base decode: {ratio:.2f}x (target >= 0.67x) "

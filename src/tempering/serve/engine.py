@@ -33,6 +33,7 @@ from tempering.serve.params import Chunk, SamplingParams, TokenLogprob, TopLogpr
 
 log = logging.getLogger(__name__)
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
+MIXED = "__mixed__"
 
 
 class EngineError(TemperingError):
@@ -107,6 +108,8 @@ class TransformersEngine:
         self._start_lock = threading.Lock()
         self._adapters: OrderedDict[str, Path] = OrderedDict()
         self._active_adapter: str | None = None
+        self._mode: str | None = None  # see _forward
+        self._row_adapters: list[str] | None = None
         self.model = None
         self.tokenizer = None
         self.context_length = 0
@@ -260,26 +263,54 @@ class TransformersEngine:
             self.model = PeftModel.from_pretrained(self.model, str(seq.adapter_path), adapter_name=seq.adapter)
         self.model.set_adapter(seq.adapter)  # load_adapter only adds it
         self.model.eval()
+        self._hook_lora_layers()
         self._adapters[seq.adapter] = seq.adapter_path
         self._active_adapter = seq.adapter
+        self._mode = None  # new LoRA layers may have come in enabled: set the mode again on the next step
 
     def _forward(self, names: list[str], **inputs):
-        """One forward pass with each row under its adapter."""
+        """One forward pass with each row under its adapter.
+
+        PEFT switches are costly (each walks every module), so the engine remembers its mode and switches
+        only when it changes: all rows on the base (adapter layers disabled), all on one adapter (that adapter
+        active: the plain LoRA path), or mixed (each LoRA layer's persistent pre-hook hands it the rows'
+        adapter names, PEFT's mixed-batch path; PEFT's own ``adapter_names=`` argument would register and
+        remove a hook on every LoRA layer at every step)."""
         from peft import PeftModel
 
         if not isinstance(self.model, PeftModel):
             return self.model(**inputs, use_cache=True, logits_to_keep=1)
         distinct = set(names)
-        if distinct == {BASE}:
-            with self.model.disable_adapter():
-                return self.model(**inputs, use_cache=True, logits_to_keep=1)
-        if len(distinct) == 1:
-            (name,) = distinct
-            if self._active_adapter != name:
-                self.model.set_adapter(name)
-                self._active_adapter = name
+        mode = BASE if distinct == {BASE} else names[0] if len(distinct) == 1 else MIXED
+        if mode != self._mode:
+            if mode == BASE:
+                self.model.base_model.disable_adapter_layers()
+            else:
+                if self._mode in (BASE, None):
+                    self.model.base_model.enable_adapter_layers()
+                if mode != MIXED and self._active_adapter != mode:
+                    self.model.set_adapter(mode)
+                    self._active_adapter = mode
+            self._mode = mode
+        self._row_adapters = names if mode == MIXED else None
+        try:
             return self.model(**inputs, use_cache=True, logits_to_keep=1)
-        return self.model(**inputs, use_cache=True, logits_to_keep=1, adapter_names=names)
+        finally:
+            self._row_adapters = None
+
+    def _hook_lora_layers(self) -> None:
+        """Give every LoRA layer (once) the pre-hook that passes the rows' adapter names in mixed steps."""
+        from peft.tuners.lora import LoraLayer
+
+        def inject(module, args, kwargs):
+            if self._row_adapters is not None:
+                kwargs["adapter_names"] = self._row_adapters
+            return args, kwargs
+
+        for module in self.model.modules():
+            if isinstance(module, LoraLayer) and not getattr(module, "_tempering_hooked", False):
+                module.register_forward_pre_hook(inject, with_kwargs=True)
+                module._tempering_hooked = True
 
     def _prefill(self, seq: _Sequence) -> None:
         self._use_adapter(seq)
