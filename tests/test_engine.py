@@ -81,9 +81,34 @@ def test_batched_mixed_adapters_match_each_request_alone(engine, tiny_model_dir,
 
     results = asyncio.run(run_all())
     assert engine.steps < sum(len(token_ids(r)) for r in results)  # they really shared forward passes
+    assert engine._lean  # plain LoRA adapters: applied by serve.lora, two products per layer
     for (prompt, adapter), chunks in zip(jobs, results):
         assert token_ids(chunks) == alone(tiny_model_dir, adapter, prompt, 12), (prompt, adapter)
         assert chunks[-1].finish_reason == "length" and chunks[-1].completion_tokens == 12
+
+
+def test_adapters_peft_cannot_stack_fall_back_to_peft(engine, tiny_model_dir, adapters, tmp_path):
+    """A DoRA adapter is beyond serve.lora: the engine goes back to PEFT's forward, answers still exact."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(5)
+    config = LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"], use_dora=True,
+                        init_lora_weights=False)
+    dora = tmp_path / "dora"
+    get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir), config).save_pretrained(dora)
+    no_eos(engine)
+    params = SamplingParams(max_tokens=6, logprobs=True)
+
+    async def run():
+        return await asyncio.gather(*(collect(engine, PROMPTS[0], params, a) for a in (adapters[0], dora, None)))
+
+    lora_answer, dora_answer, base_answer = (token_ids(r) for r in asyncio.run(run()))
+    assert not engine._lean
+    assert lora_answer == alone(tiny_model_dir, adapters[0], PROMPTS[0], 6)
+    assert dora_answer == alone(tiny_model_dir, dora, PROMPTS[0], 6)
+    assert base_answer == alone(tiny_model_dir, None, PROMPTS[0], 6)
 
 
 def test_adapters_change_the_answer(engine, adapters):

@@ -16,11 +16,13 @@ adapter activates it; a step mixing adapters (or adapters and the plain base) pa
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
+import json
 import logging
 import queue
 import threading
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,6 +91,18 @@ class _Sequence:
     done: bool = False
 
 
+@functools.lru_cache(maxsize=256)
+def _peft_only(folder: Path | None) -> bool:
+    """Whether an adapter folder holds something ``serve.lora`` cannot apply (read from its config)."""
+    if folder is None:
+        return False
+    try:
+        config = json.loads((Path(folder) / "adapter_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return True
+    return config.get("peft_type") != "LORA" or bool(config.get("use_dora")) or bool(config.get("lora_bias"))
+
+
 class TransformersEngine:
     """The embedded backend: a transformers model with PEFT adapters, decoded in one thread."""
 
@@ -101,6 +115,7 @@ class TransformersEngine:
         self.threads = threads
         self.quantize = quantize
         self._inbox: queue.Queue[_Sequence] = queue.Queue()
+        self._deferred: deque[_Sequence] = deque()  # taken, waiting until they may join the batch
         self._ready = threading.Event()
         self._load_error: BaseException | None = None
         self._stop = threading.Event()
@@ -110,6 +125,10 @@ class TransformersEngine:
         self._active_adapter: str | None = None
         self._mode: str | None = None  # see _forward
         self._row_adapters: list[str] | None = None
+        from tempering.serve.lora import RowAdapters
+
+        self._rows = RowAdapters()  # the step's adapters per row, for serve.lora's layer forward
+        self._lean = False
         self.model = None
         self.tokenizer = None
         self.context_length = 0
@@ -142,7 +161,7 @@ class TransformersEngine:
 
     @property
     def queued(self) -> int:
-        return self._inbox.qsize()
+        return self._inbox.qsize() + len(self._deferred)
 
     @property
     def adapters_loaded(self) -> int:
@@ -224,7 +243,16 @@ class TransformersEngine:
                     self.active, self._cache, self._mask = [], None, None
 
     def _admit(self) -> None:
-        """Take waiting requests into the batch (blocking only when there is nothing to decode)."""
+        """Take waiting requests into the batch (blocking only when there is nothing to decode). A request
+        that cannot share the batch (see ``_compatible``) waits, in order, until it can."""
+        waiting, self._deferred = self._deferred, deque()
+        for seq in waiting:
+            if seq.cancelled:
+                continue
+            if len(self.active) < self.max_batch and self._compatible(seq):
+                self._start(seq)
+            else:
+                self._deferred.append(seq)
         while len(self.active) < self.max_batch:
             try:
                 seq = self._inbox.get(block=not self.active, timeout=None if not self.active else 0)
@@ -234,11 +262,25 @@ class TransformersEngine:
                 if seq is None and not self.active:
                     return
                 continue
-            try:
-                self._prefill(seq)
-            except Exception as exc:  # noqa: BLE001 - this request's problem (e.g. a broken adapter folder)
-                log.exception("prefill failed")
-                seq.deliver(exc if isinstance(exc, TemperingError) else EngineError(f"generation failed: {exc}"))
+            if self._deferred or not self._compatible(seq):
+                self._deferred.append(seq)
+                continue
+            self._start(seq)
+
+    def _start(self, seq: _Sequence) -> None:
+        try:
+            self._prefill(seq)
+        except Exception as exc:  # noqa: BLE001 - this request's problem (e.g. a broken adapter folder)
+            log.exception("prefill failed")
+            seq.deliver(exc if isinstance(exc, TemperingError) else EngineError(f"generation failed: {exc}"))
+
+    def _compatible(self, seq: _Sequence) -> bool:
+        """Whether ``seq`` may join the running batch: always with plain LoRA adapters (serve.lora mixes
+        them per row); an adapter only PEFT can apply (DoRA, …) decodes only beside rows of the same adapter,
+        as PEFT cannot mix it with others in one pass."""
+        if not self.active or all(s.adapter == seq.adapter for s in self.active):
+            return True
+        return self._lean and not _peft_only(seq.adapter_path)
 
     def _use_adapter(self, seq: _Sequence) -> None:
         if seq.adapter == BASE:
@@ -263,7 +305,7 @@ class TransformersEngine:
             self.model = PeftModel.from_pretrained(self.model, str(seq.adapter_path), adapter_name=seq.adapter)
         self.model.set_adapter(seq.adapter)  # load_adapter only adds it
         self.model.eval()
-        self._hook_lora_layers()
+        self._refresh_lora()
         self._adapters[seq.adapter] = seq.adapter_path
         self._active_adapter = seq.adapter
         self._mode = None  # new LoRA layers may have come in enabled: set the mode again on the next step
@@ -279,6 +321,9 @@ class TransformersEngine:
         from peft import PeftModel
 
         if not isinstance(self.model, PeftModel):
+            return self.model(**inputs, use_cache=True, logits_to_keep=1)
+        if self._lean:
+            self._rows.set_step(names, BASE)
             return self.model(**inputs, use_cache=True, logits_to_keep=1)
         distinct = set(names)
         mode = BASE if distinct == {BASE} else names[0] if len(distinct) == 1 else MIXED
@@ -297,6 +342,20 @@ class TransformersEngine:
             return self.model(**inputs, use_cache=True, logits_to_keep=1)
         finally:
             self._row_adapters = None
+
+    def _refresh_lora(self) -> None:
+        """After loading an adapter: route LoRA layers through ``serve.lora`` when every adapter is plain
+        LoRA on linear layers, else keep PEFT's own forward (with the hooks below for mixed steps)."""
+        from tempering.serve import lora
+
+        self._lean = lora.supported(self.model)
+        if self._lean:
+            self._rows.attach(self.model)
+            self._rows.invalidate()
+        else:
+            self._rows.detach()
+            self._mode = None
+            self._hook_lora_layers()
 
     def _hook_lora_layers(self) -> None:
         """Give every LoRA layer (once) the pre-hook that passes the rows' adapter names in mixed steps."""
