@@ -298,3 +298,19 @@ def test_deploy_gate_refuses_a_model_worse_than_base_unless_forced(tiny_model, q
         assert error["code"] == "worse_than_base" and "0.3000 vs 0.4000" in error["message"]
         assert error["param"] == "force"
         assert http.post("/v1/deployments", json={"model": result.model_id, "force": True}).status_code == 200
+
+
+def test_cli_chat_with_a_deployment(served):
+    """``tempering chat NAME --server`` streams the deployment's answer (the CLI playground)."""
+    from typer.testing import CliRunner
+
+    from tempering.cli.main import app
+
+    expected = _chat(served["client"], "warm").choices[0].message.content
+    result = CliRunner().invoke(app, ["chat", "warm", QUESTION[0]["content"], "--max-tokens", "12",
+                                      "--server", f"http://127.0.0.1:{served['port']}", "--api-key", served["key"]])
+    assert result.exit_code == 0, result.output
+    assert result.output.rstrip("\n") == expected
+    missing = CliRunner().invoke(app, ["chat", "nope", "hi", "--server", f"http://127.0.0.1:{served['port']}",
+                                       "--api-key", served["key"]])
+    assert missing.exit_code == 1 and "not deployed" in missing.output

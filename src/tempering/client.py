@@ -120,3 +120,29 @@ class TemperingClient:
 
     def deployment_metrics(self, ident: str) -> dict:
         return self._call("GET", f"/deployments/{ident}/metrics")
+
+    def chat_stream(self, body: dict) -> Iterator[str]:
+        """The text pieces of a streamed chat completion (``tempering chat --server``)."""
+        import json
+
+        try:
+            with self.http.stream("POST", "/chat/completions", json={**body, "stream": True}) as response:
+                if not response.is_success:
+                    response.read()
+                    try:
+                        error = response.json()["error"]
+                    except (ValueError, KeyError, TypeError):
+                        error = {"message": response.text[:500]}
+                    raise ServerError(f"server answered {response.status_code}: {error.get('message')}",
+                                      code=error.get("code") or "server_error", param=error.get("param"))
+                for line in response.iter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    event = json.loads(line[6:])
+                    if "error" in event:
+                        raise ServerError(f"the server failed mid-answer: {event['error'].get('message')}")
+                    for choice in event.get("choices") or []:
+                        if choice["delta"].get("content"):
+                            yield choice["delta"]["content"]
+        except httpx.HTTPError as exc:
+            raise ServerError(f"cannot reach the server at {self.http.base_url}: {exc}") from exc
