@@ -81,6 +81,7 @@ def test_batched_mixed_adapters_match_each_request_alone(engine, tiny_model_dir,
 
     results = asyncio.run(run_all())
     assert engine.steps < sum(len(token_ids(r)) for r in results)  # they really shared forward passes
+    assert engine.prefill_passes < len(jobs)  # and prompts of different lengths were prefilled together
     assert engine._lean  # plain LoRA adapters: applied by serve.lora, two products per layer
     for (prompt, adapter), chunks in zip(jobs, results):
         assert token_ids(chunks) == alone(tiny_model_dir, adapter, prompt, 12), (prompt, adapter)

@@ -2,8 +2,8 @@
 
 ``TransformersEngine(base_model)`` owns a base model and a thread that runs the decode loop. Requests
 (``generate(prompt_ids, params, adapter)``, an async iterator of ``Chunk``) join the running batch as soon
-as they arrive: each is prefilled alone, its KV cache is left-padded to the batch's width (or the batch to
-its width) and appended, and from then on one forward pass per step decodes a token for every sequence,
+as they arrive: those that arrived together are prefilled in one pass (left-padded), their KV cache is
+left-padded to the batch's width (or the batch to its width) and appended, and from then on one forward pass per step decodes a token for every sequence,
 each with its own adapter, sampling parameters and random generator. A sequence leaves the batch when it
 ends (end of turn, budget, or its caller went away); columns that no sequence needs any more are trimmed.
 
@@ -136,6 +136,7 @@ class TransformersEngine:
         self.active: list[_Sequence] = []
         # counters read by monitoring
         self.steps = 0
+        self.prefill_passes = 0
         self.tokens_generated = 0
 
     # -- lifecycle -------------------------------------------------------------------------------------------
@@ -243,46 +244,58 @@ class TransformersEngine:
                     self.active, self._cache, self._mask = [], None, None
 
     def _admit(self) -> None:
-        """Take waiting requests into the batch (blocking only when there is nothing to decode). A request
-        that cannot share the batch (see ``_compatible``) waits, in order, until it can."""
+        """Take waiting requests into the batch (blocking only when there is nothing to decode) and prefill
+        the newcomers together. A request that cannot share the batch (see ``_compatible``) waits, in order,
+        until it can."""
+        group: list[_Sequence] = []
         waiting, self._deferred = self._deferred, deque()
         for seq in waiting:
             if seq.cancelled:
                 continue
-            if len(self.active) < self.max_batch and self._compatible(seq):
-                self._start(seq)
+            if len(self.active) + len(group) < self.max_batch and self._compatible(seq, group):
+                group.append(seq)
             else:
                 self._deferred.append(seq)
-        while len(self.active) < self.max_batch:
+        while len(self.active) + len(group) < self.max_batch:
             try:
-                seq = self._inbox.get(block=not self.active, timeout=None if not self.active else 0)
+                idle = not self.active and not group
+                seq = self._inbox.get(block=idle, timeout=None if idle else 0)
             except queue.Empty:
-                return
+                break
             if seq is None or seq.cancelled:
-                if seq is None and not self.active:
+                if seq is None and not self.active and not group:
                     return
                 continue
-            if self._deferred or not self._compatible(seq):
+            if self._deferred or not self._compatible(seq, group):
                 self._deferred.append(seq)
                 continue
-            self._start(seq)
+            group.append(seq)
+        if group:
+            self._start(group)
 
-    def _start(self, seq: _Sequence) -> None:
+    def _start(self, group: list[_Sequence]) -> None:
         try:
-            self._prefill(seq)
-        except Exception as exc:  # noqa: BLE001 - this request's problem (e.g. a broken adapter folder)
+            self._prefill(group)
+        except Exception as exc:  # noqa: BLE001 - these requests' problem (e.g. a broken adapter folder)
             log.exception("prefill failed")
-            seq.deliver(exc if isinstance(exc, TemperingError) else EngineError(f"generation failed: {exc}"))
+            if len(group) > 1:  # find whose: one at a time
+                for seq in group:
+                    if not seq.done:
+                        self._start([seq])
+                return
+            group[0].deliver(exc if isinstance(exc, TemperingError) else EngineError(f"generation failed: {exc}"))
 
-    def _compatible(self, seq: _Sequence) -> bool:
-        """Whether ``seq`` may join the running batch: always with plain LoRA adapters (serve.lora mixes
-        them per row); an adapter only PEFT can apply (DoRA, …) decodes only beside rows of the same adapter,
-        as PEFT cannot mix it with others in one pass."""
-        if not self.active or all(s.adapter == seq.adapter for s in self.active):
+    def _compatible(self, seq: _Sequence, group: list[_Sequence] = ()) -> bool:
+        """Whether ``seq`` may join the running batch (and the newcomers ``group``): always with plain LoRA
+        adapters (serve.lora mixes them per row); an adapter only PEFT can apply (DoRA, …) decodes only
+        beside rows of the same adapter, as PEFT cannot mix it with others in one pass."""
+        others = [*self.active, *group]
+        if all(s.adapter == seq.adapter for s in others):
             return True
-        return self._lean and not _peft_only(seq.adapter_path)
+        return (self._lean and not _peft_only(seq.adapter_path)
+                and not any(_peft_only(s.adapter_path) for s in group))
 
-    def _use_adapter(self, seq: _Sequence) -> None:
+    def _use_adapter(self, seq: _Sequence, starting: list[_Sequence] = ()) -> None:
         if seq.adapter == BASE:
             return
         if seq.adapter in self._adapters:
@@ -290,7 +303,7 @@ class TransformersEngine:
             return
         from peft import PeftModel
 
-        in_use = {s.adapter for s in self.active}
+        in_use = {s.adapter for s in (*self.active, *starting)}
         while len(self._adapters) >= self.max_adapters:
             victim = next((name for name in self._adapters if name not in in_use), None)
             if victim is None:
@@ -371,30 +384,59 @@ class TransformersEngine:
                 module.register_forward_pre_hook(inject, with_kwargs=True)
                 module._tempering_hooked = True
 
-    def _prefill(self, seq: _Sequence) -> None:
-        self._use_adapter(seq)
-        if seq.params.seed is not None:
-            seq.generator = torch.Generator().manual_seed(seq.params.seed)
-        seq.detok = Detokenizer(self.tokenizer)
+    def _prefill(self, group: list[_Sequence]) -> None:
+        """Prefill newcomers in one forward pass (left-padded to the longest prompt), pick each one's first
+        token, and join the ones still going to the batch."""
+        for seq in group:
+            self._use_adapter(seq, group)
+        if len({s.adapter for s in group}) > 1 and not self._lean:  # a PEFT-only adapter came in: one by one
+            for seq in group:
+                self._prefill([seq])
+            return
+        width = max(len(s.prompt) for s in group)
+        ids = torch.full((len(group), width), self.tokenizer.pad_token_id or 0, dtype=torch.long)
+        mask = torch.zeros((len(group), width), dtype=torch.long)
+        for i, seq in enumerate(group):
+            ids[i, width - len(seq.prompt):] = torch.tensor(seq.prompt)
+            mask[i, width - len(seq.prompt):] = 1
+            if seq.params.seed is not None:
+                seq.generator = torch.Generator().manual_seed(seq.params.seed)
+            seq.detok = Detokenizer(self.tokenizer)
+        ids, mask = ids.to(self.device), mask.to(self.device)
         cache = DynamicCache(config=self.model.config)
-        ids = torch.tensor([seq.prompt], device=self.device)
-        out = self._forward([seq.adapter], input_ids=ids, cache=cache)
-        seq.position = len(seq.prompt)
-        token = self._emit(seq, out.logits[0, -1])
-        if seq.done:
+        inputs = {"input_ids": ids, "cache": cache}
+        if len(group) > 1:
+            inputs |= {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
+        out = self._forward([s.adapter for s in group], **inputs)
+        self.prefill_passes += 1
+        logits = out.logits[:, -1]
+        greedy = logits.argmax(-1).tolist()
+        for i, seq in enumerate(group):
+            seq.position = len(seq.prompt)
+            seq.pending = self._emit(seq, logits[i], greedy[i])
+        keep = [i for i, s in enumerate(group) if not (s.done or s.cancelled)]
+        if not keep:
             return
-        seq.pending = token
-        self._join(seq, cache)
+        if len(keep) < len(group):
+            index = torch.tensor(keep, device=self.device)
+            for layer in cache.layers:
+                layer.keys, layer.values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
+            mask = mask.index_select(0, index)
+        used = mask.any(dim=0).nonzero()  # a dropped long prompt may leave columns no row needs
+        start = int(used[0]) if len(used) else 0
+        if start:
+            mask = mask[:, start:]
+            for layer in cache.layers:
+                layer.keys, layer.values = layer.keys[..., start:, :], layer.values[..., start:, :]
+        self._join([group[i] for i in keep], cache, mask)
 
-    def _join(self, seq: _Sequence, cache: DynamicCache) -> None:
-        """Append a prefilled sequence to the batch, left-padding whichever side is shorter."""
-        length = len(seq.prompt)
-        row_mask = torch.ones((1, length), dtype=torch.long, device=self.device)
+    def _join(self, seqs: list[_Sequence], cache: DynamicCache, rows_mask: torch.Tensor) -> None:
+        """Append prefilled sequences (their cache and mask) to the batch, left-padding the narrower side."""
         if self._cache is None:
-            self._cache, self._mask = cache, row_mask
-            self.active.append(seq)
+            self._cache, self._mask = cache, rows_mask
+            self.active.extend(seqs)
             return
-        width = self._mask.shape[1]
+        width, length = self._mask.shape[1], rows_mask.shape[1]
         pad_new, pad_old = max(0, width - length), max(0, length - width)
         for mine, theirs in zip(self._cache.layers, cache.layers):
             for attr in ("keys", "values"):
@@ -405,9 +447,9 @@ class TransformersEngine:
                     new = torch.nn.functional.pad(new, (0, 0, pad_new, 0))
                 setattr(mine, attr, torch.cat([old, new], dim=0))
         old_mask = torch.nn.functional.pad(self._mask, (pad_old, 0))
-        row_mask = torch.nn.functional.pad(row_mask, (pad_new, 0))
-        self._mask = torch.cat([old_mask, row_mask], dim=0)
-        self.active.append(seq)
+        rows_mask = torch.nn.functional.pad(rows_mask, (pad_new, 0))
+        self._mask = torch.cat([old_mask, rows_mask], dim=0)
+        self.active.extend(seqs)
 
     def _step(self) -> None:
         rows = self.active
