@@ -24,13 +24,14 @@ import queue
 import threading
 from collections import OrderedDict, deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from transformers import DynamicCache
 
 from tempering.errors import InvalidConfigError, TemperingError
+from tempering.serve.lora import RowAdapters
 from tempering.serve.params import Chunk, SamplingParams, TokenLogprob, TopLogprob
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,23 @@ def _peft_only(folder: Path | None) -> bool:
     return config.get("peft_type") != "LORA" or bool(config.get("use_dora")) or bool(config.get("lora_bias"))
 
 
+def _keep_rows(cache: DynamicCache, mask: torch.Tensor, keep: list[int], rows: int) -> torch.Tensor:
+    """Keep the rows ``keep`` of a batch's KV cache (in place) and mask, then drop the leading columns no kept
+    row needs (they held only the dropped rows' longer prompts); returns the new mask."""
+    if len(keep) < rows:
+        index = torch.tensor(keep, device=mask.device)
+        mask = mask.index_select(0, index)
+        for layer in cache.layers:
+            layer.keys, layer.values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
+    used = mask.any(dim=0).nonzero()
+    start = int(used[0]) if len(used) else 0
+    if start:
+        mask = mask[:, start:]
+        for layer in cache.layers:
+            layer.keys, layer.values = layer.keys[..., start:, :], layer.values[..., start:, :]
+    return mask
+
+
 class TransformersEngine:
     """The embedded backend: a transformers model with PEFT adapters, decoded in one thread."""
 
@@ -125,8 +143,6 @@ class TransformersEngine:
         self._active_adapter: str | None = None
         self._mode: str | None = None  # see _forward
         self._row_adapters: list[str] | None = None
-        from tempering.serve.lora import RowAdapters
-
         self._rows = RowAdapters()  # the step's adapters per row, for serve.lora's layer forward
         self._lean = False
         self.model = None
@@ -363,8 +379,7 @@ class TransformersEngine:
 
         self._lean = lora.supported(self.model)
         if self._lean:
-            self._rows.attach(self.model)
-            self._rows.invalidate()
+            self._rows.attach(self.model)  # also drops the stacks built for the adapters loaded before
         else:
             self._rows.detach()
             self._mode = None
@@ -415,20 +430,8 @@ class TransformersEngine:
             seq.position = len(seq.prompt)
             seq.pending = self._emit(seq, logits[i], greedy[i])
         keep = [i for i, s in enumerate(group) if not (s.done or s.cancelled)]
-        if not keep:
-            return
-        if len(keep) < len(group):
-            index = torch.tensor(keep, device=self.device)
-            for layer in cache.layers:
-                layer.keys, layer.values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
-            mask = mask.index_select(0, index)
-        used = mask.any(dim=0).nonzero()  # a dropped long prompt may leave columns no row needs
-        start = int(used[0]) if len(used) else 0
-        if start:
-            mask = mask[:, start:]
-            for layer in cache.layers:
-                layer.keys, layer.values = layer.keys[..., start:, :], layer.values[..., start:, :]
-        self._join([group[i] for i in keep], cache, mask)
+        if keep:
+            self._join([group[i] for i in keep], cache, _keep_rows(cache, mask, keep, len(group)))
 
     def _join(self, seqs: list[_Sequence], cache: DynamicCache, rows_mask: torch.Tensor) -> None:
         """Append prefilled sequences (their cache and mask) to the batch, left-padding the narrower side."""
@@ -475,28 +478,22 @@ class TransformersEngine:
         keep = [i for i, s in enumerate(self.active) if not (s.done or s.cancelled)]
         if len(keep) == len(self.active):
             return
+        rows = len(self.active)
         self.active = [self.active[i] for i in keep]
         if not keep:
             self._cache, self._mask = None, None
             return
-        index = torch.tensor(keep, device=self.device)
-        self._mask = self._mask.index_select(0, index)
-        used = self._mask.any(dim=0).nonzero()
-        start = int(used[0]) if len(used) else 0
-        self._mask = self._mask[:, start:]
-        for layer in self._cache.layers:
-            layer.keys = layer.keys.index_select(0, index)[..., start:, :]
-            layer.values = layer.values.index_select(0, index)[..., start:, :]
+        self._mask = _keep_rows(self._cache, self._mask, keep, rows)
 
     # -- sampling and output -----------------------------------------------------------------------------------
 
-    def _emit(self, seq: _Sequence, logits: torch.Tensor, greedy: int | None = None) -> int:
-        """Pick the next token of ``seq``, hand its text to the caller; marks the sequence done at its end."""
+    def _emit(self, seq: _Sequence, logits: torch.Tensor, greedy: int) -> int:
+        """Pick the next token of ``seq`` (``greedy``: the batch's argmax for this row, already computed),
+        hand its text to the caller; marks the sequence done at its end."""
         from tempering.serve.local import pick_token
 
         params = seq.params
-        token = greedy if greedy is not None and params.temperature == 0.0 else pick_token(
-            logits.float().cpu(), params, seq.generator)
+        token = greedy if params.temperature == 0.0 else pick_token(logits.float().cpu(), params, seq.generator)
         logprobs = self._logprobs(logits, token, params.top_logprobs) if params.logprobs else []
         if token in self.eos_ids:
             seq.done = True

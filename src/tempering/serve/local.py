@@ -2,7 +2,8 @@
 
 The prompt is built by ``tempering.data.encode.encode_prompt``, the same template code training uses, so
 what is served is what was trained. The decode loop is a plain KV-cached loop over token ids that yields
-text chunks as soon as they are complete UTF-8. Knows nothing about HTTP.
+text chunks as soon as they are complete UTF-8 (``engine.Detokenizer``, shared with the serving engine).
+Knows nothing about HTTP.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from tempering.catalog import get_card, load_causal_lm, load_tokenizer
 from tempering.data.encode import encode_prompt
 from tempering.errors import InvalidConfigError
 from tempering.hardware import select_placement
+from tempering.serve.engine import Detokenizer
 from tempering.serve.params import Chunk, SamplingParams
 from tempering.train import artifacts
 
@@ -85,7 +87,7 @@ def generate(chat: ChatModel, messages: list[dict], params: SamplingParams | Non
     device = next(chat.model.parameters()).device
     input_ids = torch.tensor([prompt], device=device)
     cache = DynamicCache(config=chat.model.config)  # filled in place by each forward
-    produced, emitted = [], ""
+    detok = Detokenizer(chat.tokenizer)  # holds text back while a multi-byte character is incomplete
     finish = "length"
     for _ in range(budget):
         out = chat.model(input_ids=input_ids, cache=cache, use_cache=True)
@@ -93,14 +95,11 @@ def generate(chat: ChatModel, messages: list[dict], params: SamplingParams | Non
         if token in chat.eos_ids:
             finish = "stop"
             break
-        produced.append(token)
-        text = chat.tokenizer.decode(produced, skip_special_tokens=True)
-        if not text.endswith("\ufffd"):  # wait until a multi-byte character is complete
-            yield Chunk(text[len(emitted):])
-            emitted = text
+        text = detok.add(token)
+        if text:
+            yield Chunk(text)
         input_ids = torch.tensor([[token]], device=device)
-    text = chat.tokenizer.decode(produced, skip_special_tokens=True)
-    yield Chunk(text[len(emitted):], finish_reason=finish)
+    yield Chunk(detok.flush(), finish_reason=finish)
 
 
 def complete(chat: ChatModel, messages: list[dict], params: SamplingParams | None = None) -> str:

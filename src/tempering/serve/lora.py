@@ -61,7 +61,8 @@ class RowAdapters:
     # -- installing on a model ---------------------------------------------------------------------------------
 
     def attach(self, peft_model) -> None:
-        """Route every LoRA layer of the model through ``forward`` (new layers too: call after each load)."""
+        """Route every LoRA layer of the model through ``forward`` (new layers too: call after each load or
+        eviction) and drop the stacked weights, which are stale once adapters changed."""
         from peft.tuners.lora import LoraLayer
 
         self._layers = [m for m in peft_model.modules() if isinstance(m, LoraLayer)]
@@ -77,11 +78,6 @@ class RowAdapters:
             if layer.__dict__.pop("forward", None) is not None:
                 layer._row_adapters = None
         self._layers = []
-
-    def invalidate(self) -> None:
-        """Adapters were loaded or removed: the stacked weights are stale."""
-        for layer in self._layers:
-            layer._stack_cache = {}
 
 
 def _stacks(layer, adapters: tuple[str, ...]):

@@ -38,8 +38,8 @@ class TokenLogprob:
 @dataclass
 class Chunk:
     """A piece of an answer. ``text`` may be empty while a multi-byte character is incomplete; the last
-    chunk carries ``finish_reason`` ("stop": the model ended its turn; "length": the token budget ran out;
-    "cancelled": the caller went away) and ``completion_tokens``, the number of tokens generated in all.
+    chunk carries ``finish_reason`` ("stop": the model ended its turn, or an upstream said so; "length": the
+    token budget ran out) and ``completion_tokens``, the number of tokens generated in all.
     ``tokens`` is how many generated tokens this chunk stands for (0 for a closing chunk after the end of
     turn), so a caller that stops early (a stop sequence) still counts what was generated."""
 
