@@ -25,8 +25,14 @@ class Classifier:
 
     def classify(self, texts: list[str]) -> list[dict]:
         """For each text: {"label", "scores": {label: probability}}, labels by descending probability."""
-        ids = self.tokenizer(texts, add_special_tokens=False, truncation=True,
-                             max_length=self.max_length)["input_ids"]
+        return self.classify_ids(self.encode(texts))
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of each text, as the classifier reads them (no special tokens, cut at the context)."""
+        return self.tokenizer(texts, add_special_tokens=False, truncation=True, max_length=self.max_length)["input_ids"]
+
+    def classify_ids(self, ids: list[list[int]]) -> list[dict]:
+        """``classify`` for texts already encoded by ``encode``."""
         probabilities = predict(self.model, [ClassExample(i, 0) for i in ids], self.tokenizer.pad_token_id)
         results = []
         for row in probabilities.tolist():

@@ -32,7 +32,7 @@ from tempering.api.protocol_serving import (AssistantMessage, ChatChoice, ChatCo
                                             Completion, CompletionChoice, CompletionLogprobs, CompletionRequest,
                                             TokenLogprobWire, TopLogprobWire, Usage)
 from tempering.errors import TemperingError
-from tempering.serve.params import Chunk, SamplingParams, TokenLogprob
+from tempering.serve.params import SamplingParams, TokenLogprob
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["inference"], responses=ERROR_RESPONSES)
@@ -67,11 +67,12 @@ def _lookup(request: Request, project_id: str, model: str) -> Served:
             raise APIError(404, f"The model '{model.replace(chr(0), '')}' does not exist or is not deployed in this "
                            "project; deploy it first (POST /v1/deployments, or `tempering deploy MODEL`)",
                            param="model", code="model_not_found")
-        facts = (d.id, d.name, d.model, d.base_model, d.task, d.backend, d.upstream_url, d.upstream_model,
-                 d.max_concurrent_requests)
+        facts = {"id": d.id, "name": d.name, "model": d.model, "base_model": d.base_model, "task": d.task,
+                 "backend": d.backend, "upstream_url": d.upstream_url, "upstream_model": d.upstream_model,
+                 "max_concurrent": d.max_concurrent_requests}
     # the model's files may have gone since: a clear 404 then (an upstream holds its own adapters)
-    adapter = targets.resolve(facts[2]).adapter if facts[5] == "local" else None
-    return Served(*facts[:8], adapter, facts[8], get_card(facts[3]).context_length)
+    adapter = targets.resolve(facts["model"]).adapter if facts["backend"] == "local" else None
+    return Served(**facts, adapter=adapter, context_length=get_card(facts["base_model"]).context_length)
 
 
 async def _served(request: Request, caller, model: str, task: str) -> Served:
@@ -91,15 +92,14 @@ class _Slot:
         self.monitor = request.app.state.monitor
         self.served = served
 
-    def __enter__(self):
+    def acquire(self) -> None:
         if self.counts.get(self.served.id, 0) >= self.served.max_concurrent:
             raise APIError(429, f"deployment {self.served.name} is serving its limit of {self.served.max_concurrent} "
                            "concurrent requests; retry shortly", type="rate_limit_error", code="too_many_requests")
         self.counts[self.served.id] = self.counts.get(self.served.id, 0) + 1
         self.monitor.in_flight.labels(self.served.id).inc()
-        return self
 
-    def __exit__(self, *exc):
+    def release(self) -> None:
         self.counts[self.served.id] -= 1
         self.monitor.in_flight.labels(self.served.id).dec()
 
@@ -301,6 +301,11 @@ def _status_of(exc: BaseException) -> tuple[int, str | None]:
     return 500, "server_error"
 
 
+def _usage(prompt: list[int], states: list[ChoiceState]) -> Usage:
+    completion = sum(s.tokens for s in states)
+    return Usage(prompt_tokens=len(prompt), completion_tokens=completion, total_tokens=len(prompt) + completion)
+
+
 async def _generate_response(request: Request, served: Served, endpoint: str, timer: _Timer, prompt: list[int],
                              params: list[SamplingParams], stops: list[str], stream: bool, include_usage: bool,
                              shape) -> object:
@@ -311,7 +316,7 @@ async def _generate_response(request: Request, served: Served, endpoint: str, ti
     ident = shape.new_id()
     created = int(time.time())
     slot = _Slot(request, served)
-    slot.__enter__()
+    slot.acquire()
 
     if not stream:
         status, code = 200, None
@@ -321,14 +326,12 @@ async def _generate_response(request: Request, served: Served, endpoint: str, ti
                 state.text += text
                 if state.logprobs is not None:
                     state.logprobs += logprobs
-            usage = Usage(prompt_tokens=len(prompt), completion_tokens=sum(s.tokens for s in states),
-                          total_tokens=len(prompt) + sum(s.tokens for s in states))
-            return shape.whole(ident, created, served, states, usage)
+            return shape.whole(ident, created, served, states, _usage(prompt, states))
         except BaseException as exc:
             status, code = _status_of(exc)
             raise
         finally:
-            slot.__exit__()
+            slot.release()
             _record(request, served, endpoint, timer, status, stream=False, prompt_tokens=len(prompt),
                     completion_tokens=sum(s.tokens for s in states), error_code=code)
 
@@ -336,18 +339,15 @@ async def _generate_response(request: Request, served: Served, endpoint: str, ti
         status, code = 200, None
         try:
             for state in states:
-                yield _sse(shape.opening(ident, created, served, state.index, include_usage))
+                yield _sse(shape.opening(ident, created, served, state.index))
             async for state, text, logprobs in _run_choices(engine, prompt, params, served.adapter, stops, states):
                 timer.token()
                 if text or logprobs:
-                    yield _sse(shape.piece(ident, created, served, state.index, text, logprobs, None, include_usage))
+                    yield _sse(shape.piece(ident, created, served, state.index, text, logprobs, None))
                 if state.finish_reason is not None:
-                    yield _sse(shape.piece(ident, created, served, state.index, None, [], state.finish_reason,
-                                           include_usage))
+                    yield _sse(shape.piece(ident, created, served, state.index, None, [], state.finish_reason))
             if include_usage:
-                completion = sum(s.tokens for s in states)
-                yield _sse(shape.usage(ident, created, served, Usage(
-                    prompt_tokens=len(prompt), completion_tokens=completion, total_tokens=len(prompt) + completion)))
+                yield _sse(shape.usage(ident, created, served, _usage(prompt, states)))
             yield "data: [DONE]\n\n"
         except BaseException as exc:
             status, code = _status_of(exc)
@@ -357,7 +357,7 @@ async def _generate_response(request: Request, served: Served, endpoint: str, ti
             else:
                 raise
         finally:
-            slot.__exit__()
+            slot.release()
             _record(request, served, endpoint, timer, status, stream=True, prompt_tokens=len(prompt),
                     completion_tokens=sum(s.tokens for s in states), error_code=code)
 
@@ -379,12 +379,12 @@ class _ChatShape:
                               system_fingerprint=FINGERPRINT)
 
     @staticmethod
-    def opening(ident, created, served, index, include_usage):
+    def opening(ident, created, served, index):
         return _ChatShape._chunk(ident, created, served, [ChunkChoice(index=index, delta=ChunkDelta(role="assistant",
                                                                                                      content=""))])
 
     @staticmethod
-    def piece(ident, created, served, index, text, logprobs, finish, include_usage):
+    def piece(ident, created, served, index, text, logprobs, finish):
         lp = ChoiceLogprobs(content=_wire_logprobs(logprobs)) if logprobs else None
         delta = ChunkDelta(content=text) if text is not None else ChunkDelta()
         return _ChatShape._chunk(ident, created, served, [ChunkChoice(index=index, delta=delta, logprobs=lp,
@@ -425,11 +425,11 @@ class _CompletionShape:
                           system_fingerprint=FINGERPRINT)
 
     @staticmethod
-    def opening(ident, created, served, index, include_usage):
-        return _CompletionShape.piece(ident, created, served, index, "", [], None, include_usage)
+    def opening(ident, created, served, index):
+        return _CompletionShape.piece(ident, created, served, index, "", [], None)
 
     @staticmethod
-    def piece(ident, created, served, index, text, logprobs, finish, include_usage):
+    def piece(ident, created, served, index, text, logprobs, finish):
         lp = _CompletionShape._logprobs(logprobs) if logprobs else None
         return Completion(id=ident, created=created, model=served.model, system_fingerprint=FINGERPRINT,
                           choices=[CompletionChoice(index=index, text=text or "", logprobs=lp, finish_reason=finish)])
@@ -503,13 +503,13 @@ async def classifications(body: ClassificationRequest, request: Request, caller:
     serving = request.app.state.serving
     status, code, tokens = 200, None, 0
     slot = _Slot(request, served)
-    slot.__enter__()
+    slot.acquire()
     try:
         def run():
             classifier = serving.classifier(served.model)
-            with serving.classify_lock:
-                count = sum(len(ids) for ids in classifier.tokenizer(texts, add_special_tokens=False)["input_ids"])
-                return classifier.classify(texts), count
+            with serving.classify_lock:  # the tokenizer too: a fast tokenizer's truncation state is shared
+                ids = classifier.encode(texts)
+                return classifier.classify_ids(ids), sum(len(i) for i in ids)
 
         results, tokens = await run_in_threadpool(run)
         timer.token()
@@ -520,6 +520,6 @@ async def classifications(body: ClassificationRequest, request: Request, caller:
         status, code = _status_of(exc)
         raise
     finally:
-        slot.__exit__()
+        slot.release()
         _record(request, served, "classifications", timer, status, stream=False, prompt_tokens=tokens,
                 completion_tokens=0, error_code=code)
