@@ -12,7 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlalchemy import select
 
-from tempering.api.deps import CallerDep, SessionDep
+from tempering.api.deps import CallerDep, SessionDep, owned_row
 from tempering.api.errors import ERROR_RESPONSES, APIError, is_id, not_found
 from tempering.api.protocol import ListPage
 from tempering.api.protocol_evaluations import EvaluationCreate, EvaluationObject
@@ -33,10 +33,7 @@ def to_wire(row: Evaluation) -> EvaluationObject:
 
 
 def owned_evaluation(session, caller, evaluation_id: str) -> Evaluation:
-    row = session.get(Evaluation, evaluation_id) if is_id(evaluation_id) else None
-    if row is None or row.project_id != caller.project_id:
-        raise not_found("evaluation", evaluation_id, "evaluation_id")
-    return row
+    return owned_row(session, Evaluation, evaluation_id, caller.project_id, "evaluation", "evaluation_id")
 
 
 def _owns_run(session, caller, name: str) -> bool:

@@ -9,8 +9,8 @@ from fastapi import APIRouter, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse
 from sqlalchemy import select
 
-from tempering.api.deps import CallerDep, SessionDep
-from tempering.api.errors import ERROR_RESPONSES, APIError, is_id, not_found
+from tempering.api.deps import CallerDep, SessionDep, owned_row
+from tempering.api.errors import ERROR_RESPONSES, APIError
 from tempering.api.protocol import FileDeleted, FileObject, ListPage
 from tempering.store.models import File, new_id
 
@@ -26,10 +26,7 @@ def to_wire(row: File) -> FileObject:
 
 
 def owned_file(session, project_id: str, file_id: str, param: str = "file_id") -> File:
-    row = session.get(File, file_id) if is_id(file_id) else None
-    if row is None or row.deleted or row.project_id != project_id:
-        raise not_found("file", file_id, param)
-    return row
+    return owned_row(session, File, file_id, project_id, "file", param)
 
 
 async def _chunks(upload: UploadFile, size: int = 1 << 20):

@@ -9,8 +9,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from sqlalchemy import select
 
-from tempering.api.deps import CallerDep, SessionDep
-from tempering.api.errors import ERROR_RESPONSES, APIError, is_id, not_found
+from tempering.api.deps import CallerDep, SessionDep, owned_row
+from tempering.api.errors import ERROR_RESPONSES, APIError, not_found
 from tempering.api.protocol import CheckpointObject, FineTuningJob, JobCreate, JobEventObject, ListPage
 from tempering.api.routers.files import owned_file
 from tempering.store.models import Job, JobCheckpoint, JobEvent
@@ -47,10 +47,7 @@ def to_wire(job: Job) -> FineTuningJob:
 
 
 def owned_job(session, caller, job_id: str) -> Job:
-    job = session.get(Job, job_id) if is_id(job_id) else None
-    if job is None or job.project_id != caller.project_id:
-        raise not_found("fine-tuning job", job_id, "fine_tuning_job_id")
-    return job
+    return owned_row(session, Job, job_id, caller.project_id, "fine-tuning job", "fine_tuning_job_id")
 
 
 def _model_exists(session, caller, model: str) -> None:
