@@ -58,24 +58,28 @@ def server(tiny_model_dir, tmp_path_factory):
 
 def _read_key_and_wait(process, port: int, timeout: float = 60) -> str | None:
     """The admin key the server prints on its first start (None on later starts), once it accepts
-    connections; its stderr is drained in the background afterwards."""
-    key = None
+    connections; its stderr is drained in the background all along (the key is printed before the
+    server binds its port, so it has been read once a connection succeeds)."""
+    lines: list[str] = []
+
+    def drain():
+        for line in process.stderr:
+            lines.append(line)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        line = process.stderr.readline()
-        if not line and process.poll() is not None:
-            raise AssertionError(f"the server exited with {process.returncode}")
-        match = re.search(r"(tk-\S+)", line)
-        key = match.group(1) if match else key
-        if "Tempering API on" in line:
-            break
-    threading.Thread(target=process.stderr.read, daemon=True).start()  # keep the pipe drained
-    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the server exited with {process.returncode}: {''.join(lines)[-2000:]}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return key
         except OSError:
             time.sleep(0.1)
+            continue
+        time.sleep(0.2)  # the key's line, written before the bind, reaches the reader
+        keys = [m.group(1) for m in (re.search(r"(tk-\S+)", line) for line in lines) if m]
+        return keys[-1] if keys else None
     raise AssertionError("the server never accepted connections")
 
 

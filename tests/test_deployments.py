@@ -184,7 +184,8 @@ def test_upstream_backend_forwards_to_an_openai_compatible_server(served, tiny_m
     home = tmp_path / "front"
     _register_tiny(home, tiny_model_dir)  # the tokenizer and chat template only; no adapter files here
     port = _free_port()
-    process, key = _start(home, port, {"TEMPERING_UPSTREAM_API_KEY": served["key"]})
+    process, key = _start(home, port, {"TEMPERING_UPSTREAM_API_KEY": served["key"],
+                                       "TEMPERING_UPSTREAM_ALLOWED_URLS": json.dumps([served["base_url"]])})
     try:
         front = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)
         created = httpx.post(f"http://127.0.0.1:{port}/v1/deployments", headers={"Authorization": f"Bearer {key}"},

@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from tempering.cli.main import app
 from tempering.data.encode import encode_chat
-from tempering.data.estimate import (
+from tempering.train.estimate import (
     EVAL_COST,
     Calibration,
     estimate,

@@ -14,7 +14,8 @@ from tempering.errors import DeployRefusedError
 from tempering.evaluate import REPORT_FILE, EvaluationReport, check_deploy_gate, decide, read_report
 from tempering.evaluate.metrics import OTHER, detect_labels, to_label, training_labels
 from tempering.evaluate.report import GenerationMetrics, LossMetrics, ModelEvaluation, TextMetrics
-from tempering.train import TuneConfig, tune
+from tempering.evaluate.job import tune_and_evaluate as tune
+from tempering.train import TuneConfig
 from tempering.train.artifacts import resolve_finetuned
 
 runner = CliRunner()

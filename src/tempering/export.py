@@ -1,6 +1,6 @@
 """Exporting a model out of Tempering: folders that other tools load without any Tempering code.
 
-``export_model(name, format, out)`` takes any model name ``evaluate.targets.resolve`` accepts (a fine-tuned
+``export_model(name, format, out)`` takes any model name ``train.refs.resolve`` accepts (a fine-tuned
 id, a checkpoint, a catalog id) and writes one folder:
 
 - ``peft``: the PEFT adapter as trained (``adapter_config.json``, ``adapter_model.safetensors``, and
@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tempering.errors import InvalidConfigError, ModelNotFoundError
-from tempering.evaluate.targets import Target, resolve
+from tempering.train.refs import Target, resolve
 from tempering.train import artifacts
 
 FORMATS = ("peft", "merged", "gguf")
@@ -64,8 +64,9 @@ def default_out(model: str, fmt: str) -> Path:
 
 
 def export_model(model: str, fmt: str, out: Path | None = None, *, force: bool = False,
-                 dtype: str = "auto") -> ExportResult:
-    """Write ``model`` in ``fmt`` to ``out`` (default ``default_out``); returns what was written."""
+                 dtype: str = "auto", allow_paths: bool = False) -> ExportResult:
+    """Write ``model`` in ``fmt`` to ``out`` (default ``default_out``); returns what was written.
+    ``allow_paths``: ``model`` may be a checkpoint folder's path (the command line's convenience)."""
     problems = []
     if fmt not in FORMATS:
         problems.append(f"--format must be one of {', '.join(FORMATS)} (got {fmt!r})")
@@ -77,7 +78,7 @@ def export_model(model: str, fmt: str, out: Path | None = None, *, force: bool =
         merged = default_out(model, "merged")
         raise InvalidConfigError(GGUF_REFUSAL.format(model=model, merged=merged), param="format",
                                  code="unsupported_format")
-    target = resolve(model)
+    target = resolve(model, allow_paths=allow_paths)
     if target.kind == "base" and fmt != "merged":
         raise InvalidConfigError(f"{target.name} is a base model: it has no adapter to export as {fmt}; "
                                  "use --format merged for a copy of its weights", param="format")

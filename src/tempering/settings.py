@@ -40,6 +40,8 @@ class Settings(BaseSettings):
         default=None, description="SQLAlchemy URL of the database; default: a SQLite file in the home. "
         "PostgreSQL: postgresql+psycopg://user:password@host/db.")
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1, description="Largest accepted upload.")
+    server_workers: int = Field(default=1, ge=0, le=64, description="Job workers `tempering serve` starts in "
+                                "its own process (0: none; run `tempering worker` elsewhere).")
     worker_lease_seconds: float = Field(default=30.0, gt=0, description="How long a worker's claim on a job "
                                         "lasts without a heartbeat; after that another worker takes it over.")
     executor: Literal["local", "ray"] = Field(
@@ -69,7 +71,14 @@ class Settings(BaseSettings):
         "a CPU); 'int8' stores the linear layers as int8 per channel, about 3x faster decoding on a CPU, with "
         "slightly different answers (docs/serving.md). Adapters stay float.")
     upstream_api_key: str | None = Field(default=None, description="Bearer key sent to upstream "
-                                         "(OpenAI-compatible) backends of deployments.")
+                                         "(OpenAI-compatible) backends of deployments; only ever sent to the "
+                                         "allowed upstream URLs.")
+    upstream_allowed_urls: list[str] = Field(
+        default_factory=list, description="The OpenAI-compatible servers deployments may forward to (JSON list "
+        "of base URLs, e.g. [\"http://vllm.internal:8000/v1\"]); an upstream deployment must name one of them "
+        "exactly. Empty: no upstream deployments.")
+    serve_max_concurrent_requests: int = Field(
+        default=64, ge=1, le=1024, description="The most concurrent requests a deployment may be given.")
 
     @property
     def database(self) -> str:

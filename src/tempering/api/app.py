@@ -13,13 +13,21 @@ from fastapi.responses import Response
 import tempering
 from tempering.api import errors
 from tempering.api.deps import ensure_admin_key
-from tempering.api.monitoring import Monitor
 from tempering.api.routers import deployments, evaluations, files, inference, jobs, models
 from tempering.settings import Settings
 from tempering.store.artifacts import ArtifactStore
 from tempering.store.db import Database
 
 log = logging.getLogger(__name__)
+
+
+def app_from_environment() -> FastAPI:
+    """The app as ``tempering serve`` runs it (uvicorn's factory): settings, worker count included, from the
+    environment. The command line names this function to uvicorn; it never imports the API itself."""
+    from tempering.settings import get_settings
+
+    settings = get_settings()
+    return create_app(settings, workers=settings.server_workers)
 
 
 def create_app(settings: Settings, *, workers: int = 1) -> FastAPI:
@@ -46,6 +54,9 @@ def create_app(settings: Settings, *, workers: int = 1) -> FastAPI:
 
     serving = Serving(max_batch=settings.serve_max_batch, max_adapters=settings.serve_max_adapters,
                       threads=settings.serve_threads, quantize=settings.serve_quantize)
+    from tempering.services.chat import ChatService
+    from tempering.services.monitoring import Monitor
+
     monitor = Monitor(db, serving)
     app = FastAPI(title="Tempering", version=tempering.__version__, lifespan=lifespan,
                   description="Self-hosted fine-tuning and serving, speaking OpenAI's fine-tuning and chat protocols.")
@@ -55,7 +66,7 @@ def create_app(settings: Settings, *, workers: int = 1) -> FastAPI:
     app.state.initial_api_key = initial_key
     app.state.serving = serving  # engines load lazily, on a deployment's first request
     app.state.monitor = monitor
-    app.state.in_flight = {}  # deployment id → requests being served
+    app.state.chat = ChatService(db, serving, monitor, settings)  # the serving path the API and portal share
     errors.install(app)
     for router in (files.router, jobs.router, models.router, evaluations.router, deployments.router,
                    inference.router):

@@ -5,7 +5,6 @@ AuthenticationError, 404 NotFoundError, 409 ConflictError, 413, 500 InternalServ
 from __future__ import annotations
 
 import logging
-import re
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -13,14 +12,11 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from tempering.api.protocol import ErrorEnvelope
-from tempering.errors import InvalidConfigError, InvalidDataError, ModelNotFoundError, TemperingError
+from tempering.errors import TemperingError, status_of
+from tempering.store.models import looks_like_id
+from tempering.errors import not_found as domain_not_found
 
 log = logging.getLogger(__name__)
-
-# Every id the server hands out (``file-…``, ``ftjob-…``, ``ftckpt-…``) is ASCII letters, digits, "-" and "_",
-# at most 40 characters. Anything else cannot name an object: it is answered 404 before it reaches the
-# database (where a NUL byte, an over-long value or an odd encoding would be the database's error, not ours).
-_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 # The OpenAPI description of every error answer: OpenAI's envelope. "default" covers the rarer statuses (403,
 # 409, 413, 500) and stops FastAPI from advertising its 422 validation body, which this API never sends.
@@ -40,27 +36,19 @@ class APIError(Exception):
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
 
 
-def not_found(kind: str, ident: str, param: str = "id") -> APIError:
-    return APIError(404, f"No such {kind}: '{ident}'", param=param, code="not_found")
+def not_found(kind: str, ident: str, param: str = "id") -> TemperingError:
+    return domain_not_found(kind, ident, param)
 
 
 def is_id(value: str) -> bool:
     """Whether ``value`` could be an id this server generated (and so is safe to look up)."""
-    return bool(_ID.fullmatch(value))
+    return looks_like_id(value)
 
 
-def _status_of(exc: TemperingError) -> int:
-    if isinstance(exc, ModelNotFoundError):
-        return 404
-    if exc.code == "file_too_large":
-        return 413
-    if exc.code == "upstream_error":
-        return 502
-    if exc.code == "engine_error":
-        return 500
-    if isinstance(exc, (InvalidConfigError, InvalidDataError)):
-        return 400
-    return 400
+def error_type(status: int) -> str:
+    if status == 429:
+        return "rate_limit_error"
+    return "invalid_request_error" if status < 500 else "server_error"
 
 
 def _envelope(status: int, message: str, type: str, param=None, code=None) -> JSONResponse:
@@ -75,7 +63,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(TemperingError)
     async def _domain_error(_: Request, exc: TemperingError):
-        return _envelope(_status_of(exc), exc.message, "invalid_request_error", exc.param, exc.code)
+        status = status_of(exc)
+        response = _envelope(status, exc.message, error_type(status), exc.param, exc.code)
+        if exc.retry_after is not None:
+            response.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError):

@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from tempering.catalog.folders import describe_local_weights
 from tempering.catalog.registry import ModelCard, get_card
 from tempering.errors import ModelUnavailableError
 from tempering.fileio import sha256_file
@@ -118,36 +119,6 @@ def _convert_embedded(card: ModelCard) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("prepared %s in %.1f s", card.id, time.perf_counter() - started)
     return target
-
-
-def describe_local_weights(folder: Path) -> dict:
-    """Check a folder of Hugging Face weights and read family, context length and parameter count."""
-    from safetensors import safe_open
-
-    if not folder.is_dir():
-        raise ModelUnavailableError(f"{folder} is not a folder", param="path")
-    config_path = folder / "config.json"
-    if not config_path.is_file():
-        raise ModelUnavailableError(f"{folder} has no config.json: not a Hugging Face model folder")
-    shards = sorted(folder.glob("*.safetensors"))
-    if not shards:
-        pickles = [p.name for p in folder.glob("*.bin")]
-        hint = f" (found {', '.join(pickles)}: pickle weights are never loaded)" if pickles else ""
-        raise ModelUnavailableError(f"{folder} has no *.safetensors weights{hint}")
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    parameters = 0
-    for shard in shards:
-        with safe_open(shard, framework="numpy") as fh:
-            for key in fh.keys():
-                n = 1
-                for dim in fh.get_slice(key).get_shape():
-                    n *= dim
-                parameters += n
-    return {
-        "family": config.get("model_type", "unknown"),
-        "context_length": int(config.get("max_position_embeddings") or 2048),
-        "parameters": parameters,
-    }
 
 
 def _hub_snapshot(card: ModelCard) -> Path | None:

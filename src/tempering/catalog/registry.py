@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from tempering.catalog.folders import describe_local_weights
 from tempering.errors import InvalidConfigError, ModelNotFoundError
 from tempering.settings import get_settings
 
@@ -171,8 +172,6 @@ def get_card(model_id: str) -> ModelCard:
 
 def register_local_path(model_id: str, folder: Path) -> ModelCard:
     """Point a catalog id at a folder of Hugging Face weights; an unknown id becomes a custom entry."""
-    from tempering.catalog.loading import describe_local_weights  # avoid import cycle at module load
-
     if not _ID_PATTERN.match(model_id):
         raise InvalidConfigError(
             f"invalid model id {model_id!r}: use 2-64 lowercase letters, digits, '.', '_' or '-'",

@@ -16,7 +16,7 @@ def calibrate(
     as_json: Annotated[bool, typer.Option("--json", help="Print the measurement as JSON.")] = False,
 ) -> None:
     """Time a short real fine-tuning run on synthetic data; store tokens/s for time estimates."""
-    from tempering.data.estimate import calibrate as run_calibration
+    from tempering.train.estimate import calibrate as run_calibration
 
     quiet_libraries()
     err.print(f"[dim]Timing a short fine-tuning run of {model} on synthetic chat data…[/]")

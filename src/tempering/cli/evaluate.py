@@ -90,7 +90,7 @@ def evaluate(
     else:
         from tempering.evaluate import evaluate_file
 
-        report = evaluate_file(model, data, train_data=train_data, device=device, **options)
+        report = evaluate_file(model, data, train_data=train_data, device=device, allow_paths=True, **options)
     if as_json:
         print_json(report.model_dump(mode="json"))
         return

@@ -40,7 +40,7 @@ def export(
     quiet_libraries()
     from tempering.export import export_model
 
-    result = export_model(model, fmt, out_dir, force=force, dtype=dtype)
+    result = export_model(model, fmt, out_dir, force=force, dtype=dtype, allow_paths=True)
     if as_json:
         print_json(result.to_dict())
         return

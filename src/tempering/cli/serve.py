@@ -14,17 +14,21 @@ def serve(
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     workers: Annotated[int, typer.Option(help="Job workers started in this process (0: none; run "
                                               "`tempering worker` elsewhere).")] = 1,
+    log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "warning",
 ) -> None:
     """Serve the OpenAI-compatible fine-tuning API."""
+    import os
+
     import uvicorn
 
-    from tempering.api.app import create_app
-    from tempering.settings import get_settings
+    from tempering.settings import reset_settings
 
     quiet_libraries()
-    app = create_app(get_settings(), workers=workers)
+    os.environ["TEMPERING_SERVER_WORKERS"] = str(workers)
+    reset_settings()
     err.print(f"Tempering API on http://{host}:{port}/v1 (OpenAPI at /openapi.json)")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    # The edges stay apart: uvicorn loads the API by name, the command line never imports it.
+    uvicorn.run("tempering.api.app:app_from_environment", factory=True, host=host, port=port, log_level=log_level)
 
 
 def worker() -> None:

@@ -57,7 +57,7 @@ def _stop_on_interrupt(console):
 
 def run_with_progress(config, console, *, resume: bool = False):
     """Run ``tune`` with a live progress bar (step, loss, tokens/s) on ``console``."""
-    from tempering.train.recipe import tune as run_tune  # torch loads here, not for --help
+    from tempering.evaluate.job import tune_and_evaluate as run_tune  # torch loads here, not for --help
 
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[loss]}"), TextColumn("{task.fields[speed]}"), TimeElapsedColumn()]
@@ -103,7 +103,7 @@ def _tune_remote(config: TuneConfig, server: str, api_key: str | None, as_json: 
 
 
 def _print_estimate(config, as_json: bool) -> None:
-    from tempering.train.recipe import estimate_job
+    from tempering.train.estimate import estimate_job
 
     result = estimate_job(config)
     if as_json:

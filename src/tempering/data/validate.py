@@ -258,8 +258,11 @@ def load_chat_file(path: str | Path, *, tokenizer=None, context_length=None,
     return examples, report
 
 
-def invalid_data(report) -> InvalidDataError:
-    """The error for a report with errors (validation or conversion), naming the first; it holds the report."""
-    first = report.errors[0]
-    where = f"line {first.line}: " if first.line else ""
-    return InvalidDataError(f"{report.summary()}; first: {where}{first.message} [{first.code}]", report)
+def invalid_data(report, param: str = "training_file", shown: int = 20) -> InvalidDataError:
+    """The error for a report with errors (validation or conversion), naming the file's parameter and the
+    first ``shown`` problems, each with its line; it holds the whole report."""
+    problems = "; ".join(f"line {i.line}: {i.message} [{i.code}]" if i.line else f"{i.message} [{i.code}]"
+                         for i in report.errors[:shown])
+    more = f"; and {len(report.errors) - shown} more" if len(report.errors) > shown else ""
+    what = param.replace("_", " ")
+    return InvalidDataError(f"the {what} is invalid: {report.summary()}; {problems}{more}", report, param=param)

@@ -1,9 +1,8 @@
 """Evaluation: did fine-tuning help? Base vs fine-tuned (or any two models) on the same examples.
 
 ``report`` (the report's shape, the verdict rule, ``evaluation.json``), ``metrics`` (text metrics on
-strings), ``targets`` (what a model name points at: base, fine-tuned, checkpoint; loading it as served),
-``measure`` (one model's numbers), ``compare`` (the plan of an evaluation, ``evaluate_file``), ``job`` (the
-automatic report at the end of ``tune``) and ``gate`` (the deploy gate). Knows nothing about HTTP or printing.
+strings), ``measure`` (one model's numbers), ``compare`` (the plan of an evaluation, ``evaluate_file``), ``job`` (the
+automatic report after ``tune``, and ``tune_and_evaluate``) and ``gate`` (the deploy gate). Knows nothing about HTTP or printing.
 """
 
 from tempering.evaluate.gate import check_deploy_gate

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Literal
 
 from tempering.errors import InvalidConfigError, InvalidDataError
-from tempering.evaluate import measure, targets
+from tempering.evaluate import measure
+from tempering.train import refs
 from tempering.evaluate.metrics import (
     MIN_EXAMPLES_TO_DETECT_LABELS,
     detect_labels,
@@ -62,7 +63,7 @@ def _free(obj) -> None:
         pass
 
 
-def answer_kind(candidate: targets.Target, examples: list[list[dict]], references: list[str], *,
+def answer_kind(candidate: refs.Target, examples: list[list[dict]], references: list[str], *,
                 declared_labels: list[str] | None, answers: Answers,
                 training_answers: list[str] | None) -> tuple[str, list[str] | None, KindSource]:
     """(answer kind, label set, what decided it) for ``examples`` whose sampled references are ``references``.
@@ -97,7 +98,7 @@ def _rounded(cost: Cost) -> Cost:
     return cost.model_copy(update={"seconds": round(cost.seconds, 3)})
 
 
-def _measure(target: targets.Target, examples: list[list[dict]], generated: list[list[dict]], *,
+def _measure(target: refs.Target, examples: list[list[dict]], generated: list[list[dict]], *,
              labels: list[str] | None, declared: list[str] | None, max_new_tokens: int, device: str,
              loss: LossMetrics | None, with_loss: bool) -> tuple[ModelEvaluation, list[str]]:
     """One model's evaluation and its answers to ``generated`` (predicted labels for a classifier)."""
@@ -108,7 +109,9 @@ def _measure(target: targets.Target, examples: list[list[dict]], generated: list
     if target.task == "classification":
         if not generated:
             return evaluation, []
-        classifier = targets.load_classifier(target, device)
+        from tempering.serve.classify import load_classifier_target
+
+        classifier = load_classifier_target(target, device)
         texts, truth = texts_and_labels(generated, declared)
         metrics, computed, predicted, cost = measure.classifier_metrics(
             classifier, texts, truth, with_loss=with_loss and loss is None)
@@ -116,7 +119,9 @@ def _measure(target: targets.Target, examples: list[list[dict]], generated: list
         evaluation.cost = _rounded(cost)
         _free(classifier)
         return evaluation, predicted
-    chat = targets.load_chat(target, device)
+    from tempering.serve.local import load_chat
+
+    chat = load_chat(target, device)
     if with_loss and loss is None and examples:
         evaluation.loss, cost = measure.chat_loss(chat, examples)
     texts = []
@@ -134,7 +139,7 @@ def _measure(target: targets.Target, examples: list[list[dict]], generated: list
     return evaluation, texts
 
 
-def evaluate_examples(candidate: targets.Target, baseline: targets.Target | None, examples: list[list[dict]], *,
+def evaluate_examples(candidate: refs.Target, baseline: refs.Target | None, examples: list[list[dict]], *,
                       data: str, declared_labels: list[str] | None = None, answers: Answers = "auto",
                       training_answers: list[str] | None = None, max_examples: int | None = 50,
                       max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, device: str = "auto",
@@ -194,8 +199,10 @@ def training_answers_of(path: str | Path, data_format: str | None = None, text_c
 def evaluate_file(model: str, data: str | Path, *, compare: str | None = "base", max_examples: int | None = 100,
                   data_format: str | None = None, text_column: str | None = None, label_column: str | None = None,
                   answers: Answers = "auto", train_data: str | Path | None = None,
-                  max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, device: str = "auto") -> EvaluationReport:
-    """Evaluate ``model`` (a base, fine-tuned or checkpoint name, see ``targets``) on a data file of any
+                  max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, device: str = "auto",
+                  allow_paths: bool = False) -> EvaluationReport:
+    """Evaluate ``model`` (a base, fine-tuned or checkpoint name, see ``train.refs``; a checkpoint folder's path
+    too with ``allow_paths``, the command line's convenience) on a data file of any
     supported format, against ``compare``: a model name, "base" (the candidate's base model; nothing for a
     base model) or None. ``train_data`` (any format, detected) is the training set whose answers decide
     whether answers are labels when ``answers`` is "auto"."""
@@ -203,12 +210,12 @@ def evaluate_file(model: str, data: str | Path, *, compare: str | None = "base",
 
     if max_new_tokens < 1:
         raise InvalidConfigError("max_new_tokens must be at least 1", param="max_new_tokens")
-    candidate = targets.resolve(model)
+    candidate = refs.resolve(model, allow_paths=allow_paths)
     baseline = None
     if compare == "base":
-        baseline = targets.resolve(candidate.base_model) if candidate.kind != "base" else None
+        baseline = refs.resolve(candidate.base_model) if candidate.kind != "base" else None
     elif compare:
-        baseline = targets.resolve(compare)
+        baseline = refs.resolve(compare, allow_paths=allow_paths)
     if baseline is not None and baseline.task == "classification" and candidate.task != "classification":
         raise InvalidConfigError("a chat model cannot be compared against a classification model; swap them",
                                  param="compare")

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import json
 
-from tempering.evaluate import targets
 from tempering.evaluate.compare import evaluate_examples, training_answers_of
 from tempering.evaluate.report import CheckpointLoss, EvaluationReport, LossMetrics, write_report
+from tempering.train import refs
 
 
 def checkpoint_losses(s, model_id: str) -> list[CheckpointLoss]:
@@ -39,7 +39,7 @@ def checkpoint_losses(s, model_id: str) -> list[CheckpointLoss]:
                 final_state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(s.model).items()}
             set_peft_model_state_dict(s.model, load_file(folder / "adapter_model.safetensors"))
             result = evaluate(s.model, s.valid, s.make_batch, s.loss_fn)
-        rows.append(CheckpointLoss(checkpoint=targets.checkpoint_name(model_id, step), step=step, **result))
+        rows.append(CheckpointLoss(checkpoint=refs.checkpoint_name(model_id, step), step=step, **result))
     if final_state is not None:
         set_peft_model_state_dict(s.model, final_state)
     return rows
@@ -60,9 +60,35 @@ def evaluate_job(s, *, model_id: str, base: dict, final: dict, valid_messages: l
         training = training_answers_of(config.training_file, config.data_format, config.text_column,
                                        config.label_column)
     report = evaluate_examples(
-        targets.resolve(model_id), targets.resolve(s.base_model), valid_messages,
+        refs.resolve(model_id), refs.resolve(s.base_model), valid_messages,
         data=f"validation set of run {s.short_id} ({n} examples)", declared_labels=valid_labels,
         answers=config.eval_answers, training_answers=training, max_examples=config.eval_max_examples,
         device=config.device, losses=losses, checkpoints=checkpoint_losses(s, model_id))
     write_report(s.folder, report)
     return report
+
+
+def evaluate_after_tune(s, model_id: str, base: dict, final: dict) -> dict | None:
+    """The recipe's ``after_save`` step: the automatic evaluation report, emitted as an event. Its failure
+    is a warning, never a failed job (the model is saved)."""
+    from tempering.train.jobdata import read_job_data
+
+    try:
+        data = read_job_data(s.config, s.hp.seed)
+        report = evaluate_job(s, model_id=model_id, base=base, final=final, valid_messages=data.valid,
+                              valid_labels=data.valid_labels)
+    except Exception as exc:  # noqa: BLE001 - whatever broke, the fine-tuned model stands
+        s.emit(f"Evaluation failed: {exc}", type="evaluation_failed", level="warning", error=repr(exc))
+        return None
+    if report is None or report.verdict is None:
+        return None
+    s.emit(f"Evaluation: {report.verdict.message}", type="evaluation", **report.summary())
+    return report.summary()
+
+
+def tune_and_evaluate(config, **options):
+    """``train.recipe.tune`` followed by the job evaluation (when ``config.evaluate``): what a fine-tuning
+    job is, for every caller (the CLI, the job runner, the portal through the service)."""
+    from tempering.train.recipe import tune
+
+    return tune(config, after_save=evaluate_after_tune, **options)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 import subprocess
 import sys
 import threading
@@ -240,7 +239,7 @@ def _model_size_and_device(job_id: str, settings: Settings) -> tuple[int | None,
     from tempering.errors import TemperingError
     from tempering.jobs.queue import table_of
     from tempering.store.db import Database
-    from tempering.train import artifacts
+    from tempering.train import artifacts, refs
 
     db = Database(settings.database)
     try:
@@ -251,7 +250,7 @@ def _model_size_and_device(job_id: str, settings: Settings) -> tuple[int | None,
         db.dispose()
     try:
         # a checkpoint (<fine-tuned id>@step-N) sits on its fine-tuned model's base
-        model = re.sub(r"(@step-|:ckpt-step-)\d+$", "", model)
+        model = refs.without_checkpoint(model)
         return get_card(artifacts.base_model_of(model)).parameters, device
     except (TemperingError, OSError, KeyError, ValueError):
         return None, device

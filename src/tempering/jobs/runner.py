@@ -23,6 +23,7 @@ from tempering.settings import get_settings
 from tempering.store.artifacts import ArtifactStore
 from tempering.store.db import Database
 from tempering.store.models import File, Job, JobCheckpoint, JobEvent, new_id, now, run_id_of
+from tempering.train import refs
 
 STOP_POLL_SECONDS = 1.0
 
@@ -62,7 +63,8 @@ class JobRecorder:
             metrics = {k: v for k, v in data.items() if isinstance(v, (int, float)) and k != "epoch"}
             with self.db.session() as session:
                 session.add(JobCheckpoint(job_id=self.job_id, step_number=data["step"], metrics=metrics,
-                                          fine_tuned_model_checkpoint=f"{self.model_id}:ckpt-step-{data['step']}"))
+                                          fine_tuned_model_checkpoint=refs.api_checkpoint_id(
+                                              self.model_id, data["step"])))
         if event["type"] == "resumed":
             self._forget_steps_after(data["step"])
         if event["type"] == "started":
@@ -106,20 +108,10 @@ def _finish(db: Database, job_id: str, **fields) -> None:
 
 def _validate(job: Job, config, base: str, recorder: JobRecorder) -> None:
     from tempering.catalog import get_card, load_tokenizer
-    from tempering.data.formats import validate_any
+    from tempering.train.jobdata import validate_job_files
 
     card = get_card(base)
-    tokenizer = load_tokenizer(card)
-    for param, path, minimum in (("training_file", config.training_file, 10),
-                                 ("validation_file", config.validation_file, 1)):
-        if path is None:
-            continue
-        report = validate_any(path, config.data_format, tokenizer=tokenizer, context_length=card.context_length,
-                              min_examples=minimum, text_column=config.text_column, label_column=config.label_column)
-        if not report.valid:
-            problems = "; ".join(f"line {i.line}: {i.message} [{i.code}]" if i.line else f"{i.message} [{i.code}]"
-                                 for i in report.errors[:20])
-            raise InvalidDataError(f"the {param.replace('_', ' ')} is invalid: {problems}", report)
+    validate_job_files(config, load_tokenizer(card), card.context_length)
     recorder.event("Files validated", data={"training_file": job.training_file})
 
 
@@ -130,7 +122,8 @@ def run(job_id: str) -> int:
         from tempering.jobs.evaluation_runner import run as run_evaluation
 
         return run_evaluation(job_id)
-    from tempering.train import artifacts, tune
+    from tempering.evaluate.job import tune_and_evaluate
+    from tempering.train import artifacts
     from tempering.train.fit import RunCancelled
 
     settings = get_settings()
@@ -147,7 +140,7 @@ def run(job_id: str) -> int:
         if job.status == "validating_files":
             _validate(job, config, base, recorder)
             _finish(db, job_id, status="queued")
-        result = tune(config, on_event=recorder, should_stop=_stop_poller(db, job_id), run_id=run_id)
+        result = tune_and_evaluate(config, on_event=recorder, should_stop=_stop_poller(db, job_id), run_id=run_id)
     except RunCancelled as exc:
         with db.session(write=False) as session:
             kind = session.get(Job, job_id).stop_requested
@@ -156,7 +149,7 @@ def run(job_id: str) -> int:
         _finish(db, job_id, status=status, stop_requested=None)
         return 0
     except TemperingError as exc:
-        param = "training_file" if isinstance(exc, InvalidDataError) else exc.param
+        param = exc.param or ("training_file" if isinstance(exc, InvalidDataError) else None)
         code = "invalid_training_file" if isinstance(exc, InvalidDataError) else exc.code
         recorder.event(f"Job failed: {exc.message}", level="error")
         _finish(db, job_id, status="failed", error={"code": code, "message": exc.message, "param": param})

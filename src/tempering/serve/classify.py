@@ -56,3 +56,17 @@ def load_classifier_model(model_id: str, device: str = "auto") -> Classifier:
     model.config.pad_token_id = tokenizer.pad_token_id
     model = PeftModel.from_pretrained(model, folder).eval()
     return Classifier(model_id, tokenizer, model, labels, card.context_length)
+
+
+def load_classifier_target(target, device: str = "auto") -> Classifier:
+    """A ``Classifier`` for a classification ``train.refs.Target`` (a final model or a checkpoint)."""
+    from peft import PeftModel
+
+    if target.kind == "fine-tuned":
+        return load_classifier_model(target.name, device)
+    card = get_card(target.base_model)  # a checkpoint: the same assembly as above, another folder
+    tokenizer = load_tokenizer(card)
+    model = load_classifier(resolve_weights(card), select_placement(device), dict(enumerate(target.labels)))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model = PeftModel.from_pretrained(model, target.adapter).eval()
+    return Classifier(target.name, tokenizer, model, target.labels, card.context_length)

@@ -31,6 +31,7 @@ import torch
 from transformers import DynamicCache
 
 from tempering.errors import InvalidConfigError, TemperingError
+from tempering.serve.decode import Detokenizer, eos_ids, pick_token
 from tempering.serve.lora import RowAdapters
 from tempering.serve.params import Chunk, SamplingParams, TokenLogprob, TopLogprob
 
@@ -46,33 +47,6 @@ class EngineError(TemperingError):
 def adapter_name(folder: Path) -> str:
     """A PEFT adapter name for a folder: stable, and a valid module key (no dots or colons)."""
     return "a" + hashlib.sha1(str(Path(folder).resolve()).encode()).hexdigest()[:16]
-
-
-class Detokenizer:
-    """Incremental detokenization: each new token's text, held back while a multi-byte character is
-    incomplete. Decodes a short window (not the whole answer) per token, the way vLLM and TGI do."""
-
-    def __init__(self, tokenizer):
-        self.tokenizer = tokenizer
-        self.ids: list[int] = []
-        self.prefix = 0  # start of the window decoded for context
-        self.read = 0  # end of what has been emitted
-
-    def add(self, token: int) -> str:
-        self.ids.append(token)
-        prefix_text = self.tokenizer.decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
-        text = self.tokenizer.decode(self.ids[self.prefix:], skip_special_tokens=True)
-        if len(text) > len(prefix_text) and not text.endswith("\ufffd"):
-            self.prefix, self.read = self.read, len(self.ids)
-            return text[len(prefix_text):]
-        return ""
-
-    def flush(self) -> str:
-        """Whatever is still held back (an incomplete character at the very end), as the tokenizer renders it."""
-        if self.read == len(self.ids):
-            return ""
-        prefix_text = self.tokenizer.decode(self.ids[self.prefix:self.read], skip_special_tokens=True)
-        return self.tokenizer.decode(self.ids[self.prefix:], skip_special_tokens=True)[len(prefix_text):]
 
 
 @dataclass(eq=False)
@@ -187,7 +161,6 @@ class TransformersEngine:
     def _load(self) -> None:
         from tempering.catalog import get_card, load_causal_lm, load_tokenizer
         from tempering.hardware import select_placement
-        from tempering.serve.local import eos_ids
 
         if self.threads:
             torch.set_num_threads(self.threads)
@@ -490,7 +463,6 @@ class TransformersEngine:
     def _emit(self, seq: _Sequence, logits: torch.Tensor, greedy: int) -> int:
         """Pick the next token of ``seq`` (``greedy``: the batch's argmax for this row, already computed),
         hand its text to the caller; marks the sequence done at its end."""
-        from tempering.serve.local import pick_token
 
         params = seq.params
         token = greedy if params.temperature == 0.0 else pick_token(logits.float().cpu(), params, seq.generator)

@@ -2,7 +2,7 @@
 
 The prompt is built by ``tempering.data.encode.encode_prompt``, the same template code training uses, so
 what is served is what was trained. The decode loop is a plain KV-cached loop over token ids that yields
-text chunks as soon as they are complete UTF-8 (``engine.Detokenizer``, shared with the serving engine).
+text chunks as soon as they are complete UTF-8 (``decode.Detokenizer``, shared with the serving engine).
 Knows nothing about HTTP.
 """
 
@@ -18,7 +18,7 @@ from tempering.catalog import get_card, load_causal_lm, load_tokenizer
 from tempering.data.encode import encode_prompt
 from tempering.errors import InvalidConfigError
 from tempering.hardware import select_placement
-from tempering.serve.engine import Detokenizer
+from tempering.serve.decode import Detokenizer, eos_ids, pick_token
 from tempering.serve.params import Chunk, SamplingParams
 from tempering.train import artifacts
 
@@ -33,11 +33,17 @@ class ChatModel:
     eos_ids: set[int] = field(default_factory=set)
 
 
-def eos_ids(tokenizer, model) -> set[int]:
-    ids = {tokenizer.eos_token_id}
-    configured = getattr(model.generation_config, "eos_token_id", None)
-    ids |= set(configured if isinstance(configured, list) else [configured])
-    return {i for i in ids if i is not None}
+def load_chat(target, device: str = "auto") -> ChatModel:
+    """A ``ChatModel`` for a chat ``train.refs.Target`` (base, fine-tuned or checkpoint): the served path,
+    the adapter merged."""
+    if target.kind != "checkpoint":
+        return load_chat_model(target.name if target.kind == "fine-tuned" else target.base_model, device)
+    from peft import PeftModel
+
+    chat = load_chat_model(target.base_model, device)
+    chat.model = PeftModel.from_pretrained(chat.model, target.adapter).merge_and_unload().eval()
+    chat.model_id = target.name
+    return chat
 
 
 def load_chat_model(model_id: str, device: str = "auto") -> ChatModel:
@@ -59,17 +65,6 @@ def load_chat_model(model_id: str, device: str = "auto") -> ChatModel:
         # One adapter, one user: merging makes every decode step as cheap as the base model's.
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload().eval()
     return ChatModel(model_id, card.id, tokenizer, model, card.context_length, eos_ids(tokenizer, model))
-
-
-def pick_token(logits: torch.Tensor, params: SamplingParams, generator) -> int:
-    if params.temperature == 0.0:
-        return int(logits.argmax())
-    probs = torch.softmax(logits.float() / params.temperature, dim=-1)
-    if params.top_p < 1.0:
-        sorted_probs, order = probs.sort(descending=True)
-        keep = sorted_probs.cumsum(-1) - sorted_probs < params.top_p
-        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
-    return int(torch.multinomial(probs, 1, generator=generator))
 
 
 @torch.inference_mode()

@@ -52,13 +52,14 @@ class Serving:
 
     def classifier(self, model: str):
         """A loaded classification model, least recently used evicted (blocking: call from a worker thread)."""
-        from tempering.evaluate import targets
+        from tempering.serve.classify import load_classifier_target
+        from tempering.train import refs
 
         with self._lock:
             if model in self._classifiers:
                 self._classifiers.move_to_end(model)
                 return self._classifiers[model]
-        loaded = targets.load_classifier(targets.resolve(model), self.device)
+        loaded = load_classifier_target(refs.resolve(model), self.device)
         with self._lock:
             self._classifiers[model] = loaded
             while len(self._classifiers) > self.max_classifiers:

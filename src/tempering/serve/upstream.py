@@ -7,6 +7,7 @@ the API's own routes."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,8 +17,20 @@ from tempering.errors import TemperingError
 from tempering.serve.params import Chunk, SamplingParams, TokenLogprob, TopLogprob
 
 
+log = logging.getLogger(__name__)
+GENERIC = "the upstream server failed to answer"  # what a caller sees; the details go to the server's log
+
+
 class UpstreamError(TemperingError):
+    """An upstream's failure, reported to the caller without the upstream's address or answer (those would
+    make the server a port scanner and leak what the upstream said); the server's log has the details."""
+
     code = "upstream_error"
+    kind = "upstream"
+
+    def __init__(self, detail: str):
+        super().__init__(GENERIC)
+        log.warning("upstream failure: %s", detail)
 
 
 class UpstreamEngine:
@@ -54,19 +67,34 @@ class UpstreamEngine:
                     data = line[5:].strip()
                     if data == "[DONE]":
                         break
-                    event = json.loads(data)
+                    try:
+                        event = json.loads(data)
+                    except ValueError:
+                        raise UpstreamError(f"the upstream at {self.url} sent a malformed event: {data[:200]!r}") \
+                            from None
+                    if not isinstance(event, dict):
+                        raise UpstreamError(f"the upstream at {self.url} sent a non-object event: {data[:200]!r}")
                     if "error" in event:
-                        raise UpstreamError(f"the upstream failed mid-stream: {event['error'].get('message')}")
+                        raise UpstreamError(f"the upstream at {self.url} failed mid-stream: {str(event['error'])[:300]}")
                     if event.get("usage"):
                         produced = event["usage"].get("completion_tokens", produced)
-                    for choice in event.get("choices") or []:
+                    for choice in _choices(event):
                         logprobs = _logprobs(choice.get("logprobs"))
                         finish = choice.get("finish_reason") or finish
                         if choice.get("text") or logprobs:
                             yield Chunk(choice.get("text") or "", None, logprobs, tokens=len(logprobs) or 1)
         except httpx.HTTPError as exc:
             raise UpstreamError(f"cannot reach the upstream at {self.url}: {exc}") from exc
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:  # a reply not shaped as the protocol's
+            raise UpstreamError(f"the upstream at {self.url} sent a malformed reply: {exc!r}") from exc
         yield Chunk("", finish or "stop", completion_tokens=produced)
+
+
+def _choices(event: dict) -> list[dict]:
+    choices = event.get("choices") or []
+    if not isinstance(choices, list) or not all(isinstance(c, dict) for c in choices):
+        raise UpstreamError(f"the upstream sent malformed choices: {str(choices)[:200]}")
+    return choices
 
 
 def _message(response: httpx.Response) -> str:

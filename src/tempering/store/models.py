@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import secrets
 import time
 
@@ -14,6 +16,17 @@ _LOWER = "abcdefghijklmnopqrstuvwxyz0123456789"
 
 def new_id(prefix: str, length: int = 24, alphabet: str = _ALPHABET) -> str:
     return prefix + "".join(secrets.choice(alphabet) for _ in range(length))
+
+
+# Every id the server hands out (``file-…``, ``ftjob-…``, ``ftckpt-…``) is ASCII letters, digits, "-" and "_",
+# at most 40 characters. Anything else cannot name an object: it is answered "not found" before it reaches the
+# database (where a NUL byte, an over-long value or an odd encoding would be the database's error, not ours).
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def looks_like_id(value: str) -> bool:
+    """Whether ``value`` could be an id this server generated (and so is safe to look up)."""
+    return bool(_ID.fullmatch(value))
 
 
 def run_id_of(job_id: str) -> str:

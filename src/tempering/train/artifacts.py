@@ -18,6 +18,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import secrets
 import shutil
 from pathlib import Path
@@ -37,6 +38,8 @@ RESULT_COLUMNS = [
     "full_valid_mean_token_accuracy",
 ]
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
+_RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+CHECKPOINT_MARKER = "COMPLETE"  # a checkpoint folder without it is incomplete (``train.checkpoint`` writes it)
 
 
 def new_short_id() -> str:
@@ -52,6 +55,10 @@ def is_finetuned_id(model_id: str) -> bool:
 
 
 def run_dir(short_id: str) -> Path:
+    """A run's folder. The id comes from model names people type, so it is checked to be an id (letters,
+    digits, '-', '_'), never a path: ``../x`` or ``a/b`` name no run."""
+    if not _RUN_ID.match(short_id):
+        raise ModelNotFoundError(f"no run {short_id[:80]!r}", param="model")
     return get_settings().runs_dir / short_id
 
 
@@ -126,7 +133,7 @@ def resolve_finetuned(model_id: str) -> tuple[Path, dict]:
     folder = run_dir(parts[3]) / "model"
     meta_path = folder / METADATA
     if not meta_path.is_file():
-        raise ModelNotFoundError(f"no fine-tuned model {model_id!r} under {folder.parent}", param="model")
+        raise ModelNotFoundError(f"no fine-tuned model {model_id!r}", param="model")
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     if meta.get("id") != model_id:
         raise ModelNotFoundError(f"no fine-tuned model {model_id!r} (found {meta.get('id')!r})", param="model")

@@ -20,9 +20,6 @@ from pydantic import BaseModel
 
 from tempering.catalog import get_card, load_causal_lm, load_tokenizer, resolve_weights
 from tempering.data import EncodedExample, encode_chat
-from tempering.data.formats import load_examples, validate_any
-from tempering.data.split import split_examples
-from tempering.data.validate import MIN_EXAMPLES, invalid_data
 from tempering.errors import InvalidConfigError, InvalidDataError
 from tempering.fileio import sha256_file
 from tempering.hardware import select_placement
@@ -31,6 +28,7 @@ from tempering.train.checkpoint import latest_checkpoint
 from tempering.train.config import ResolvedHyperparameters, TuneConfig, resolve_hyperparameters
 from tempering.train.distributed import World, current_world
 from tempering.train.fit import RunCancelled, fit
+from tempering.train.jobdata import load_job_data, read_job_data
 from tempering.train.batching import collate
 from tempering.train.classify import (
     classification_loss,
@@ -44,7 +42,6 @@ from tempering.train.classify import (
 from tempering.train.loss import evaluate, sparse_lm_loss
 
 EventSink = Callable[[dict], None]
-MIN_EXAMPLES_FOR_HOLDOUT = 20
 
 
 class TuneResult(BaseModel):
@@ -131,28 +128,6 @@ def data_hashes(config: TuneConfig) -> dict:
     return hashes
 
 
-def _load_data(path: Path, config: TuneConfig, tokenizer, context_length: int, min_examples: int):
-    """Validate a data file of any supported format (every problem at once), then read it: (messages, labels)."""
-    options = {"text_column": config.text_column, "label_column": config.label_column}
-    report = validate_any(path, config.data_format, tokenizer=tokenizer, context_length=context_length,
-                          min_examples=min_examples, **options)
-    if not report.valid:
-        raise invalid_data(report)
-    messages, labels, _ = load_examples(path, config.data_format, **options)
-    return messages, labels
-
-
-def _split(messages, labels, config: TuneConfig, seed: int):
-    if len(messages) < MIN_EXAMPLES_FOR_HOLDOUT:
-        return messages, labels, [], None
-    if labels is None and config.task == "classification":
-        labels = texts_and_labels(messages, None)[1]
-    split = split_examples(messages, labels, config.validation_fraction, seed)
-    train_msgs, valid_msgs = split.apply(messages)
-    train_labels, valid_labels = split.apply(labels) if labels is not None else (None, None)
-    return train_msgs, train_labels, valid_msgs, valid_labels
-
-
 def _chat_task(config, card, placement, tokenizer, max_length, parent_folder, train_msgs, valid_msgs, seed):
     train = [encode_chat(tokenizer, m) for m in train_msgs]
     valid = [encode_chat(tokenizer, m) for m in valid_msgs]
@@ -201,11 +176,8 @@ def setup(config: TuneConfig, on_event: EventSink | None = None, *, short_id: st
     tokenizer = load_tokenizer(card)
     max_length = min(config.max_seq_length or card.context_length, card.context_length)
 
-    train_msgs, train_labels = _load_data(config.training_file, config, tokenizer, card.context_length, MIN_EXAMPLES)
-    if config.validation_file is not None:
-        valid_msgs, valid_labels = _load_data(config.validation_file, config, tokenizer, card.context_length, 1)
-    else:
-        train_msgs, train_labels, valid_msgs, valid_labels = _split(train_msgs, train_labels, config, seed)
+    data = load_job_data(config, tokenizer, card.context_length, seed)
+    train_msgs, train_labels, valid_msgs, valid_labels = data.train, data.train_labels, data.valid, data.valid_labels
     if config.task == "classification":
         task = _classification_task(config, card, placement, tokenizer, max_length, parent_folder,
                                     (train_msgs, train_labels), (valid_msgs, valid_labels), seed)
@@ -247,21 +219,6 @@ def _versions() -> dict:
             "transformers": transformers.__version__, "peft": peft.__version__}
 
 
-def estimate_job(config: TuneConfig):
-    """Tokens, time and cost of ``config`` before it runs: the same data loading and split as ``tune``."""
-    from tempering.data.estimate import estimate
-
-    seed = config.seed if config.seed is not None else 0
-    card = get_card(artifacts.base_model_of(config.model))
-    tokenizer = load_tokenizer(card)
-    train_msgs, labels = _load_data(config.training_file, config, tokenizer, card.context_length, MIN_EXAMPLES)
-    if config.validation_file is not None:
-        valid_msgs, _ = _load_data(config.validation_file, config, tokenizer, card.context_length, 1)
-    else:
-        train_msgs, _, valid_msgs, _ = _split(train_msgs, labels, config, seed)
-    return estimate(train_msgs, tokenizer=tokenizer, config=config, validation=valid_msgs, seed=seed)
-
-
 def _classification_report(s: Setup) -> dict | None:
     if not s.valid:
         return None
@@ -294,36 +251,15 @@ def _start_or_resume(config: TuneConfig, on_event, resume: bool,
     return s, latest_checkpoint(s.folder), run.get("base_eval")
 
 
-def _validation_data(s: Setup) -> tuple[list, list | None]:
-    """The validation conversations (and class labels) behind ``s.valid``, read again: ``Setup`` keeps only
-    token ids, and the split is a pure function of the seed."""
-    config, options = s.config, {"text_column": s.config.text_column, "label_column": s.config.label_column}
-    if config.validation_file is not None:
-        messages, labels, _ = load_examples(config.validation_file, config.data_format, **options)
-        return messages, labels
-    messages, labels, _ = load_examples(config.training_file, config.data_format, **options)
-    return _split(messages, labels, config, s.hp.seed)[2:]
-
-
-def _evaluate(s: Setup, model_id: str, base: dict, final: dict) -> dict | None:
-    """The automatic evaluation report; its failure is a warning, never a failed job (the model is saved)."""
-    try:
-        from tempering.evaluate.job import evaluate_job
-
-        messages, labels = _validation_data(s)
-        report = evaluate_job(s, model_id=model_id, base=base, final=final, valid_messages=messages,
-                              valid_labels=labels)
-    except Exception as exc:  # noqa: BLE001 - whatever broke, the fine-tuned model stands
-        s.emit(f"Evaluation failed: {exc}", type="evaluation_failed", level="warning", error=repr(exc))
-        return None
-    if report is None or report.verdict is None:
-        return None
-    s.emit(f"Evaluation: {report.verdict.message}", type="evaluation", **report.summary())
-    return report.summary()
+# Called on process 0 once the model is saved, with (setup, model id, base and final validation losses); what
+# it returns is the result's ``evaluation``. The job's caller passes ``evaluate.job.evaluate_after_tune``:
+# training knows nothing of evaluation.
+AfterSave = Callable[["Setup", str, dict, dict], "dict | None"]
 
 
 def tune(config: TuneConfig, *, on_event: EventSink | None = None, resume: bool = False,
-         should_stop: Callable[[], bool] | None = None, run_id: str | None = None) -> TuneResult:
+         should_stop: Callable[[], bool] | None = None, run_id: str | None = None,
+         after_save: AfterSave | None = None) -> TuneResult:
     """Fine-tune ``config.model`` on ``config.training_file``; the result names the new model.
 
     ``resume`` continues the newest interrupted run with the same config and data from its latest
@@ -372,8 +308,9 @@ def tune(config: TuneConfig, *, on_event: EventSink | None = None, resume: bool 
         _save_model(s, model_id, metadata)
     s.world.barrier()  # every process returns only once the model exists
 
-    # ---- evaluation (tempering.evaluate): base vs fine-tuned on the validation set → evaluation.json ----
-    evaluation = _evaluate(s, model_id, base, final) if config.evaluate and s.world.is_main else None
+    # ---- the caller's step after saving (the job evaluation: base vs fine-tuned → evaluation.json) ----
+    run_after = after_save is not None and config.evaluate and s.world.is_main
+    evaluation = after_save(s, model_id, base, final) if run_after else None
     s.world.barrier()
 
     s.write_run(status="succeeded", model_id=model_id)

@@ -56,7 +56,7 @@ def _target(session, caller, name: str, param: str):
     """The evaluation target ``name`` points at, if this project may use it; a 404 naming ``param``
     otherwise. Checkpoint folders named by path are the CLI's only: a caller must not probe server paths."""
     from tempering.catalog import get_card
-    from tempering.evaluate import targets
+    from tempering.train import refs as targets
 
     if "\x00" in name:
         raise not_found("model", name.replace("\x00", "\\x00"), param)

@@ -256,3 +256,17 @@ def estimate(
         cost=round(trained / 1000 * price, 4),
         notes=notes,
     )
+
+
+def estimate_job(config) -> Estimate:
+    """Tokens, time and cost of ``config`` (a ``TuneConfig``) before it runs: the same validation, loading
+    and split as the job itself (``train.jobdata``)."""
+    from tempering.catalog import load_tokenizer
+    from tempering.train.artifacts import base_model_of
+    from tempering.train.jobdata import load_job_data
+
+    seed = config.seed if config.seed is not None else 0
+    card = get_card(base_model_of(config.model))
+    tokenizer = load_tokenizer(card)
+    data = load_job_data(config, tokenizer, card.context_length, seed)
+    return estimate(data.train, tokenizer=tokenizer, config=config, validation=data.valid, seed=seed)

@@ -1,0 +1,356 @@
+"""Serving a deployment: the one path every chat, completion and classification request takes, whether it
+comes from the REST API or the portal's playground.
+
+``ChatService`` finds the caller's deployment, builds the prompt with the training template
+(``data.encode.encode_prompt``, so what is served is what was trained), checks the token budget, holds the
+deployment's concurrency slot, runs the choices in the serving engine (``tempering.serve``), cuts them at stop
+sequences, and hands every request, whatever its outcome, to the request log and the metrics. It yields
+plain events (``Piece``, ``Finish``, ``Done``); the edges shape them into OpenAI's objects or a page. The
+content-safety stage plugs in here, before the prompt reaches the engine and after text leaves it. No
+database transaction is held while generating.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tempering.errors import NotFoundError, RateLimitedError, TemperingError, status_of
+from tempering.serve.params import SamplingParams, TokenLogprob
+from tempering.services.monitoring import RequestRecord
+
+log = logging.getLogger(__name__)
+CLIENT_CLOSED = 499  # nginx's status for "the client went away": the request log's word for it
+
+
+@dataclass(frozen=True)
+class Served:
+    """A deployment's facts, read once per request (no database session is kept while generating)."""
+
+    id: str
+    name: str
+    model: str
+    base_model: str
+    task: str
+    backend: str
+    upstream_url: str | None
+    upstream_model: str | None
+    adapter: Path | None
+    max_concurrent: int
+    context_length: int
+
+
+@dataclass
+class ChoiceState:
+    index: int
+    text: str = ""
+    logprobs: list[TokenLogprob] | None = None
+    finish_reason: str | None = None
+    tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Piece:
+    """New text (and log-probabilities) of one choice."""
+
+    index: int
+    text: str
+    logprobs: list[TokenLogprob]
+
+
+@dataclass(frozen=True)
+class Finish:
+    """A choice has ended: "stop" (end of answer or a stop sequence) or "length"."""
+
+    index: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Done:
+    """Every choice has ended; token counts for the usage."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class StopMatcher:
+    """Cuts the answer before the first stop sequence, holding back text that might begin one."""
+
+    def __init__(self, stops: list[str]):
+        self.stops = stops
+        self.hold = max((len(s) for s in stops), default=1) - 1
+        self.pending = ""
+        self.stopped = False
+
+    def feed(self, text: str) -> str:
+        if not self.stops:
+            return text
+        self.pending += text
+        cut = min((i for i in (self.pending.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            out, self.pending = self.pending[:cut], ""
+            return out
+        keep = min(self.hold, len(self.pending))
+        out, self.pending = self.pending[:len(self.pending) - keep], self.pending[len(self.pending) - keep:]
+        return out
+
+    def flush(self) -> str:
+        out, self.pending = self.pending, ""
+        return out
+
+
+class Timer:
+    """Arrival, first token and end of one request, for the request log."""
+
+    def __init__(self):
+        self.arrived_wall = time.time()
+        self.start = time.perf_counter()
+        self.first: float | None = None
+
+    def token(self) -> None:
+        if self.first is None:
+            self.first = time.perf_counter()
+
+    def ms(self) -> tuple[float, float | None]:
+        end = time.perf_counter()
+        return (end - self.start) * 1000, None if self.first is None else (self.first - self.start) * 1000
+
+
+def token_budget(requested: int | None, prompt_len: int, context: int, default: int, param: str) -> int:
+    """New tokens an answer may have: what was asked for, if it fits the context after the prompt."""
+    room = context - prompt_len
+    if room < 1:
+        raise TemperingError(f"the prompt is {prompt_len} tokens and the model's context is {context}; shorten "
+                             "the conversation", param="messages", code="context_length_exceeded")
+    if requested is not None and requested > room:
+        raise TemperingError(f"{param} is too large: {requested}. The prompt takes {prompt_len} of the model's "
+                             f"{context}-token context, leaving {room}", param=param, code="context_length_exceeded")
+    return requested if requested is not None else min(default, room)
+
+
+async def run_choices(engine, prompt: list[int], params: list[SamplingParams], adapter: Path | None,
+                      stops: list[str], states: list[ChoiceState]) -> AsyncIterator[Piece | Finish]:
+    """Run the choices concurrently (they share the engine's batch); yield each choice's new text as it
+    arrives and, once, its end. A choice's pieces and its end reach the caller in order."""
+    out: asyncio.Queue = asyncio.Queue()
+
+    async def one(state: ChoiceState, p: SamplingParams):
+        matcher = StopMatcher(stops)
+        stream = engine.generate(prompt, p, adapter)
+        try:
+            async for chunk in stream:
+                state.tokens += chunk.tokens
+                text = matcher.feed(chunk.text)
+                if matcher.stopped or chunk.finish_reason is not None:
+                    if not matcher.stopped:
+                        text += matcher.flush()
+                        if chunk.completion_tokens is not None:
+                            state.tokens = chunk.completion_tokens
+                    reason = "length" if chunk.finish_reason == "length" and not matcher.stopped else "stop"
+                    await out.put(Piece(state.index, text, chunk.logprobs))
+                    await out.put(Finish(state.index, reason))
+                    break
+                if text or chunk.logprobs:
+                    await out.put(Piece(state.index, text, chunk.logprobs))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            await out.put(exc)
+        finally:
+            await stream.aclose()
+            await out.put(None)
+
+    tasks = [asyncio.create_task(one(s, p)) for s, p in zip(states, params)]
+    try:
+        running = len(tasks)
+        while running:
+            item = await out.get()
+            if item is None:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+def outcome(exc: BaseException) -> tuple[int, str | None]:
+    """(status, error code) of a request that ended in ``exc``, as the request log records it."""
+    if isinstance(exc, (asyncio.CancelledError, GeneratorExit)):
+        return CLIENT_CLOSED, "client_closed_request"
+    if isinstance(exc, TemperingError):
+        return status_of(exc), exc.code
+    return 500, "server_error"
+
+
+class ChatService:
+    """The serving path of one server: its database, engines (``serve.registry.Serving``), request log and
+    metrics (``services.monitoring.Monitor``) and settings. The API and the portal share one instance."""
+
+    def __init__(self, db, serving, monitor, settings):
+        self.db, self.serving, self.monitor, self.settings = db, serving, monitor, settings
+        self.in_flight: dict[str, int] = {}  # deployment id → requests being served
+
+    # ---------------------------------------------------------------- the deployment
+    def _lookup(self, project_id: str, model: str) -> Served:
+        from tempering.catalog import get_card
+        from tempering.services.deployments import find_deployment
+        from tempering.train import refs
+
+        with self.db.session(write=False) as session:
+            d = find_deployment(session, project_id, model) if "\x00" not in model else None
+            if d is None:
+                raise NotFoundError(f"The model '{model.replace(chr(0), '')}' does not exist or is not deployed in "
+                                    "this project; deploy it first (POST /v1/deployments, or `tempering deploy "
+                                    "MODEL`)", param="model", code="model_not_found")
+            facts = {"id": d.id, "name": d.name, "model": d.model, "base_model": d.base_model, "task": d.task,
+                     "backend": d.backend, "upstream_url": d.upstream_url, "upstream_model": d.upstream_model,
+                     "max_concurrent": d.max_concurrent_requests}
+        # the model's files may have gone since: a clear 404 then (an upstream holds its own adapters)
+        adapter = refs.resolve(facts["model"]).adapter if facts["backend"] == "local" else None
+        return Served(**facts, adapter=adapter, context_length=get_card(facts["base_model"]).context_length)
+
+    async def served(self, project_id: str, model: str, task: str) -> Served:
+        """The caller's deployment named ``model`` (its name, id, or the model it serves) for ``task``."""
+        served = await asyncio.to_thread(self._lookup, project_id, model)
+        if served.task != task:
+            where = "/v1/classifications" if served.task == "classification" else "/v1/chat/completions"
+            raise TemperingError(f"{served.model} is a {served.task} model; call {where}", param="model",
+                                 code="wrong_task")
+        return served
+
+    def engine(self, served: Served):
+        if served.backend == "upstream":
+            return self.serving.upstream(served.upstream_url, served.upstream_model, self.settings.upstream_api_key)
+        return self.serving.engine(served.base_model)
+
+    # ---------------------------------------------------------------- prompts
+    async def chat_prompt(self, served: Served, messages: list[dict]) -> list[int]:
+        """The served prompt of a conversation: the training template's, token for token."""
+        def encode():
+            from tempering.data.encode import encode_prompt
+
+            return encode_prompt(self.serving.tokenizer(served.base_model), messages)
+
+        return await asyncio.to_thread(encode)
+
+    async def completion_prompt(self, served: Served, prompt: str | list[int]) -> list[int]:
+        """A legacy completion's prompt: text (tokenized as is) or token ids, each checked to be in the
+        model's vocabulary."""
+        tokenizer = await asyncio.to_thread(self.serving.tokenizer, served.base_model)
+        if isinstance(prompt, str):
+            ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        else:
+            ids = list(prompt)
+            vocabulary = len(tokenizer)
+            wrong = next((i for i, t in enumerate(ids) if not 0 <= t < vocabulary), None)
+            if wrong is not None:
+                raise TemperingError(f"prompt[{wrong}] is {ids[wrong]}, outside the model's vocabulary "
+                                     f"(0 to {vocabulary - 1})", param="prompt", code="invalid_value")
+        if not ids:
+            raise TemperingError("the prompt is empty", param="prompt", code="invalid_value")
+        return ids
+
+    # ---------------------------------------------------------------- the slot and the log
+    def acquire(self, served: Served, timer: Timer, endpoint: str, stream: bool) -> None:
+        """The deployment's concurrency limit: beyond it a request is refused at once (and logged as a 429)."""
+        if self.in_flight.get(served.id, 0) >= served.max_concurrent:
+            error = RateLimitedError(f"deployment {served.name} is serving its limit of {served.max_concurrent} "
+                                     "concurrent requests; retry shortly", retry_after=1)
+            self.record(served, endpoint, timer, 429, stream=stream, prompt_tokens=0, completion_tokens=0,
+                        error_code=error.code)
+            raise error
+        self.in_flight[served.id] = self.in_flight.get(served.id, 0) + 1
+        self.monitor.in_flight.labels(served.id).inc()
+
+    def release(self, served: Served) -> None:
+        self.in_flight[served.id] -= 1
+        self.monitor.in_flight.labels(served.id).dec()
+
+    def record(self, served: Served, endpoint: str, timer: Timer, status: int, *, stream: bool,
+               prompt_tokens: int, completion_tokens: int, error_code: str | None = None) -> None:
+        latency, ttft = timer.ms()
+        self.monitor.record(RequestRecord(
+            deployment_id=served.id, created_at=timer.arrived_wall, endpoint=endpoint,
+            adapter=served.model if served.adapter is not None else None, stream=stream, status=status,
+            error_code=error_code, latency_ms=latency, ttft_ms=ttft, prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens))
+
+    # ---------------------------------------------------------------- generation
+    async def generate(self, served: Served, endpoint: str, timer: Timer, prompt: list[int],
+                       params: list[SamplingParams], stops: list[str], *, stream: bool,
+                       states: list[ChoiceState]) -> AsyncIterator[Piece | Finish | Done]:
+        """Run the request's choices, filling ``states``; yield pieces, ends, then ``Done``. The concurrency
+        slot is held until the generator is closed; the request is logged with its real outcome (a caller
+        that goes away is logged as 499 and its generation is cancelled)."""
+        engine = self.engine(served)
+        self.acquire(served, timer, endpoint, stream)
+        status, code = 200, None
+        try:
+            async for event in run_choices(engine, prompt, params, served.adapter, stops, states):
+                timer.token()
+                state = states[event.index]
+                if isinstance(event, Piece):
+                    state.text += event.text
+                    if state.logprobs is not None:
+                        state.logprobs += event.logprobs
+                else:
+                    state.finish_reason = event.reason
+                yield event
+        except BaseException as exc:
+            status, code = outcome(exc)
+            raise
+        finally:
+            self.release(served)
+            self.record(served, endpoint, timer, status, stream=stream, prompt_tokens=len(prompt),
+                        completion_tokens=sum(s.tokens for s in states), error_code=code)
+        yield Done(len(prompt), sum(s.tokens for s in states))  # logged already: a caller may stop reading here
+
+    async def classify(self, served: Served, timer: Timer, texts: list[str]) -> tuple[list[dict], int]:
+        """Each text's label and probabilities, and the tokens read; logged like a generation."""
+        status, code, tokens = 200, None, 0
+        self.acquire(served, timer, "classifications", False)
+        try:
+            def run():
+                classifier = self.serving.classifier(served.model)
+                with self.serving.classify_lock:  # the tokenizer too: a fast tokenizer's truncation state is shared
+                    ids = classifier.encode(texts)
+                    return classifier.classify_ids(ids), sum(len(i) for i in ids)
+
+            results, tokens = await asyncio.to_thread(run)
+            timer.token()
+            return results, tokens
+        except BaseException as exc:
+            status, code = outcome(exc)
+            raise
+        finally:
+            self.release(served)
+            self.record(served, "classifications", timer, status, stream=False, prompt_tokens=tokens,
+                        completion_tokens=0, error_code=code)
+
+
+async def cancel_on_disconnect(is_disconnected, work):
+    """Await the coroutine ``work``, cancelling it if ``is_disconnected()`` (an async predicate, polled) turns
+    true first: a caller that went away does not keep generating or hold a concurrency slot."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.25)
+            if done:
+                return task.result()
+            if await is_disconnected():
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+                raise asyncio.CancelledError("the client disconnected")
+    finally:
+        if not task.done():
+            task.cancel()

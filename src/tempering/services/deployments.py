@@ -1,0 +1,216 @@
+"""Deployments: make a base model, a fine-tuned model or a checkpoint of the project callable by name; list,
+find, delete; their request log and metrics. Creating one loads nothing (the engine loads the base model and
+the adapter on the first request), so deployments survive a restart by being rows.
+
+An upstream deployment forwards to an OpenAI-compatible server; its URL must be one the server's
+administrator allowed (``TEMPERING_UPSTREAM_ALLOWED_URLS``), compared after strict parsing, so a caller can
+neither point the server at an address of its choosing nor receive the server's upstream key elsewhere.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from sqlalchemy import select
+
+from tempering.errors import ConflictError, TemperingError, not_found
+from tempering.store.models import Deployment, DeploymentRequest, looks_like_id
+from tempering.store.pages import Page, after_seq
+from tempering.train import refs
+
+MAX_NAME = 240
+
+
+@dataclass(frozen=True)
+class DeploymentSpec:
+    """What a caller asks for; the API's ``DeploymentCreate`` and the portal's form both fill it."""
+
+    model: str
+    name: str | None = None
+    content_filter: bool = True
+    max_concurrent_requests: int = 8
+    force: bool = False
+    backend: str = "local"
+    upstream_url: str | None = None
+    upstream_model: str | None = None
+    base_model: str | None = None
+
+
+def live(project_id: str):
+    return select(Deployment).where(Deployment.project_id == project_id, Deployment.deleted_at.is_(None))
+
+
+def find_deployment(session, project_id: str, ident: str) -> Deployment | None:
+    """A live deployment of the project by id, by name, or (OpenAI's way of calling) by the model it serves."""
+    query = live(project_id)
+    if looks_like_id(ident):
+        found = session.scalars(query.where(Deployment.id == ident)).first()
+        if found is not None:
+            return found
+    return (session.scalars(query.where(Deployment.name == ident)).first()
+            or session.scalars(query.where(Deployment.model == ident).order_by(Deployment.created_at)).first())
+
+
+def owned_deployment(session, project_id: str, ident: str) -> Deployment:
+    found = find_deployment(session, project_id, ident) if "\x00" not in ident else None
+    if found is None:
+        raise not_found("deployment", ident[:240], "deployment_id")
+    return found
+
+
+def normalise_url(url: str) -> str:
+    """A URL in one canonical form (scheme and host lowercased, default port dropped, no trailing slash, a
+    ``/v1`` path), or ``ValueError`` for anything that is not a plain http(s) URL: no credentials, query,
+    fragment, whitespace or control characters."""
+    if any(c.isspace() or ord(c) < 32 or c == "\\" for c in url):
+        raise ValueError("the URL holds whitespace, a backslash or a control character")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("an http:// or https:// URL with a host is needed")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        raise ValueError("credentials, a query or a fragment are not allowed")
+    port = parts.port  # ValueError for a port out of range or not a number
+    default = {"http": 80, "https": 443}[parts.scheme]
+    host = parts.hostname.lower()
+    host = f"[{host}]" if ":" in host else host
+    netloc = host if port in (None, default) else f"{host}:{port}"
+    path = parts.path.rstrip("/")
+    path = path if path.endswith("/v1") else f"{path}/v1"
+    return f"{parts.scheme}://{netloc}{path}"
+
+
+def check_upstream(url: str | None, allowed: list[str]) -> str:
+    """The canonical form of an upstream URL the server's administrator allowed; checked before anything
+    connects anywhere."""
+    if not url:
+        raise TemperingError("backend 'upstream' needs upstream_url (the OpenAI-compatible server's …/v1 URL)",
+                             param="upstream_url", code="invalid_value")
+    try:
+        wanted = normalise_url(url)
+    except ValueError as exc:
+        raise TemperingError(f"upstream_url is not a valid URL: {exc}", param="upstream_url",
+                             code="invalid_value") from None
+    permitted = set()
+    for entry in allowed:
+        try:
+            permitted.add(normalise_url(entry))
+        except ValueError:
+            continue  # a broken entry allows nothing
+    if wanted not in permitted:
+        raise TemperingError("upstream_url is not one of the upstream servers this server's administrator "
+                             "allowed (TEMPERING_UPSTREAM_ALLOWED_URLS)", param="upstream_url",
+                             code="upstream_not_allowed", kind="forbidden")
+    return wanted
+
+
+def _target(session, project_id: str, spec: DeploymentSpec) -> refs.Target:
+    from tempering.catalog import get_card
+    from tempering.services.models import owned_target
+
+    try:
+        return owned_target(session, project_id, spec.model)
+    except TemperingError as exc:
+        if exc.kind != "not_found" or spec.backend != "upstream" or not spec.base_model:
+            raise
+        # a model only the upstream has (vLLM's --lora-modules): prompts are built with its base's template;
+        # nothing of this server's is served (an upstream deployment has no local adapter)
+        return refs.Target(spec.model, "upstream", get_card(spec.base_model).id)
+
+
+def create_deployment(session, project_id: str, spec: DeploymentSpec, settings) -> Deployment:
+    from tempering.evaluate import check_deploy_gate
+
+    if spec.max_concurrent_requests > settings.serve_max_concurrent_requests:
+        raise TemperingError(f"max_concurrent_requests may be at most {settings.serve_max_concurrent_requests} on "
+                             "this server", param="max_concurrent_requests", code="invalid_value")
+    upstream_url = check_upstream(spec.upstream_url, settings.upstream_allowed_urls) \
+        if spec.backend == "upstream" else None
+    target = _target(session, project_id, spec)
+    fine_tuned = refs.without_checkpoint(target.name) if target.kind in ("fine-tuned", "checkpoint") else None
+    if target.kind == "fine-tuned":
+        check_deploy_gate(target.name, spec.force)  # DeployRefusedError → 400 with the numbers
+    if spec.backend == "upstream" and target.task != "chat":
+        raise TemperingError("only chat models can be served by an upstream backend", param="backend",
+                             code="invalid_value")
+    name = spec.name or target.name
+    if len(name) > MAX_NAME:
+        raise TemperingError("the model id is too long to be the deployment's name; pass a name", param="name")
+    if session.scalars(live(project_id).where(Deployment.name == name)).first() is not None:
+        raise ConflictError(f"a deployment named {name!r} already exists in this project; pick another name or "
+                            "delete it first", param="name", code="deployment_exists")
+    deployment = Deployment(project_id=project_id, name=name, model=target.name, fine_tuned_model=fine_tuned,
+                            base_model=target.base_model, task=target.task, content_filter=spec.content_filter,
+                            max_concurrent_requests=spec.max_concurrent_requests, backend=spec.backend,
+                            upstream_url=upstream_url,
+                            upstream_model=spec.upstream_model or (target.name if spec.backend == "upstream" else None))
+    session.add(deployment)
+    session.flush()
+    return deployment
+
+
+def list_deployments(session, project_id: str) -> list[Deployment]:
+    return list(session.scalars(live(project_id).order_by(Deployment.created_at, Deployment.id)))
+
+
+def delete_deployment(session, project_id: str, ident: str) -> Deployment:
+    deployment = owned_deployment(session, project_id, ident)
+    deployment.deleted_at = int(time.time())  # the row stays: its request log outlives it
+    return deployment
+
+
+def deployments_of_model(session, model_id: str) -> list[Deployment]:
+    """Live deployments serving a fine-tuned model or any of its checkpoints (in any project)."""
+    return list(session.scalars(select(Deployment).where(Deployment.fine_tuned_model == model_id,
+                                                         Deployment.deleted_at.is_(None))))
+
+
+@dataclass(frozen=True)
+class Metrics:
+    deployment: str
+    since: float | None
+    requests: int
+    errors: int
+    by_status: dict[str, int]
+    latency_ms: dict
+    time_to_first_token_ms: dict
+    prompt_tokens: int
+    completion_tokens: int
+    tokens_per_second: float | None
+
+
+def percentiles(values: list[float]) -> dict:
+    if not values:
+        return {"p50": None, "p95": None}
+    if len(values) == 1:
+        return {"p50": values[0], "p95": values[0]}
+    cuts = statistics.quantiles(values, n=20, method="inclusive")
+    return {"p50": statistics.median(values), "p95": cuts[18]}
+
+
+def metrics(session, project_id: str, ident: str, since: float | None = None) -> Metrics:
+    deployment = owned_deployment(session, project_id, ident)
+    query = select(DeploymentRequest).where(DeploymentRequest.deployment_id == deployment.id)
+    if since is not None:
+        query = query.where(DeploymentRequest.created_at >= since)
+    rows = session.scalars(query).all()
+    ok = [r for r in rows if r.status < 400]
+    by_status: dict[str, int] = {}
+    for r in rows:
+        by_status[str(r.status)] = by_status.get(str(r.status), 0) + 1
+    seconds = sum(r.latency_ms for r in ok) / 1000
+    return Metrics(
+        deployment=deployment.id, since=since, requests=len(rows), errors=len(rows) - len(ok), by_status=by_status,
+        latency_ms=percentiles([r.latency_ms for r in ok]),
+        time_to_first_token_ms=percentiles([r.ttft_ms for r in ok if r.ttft_ms is not None]),
+        prompt_tokens=sum(r.prompt_tokens for r in rows), completion_tokens=sum(r.completion_tokens for r in rows),
+        tokens_per_second=sum(r.completion_tokens for r in ok) / seconds if seconds > 0 else None)
+
+
+def request_log(session, project_id: str, ident: str, *, after: str | None, limit: int) -> Page:
+    """The deployment's request log, newest first, a page of ``limit`` after the entry ``after``."""
+    deployment = owned_deployment(session, project_id, ident)
+    query = select(DeploymentRequest).where(DeploymentRequest.deployment_id == deployment.id)
+    return after_seq(session, query, DeploymentRequest.seq, after, "req-", limit, "request log entry")
