@@ -47,7 +47,8 @@ def _status(message: str):
 
 
 def embedded_gguf_path(card: ModelCard) -> Path:
-    assert card.embedded is not None
+    if card.embedded is None:
+        raise ModelUnavailableError(f"{card.id} has no embedded weights", param="model")
     spec = importlib.util.find_spec(card.embedded.package)  # finds without importing the package
     if spec is not None and spec.submodule_search_locations:
         path = Path(next(iter(spec.submodule_search_locations))) / card.embedded.filename
@@ -138,7 +139,7 @@ def describe_local_weights(folder: Path) -> dict:
     parameters = 0
     for shard in shards:
         with safe_open(shard, framework="numpy") as fh:
-            for key in fh.keys():
+            for key in fh.keys():  # noqa: SIM118 - a safetensors handle is not iterable, it has keys()
                 n = 1
                 for dim in fh.get_slice(key).get_shape():
                     n *= dim

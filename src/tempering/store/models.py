@@ -26,7 +26,7 @@ def now() -> int:
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {dict: JSON, list: JSON}
+    type_annotation_map = {dict: JSON, list: JSON}  # noqa: RUF012 - SQLAlchemy's hook, never mutated
 
 
 class Project(Base):
