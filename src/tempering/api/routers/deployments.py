@@ -14,8 +14,14 @@ from sqlalchemy import select
 from tempering.api.deps import CallerDep, SessionDep
 from tempering.api.errors import ERROR_RESPONSES, APIError, is_id, not_found
 from tempering.api.protocol import ListPage
-from tempering.api.protocol_serving import (DeploymentCreate, DeploymentDeleted, DeploymentMetrics,
-                                            DeploymentObject, Percentiles, RequestLogEntry)
+from tempering.api.protocol_serving import (
+    DeploymentCreate,
+    DeploymentDeleted,
+    DeploymentMetrics,
+    DeploymentObject,
+    Percentiles,
+    RequestLogEntry,
+)
 from tempering.store.models import Deployment, DeploymentRequest, Job
 
 router = APIRouter(prefix="/v1/deployments", tags=["deployments"], responses=ERROR_RESPONSES)
@@ -60,10 +66,9 @@ def _check_owner(session, caller, fine_tuned_model: str) -> None:
 
 @router.post("", response_model=DeploymentObject)
 def create_deployment(body: DeploymentCreate, caller: CallerDep, session: SessionDep) -> DeploymentObject:
-    from tempering.evaluate import check_deploy_gate, targets
-
     from tempering.catalog import get_card
     from tempering.errors import ModelNotFoundError
+    from tempering.evaluate import check_deploy_gate, targets
 
     if "\x00" in body.model:
         raise not_found("model", body.model.replace("\x00", "\\x00"), "model")

@@ -26,11 +26,26 @@ from starlette.concurrency import run_in_threadpool
 from tempering.api.deps import CallerDep
 from tempering.api.errors import ERROR_RESPONSES, APIError
 from tempering.api.monitoring import RequestRecord
-from tempering.api.protocol_serving import (AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk,
-                                            ChatCompletionRequest, ChoiceLogprobs, ChunkChoice, ChunkDelta,
-                                            ClassificationRequest, ClassificationResponse, ClassificationResult,
-                                            Completion, CompletionChoice, CompletionLogprobs, CompletionRequest,
-                                            TokenLogprobWire, TopLogprobWire, Usage)
+from tempering.api.protocol_serving import (
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChoiceLogprobs,
+    ChunkChoice,
+    ChunkDelta,
+    ClassificationRequest,
+    ClassificationResponse,
+    ClassificationResult,
+    Completion,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    TokenLogprobWire,
+    TopLogprobWire,
+    Usage,
+)
 from tempering.errors import TemperingError
 from tempering.serve.params import SamplingParams, TokenLogprob
 

@@ -47,10 +47,9 @@ def get_model(model_id: str, caller: CallerDep, session: SessionDep) -> ModelObj
 
 @router.delete("/{model_id:path}", response_model=ModelDeleted)
 def delete_model(model_id: str, caller: CallerDep, session: SessionDep) -> ModelDeleted:
+    from tempering.api.routers.deployments import deployments_of_model
     from tempering.errors import ModelNotFoundError
     from tempering.train import artifacts
-
-    from tempering.api.routers.deployments import deployments_of_model
 
     job = next((j for j in _fine_tuned(session, caller) if j.fine_tuned_model == model_id), None)
     serving = deployments_of_model(session, model_id) if job is not None else []
