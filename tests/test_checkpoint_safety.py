@@ -78,7 +78,8 @@ def unsafe_calls(source: str) -> list[str]:
     for node in ast.walk(tree):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             modules = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
-            found += [f"line {node.lineno}: imports {m}" for m in modules if m.split(".")[0] in UNPICKLING_MODULES]
+            found += [f"line {node.lineno}: imports {m}" for m in modules
+                      if m.split(".")[0] in UNPICKLING_MODULES]
         elif isinstance(node, ast.Call):
             name = _dotted(node.func, names) or ""
             keywords = {k.arg: k.value for k in node.keywords if k.arg}
@@ -142,8 +143,8 @@ def test_no_code_path_unpickles_or_enables_remote_code():
 # ---- resuming without pickle ----
 
 def _data(tmp_path: Path) -> tuple[Path, Path]:
-    train = [chat_example(f"Spell the number {i}.", f"The number {i} is spelled {i * 7}.") for i in range(16)]
-    valid = [chat_example(f"Spell the number {i}.", f"The number {i} is spelled {i * 7}.") for i in range(16, 20)]
+    rows = [chat_example(f"Spell the number {i}.", f"The number {i} is spelled {i * 7}.") for i in range(20)]
+    train, valid = rows[:16], rows[16:]
     return write_jsonl(tmp_path / "train.jsonl", train), write_jsonl(tmp_path / "valid.jsonl", valid)
 
 
@@ -170,11 +171,12 @@ def _refuse(*args, **kwargs):
     raise AssertionError("something tried to unpickle")
 
 
-def test_resume_reads_no_pickle_and_falls_back_past_a_half_written_checkpoint(tiny_model, tmp_path, monkeypatch):
+def test_resume_reads_no_pickle_and_falls_back_past_a_half_written_checkpoint(tiny_model, tmp_path,
+                                                                             monkeypatch):
     data = _data(tmp_path)
     reference = tune(_config(data))
     run = _interrupt(_config(data), at_step=7)
-    assert [p.name for p in list_checkpoints(run)] == ["step-000003", "step-000004", "step-000006", "step-000007"]
+    assert [p.name for p in list_checkpoints(run)] == [f"step-00000{n}" for n in (3, 4, 6, 7)]
     # A crash while writing leaves no COMPLETE marker (atomic_dir makes that the only possible half state):
     (run / "checkpoints" / "step-000007" / COMPLETE).unlink()
 
@@ -248,7 +250,7 @@ TAMPERING = {
     "missing json": (lambda f: (f / STATE_JSON).unlink(), STATE_JSON, "missing"),
     "truncated json": (lambda f: (f / STATE_JSON).write_text((f / STATE_JSON).read_text()[:200]), STATE_JSON,
                        "not valid JSON"),
-    "garbage tensors": (lambda f: (f / STATE_TENSORS).write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage"),
+    "garbage tensors": (lambda f: (f / STATE_TENSORS).write_bytes((8).to_bytes(8, "little") + b"{}garbage"),
                         STATE_TENSORS, "not a readable safetensors file"),
     "wrong moment shape": (_reshape_exp_avg, STATE_TENSORS, "from another model"),
     "manifest mismatch": (_swap_manifest_shape, STATE_TENSORS, "training_state.json says"),
@@ -277,13 +279,14 @@ def test_a_tampered_checkpoint_is_refused_naming_the_file(case, interrupted_home
     assert "resume from step-000006, the previous complete checkpoint" in str(refused.value)
 
 
-def test_a_pickled_checkpoint_from_before_is_refused_unread(interrupted_home, tempering_home, tiny_model, tmp_path):
+def test_a_pickled_checkpoint_from_before_is_refused_unread(interrupted_home, tempering_home, tiny_model,
+                                                            tmp_path):
     home, config = interrupted_home
     shutil.copytree(home / "runs", tempering_home / "runs")
     latest = list_checkpoints(next((tempering_home / "runs").iterdir()))[-1]
     (latest / STATE_JSON).unlink()
     (latest / STATE_TENSORS).unlink()
-    # A pickle that creates a folder when unpickled: os.mkdir(<proof>). Written by hand, not with pickle.dumps.
+    # A pickle that creates a folder when unpickled: os.mkdir(<proof>), written by hand (protocol 0).
     def payload(path: Path) -> bytes:
         return b"cos\nmkdir\n(V" + str(path).encode() + b"\ntR."
 
@@ -296,3 +299,50 @@ def test_a_pickled_checkpoint_from_before_is_refused_unread(interrupted_home, te
         tune(config, resume=True)
     assert str(latest / LEGACY_STATE) in str(refused.value)
     assert not proof.exists()
+
+
+# ---- the format itself, without a model ----
+
+def test_training_state_round_trips_exactly_including_cuda_rng(tmp_path, monkeypatch):
+    """Optimizer and scheduler state dicts come back equal (tuples, int keys, tensors, dtypes), and every RNG
+    state in the form its setter takes; the CUDA branch runs with a stand-in device, as CI has no GPU."""
+    import random
+
+    import numpy as np
+
+    from tempering.train.checkpoint import _rng, read_training_state, write_training_state
+
+    layer = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.AdamW(layer.parameters(), lr=0.1, betas=(0.8, 0.95))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0 / (step + 1))
+    layer(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    scheduler.step()
+    cuda_states = [torch.arange(16, dtype=torch.uint8), torch.arange(16, 32, dtype=torch.uint8)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: cuda_states)
+    random.gauss(0, 1)  # a cached Gaussian in both generators' states, so those fields are exercised too
+    np.random.standard_normal()  # the global state is the one checkpoints keep
+
+    position = {"step": 1, "epoch": 1, "batches_done": 1, "epoch_sums": {"loss": 0.1 + 0.2, "tokens": 3}}
+    write_training_state(tmp_path, optimizer=optimizer, scheduler=scheduler, position=position)
+    (tmp_path / COMPLETE).write_text("ok\n")
+    state, tensors = read_training_state(tmp_path)
+
+    assert state["position"] == position
+    saved, live = state["optimizer"], optimizer.state_dict()
+    assert saved["param_groups"] == live["param_groups"] and saved["param_groups"][0]["betas"] == (0.8, 0.95)
+    assert saved["state"].keys() == live["state"].keys() == {0, 1}
+    for index, entries in live["state"].items():
+        for name, value in entries.items():
+            restored = saved["state"][index][name]
+            assert torch.equal(restored, value) and restored.dtype == value.dtype
+    assert state["scheduler"] == scheduler.state_dict()
+    rng = _rng(state["rng"], problem=None)
+    assert [torch.equal(a, b) for a, b in zip(rng["cuda"], cuda_states, strict=True)] == [True, True]
+    assert rng["python"] == random.getstate()
+    expected = np.random.get_state()
+    assert rng["numpy"][0] == expected[0] and np.array_equal(rng["numpy"][1], expected[1])
+    assert rng["numpy"][2:] == tuple(expected[2:])
+    assert torch.equal(rng["torch"], torch.get_rng_state())
+    assert all(t.dtype == torch.uint8 for k, t in tensors.items() if k.startswith("rng."))
