@@ -346,3 +346,22 @@ def test_training_state_round_trips_exactly_including_cuda_rng(tmp_path, monkeyp
     assert rng["numpy"][2:] == tuple(expected[2:])
     assert torch.equal(rng["torch"], torch.get_rng_state())
     assert all(t.dtype == torch.uint8 for k, t in tensors.items() if k.startswith("rng."))
+
+
+def test_a_classification_run_resumes_exactly(tiny_model, tmp_path):
+    """The head is a PEFT ``modules_to_save`` module: its tensors are in the adapter file that resume checks."""
+    rows = ["text,category"] + [f"help with my {word} number {i},{word}" for word in ("refund", "card", "wire")
+                                for i in range(8)]
+    data = tmp_path / "intents.csv"
+    data.write_text("\n".join(rows) + "\n")
+    config = TuneConfig(model=TINY_ID, task="classification", training_file=data, validation_file=data, seed=4,
+                        checkpoint_every_steps=4, evaluate=False,
+                        hyperparameters={"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 10.0})
+    reference = tune(config)
+    _interrupt(config, at_step=9)  # mid epoch 2 of 6 steps each, past the step-8 checkpoint
+    resumed = tune(config, resume=True)
+    ours, theirs = (load_file(resolve_finetuned(r.model_id)[0] / "adapter_model.safetensors")
+                    for r in (resumed, reference))
+    assert any("score" in k or "classifier" in k for k in ours)  # the head travelled with the adapter
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert resumed.valid_loss == reference.valid_loss
