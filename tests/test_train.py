@@ -58,8 +58,8 @@ def test_tune_trains_the_adapter_only_and_writes_a_complete_run(tiny_model, qa_f
     checkpoints = list_checkpoints(run)
     assert len(checkpoints) == 2  # one per epoch
     for checkpoint in checkpoints:
-        assert {COMPLETE, "training_state.pt", "adapter_model.safetensors", "metrics.json"} <= {
-            p.name for p in checkpoint.iterdir()}
+        assert {COMPLETE, "training_state.json", "training_state.safetensors", "adapter_model.safetensors",
+                "metrics.json"} <= {p.name for p in checkpoint.iterdir()}
     with (run / "results.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == RESULT_COLUMNS

@@ -26,8 +26,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from tempering.errors import InvalidConfigError, ModelNotFoundError
-from tempering.train.refs import Target, resolve
 from tempering.train import artifacts
+from tempering.train.refs import Target, resolve
 
 FORMATS = ("peft", "merged", "gguf")
 DTYPES = ("auto", "float32", "bfloat16", "float16")

@@ -13,8 +13,8 @@ from starlette.exceptions import HTTPException
 
 from tempering.api.protocol import ErrorEnvelope
 from tempering.errors import TemperingError, status_of
-from tempering.store.models import looks_like_id
 from tempering.errors import not_found as domain_not_found
+from tempering.store.models import looks_like_id
 
 log = logging.getLogger(__name__)
 

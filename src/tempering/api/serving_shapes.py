@@ -6,9 +6,20 @@ from __future__ import annotations
 import json
 import secrets
 
-from tempering.api.protocol_serving import (AssistantMessage, ChatChoice, ChatCompletion, ChatCompletionChunk,
-                                            ChoiceLogprobs, ChunkChoice, ChunkDelta, Completion, CompletionChoice,
-                                            CompletionLogprobs, TokenLogprobWire, TopLogprobWire)
+from tempering.api.protocol_serving import (
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChoiceLogprobs,
+    ChunkChoice,
+    ChunkDelta,
+    Completion,
+    CompletionChoice,
+    CompletionLogprobs,
+    TokenLogprobWire,
+    TopLogprobWire,
+)
 from tempering.serve.params import TokenLogprob
 
 FINGERPRINT = "fp_tempering"

@@ -5,6 +5,7 @@ folder of Hugging Face weights, the Hugging Face cache) into a loaded tokenizer 
 about jobs, training or HTTP.
 """
 
+from tempering.catalog.loading import load_causal_lm, load_tokenizer, model_status, resolve_weights
 from tempering.catalog.registry import (
     DEFAULT_MODEL_ID,
     ModelCard,
@@ -12,7 +13,6 @@ from tempering.catalog.registry import (
     list_cards,
     register_local_path,
 )
-from tempering.catalog.loading import load_causal_lm, load_tokenizer, model_status, resolve_weights
 
 __all__ = [
     "DEFAULT_MODEL_ID",

@@ -48,7 +48,8 @@ def _status(message: str):
 
 
 def embedded_gguf_path(card: ModelCard) -> Path:
-    assert card.embedded is not None
+    if card.embedded is None:
+        raise ModelUnavailableError(f"{card.id} has no embedded weights", param="model")
     spec = importlib.util.find_spec(card.embedded.package)  # finds without importing the package
     if spec is not None and spec.submodule_search_locations:
         path = Path(next(iter(spec.submodule_search_locations))) / card.embedded.filename

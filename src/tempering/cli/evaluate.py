@@ -79,9 +79,9 @@ def evaluate(
 
     if answers not in ("auto", "labels", "text"):
         raise InvalidConfigError("--answers must be auto, labels or text", param="answers")
-    options = dict(compare=None if compare == "none" else compare, max_examples=max_examples,
-                   data_format=data_format, text_column=text_column, label_column=label_column, answers=answers,
-                   max_new_tokens=max_new_tokens)
+    options = {"compare": None if compare == "none" else compare, "max_examples": max_examples,
+               "data_format": data_format, "text_column": text_column, "label_column": label_column,
+               "answers": answers, "max_new_tokens": max_new_tokens}
     if server:
         if device != "auto":
             raise InvalidConfigError("not available with --server: device (the server's workers choose)",

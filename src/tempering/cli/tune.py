@@ -42,7 +42,7 @@ def _stop_on_interrupt(console):
     interrupts at once."""
     requested = threading.Event()
 
-    def handler(signum, frame):  # noqa: ARG001 - signal's signature
+    def handler(signum, frame):  # signal's signature
         if requested.is_set():
             raise KeyboardInterrupt
         requested.set()

@@ -313,7 +313,7 @@ def label_findings(stats: LabelStats | None, train: list[Example]) -> list[Findi
     if stats is None:
         return []
     labels = [e.label if e.label is not None else _final_answer(e.messages).strip() for e in train]
-    lines_of = lambda classes: [e.line for e, lab in zip(train, labels) if lab in classes]  # noqa: E731
+    lines_of = lambda classes: [e.line for e, lab in zip(train, labels) if lab in classes]
     source = "label column" if stats.source == "column" else "repeated short answers"
     findings = [
         Finding(
@@ -533,7 +533,7 @@ def content_findings(train: list[Example], validation: list[Example] | None) -> 
             for code in flags:
                 hits[code][side].append(example.line)
     findings = []
-    for code in SUSPICIOUS_CODES:
+    for code, description in SUSPICIOUS_CODES.items():
         if code in hits:
             train_lines, valid_lines = hits[code]
             where = (
@@ -552,7 +552,7 @@ def content_findings(train: list[Example], validation: list[Example] | None) -> 
                     code=code,
                     lines=train_lines,
                     validation_lines=valid_lines,
-                    message=f"{SUSPICIOUS_CODES[code]}: {' and '.join(where)}",
+                    message=f"{description}: {' and '.join(where)}",
                 )
             )
     return findings

@@ -200,8 +200,8 @@ def parse_template(text: str) -> list[dict]:
         raise _LineError(
             (
                 "no_template",
-                "the text holds no Phi-3 (<|user|> … <|end|>) or ChatML "
-                "(<|im_start|>user … <|im_end|>) chat template",
+                ("the text holds no Phi-3 (<|user|> … <|end|>) or ChatML "
+                 "(<|im_start|>user … <|im_end|>) chat template"),
             )
         )
     messages, problems, outside = [], [], []
@@ -346,7 +346,7 @@ def _read_classification_jsonl(path: Path, out: _Collector, text_column, label_c
         if columns is None:
             columns = _resolve_columns(set(obj), text_column, label_column, path)
         t, lab = columns
-        out.add(number, lambda obj=obj: _classification_example(obj.get(t), obj.get(lab), t, lab))
+        out.add(number, lambda obj=obj, t=t, lab=lab: _classification_example(obj.get(t), obj.get(lab), t, lab))
     return columns or (text_column or "text", label_column or "label")
 
 
@@ -548,7 +548,7 @@ def validate_any(
                 message=f"{n_examples} example(s); fine-tuning needs at least {min_examples}",
             )
         )
-    by_line = lambda issue: (issue.line is not None, issue.line or 0)  # noqa: E731
+    by_line = lambda issue: (issue.line is not None, issue.line or 0)
     stats = {**inner.stats, **conversion.stats, "format": fmt}
     stats["valid_examples"] = inner.stats["valid_examples"]
     return ValidationReport(

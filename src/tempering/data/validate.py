@@ -14,7 +14,6 @@ import statistics
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Literal
 
 from pydantic import BaseModel, Field
 

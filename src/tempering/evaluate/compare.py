@@ -17,7 +17,6 @@ from typing import Literal
 
 from tempering.errors import InvalidConfigError, InvalidDataError
 from tempering.evaluate import measure
-from tempering.train import refs
 from tempering.evaluate.metrics import (
     MIN_EXAMPLES_TO_DETECT_LABELS,
     detect_labels,
@@ -35,6 +34,7 @@ from tempering.evaluate.report import (
     Sample,
     decide,
 )
+from tempering.train import refs
 
 DEFAULT_MAX_NEW_TOKENS = 64
 N_SAMPLES = 5  # side-by-side answers kept in the report
@@ -48,7 +48,7 @@ def sample_indices(n: int, max_examples: int | None, seed: int = 0) -> list[int]
     """A seeded, order-preserving sample of at most ``max_examples`` of ``n`` indices."""
     if max_examples is None or n <= max_examples:
         return list(range(n))
-    return sorted(random.Random(seed).sample(range(n), max_examples))
+    return sorted(random.Random(seed).sample(range(n), max_examples))  # noqa: S311 - seeded, not a secret
 
 
 def _free(obj) -> None:

@@ -72,7 +72,7 @@ class Cost(BaseModel):
     prompt_tokens: int = 0
     generated_tokens: int = 0
 
-    def __add__(self, other: "Cost") -> "Cost":
+    def __add__(self, other: Cost) -> Cost:
         return Cost(seconds=round(self.seconds + other.seconds, 3), loss_tokens=self.loss_tokens + other.loss_tokens,
                     prompt_tokens=self.prompt_tokens + other.prompt_tokens,
                     generated_tokens=self.generated_tokens + other.generated_tokens)
@@ -163,7 +163,7 @@ def decide(candidate: ModelEvaluation, baseline: ModelEvaluation) -> Verdict:
     comparable_loss = candidate.task == baseline.task and candidate.loss and baseline.loss
     lc = candidate.loss.loss if comparable_loss else None
     lb = baseline.loss.loss if comparable_loss else None
-    numbers = dict(candidate_loss=lc, baseline_loss=lb)
+    numbers = {"candidate_loss": lc, "baseline_loss": lb}
     losses = f"validation loss {_fmt(lc)} vs {_fmt(lb)}" if lc is not None and lb is not None else None
     if mc and mb and mc[0] == mb[0]:
         numbers.update(metric=mc[0], candidate_metric=mc[1], baseline_metric=mb[1])

@@ -61,7 +61,8 @@ class LocalProcessExecutor:
     """The runner in a subprocess of the worker (``die_with_parent``: a killed worker leaves no orphan)."""
 
     def start(self, job_id: str, worker_id: str, lease_seconds: float) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "tempering.jobs.runner", job_id], env=os.environ.copy())
+        argv = [sys.executable, "-m", "tempering.jobs.runner", job_id]
+        return subprocess.Popen(argv, env=os.environ.copy())  # noqa: S603 - fixed argv, no shell
 
     def poll(self, handle: subprocess.Popen) -> int | None:
         return handle.poll()

@@ -46,7 +46,7 @@ class EngineError(TemperingError):
 
 def adapter_name(folder: Path) -> str:
     """A PEFT adapter name for a folder: stable, and a valid module key (no dots or colons)."""
-    return "a" + hashlib.sha1(str(Path(folder).resolve()).encode()).hexdigest()[:16]
+    return "a" + hashlib.sha1(str(Path(folder).resolve()).encode(), usedforsecurity=False).hexdigest()[:16]
 
 
 @dataclass(eq=False)
@@ -226,7 +226,7 @@ class TransformersEngine:
                     self._admit()
                     if self.active:
                         self._step()
-                except Exception as exc:  # noqa: BLE001 - a failed step fails its sequences, not the engine
+                except Exception as exc:  # a failed step fails its sequences, not the engine
                     log.exception("decode step failed")
                     for seq in self.active:
                         seq.deliver(EngineError(f"generation failed: {exc}"))
@@ -265,7 +265,7 @@ class TransformersEngine:
     def _start(self, group: list[_Sequence]) -> None:
         try:
             self._prefill(group)
-        except Exception as exc:  # noqa: BLE001 - these requests' problem (e.g. a broken adapter folder)
+        except Exception as exc:  # these requests' problem (e.g. a broken adapter folder)
             log.exception("prefill failed")
             if len(group) > 1:  # find whose: one at a time
                 for seq in group:

@@ -16,7 +16,6 @@ import httpx
 from tempering.errors import TemperingError
 from tempering.serve.params import Chunk, SamplingParams, TokenLogprob, TopLogprob
 
-
 log = logging.getLogger(__name__)
 GENERIC = "the upstream server failed to answer"  # what a caller sees; the details go to the server's log
 

@@ -103,7 +103,7 @@ class Monitor:
                 if rows:
                     with self.db.session() as session:
                         session.add_all(DeploymentRequest(**vars(r)) for r in rows)
-            except Exception:  # noqa: BLE001 - losing log rows must not stop serving
+            except Exception:  # losing log rows must not stop serving
                 log.exception("could not write %d request log rows", len(rows))
             finally:
                 for _ in batch:

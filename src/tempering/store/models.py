@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import re
-
 import secrets
 import time
 
@@ -39,7 +38,7 @@ def now() -> int:
 
 
 class Base(DeclarativeBase):
-    type_annotation_map = {dict: JSON, list: JSON}
+    type_annotation_map = {dict: JSON, list: JSON}  # noqa: RUF012 - SQLAlchemy's hook, never mutated
 
 
 class Project(Base):

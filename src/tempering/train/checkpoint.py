@@ -1,49 +1,356 @@
-"""Checkpoints: everything needed to continue a run exactly, written so a crash never leaves a fake one.
+"""Checkpoints: everything needed to continue a run exactly, written so a crash never leaves a fake one,
+and read without running code from the file.
 
-A checkpoint folder ``checkpoints/step-<N>/`` holds the PEFT adapter, ``training_state.pt`` (optimizer,
-scheduler, RNG states, and the data position: the epoch to train and how many of its batches are done) and ``metrics.json``; the ``COMPLETE`` marker is written
-last inside a temp folder that is then renamed into place. ``latest_checkpoint`` ignores any folder
-without the marker.
+A checkpoint folder ``checkpoints/step-<N>/`` holds::
+
+    adapter_config.json, adapter_model.safetensors   the PEFT adapter (``save_pretrained``)
+    training_state.safetensors                       every tensor of the training state: optimizer state
+                                                     (``optimizer.state.<param index>.<name>``) and RNG
+                                                     states as uint8 (``rng.torch``, ``rng.cuda.<i>``,
+                                                     ``rng.python``, ``rng.numpy``)
+    training_state.json                              everything else: the position (step, epoch, batches
+                                                     done, the epoch's running loss), param-group
+                                                     hyperparameters, the scheduler's state dict, the
+                                                     rest of the RNG states, and a manifest of the tensors
+    metrics.json
+    COMPLETE                                         written last, inside a temp folder renamed into place
+
+Reading uses safetensors and json only, never pickle: checkpoints may come from a shared bucket. A
+checkpoint that is incomplete or does not match the model and optimizer it is restored into (missing
+file, bad JSON, unknown or missing tensors, wrong shapes) raises ``CheckpointError`` naming the file before
+anything is changed. ``latest_checkpoint`` ignores any folder without the marker, so a half-written one is
+skipped and resume continues from the previous complete one. Knows nothing about the training loop.
 """
 
 from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
+from tempering.errors import TemperingError
 from tempering.train.artifacts import atomic_dir
 
 COMPLETE = "COMPLETE"
-STATE_FILE = "training_state.pt"
+ADAPTER_FILE = "adapter_model.safetensors"
+STATE_TENSORS = "training_state.safetensors"
+STATE_JSON = "training_state.json"
+LEGACY_STATE = "training_state.pt"  # a pickle written before format 1; never loaded
+FORMAT, VERSION = "tempering-training-state", 1
+_WORD = np.dtype("<u4")  # Mersenne Twister words, stored little-endian as bytes
 
+
+class CheckpointError(TemperingError):
+    """A checkpoint that cannot be resumed from: incomplete, tampered with, or of another run's shape."""
+
+    code = "invalid_checkpoint"
+
+
+@dataclass
+class TrainingState:
+    step: int
+    epoch: int  # the epoch to train (1-based)
+    batches_done: int  # batches of that epoch already trained
+    epoch_sums: dict  # the epoch's running train loss: {"loss": float, "tokens": int}
+
+
+# ---- saving ----
 
 def save_checkpoint(run_folder: Path, *, model, optimizer, scheduler, step: int, epoch: int,
-                    batches_done: int, metrics: dict, extra: dict | None = None) -> Path:
+                    batches_done: int, metrics: dict, epoch_sums: dict) -> Path:
     target = run_folder / "checkpoints" / f"step-{step:06d}"
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(target) as tmp:
         model.save_pretrained(tmp)
-        torch.save(
-            {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "python_rng": random.getstate(),
-                "step": step,
-                "epoch": epoch,
-                "batches_done": batches_done,
-                **(extra or {}),
-            },
-            tmp / STATE_FILE,
-        )
+        write_training_state(tmp, optimizer=optimizer, scheduler=scheduler, position={
+            "step": step, "epoch": epoch, "batches_done": batches_done, "epoch_sums": dict(epoch_sums)})
         (tmp / "metrics.json").write_text(json.dumps({"step": step, **metrics}, indent=2))
         (tmp / COMPLETE).write_text("ok\n")
     return target
 
+
+def write_training_state(folder: Path, *, optimizer, scheduler, position: dict) -> None:
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+    document = {
+        "format": FORMAT,
+        "version": VERSION,
+        "position": position,
+        "optimizer": _encode(optimizer.state_dict(), "optimizer", tensors),
+        "scheduler": _encode(scheduler.state_dict(), "scheduler", tensors),
+        "rng": _rng_states(tensors),
+    }
+    document["tensors"] = {k: {"dtype": _dtype_name(t), "shape": list(t.shape)} for k, t in tensors.items()}
+    save_file(tensors, folder / STATE_TENSORS)
+    (folder / STATE_JSON).write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+
+
+def _encode(value, key: str, tensors: dict):
+    """JSON for ``value``, each tensor moved to ``tensors[key]`` and referenced as ``{"__tensor__": key}``;
+    tuples and int-keyed dicts (optimizer state) are tagged so they read back as they were."""
+    if isinstance(value, torch.Tensor):
+        if key in tensors:
+            raise CheckpointError(f"two tensors would be stored under {key!r}")
+        tensors[key] = value.detach().to("cpu").contiguous()
+        return {"__tensor__": key}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, list):
+        return [_encode(v, f"{key}.{i}", tensors) for i, v in enumerate(value)]
+    if isinstance(value, tuple):
+        return {"__tuple__": [_encode(v, f"{key}.{i}", tensors) for i, v in enumerate(value)]}
+    if isinstance(value, dict) and all(isinstance(k, str) and not k.startswith("__") for k in value):
+        return {k: _encode(v, f"{key}.{k}", tensors) for k, v in value.items()}
+    if isinstance(value, dict) and all(type(k) is int for k in value):
+        return {"__int_keys__": {str(k): _encode(v, f"{key}.{k}", tensors) for k, v in value.items()}}
+    raise CheckpointError(f"{key}: a {type(value).__name__} cannot be stored in a checkpoint (tensors and "
+                          f"JSON values only)")
+
+
+def _rng_states(tensors: dict) -> dict:
+    version, words, gauss_next = random.getstate()
+    tensors["rng.python"] = _bytes(np.asarray(words, dtype=_WORD))
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()  # numpy's global state
+    tensors["rng.numpy"] = _bytes(np.asarray(keys, dtype=_WORD))
+    tensors["rng.torch"] = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    for i, state in enumerate(cuda):
+        tensors[f"rng.cuda.{i}"] = state.cpu()
+    return {
+        "torch": {"__tensor__": "rng.torch"},
+        "cuda": [{"__tensor__": f"rng.cuda.{i}"} for i in range(len(cuda))],
+        "python": {"version": version, "words": {"__tensor__": "rng.python"}, "gauss_next": gauss_next},
+        "numpy": {"kind": kind, "keys": {"__tensor__": "rng.numpy"}, "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+    }
+
+
+def _bytes(words: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(words.view(np.uint8).copy())
+
+
+def _dtype_name(tensor: torch.Tensor) -> str:
+    return str(tensor.dtype).removeprefix("torch.")
+
+
+# ---- reading ----
+
+def read_training_state(folder: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The decoded ``training_state.json`` (tensor references replaced by tensors) and the raw tensors.
+    Checks completeness and the JSON ↔ tensors manifest; knows nothing of the model."""
+    problem = _Problem(folder)
+    if not (folder / COMPLETE).is_file():
+        raise problem(COMPLETE, "missing: the checkpoint was never completed")
+    json_path, tensors_path = folder / STATE_JSON, folder / STATE_TENSORS
+    if not json_path.is_file() and (folder / LEGACY_STATE).is_file():
+        raise problem(LEGACY_STATE, "written by an older Tempering as a pickle, which is never loaded "
+                      "(it could run code); this run cannot be resumed: start it again without --resume")
+    try:
+        document = json.loads(json_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise problem(STATE_JSON, "missing") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise problem(STATE_JSON, f"not valid JSON ({exc})") from None
+    header = (document.get("format"), document.get("version")) if isinstance(document, dict) else None
+    if header != (FORMAT, VERSION):
+        raise problem(STATE_JSON, f"not a {FORMAT} file of version {VERSION}")
+    try:
+        from safetensors.torch import load_file
+
+        tensors = load_file(tensors_path)
+    except FileNotFoundError:
+        raise problem(STATE_TENSORS, "missing") from None
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own errors for a corrupt header
+        raise problem(STATE_TENSORS, f"not a readable safetensors file ({exc})") from None
+    manifest = document.get("tensors")
+    if not isinstance(manifest, dict) or set(manifest) != set(tensors):
+        raise problem(STATE_TENSORS, "its tensors are not the ones training_state.json lists "
+                      f"(missing {sorted(set(manifest or {}) - set(tensors))}, "
+                      f"unexpected {sorted(set(tensors) - set(manifest or {}))})")
+    for key, tensor in tensors.items():
+        if manifest[key] != {"dtype": _dtype_name(tensor), "shape": list(tensor.shape)}:
+            raise problem(STATE_TENSORS, f"tensor {key} is {_dtype_name(tensor)}{list(tensor.shape)}, "
+                          f"training_state.json says {manifest[key]}")
+    try:
+        decoded = {k: _decode(document[k], tensors) for k in ("position", "optimizer", "scheduler", "rng")}
+    except (KeyError, TypeError, ValueError) as exc:
+        raise problem(STATE_JSON, f"malformed ({exc})") from None
+    return decoded, tensors
+
+
+def _decode(value, tensors: dict):
+    if isinstance(value, list):
+        return [_decode(v, tensors) for v in value]
+    if not isinstance(value, dict):
+        return value
+    tags = [k for k in value if k.startswith("__")]
+    if not tags:
+        return {k: _decode(v, tensors) for k, v in value.items()}
+    if len(value) != 1:
+        raise ValueError(f"a tagged value has other keys: {sorted(value)}")
+    tag, inner = tags[0], value[tags[0]]
+    if tag == "__tensor__":
+        if not isinstance(inner, str) or inner not in tensors:
+            raise ValueError(f"it refers to a tensor {inner!r} that is not stored")
+        return tensors[inner]
+    if tag == "__tuple__" and isinstance(inner, list):
+        return tuple(_decode(v, tensors) for v in inner)
+    if tag == "__int_keys__" and isinstance(inner, dict):
+        return {int(k): _decode(v, tensors) for k, v in inner.items()}
+    raise ValueError(f"unknown tag {tag!r}")
+
+
+def restore_checkpoint(folder: Path, *, model, optimizer, scheduler) -> TrainingState:
+    """Load adapter, optimizer, scheduler and RNG states from ``folder`` into the live objects and return
+    the data position. Everything is checked against the live objects before any of them changes."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    problem = _Problem(folder)
+    state, _ = read_training_state(folder)
+    position = _position(state["position"], problem)
+    try:
+        adapter = load_file(folder / ADAPTER_FILE)
+    except FileNotFoundError:
+        raise problem(ADAPTER_FILE, "missing") from None
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own errors for a corrupt header
+        raise problem(ADAPTER_FILE, f"not a readable safetensors file ({exc})") from None
+    expected = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
+    found = {k: tuple(v.shape) for k, v in adapter.items()}
+    if found != expected:
+        raise problem(ADAPTER_FILE, f"does not match this run's adapter: {_difference(found, expected)}")
+    _check_optimizer(state["optimizer"], optimizer, problem)
+    _check_same_keys(state["scheduler"], scheduler.state_dict(), "scheduler", problem)
+    rng = _rng(state["rng"], problem)
+
+    set_peft_model_state_dict(model, adapter)
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise problem(STATE_JSON, f"the optimizer or scheduler state does not load ({exc})") from None
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"][: torch.cuda.device_count()])
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    return position
+
+
+class _Problem:
+    """Builds the error for a file of one checkpoint, with what the user can do about it."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def __call__(self, name: str, message: str) -> CheckpointError:
+        earlier = [p for p in list_checkpoints(self.folder.parent.parent) if p.name < self.folder.name]
+        hint = (f"; remove {self.folder} to resume from {earlier[-1].name}, the previous complete checkpoint"
+                if earlier and name != LEGACY_STATE else "")
+        return CheckpointError(f"cannot resume from {self.folder / name}: {message}{hint}", param="resume")
+
+
+def _position(raw, problem: _Problem) -> TrainingState:
+    def whole(key, minimum):
+        value = raw.get(key) if isinstance(raw, dict) else None
+        if type(value) is not int or value < minimum:
+            raise problem(STATE_JSON, f"malformed: position.{key} must be an integer ≥ {minimum}, "
+                          f"not {value!r}")
+        return value
+
+    sums = raw.get("epoch_sums") if isinstance(raw, dict) else None
+    if (not isinstance(sums, dict) or set(sums) != {"loss", "tokens"} or type(sums["tokens"]) is not int
+            or type(sums["loss"]) not in (int, float)):
+        raise problem(STATE_JSON, f"malformed: position.epoch_sums must be {{loss, tokens}}, not {sums!r}")
+    return TrainingState(step=whole("step", 0), epoch=whole("epoch", 1),
+                         batches_done=whole("batches_done", 0),
+                         epoch_sums={"loss": float(sums["loss"]), "tokens": sums["tokens"]})
+
+
+def _check_optimizer(saved, optimizer, problem: _Problem) -> None:
+    live = optimizer.state_dict()
+    if not isinstance(saved, dict) or set(saved) != set(live):
+        raise problem(STATE_JSON, "malformed: the optimizer state is not {state, param_groups}")
+    groups = saved["param_groups"]
+    if not isinstance(groups, list) or len(groups) != len(live["param_groups"]):
+        raise problem(STATE_JSON, f"from another optimizer: {len(live['param_groups'])} parameter groups "
+                      "expected")
+    for i, (group, current) in enumerate(zip(groups, live["param_groups"], strict=True)):
+        _check_same_keys(group, current, f"optimizer.param_groups.{i}", problem)
+        if group["params"] != current["params"]:
+            raise problem(STATE_JSON, f"from another model: parameter group {i} holds other parameters")
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if not isinstance(saved["state"], dict):
+        raise problem(STATE_JSON, "malformed: optimizer.state is not a mapping")
+    for index, entries in saved["state"].items():
+        if type(index) is not int or not 0 <= index < len(params) or not isinstance(entries, dict):
+            raise problem(STATE_JSON, f"malformed: optimizer state for parameter {index}, of {len(params)}")
+        for name, value in entries.items():
+            if isinstance(value, torch.Tensor) and value.dim() and value.shape != params[index].shape:
+                raise problem(STATE_TENSORS, f"from another model: optimizer.state.{index}.{name} has shape "
+                              f"{list(value.shape)}, its parameter {list(params[index].shape)}")
+
+
+def _check_same_keys(saved, live: dict, what: str, problem: _Problem) -> None:
+    if not isinstance(saved, dict) or set(saved) != set(live):
+        keys = sorted(saved) if isinstance(saved, dict) else saved
+        raise problem(STATE_JSON, f"malformed: {what} has keys {keys}, expected {sorted(live)}")
+
+
+def _rng(raw, problem: _Problem) -> dict:
+    """The RNG states in the forms the setters take, each checked against this process's own."""
+    try:
+        python, numpy_state = raw["python"], raw["numpy"]
+        states = {
+            "torch": _uint8(raw["torch"], torch.get_rng_state().numel(), "rng.torch"),
+            "cuda": [_uint8(t, t.numel(), f"rng.cuda.{i}") for i, t in enumerate(raw["cuda"])],
+            "python": (python["version"], _words(python["words"], len(random.getstate()[1]), "rng.python"),
+                       python["gauss_next"]),
+            "numpy": (numpy_state["kind"],
+                      np.asarray(_words(numpy_state["keys"], 624, "rng.numpy"), np.uint32),
+                      numpy_state["pos"], numpy_state["has_gauss"], numpy_state["cached_gaussian"]),
+        }
+        # Throwaway generators validate the states without side effects; nothing random is drawn.
+        random.Random().setstate(states["python"])  # noqa: S311 - validation only, see above
+        np.random.RandomState().set_state(states["numpy"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise problem(STATE_JSON, f"malformed RNG state ({exc})") from None
+    except _BadTensor as exc:
+        raise problem(STATE_TENSORS, str(exc)) from None
+    return states
+
+
+class _BadTensor(Exception):
+    pass
+
+
+def _uint8(tensor, numel: int, key: str) -> torch.Tensor:
+    if not isinstance(tensor, torch.Tensor) or tensor.dtype != torch.uint8 or tensor.shape != (numel,):
+        raise _BadTensor(f"{key} must be {numel} uint8 bytes")
+    return tensor
+
+
+def _words(tensor, count: int, key: str) -> tuple[int, ...]:
+    data = _uint8(tensor, count * _WORD.itemsize, key).numpy()
+    return tuple(int(w) for w in data.view(_WORD))
+
+
+def _difference(found: dict, expected: dict) -> str:
+    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    reshaped = [f"{k} {list(found[k])} (expected {list(expected[k])})"
+                for k in sorted(set(found) & set(expected)) if found[k] != expected[k]]
+    parts = [f"missing {missing[:3]}" if missing else "",
+             f"unexpected {unexpected[:3]}" if unexpected else "",
+             f"shapes {reshaped[:3]}" if reshaped else ""]
+    return ", ".join(p for p in parts if p)
+
+
+# ---- finding ----
 
 def list_checkpoints(run_folder: Path) -> list[Path]:
     """Complete checkpoints, oldest first."""

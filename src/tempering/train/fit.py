@@ -9,7 +9,6 @@ loop then writes a checkpoint at that step so nothing done is lost. Knows nothin
 from __future__ import annotations
 
 import math
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import torch
 
 from tempering.errors import TemperingError
 from tempering.train.batching import epoch_batches
-from tempering.train.checkpoint import STATE_FILE, save_checkpoint
+from tempering.train.checkpoint import restore_checkpoint, save_checkpoint
 from tempering.train.loss import evaluate
 
 
@@ -41,21 +40,6 @@ def _optimizer_and_schedule(model, learning_rate: float, weight_decay: float, wa
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
     return optimizer, get_cosine_schedule_with_warmup(optimizer, int(warmup_ratio * total_steps), total_steps)
-
-
-def _restore(s, checkpoint: Path, optimizer, scheduler) -> Position:
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
-    set_peft_model_state_dict(s.model, load_file(checkpoint / "adapter_model.safetensors"))
-    state = torch.load(checkpoint / STATE_FILE, weights_only=False)  # our own file, written by save_checkpoint
-    optimizer.load_state_dict(state["optimizer"])
-    scheduler.load_state_dict(state["scheduler"])
-    torch.set_rng_state(state["torch_rng"])
-    if state.get("cuda_rng") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda_rng"])
-    random.setstate(state["python_rng"])
-    return Position(step=state["step"], epoch=state["epoch"], batches_done=state["batches_done"])
 
 
 def _train_step(s, examples: list, trainable: list) -> dict:
@@ -87,8 +71,11 @@ def fit(s, *, resume_from: Path | None = None, should_stop: Callable[[], bool] |
     optimizer, scheduler = _optimizer_and_schedule(s.model, s.hp.learning_rate, s.config.weight_decay,
                                                    s.config.warmup_ratio, total_steps)
     pos = Position()
+    sums = {"loss": 0.0, "tokens": 0}  # the current epoch's running train loss, kept across a resume
     if resume_from is not None:
-        pos = _restore(s, resume_from, optimizer, scheduler)
+        state = restore_checkpoint(resume_from, model=s.model, optimizer=optimizer, scheduler=scheduler)
+        pos = Position(step=state.step, epoch=state.epoch, batches_done=state.batches_done)
+        sums = state.epoch_sums
         s.log.truncate_results(pos.step)
         s.emit(f"Resumed from checkpoint at step {pos.step}", type="resumed", step=pos.step,
                checkpoint=str(resume_from))
@@ -96,16 +83,12 @@ def fit(s, *, resume_from: Path | None = None, should_stop: Callable[[], bool] |
            step=pos.step)
     every = s.config.checkpoint_every_steps
 
-    sums = {"loss": 0.0, "tokens": 0}  # the current epoch's running train loss, kept across a resume
-    if resume_from is not None:
-        sums = torch.load(resume_from / STATE_FILE, weights_only=False).get("epoch_sums", sums)
-
     def checkpoint(metrics: dict) -> Path:
         path = s.folder / "checkpoints" / f"step-{pos.step:06d}"
         if s.world.is_main:
             path = save_checkpoint(s.folder, model=s.model, optimizer=optimizer, scheduler=scheduler,
                                    step=pos.step, epoch=pos.epoch, batches_done=pos.batches_done,
-                                   metrics=metrics, extra={"epoch_sums": dict(sums)})
+                                   metrics=metrics, epoch_sums=sums)
         s.world.barrier()
         return path
 

@@ -24,12 +24,8 @@ from tempering.errors import InvalidConfigError, InvalidDataError
 from tempering.fileio import sha256_file
 from tempering.hardware import select_placement
 from tempering.train import artifacts
-from tempering.train.checkpoint import latest_checkpoint
-from tempering.train.config import ResolvedHyperparameters, TuneConfig, resolve_hyperparameters
-from tempering.train.distributed import World, current_world
-from tempering.train.fit import RunCancelled, fit
-from tempering.train.jobdata import load_job_data, read_job_data
 from tempering.train.batching import collate
+from tempering.train.checkpoint import latest_checkpoint
 from tempering.train.classify import (
     classification_loss,
     classification_metrics,
@@ -39,6 +35,10 @@ from tempering.train.classify import (
     predict,
     texts_and_labels,
 )
+from tempering.train.config import ResolvedHyperparameters, TuneConfig, resolve_hyperparameters
+from tempering.train.distributed import World, current_world
+from tempering.train.fit import RunCancelled, fit
+from tempering.train.jobdata import load_job_data
 from tempering.train.loss import evaluate, sparse_lm_loss
 
 EventSink = Callable[[dict], None]

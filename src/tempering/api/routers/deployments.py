@@ -10,8 +10,14 @@ from fastapi import APIRouter, Query, Request
 from tempering.api.deps import CallerDep, SessionDep
 from tempering.api.errors import ERROR_RESPONSES
 from tempering.api.protocol import ListPage
-from tempering.api.protocol_serving import (DeploymentCreate, DeploymentDeleted, DeploymentMetrics,
-                                            DeploymentObject, Percentiles, RequestLogEntry)
+from tempering.api.protocol_serving import (
+    DeploymentCreate,
+    DeploymentDeleted,
+    DeploymentMetrics,
+    DeploymentObject,
+    Percentiles,
+    RequestLogEntry,
+)
 from tempering.services import deployments as service
 from tempering.store.models import Deployment
 

@@ -17,13 +17,28 @@ from fastapi.responses import StreamingResponse
 
 from tempering.api.deps import CallerDep
 from tempering.api.errors import ERROR_RESPONSES, APIError
-from tempering.api.protocol_serving import (ChatCompletion, ChatCompletionRequest, ClassificationRequest,
-                                            ClassificationResponse, ClassificationResult, Completion,
-                                            CompletionRequest, Usage)
+from tempering.api.protocol_serving import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    ClassificationRequest,
+    ClassificationResponse,
+    ClassificationResult,
+    Completion,
+    CompletionRequest,
+    Usage,
+)
 from tempering.api.serving_shapes import ChatShape, CompletionShape, sse
 from tempering.errors import TemperingError
 from tempering.serve.params import SamplingParams
-from tempering.services.chat import ChoiceState, Done, Finish, Piece, Timer, cancel_on_disconnect, token_budget
+from tempering.services.chat import (
+    ChoiceState,
+    Done,
+    Finish,
+    Piece,
+    Timer,
+    cancel_on_disconnect,
+    token_budget,
+)
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["inference"], responses=ERROR_RESPONSES)
