@@ -47,3 +47,13 @@ class DeployRefusedError(TemperingError):
     """A deployment refused because the model's stored evaluation says it is worse than its base."""
 
     code = "worse_than_base"
+
+
+class NotFoundError(TemperingError):
+    """An object (a file, a job, …) that does not exist in the caller's project. Another project's object is
+    reported exactly like a missing one, so ids never reveal what other projects hold."""
+
+    code = "not_found"
+
+    def __init__(self, kind: str, ident: str, *, param: str | None = None):
+        super().__init__(f"No such {kind}: '{ident}'", param=param)

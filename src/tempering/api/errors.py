@@ -13,7 +13,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from tempering.api.protocol import ErrorEnvelope
-from tempering.errors import InvalidConfigError, InvalidDataError, ModelNotFoundError, TemperingError
+from tempering.errors import (InvalidConfigError, InvalidDataError, ModelNotFoundError, NotFoundError,
+                             TemperingError)
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ def is_id(value: str) -> bool:
 
 
 def _status_of(exc: TemperingError) -> int:
-    if isinstance(exc, ModelNotFoundError):
+    if isinstance(exc, (ModelNotFoundError, NotFoundError)):
         return 404
     if exc.code == "file_too_large":
         return 413
