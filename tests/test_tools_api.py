@@ -64,7 +64,7 @@ def _not_found(response, ident: str, param: str) -> None:
 
 
 def test_report_counts_tokens_and_checks_leakage(api):
-    client, mine, theirs = api
+    client, mine, _ = api
     train = _upload(client, mine, "qa.jsonl", QA)
     valid = _upload(client, mine, "valid.jsonl", _jsonl([chat_example("What color is item 3?", "Item 3 is yellow.")]
                                                          + [chat_example(f"Q{i}?", f"A{i}.") for i in range(12)]))
@@ -134,6 +134,12 @@ def test_convert_refuses_bad_lines_unless_skipped(api):
     assert done["skipped"] == 1 and done["issues"][0]["line"] == 21 and done["file"]["status"] == "processed"
     error = _error(client.post(f"/v1/files/{bad}/convert", headers=mine, json={"to": "csv"}), 400)
     assert error["param"] == "to"
+    turns = _upload(client, mine, "turns.jsonl", _jsonl([{"messages": [
+        {"role": "user", "content": f"Hi {i}"}, {"role": "assistant", "content": "Hello."},
+        {"role": "user", "content": "Bye"}, {"role": "assistant", "content": "Bye."}]} for i in range(10)]))
+    error = _error(client.post(f"/v1/files/{turns}/convert", headers=mine, json={"to": "classification"}), 400)
+    assert error["param"] == "to" and "single-turn" in error["message"]
+    assert len(client.get("/v1/files", headers=mine).json()["data"]) == before + 3  # two uploads, one conversion
 
 
 # ---------------------------------------------------------------- split
@@ -151,7 +157,7 @@ def test_split_is_seeded_stratified_and_stored(api):
     train, valid = done["training_file"], done["validation_file"]
     assert (train["filename"], valid["filename"]) == ("intents.train.jsonl", "intents.validation.jsonl")
     assert train["status"] == valid["status"] == "processed"
-    content = lambda f: client.get(f"/v1/files/{f['id']}/content", headers=mine).content  # noqa: E731
+    content = lambda f: client.get(f"/v1/files/{f['id']}/content", headers=mine).content
     assert len(content(train).splitlines()) == 24 and len(content(valid).splitlines()) == 6
     again = client.post(f"/v1/files/{source}/split", headers=mine, json=body).json()
     assert content(again["validation_file"]) == content(valid)  # the same seed, the same split
@@ -264,7 +270,7 @@ def test_export_stores_a_zip_of_the_adapter_or_merged_weights(api, tuned):
 
 def test_export_refusals(api, tuned):
     client, mine, theirs = api
-    post = lambda headers, **body: client.post("/v1/exports", headers=headers, json=body)  # noqa: E731
+    post = lambda headers, **body: client.post("/v1/exports", headers=headers, json=body)
     error = _error(post(mine, model=tuned, format="gguf"), 400)
     assert error["code"] == "unsupported_format" and "convert_hf_to_gguf.py" in error["message"]
     assert _error(post(mine, model=TINY_ID, format="merged"), 400)["code"] == "invalid_model"

@@ -13,6 +13,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 from sqlalchemy.orm import Session
 
@@ -72,7 +73,7 @@ class FileWriter:
         self.files: list[NewFile] = []
         self._tmp: tempfile.TemporaryDirectory | None = None
 
-    def __enter__(self) -> FileWriter:
+    def __enter__(self) -> Self:
         # under the store's root, so that the rename into place stays on one file system
         self._tmp = tempfile.TemporaryDirectory(prefix=".work-", dir=self.store.root)
         return self

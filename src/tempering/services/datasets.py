@@ -26,7 +26,7 @@ from tempering.data.formats import ConversionReport, read_examples, validate_any
 from tempering.data.report import DataReport, report_files
 from tempering.data.split import SplitResult, split_examples
 from tempering.data.validate import MIN_EXAMPLES
-from tempering.errors import InvalidConfigError, NotFoundError, TemperingError
+from tempering.errors import InvalidConfigError, InvalidDataError, NotFoundError, TemperingError
 from tempering.services._files import FileWriter, NewFile, named, owned_file
 from tempering.store.models import File, Job
 
@@ -133,8 +133,10 @@ def _stem(filename: str) -> str:
 
 def _write(writer: FileWriter, examples, to: str, filename: str, min_examples: int) -> NewFile:
     built = writer.scratch / "build.jsonl"
-    with named({built: filename}):
-        write_jsonl(examples, built, to)  # a multi-turn example cannot become a classification row
+    try:
+        write_jsonl(examples, built, to)
+    except InvalidDataError as exc:  # a multi-turn example cannot become a classification row
+        raise InvalidConfigError(f"{filename}: {exc.message}; write chat JSONL instead", param="to") from exc
     new = writer.store_file(built, filename)
     new.status, new.status_details = check_file(writer.store.file_path(new.id), filename, min_examples)
     return new

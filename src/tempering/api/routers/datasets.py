@@ -11,9 +11,17 @@ from sqlalchemy.orm import Session
 from tempering.api.deps import CallerDep
 from tempering.api.errors import ERROR_RESPONSES
 from tempering.api.protocol import FileObject
-from tempering.api.protocol_tools import (ConversionObject, ConvertRequest, DataIssue, DataReportObject,
-                                          EstimateObject, EstimateRequest, ReportRequest, SplitObject,
-                                          SplitRequest)
+from tempering.api.protocol_tools import (
+    ConversionObject,
+    ConvertRequest,
+    DataIssue,
+    DataReportObject,
+    EstimateObject,
+    EstimateRequest,
+    ReportRequest,
+    SplitObject,
+    SplitRequest,
+)
 from tempering.services import datasets
 
 router = APIRouter(tags=["data"], responses=ERROR_RESPONSES)
