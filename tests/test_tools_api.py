@@ -142,6 +142,34 @@ def test_convert_refuses_bad_lines_unless_skipped(api):
     assert len(client.get("/v1/files", headers=mine).json()["data"]) == before + 3  # two uploads, one conversion
 
 
+def test_no_stored_bytes_without_their_row(api):
+    """Registering the new file fails (the database refuses the write): the converted bytes are removed."""
+    from contextlib import contextmanager
+
+    from tempering.services import datasets
+    from tempering.store.models import File
+
+    client, mine, _ = api
+    source = _upload(client, mine, "intents.csv", INTENTS)
+    state = client.app.state
+    stored = lambda: sorted(p.name for p in (state.store.root / "files").iterdir())
+    before = stored()
+
+    class RefusingWrites:
+        @contextmanager
+        def session(self, *, write: bool = True):
+            if write:
+                raise RuntimeError("database is locked")
+            with state.db.session(write=False) as session:
+                yield session
+
+    with state.db.session(write=False) as session:
+        project_id = session.get(File, source).project_id
+    with pytest.raises(RuntimeError):
+        datasets.convert(RefusingWrites(), project_id, state.store, source)
+    assert stored() == before and not list(state.store.root.glob(".work-*"))
+
+
 # ---------------------------------------------------------------- split
 
 
@@ -191,6 +219,9 @@ def test_estimate_takes_the_job_body(api):
                   404)["param"] == "model"
     assert _error(client.post("/v1/fine_tuning/estimates", headers=mine, json={**body, "model": f"ft:{TINY_ID}:x:y"}),
                   404)["param"] == "model"
+    broken = _upload(client, mine, "broken.jsonl", QA + b"{not json}\n")
+    error = _error(client.post("/v1/fine_tuning/estimates", headers=mine, json={**body, "training_file": broken}), 400)
+    assert (error["param"], error["code"]) == ("training_file", "invalid_file")
     bad = {**body, "method": {"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 0}}}}
     assert _error(client.post("/v1/fine_tuning/estimates", headers=mine, json=bad), 400)["code"] == "invalid_config"
     _not_found(client.post("/v1/fine_tuning/estimates", headers=theirs, json=body), train, "training_file")
