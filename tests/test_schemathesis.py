@@ -109,10 +109,14 @@ def database_url(request, monkeypatch):
 
 
 @pytest.fixture
-def api_schema(tempering_home, database_url):
+def api_schema(tempering_home, database_url, tiny_model_dir):
     from tempering.api.app import create_app
+    from tempering.catalog import register_local_path
     from tempering.settings import get_settings
 
+    # The base model's weights are the tiny model's (with the base's tokenizer): routes that tokenize (the
+    # estimate) answer at once instead of preparing the embedded model, half a minute past the client's timeout.
+    register_local_path(BASE_MODEL, tiny_model_dir)
     app = create_app(get_settings(), workers=0)
     ids = _seed(app)
     real = _real_ids(ids)
@@ -212,6 +216,12 @@ ODD_REQUESTS = [
     ("POST", "/v1/fine_tuning/jobs", {"model": BASE_MODEL, "training_file": "{file}", "seed": 2**70}, 400),
     ("POST", "/v1/fine_tuning/jobs", {"model": BASE_MODEL, "training_file": "{file}",
                                       "metadata": {"k" * 65: "v"}}, 400),
+    ("POST", "/v1/files/file-%00/report", {"format": None}, 404),
+    ("POST", "/v1/files/{file}/report", {"model": "no\x00model"}, 404),
+    ("POST", "/v1/fine_tuning/estimates", {"model": "ft:\x00", "training_file": "{file}"}, 404),
+    ("POST", "/v1/exports", {"model": "ft:\x00", "format": "peft"}, 404),
+    ("POST", "/v1/exports", {"model": "ft:a:b:c\x00@step-1", "format": "merged"}, 404),
+    ("GET", "/v1/catalog/%00", None, 404),
 ]
 
 

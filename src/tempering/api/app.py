@@ -13,7 +13,17 @@ from fastapi.responses import Response
 import tempering
 from tempering.api import errors
 from tempering.api.deps import ensure_admin_key
-from tempering.api.routers import deployments, evaluations, files, inference, jobs, models
+from tempering.api.routers import (
+    catalog,
+    datasets,
+    deployments,
+    evaluations,
+    exports,
+    files,
+    inference,
+    jobs,
+    models,
+)
 from tempering.settings import Settings
 from tempering.store.artifacts import ArtifactStore
 from tempering.store.db import Database
@@ -69,7 +79,7 @@ def create_app(settings: Settings, *, workers: int = 1) -> FastAPI:
     app.state.chat = ChatService(db, serving, monitor, settings)  # the serving path the API and portal share
     errors.install(app)
     for router in (files.router, jobs.router, models.router, evaluations.router, deployments.router,
-                   inference.router):
+                   inference.router, datasets.router, catalog.router, exports.router):
         app.include_router(router)
 
     @app.get("/health", tags=["meta"])
