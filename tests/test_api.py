@@ -255,6 +255,52 @@ def test_cli_server_mode_runs_the_job_on_the_server(server, tmp_path):
     listed = subprocess.run([*cli, "models", "list", "--json"], env=env, capture_output=True, text=True, timeout=60)
     assert job["fine_tuned_model"] in {m["id"] for m in json.loads(listed.stdout)}
 
-    refused = subprocess.run([*cli, "tune", train, "--model", TINY_ID, "--lora-rank", "4"], env=env,
-                             capture_output=True, text=True, timeout=60)
-    assert refused.returncode == 1 and "not available with --server yet: lora" in refused.stderr
+
+
+def test_one_job_config_through_the_api_the_server_cli_and_the_local_cli(server, tmp_path):
+    """LoRA rank, sequence length and warmup sent through the API train with exactly those values, and the same
+    options through `tempering tune --server` and the local `tempering tune` store the same config."""
+    client, home = server
+    train = tmp_path / "train.jsonl"
+    train.write_bytes(TRAIN)
+    options = ["--model", TINY_ID, "--epochs", "1", "--lora-rank", "8", "--max-seq-length", "96",
+               "--warmup-ratio", "0.2", "--suffix", "same", "--no-evaluate"]
+    cli = [sys.executable, "-m", "tempering.cli.main", "tune", train, *options, "--json"]
+    remote_env = {**os.environ, "TEMPERING_SERVER": str(client.base_url), "TEMPERING_API_KEY": client.api_key,
+                  "TEMPERING_HOME": str(tmp_path / "client-home")}
+    remote = subprocess.run(cli, env=remote_env, capture_output=True, text=True, timeout=300)
+    assert remote.returncode == 0, remote.stderr
+    local_env = {k: v for k, v in os.environ.items() if k not in ("TEMPERING_SERVER", "TEMPERING_API_KEY")}
+    local = subprocess.run(cli, env={**local_env, "TEMPERING_HOME": str(home)}, capture_output=True, text=True,
+                           timeout=300)
+    assert local.returncode == 0, local.stderr
+
+    def run_config(model_id: str) -> dict:
+        run = json.loads((home / "runs" / model_id.rsplit(":", 1)[1] / "run.json").read_text())
+        adapter = json.loads((home / "runs" / model_id.rsplit(":", 1)[1] / "model" / "adapter_config.json")
+                             .read_text())
+        assert adapter["r"] == 8 and run["config"]["lora"]["rank"] == 8
+        return {k: v for k, v in run["config"].items() if k not in ("training_file", "validation_file", "seed")}
+
+    through_server = run_config(json.loads(remote.stdout)["fine_tuned_model"])
+    through_cli = run_config(json.loads(local.stdout)["model_id"])
+    assert through_server["max_seq_length"] == 96 and through_server["warmup_ratio"] == 0.2
+    assert through_server == through_cli
+
+    api_job = client.fine_tuning.jobs.create(
+        model=TINY_ID, training_file=client.files.create(file=("t.jsonl", TRAIN), purpose="fine-tune").id,
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 1}}},
+        extra_body={"lora": {"rank": 8}, "max_seq_length": 96, "warmup_ratio": 0.2, "evaluate": False})
+    done = _wait(client, api_job.id)
+    assert done.status == "succeeded", done.error
+    assert run_config(done.fine_tuned_model)["max_seq_length"] == 96
+
+    with pytest.raises(openai.BadRequestError) as conflict:  # one place for hyperparameters, not two
+        client.fine_tuning.jobs.create(model=TINY_ID, training_file=api_job.training_file,
+                                       hyperparameters={"n_epochs": 1},
+                                       method={"type": "supervised", "supervised": {"hyperparameters": {}}})
+    assert "not both" in conflict.value.message
+    with pytest.raises(openai.BadRequestError) as boolean:
+        client.fine_tuning.jobs.create(model=TINY_ID, training_file=api_job.training_file,
+                                       hyperparameters={"n_epochs": True})
+    assert "n_epochs" in boolean.value.message

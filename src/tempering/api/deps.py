@@ -12,7 +12,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from tempering.api.errors import APIError, is_id, not_found
+from tempering.api.errors import APIError
 from tempering.store.models import ApiKey, Project
 
 KEY_PREFIX = "tk-"
@@ -83,13 +83,3 @@ def current_caller(request: Request,
 
 
 CallerDep = Annotated[Caller, Depends(current_caller)]
-
-
-def owned_row(session: Session, table, ident: str, project_id: str, kind: str, param: str):
-    """The row of ``table`` with id ``ident`` in the caller's project, or a 404 naming ``kind`` and ``param``:
-    an id this server could not have made is never looked up, and another project's row (or a deleted one)
-    is answered as if it did not exist."""
-    row = session.get(table, ident) if is_id(ident) else None
-    if row is None or row.project_id != project_id or getattr(row, "deleted", False):
-        raise not_found(kind, ident, param)
-    return row

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from tempering.train.config import Hyperparameters, JobOptions
 
 T = TypeVar("T")
 
@@ -48,21 +50,13 @@ class FileDeleted(BaseModel):
     deleted: bool = True
 
 
-class Hyperparameters(BaseModel):
-    """OpenAI's hyperparameters; ``batch_size_multiplier`` is Azure's addition."""
-
-    model_config = ConfigDict(extra="forbid")
-    n_epochs: int | Literal["auto"] = "auto"
-    batch_size: int | Literal["auto"] = "auto"
-    learning_rate_multiplier: float | Literal["auto"] = "auto"
-    batch_size_multiplier: float | Literal["auto"] | None = None
-
-
 class Supervised(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
 
 
 class Method(BaseModel):
+    model_config = ConfigDict(extra="forbid")
     type: Literal["supervised"] = "supervised"
     supervised: Supervised = Field(default_factory=Supervised)
 
@@ -72,7 +66,11 @@ MetadataKey = Annotated[str, StringConstraints(max_length=64)]
 MetadataValue = Annotated[str, StringConstraints(max_length=512)]
 
 
-class JobCreate(BaseModel):
+class JobCreate(JobOptions):
+    """OpenAI's job creation body plus every option of Tempering's job config (``train.config.JobOptions``:
+    task, LoRA settings, sequence length, warmup, evaluation, data format …), so the API builds the same
+    ``TuneConfig`` the CLI and the portal build. Unknown fields are refused, naming the field."""
+
     # The bounds are OpenAI's (metadata) or the database's (model); the finer rules (the suffix's characters,
     # the hyperparameters' ranges) are the job config's, checked by parse_config with the field named.
     model: str = Field(min_length=1, max_length=200)
@@ -84,10 +82,28 @@ class JobCreate(BaseModel):
         default=None, max_length=16, description="Up to 16 pairs; keys up to 64 characters, values up to 512.")
     method: Method | None = None
     hyperparameters: Hyperparameters | None = Field(default=None, description="Deprecated by OpenAI in "
-                                                    "favour of method.supervised.hyperparameters; still accepted.")
-    # Tempering's own extensions, ignored by OpenAI's SDK: the task and the data platform's options.
-    task: Literal["chat", "classification"] = "chat"
-    validation_fraction: float | None = Field(default=None, gt=0.0, lt=0.5)
+                                                    "favour of method.supervised.hyperparameters; still accepted, "
+                                                    "but not together with method.")
+    integrations: list[dict[str, Any]] | None = Field(default=None, max_length=0, description="OpenAI's "
+                                                      "integrations (Weights & Biases); none are supported.")
+
+    @model_validator(mode="after")
+    def _one_place_for_hyperparameters(self):
+        if self.method is not None and self.hyperparameters is not None:
+            raise ValueError("send hyperparameters in method.supervised.hyperparameters or at the top level, "
+                             "not both")
+        return self
+
+    def chosen_hyperparameters(self) -> Hyperparameters:
+        if self.method is not None:
+            return self.method.supervised.hyperparameters
+        return self.hyperparameters or Hyperparameters()
+
+    def config_fields(self) -> dict:
+        """The job config's fields this body sets (files and OpenAI-only fields aside)."""
+        fields = self.model_dump(exclude_unset=True, exclude={"training_file", "validation_file", "metadata",
+                                                              "method", "hyperparameters", "integrations"})
+        return {**fields, "hyperparameters": self.chosen_hyperparameters().model_dump(exclude_unset=True)}
 
 
 class JobError(BaseModel):

@@ -14,8 +14,8 @@ from pydantic import BaseModel, Field
 
 from tempering.api.protocol import FileId, FileObject, JobCreate
 from tempering.api.protocol_evaluations import DataFormat
-from tempering.train.estimate import Estimate
 from tempering.data.report import DataReport
+from tempering.train.estimate import Estimate
 
 
 class DataOptions(BaseModel):

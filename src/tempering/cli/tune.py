@@ -65,25 +65,14 @@ def run_with_progress(config, console, *, resume: bool = False):
         return run_tune(config, on_event=_ProgressSink(progress), resume=resume, should_stop=should_stop)
 
 
-REMOTE_FIELDS = {"model", "task", "training_file", "validation_file", "validation_fraction", "suffix", "seed",
-                 "hyperparameters"}
-
-
 def _tune_remote(config: TuneConfig, server: str, api_key: str | None, as_json: bool) -> None:
     """The same job, run by a server: upload the files, create the job, follow its events."""
     from tempering.client import TemperingClient
     from tempering.errors import InvalidConfigError
 
-    local_only = sorted(f for f in config.model_fields_set - REMOTE_FIELDS if getattr(config, f)
-                        != TuneConfig.model_fields[f].get_default(call_default_factory=True))
-    if local_only:
-        raise InvalidConfigError(f"not available with --server yet: {', '.join(local_only)}", param=local_only[0])
     client = TemperingClient(server, api_key)
-    body = {"model": config.model, "task": config.task, "suffix": config.suffix, "seed": config.seed,
-            "validation_fraction": config.validation_fraction,
-            "training_file": client.upload(config.training_file)["id"],
-            "method": {"type": "supervised",
-                       "supervised": {"hyperparameters": config.hyperparameters.model_dump()}}}
+    body = remote_body(config)
+    body["training_file"] = client.upload(config.training_file)["id"]
     if config.validation_file is not None:
         body["validation_file"] = client.upload(config.validation_file)["id"]
     job = client.create_job(body)
@@ -100,6 +89,16 @@ def _tune_remote(config: TuneConfig, server: str, api_key: str | None, as_json: 
         error = job.get("error") or {}
         raise InvalidConfigError(f"job {job['id']} {job['status']}: {error.get('message', '')}".rstrip(": "),
                                  code=error.get("code"), param=error.get("param"))
+
+
+def remote_body(config: TuneConfig) -> dict:
+    """The API's job body for ``config``: every field the user set (the rest keep the server's defaults, which
+    are the config's), the hyperparameters in OpenAI's place; the files are uploaded by the caller."""
+    fields = config.model_dump(mode="json", exclude_unset=True, exclude={"training_file", "validation_file",
+                                                                         "hyperparameters"})
+    hyperparameters = config.hyperparameters.model_dump(mode="json", exclude_unset=True)
+    return {"model": config.model, **fields,
+            "method": {"type": "supervised", "supervised": {"hyperparameters": hyperparameters}}}
 
 
 def _print_estimate(config, as_json: bool) -> None:
@@ -134,12 +133,12 @@ def tune(
     training_file: Annotated[Path, typer.Argument(help=_help("training_file"), exists=True, dir_okay=False)],
     validation: Annotated[Path | None, typer.Option("--validation", help=_help("validation_file"),
                                                     exists=True, dir_okay=False)] = None,
-    model: Annotated[str, typer.Option(help=_help("model"))] = DEFAULT_MODEL_ID,
-    task: Annotated[str, typer.Option(help=_help("task"))] = "chat",
+    model: Annotated[str | None, typer.Option(help=_help("model") + f" Default: {DEFAULT_MODEL_ID}.")] = None,
+    task: Annotated[str | None, typer.Option(help=_help("task") + " Default: chat.")] = None,
     data_format: Annotated[str | None, typer.Option("--format", help=_help("data_format"))] = None,
     text_column: Annotated[str | None, typer.Option(help=_help("text_column"))] = None,
     label_column: Annotated[str | None, typer.Option(help=_help("label_column"))] = None,
-    validation_fraction: Annotated[float, typer.Option(help=_help("validation_fraction"))] = 0.1,
+    validation_fraction: Annotated[float | None, typer.Option(help=_help("validation_fraction"))] = None,
     epochs: Annotated[int | None, typer.Option(help=_help("n_epochs", Hyperparameters))] = None,
     batch_size: Annotated[int | None, typer.Option(help=_help("batch_size", Hyperparameters))] = None,
     batch_size_multiplier: Annotated[float | None, typer.Option(
@@ -157,9 +156,10 @@ def tune(
     warmup_ratio: Annotated[float | None, typer.Option(help=_help("warmup_ratio"))] = None,
     weight_decay: Annotated[float | None, typer.Option(help=_help("weight_decay"))] = None,
     checkpoint_every: Annotated[int | None, typer.Option(help=_help("checkpoint_every_steps"))] = None,
-    evaluate: Annotated[bool, typer.Option("--evaluate/--no-evaluate", help=_help("evaluate"))] = True,
+    evaluate: Annotated[bool | None, typer.Option("--evaluate/--no-evaluate", help=_help("evaluate"))] = None,
     eval_max_examples: Annotated[int | None, typer.Option(help=_help("eval_max_examples"))] = None,
-    device: Annotated[str, typer.Option(help=_help("device"))] = "auto",
+    eval_answers: Annotated[str | None, typer.Option(help=_help("eval_answers"))] = None,
+    device: Annotated[str | None, typer.Option(help=_help("device"))] = None,
     server: Annotated[str | None, typer.Option(envvar="TEMPERING_SERVER", help="URL of a Tempering server: "
                                                "upload the files and run the job there.")] = None,
     api_key: Annotated[str | None, typer.Option(envvar="TEMPERING_API_KEY", help="API key for --server.")] = None,
@@ -172,18 +172,20 @@ def tune(
 ) -> None:
     """LoRA fine-tune a model; prints the new fine-tuned model id."""
     quiet_libraries()
-    hyperparameters = {"n_epochs": epochs, "batch_size": batch_size, "batch_size_multiplier": batch_size_multiplier,
-                       "learning_rate_multiplier": learning_rate_multiplier}
+    hyperparameters = _given(n_epochs=epochs, batch_size=batch_size, batch_size_multiplier=batch_size_multiplier,
+                             learning_rate_multiplier=learning_rate_multiplier)
+    lora = _given(rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout,
+                  target_modules=(lora_target[0] if lora_target == ["all-linear"] else lora_target))
+    # Only what the user set: the config's own defaults apply to the rest, here and on a server alike.
     config = parse_config({
-        "model": model, "task": task, "training_file": training_file, "validation_file": validation,
-        "validation_fraction": validation_fraction, "data_format": data_format, "text_column": text_column,
-        "label_column": label_column, "suffix": suffix,
-        "seed": seed, "hyperparameters": _given(**hyperparameters),
-        "checkpoint_every_steps": checkpoint_every, "max_seq_length": max_seq_length, "device": device,
-        "evaluate": evaluate,
-        **_given(warmup_ratio=warmup_ratio, weight_decay=weight_decay, eval_max_examples=eval_max_examples),
-        "lora": _given(rank=lora_rank, alpha=lora_alpha, dropout=lora_dropout,
-                       target_modules=(lora_target[0] if lora_target == ["all-linear"] else lora_target)),
+        "training_file": training_file,
+        **_given(model=model, task=task, validation_file=validation, validation_fraction=validation_fraction,
+                 data_format=data_format, text_column=text_column, label_column=label_column, suffix=suffix,
+                 seed=seed, checkpoint_every_steps=checkpoint_every, max_seq_length=max_seq_length, device=device,
+                 evaluate=evaluate, warmup_ratio=warmup_ratio, weight_decay=weight_decay,
+                 eval_max_examples=eval_max_examples, eval_answers=eval_answers),
+        **({"hyperparameters": hyperparameters} if hyperparameters else {}),
+        **({"lora": lora} if lora else {}),
     })
     if estimate:
         _print_estimate(config, as_json)

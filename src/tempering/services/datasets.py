@@ -16,22 +16,23 @@ write transaction; the bytes are removed if anything fails before that commits.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tempering.data.formats import ConversionReport, read_examples, validate_any, write_jsonl
 from tempering.data.report import DataReport, report_files
 from tempering.data.split import SplitResult, split_examples
 from tempering.data.validate import MIN_EXAMPLES
-from tempering.errors import InvalidConfigError, InvalidDataError, TemperingError, not_found
+from tempering.errors import InvalidConfigError, InvalidDataError, TemperingError
 from tempering.services._files import FileWriter, NewFile, named, owned_file
-from tempering.store.models import File, Job
+from tempering.store.models import File
 
 DATA_PURPOSES = ("fine-tune", "evals")
 TARGETS = ("chat", "classification")
+log = logging.getLogger(__name__)
 SHOWN_PROBLEMS = 20
 
 
@@ -54,6 +55,10 @@ def check_file(path: Path, filename: str, min_examples: int = MIN_EXAMPLES) -> t
             report = validate_any(path, "chat", min_examples=min_examples)
     except TemperingError as exc:
         return "error", exc.message.replace(str(path), filename)
+    except (RecursionError, MemoryError, ValueError, UnicodeError, OSError) as exc:
+        # a reader's failure on hostile input is the file's problem, reported as such (never a 500)
+        log.warning("checking %s (%s) failed: %r", filename, path.name, exc)
+        return "error", f"{filename} could not be read as training data ({type(exc).__name__})"
     if report.valid:
         return "processed", None
     return "error", _problems(report.errors)
@@ -188,51 +193,3 @@ def split(db, project_id: str, store, file_id: str, *, validation_fraction: floa
         _write(writer, valid, to, f"{stem}.validation.jsonl", 1)  # a validation file may be small
         train_row, valid_row = writer.register(db, project_id, source.purpose)
     return Split(source, train_row, valid_row, result, conversion, conversion.stats["examples"] - len(examples))
-
-
-# ---------------------------------------------------------------- estimate
-
-
-def _training_file(session, project_id: str, file_id: str, param: str) -> File:
-    row = owned_file(session, project_id, file_id, param)
-    if row.status != "processed" or row.purpose != "fine-tune":
-        raise TemperingError(f"file {row.id} cannot be used for fine-tuning (purpose {row.purpose}, status "
-                             f"{row.status})", param=param, code="invalid_file")
-    return row
-
-
-def check_model(session: Session, project_id: str, model: str) -> None:
-    """A catalog id, or a fine-tuned model of this project (to continue training), as a job accepts."""
-    from tempering.catalog import get_card
-
-    if "\x00" in model:  # names no model; kept from the database (PostgreSQL refuses NUL in text)
-        raise not_found("model", model, "model")
-    if model.startswith("ft:"):
-        owned = session.scalars(select(Job.id).where(Job.project_id == project_id,
-                                                     Job.fine_tuned_model == model)).first()
-        if owned is None:
-            raise not_found("model", model, "model")
-    else:
-        get_card(model)  # ModelNotFoundError, naming the catalog
-
-
-def estimate(session: Session, project_id: str, store, *, model: str, training_file: str,
-             validation_file: str | None = None, task: str = "chat", validation_fraction: float | None = None,
-             seed: int | None = None, suffix: str | None = None, hyperparameters: dict | None = None):
-    """Tokens × epochs, time and cost of the job these options would create (``tempering tune --estimate``):
-    the job's checks, the same config, then ``train.recipe.estimate_job`` (the same data loading and split
-    as training; without a seed, seed 0 decides the split). Returns ``train.estimate.Estimate``."""
-    from tempering.train.config import parse_config
-    from tempering.train.estimate import estimate_job  # torch loads here
-
-    train = _training_file(session, project_id, training_file, "training_file")
-    valid = _training_file(session, project_id, validation_file, "validation_file") if validation_file else None
-    check_model(session, project_id, model)
-    config = {"model": model, "task": task, "suffix": suffix, "hyperparameters": hyperparameters or {},
-              "seed": seed, "training_file": store.file_path(train.id),
-              "validation_file": store.file_path(valid.id) if valid else None}
-    if validation_fraction is not None:
-        config["validation_fraction"] = validation_fraction
-    paths = {store.file_path(row.id): row.filename for row in (train, valid) if row is not None}
-    with named(paths):
-        return estimate_job(parse_config(config))

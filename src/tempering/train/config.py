@@ -7,10 +7,12 @@ Field descriptions are the single source of help text. "auto" values are resolve
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from annotated_types import Len
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, field_validator
 
 from tempering.catalog.registry import DEFAULT_MODEL_ID
 
@@ -28,10 +30,10 @@ TARGET_EPOCHS, MIN_TARGET_EXAMPLES, MAX_TARGET_EXAMPLES, MAX_AUTO_EPOCHS = 3, 10
 class Hyperparameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    n_epochs: int | Auto = Field(
+    n_epochs: StrictInt | Auto = Field(
         default="auto", description="Passes over the training data (1-50). auto: 3, or more for tiny "
         "data sets so at least 100 examples are seen, fewer for huge ones.")
-    batch_size: int | Auto = Field(
+    batch_size: StrictInt | Auto = Field(
         default="auto", description="Examples per optimizer step (1-256). auto: about 1/20 of the "
         "training examples, rounded down to a power of two, between 1 and 32.")
     batch_size_multiplier: float | Auto = Field(
@@ -72,43 +74,40 @@ class Hyperparameters(BaseModel):
 class LoraSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    rank: int = Field(default=16, ge=1, le=256, description="LoRA rank r.")
-    alpha: int = Field(default=32, ge=1, le=1024, description="LoRA alpha; the update is scaled by alpha/r.")
+    rank: StrictInt = Field(default=16, ge=1, le=256, description="LoRA rank r.")
+    alpha: StrictInt = Field(default=32, ge=1, le=1024, description="LoRA alpha; the update is scaled by alpha/r.")
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
-    target_modules: list[str] | Literal["all-linear"] = Field(
+    target_modules: Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=100)]],
+                              Len(1, 64)] | Literal["all-linear"] = Field(
         default="all-linear", description="Linear layers to adapt: module names, or all-linear.")
 
 
-class TuneConfig(BaseModel):
+class JobOptions(BaseModel):
+    """Tempering's own options of a job, beyond OpenAI's (model, files, suffix, seed, hyperparameters): what
+    the job config adds, accepted by the API's job creation as they are, and by the CLI and the portal."""
+
     model_config = ConfigDict(extra="forbid")
 
-    model: str = Field(default=DEFAULT_MODEL_ID, description="Catalog id of the base model, or a fine-tuned "
-                       "model id to continue training.")
     task: Literal["chat", "classification"] = Field(
         default="chat", description="chat: LoRA supervised fine-tuning on assistant turns. classification: a "
         "classification head on the model (trained fully, the body with LoRA) predicting a label from a text.")
-    training_file: Path = Field(description="Training data: chat JSONL or any format `tempering data convert` reads.")
-    validation_file: Path | None = Field(
-        default=None, description="Validation data; when absent, a seeded split of the training file is held out "
-        "(stratified by label, duplicates kept on one side) if it has at least 20 examples.")
     validation_fraction: float = Field(default=0.1, gt=0.0, lt=0.5,
                                        description="Share of the training file held out when no validation file.")
-    data_format: str | None = Field(default=None, description="Format of the data files; detected when absent.")
-    text_column: str | None = Field(default=None, description="Text column of classification CSV/JSONL data.")
-    label_column: str | None = Field(default=None, description="Label column of classification CSV/JSONL data.")
-    suffix: str | None = Field(
-        default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$",
-        description="Up to 40 letters, digits, '-' or '_', put in the fine-tuned model's id.")
-    seed: int | None = Field(default=None, ge=0, le=2**31 - 1,
-                             description="Random seed; a random one is chosen and recorded when absent.")
-    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
+    data_format: str | None = Field(default=None, max_length=40,
+                                    description="Format of the data files; detected when absent.")
+    text_column: str | None = Field(default=None, max_length=200,
+                                    description="Text column of classification CSV/JSONL data.")
+    label_column: str | None = Field(default=None, max_length=200,
+                                     description="Label column of classification CSV/JSONL data.")
     lora: LoraSettings = Field(default_factory=LoraSettings)
     max_seq_length: int | None = Field(
-        default=None, ge=16, description="Longest training sequence in tokens; default: the model's context.")
+        default=None, ge=16, le=1_048_576, description="Longest training sequence in tokens; default: the "
+        "model's context.")
     warmup_ratio: float = Field(default=0.1, ge=0.0, le=0.5, description="Share of steps spent warming up.")
     weight_decay: float = Field(default=0.0, ge=0.0, le=1.0, description="AdamW weight decay.")
     checkpoint_every_steps: int | None = Field(
-        default=None, ge=1, description="Also write a checkpoint every N steps (one is always written per epoch).")
+        default=None, ge=1, le=10_000_000, description="Also write a checkpoint every N steps (one is always "
+        "written per epoch).")
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="Where to train.")
     evaluate: bool = Field(
         default=True, description="After training, evaluate the base and the fine-tuned model on the validation "
@@ -120,6 +119,26 @@ class TuneConfig(BaseModel):
         default="auto", description="How the evaluation scores chat answers: labels (accuracy, macro-F1) or text "
         "(ROUGE-L). auto: labels when the training answers are a small closed set of short answers that the "
         "validation answers fall in.")
+
+
+SUFFIX_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$"
+
+
+class TuneConfig(JobOptions):
+    """The one job config: what the CLI, the API and the portal build, what a run stores in ``run.json``."""
+
+    model: str = Field(default=DEFAULT_MODEL_ID, description="Catalog id of the base model, or a fine-tuned "
+                       "model id to continue training.")
+    training_file: Path = Field(description="Training data: chat JSONL or any format `tempering data convert` reads.")
+    validation_file: Path | None = Field(
+        default=None, description="Validation data; when absent, a seeded split of the training file is held out "
+        "(stratified by label, duplicates kept on one side) if it has at least 20 examples.")
+    suffix: str | None = Field(
+        default=None, pattern=SUFFIX_PATTERN,
+        description="Up to 40 letters, digits, '-' or '_', put in the fine-tuned model's id.")
+    seed: int | None = Field(default=None, ge=0, le=2**31 - 1,
+                             description="Random seed; a random one is chosen and recorded when absent.")
+    hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
 
 
 class ResolvedHyperparameters(BaseModel):
@@ -158,6 +177,16 @@ def resolve_hyperparameters(config: TuneConfig, n_examples: int, family: str, se
     )
 
 
+# Pydantic names the branch of a union it tried ("int", "literal['auto']", "function-after[...]") in an error's
+# location; a person wants the field.
+_BRANCH = re.compile(r"^(int|float|str|bool|list|dict|none|strict-int|literal\[.*\]|function-\w+\[.*\]|"
+                     r"constrained-\w+|is-instance\[.*\]|lax-or-strict\[.*\])$")
+
+
+def _field_of(loc) -> str:
+    return ".".join(str(p) for p in loc if not (isinstance(p, str) and _BRANCH.match(p))) or "config"
+
+
 def parse_config(data: dict) -> TuneConfig:
     """Build a ``TuneConfig``; every invalid field is reported at once, each by its dotted name."""
     from pydantic import ValidationError
@@ -167,7 +196,9 @@ def parse_config(data: dict) -> TuneConfig:
     try:
         return TuneConfig.model_validate(data)
     except ValidationError as exc:
-        problems = [f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in exc.errors()]
-        first = exc.errors()[0]["loc"]
-        raise InvalidConfigError("invalid job config: " + "; ".join(problems),
-                                 param=".".join(str(p) for p in first) or None) from exc
+        problems: dict[str, list[str]] = {}
+        for e in exc.errors():
+            problems.setdefault(_field_of(e["loc"]), []).append(e["msg"])
+        text = "; ".join(f"{field}: {' or '.join(dict.fromkeys(msgs))}" for field, msgs in problems.items())
+        first = next(iter(problems))
+        raise InvalidConfigError("invalid job config: " + text, param=None if first == "config" else first) from exc

@@ -92,9 +92,8 @@ def split(file_id: str, body: SplitRequest, request: Request, caller: CallerDep)
 def estimate(body: EstimateRequest, request: Request, caller: CallerDep, session: ReadSessionDep) -> EstimateObject:
     """Trained tokens, time and cost of the job this body would create (the body of
     `POST /v1/fine_tuning/jobs`); nothing is created."""
-    hp = body.method.supervised.hyperparameters if body.method else body.hyperparameters
-    result = datasets.estimate(session, caller.project_id, request.app.state.store, model=body.model,
-                               training_file=body.training_file, validation_file=body.validation_file,
-                               task=body.task, validation_fraction=body.validation_fraction, seed=body.seed,
-                               suffix=body.suffix, hyperparameters=hp.model_dump(exclude_none=True) if hp else {})
+    from tempering.services import jobs
+
+    result = jobs.estimate(session, caller.project_id, request.app.state.store, body.config_fields(),
+                           training_file=body.training_file, validation_file=body.validation_file)
     return EstimateObject(**result.model_dump())
