@@ -9,7 +9,7 @@ from pathlib import Path
 
 from tempering.data.formats.records import Collector, LineError
 from tempering.data.formats.templates import parse_template
-from tempering.data.validate import iter_lines, parse_json_line
+from tempering.data.lines import brief, is_blank, iter_lines, parse_json_line
 
 
 def text_field(obj: dict, key: str, *, required: bool = True) -> str | None:
@@ -31,7 +31,11 @@ def _with_system(obj: dict, turns: list[dict]) -> list[dict]:
 
 
 def _from_prompt_completion(obj: dict) -> list[dict]:
-    answer_key = "completion" if "completion" in obj else "response"
+    if obj.get("completion") is not None and obj.get("response") is not None:
+        raise LineError(
+            ("conflicting_fields", "both 'completion' and 'response': keep the one that is the answer")
+        )
+    answer_key = "response" if obj.get("completion") is None and "response" in obj else "completion"
     prompt, answer = text_field(obj, "prompt"), text_field(obj, answer_key)
     return _with_system(obj, [{"role": "user", "content": prompt}, {"role": "assistant", "content": answer}])
 
@@ -71,7 +75,7 @@ def jsonl_records(path: Path, out: Collector) -> Iterator[tuple[int, dict]]:
     """Parsed JSON objects with their line numbers; undecodable lines become issues."""
     for number, raw in iter_lines(path):
         out.lines = number
-        if not raw.strip():
+        if is_blank(raw):
             out.warning(number, "blank_line", "empty line, skipped")
             continue
         obj, problem = parse_json_line(raw)
@@ -89,5 +93,7 @@ def read_jsonl(path: Path, fmt: str, out: Collector) -> None:
     for number, obj in jsonl_records(path, out):
         if fmt != "chat":
             for key in sorted(set(obj) - USED_KEYS[fmt]):
-                out.warning(number, "ignored_key", f"key {key!r} is not part of the {fmt} format; dropped")
+                out.warning(
+                    number, "ignored_key", f"key {brief(key)} is not part of the {fmt} format; dropped"
+                )
         out.add(number, lambda obj=obj: convert(obj))

@@ -20,11 +20,17 @@ FORMAT_ERROR_CODES = {
     "empty_field": "a field that holds text is empty or only whitespace",
     "no_template": "a text line holds no Phi-3 or ChatML chat template to parse",
     "text_outside_turns": "a templated text line has text outside its turns",
+    "conflicting_fields": "the line holds two fields for one thing (both 'completion' and 'response')",
+    "unknown_format": "no line looks like any supported format; each line is then checked as chat JSONL",
     "missing_column": "the classification file has no such column",
+    "duplicate_column": "the classification file names its text or label column twice",
     "wrong_column_count": "a CSV row has a different number of fields from the header",
+    "invalid_csv": "a CSV row cannot be parsed (a field over the csv module's size limit, a stray quote)",
+    "nul_byte": "a CSV row holds a NUL byte",
 }
 FORMAT_WARNING_CODES = {
     "ignored_key": "the line has a key this format does not use; it is dropped",
+    "format_not_detected": "no line looks like a supported format, so the file was checked as chat JSONL",
 }
 
 
@@ -51,6 +57,14 @@ class ConversionReport(BaseModel):
             f"{self.stats.get('examples', 0)} example(s) converted, {len(self.errors)} error(s), "
             f"{len(self.warnings)} warning(s)"
         )
+
+
+class FileProblem(Exception):
+    """A problem of the whole file (a classification column missing): one error with no line."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
 
 
 class LineError(Exception):

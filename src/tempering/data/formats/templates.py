@@ -25,8 +25,10 @@ def parse_template(text: str) -> list[dict]:
         raise LineError(
             (
                 "no_template",
-                "the text holds no Phi-3 (<|user|> … <|end|>) or ChatML "
-                "(<|im_start|>user … <|im_end|>) chat template",
+                (
+                    "the text holds no Phi-3 (<|user|> … <|end|>) or ChatML "
+                    "(<|im_start|>user … <|im_end|>) chat template"
+                ),
             )
         )
     messages, problems, outside = [], [], []
