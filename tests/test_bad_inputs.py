@@ -218,6 +218,9 @@ def test_cli_validate_json_is_one_object_and_exit_code(tmp_path, cli_tokenizer, 
     assert payload["valid"] is (expected is None)
     if expected is not None:
         assert expected <= {i["code"] for i in payload["errors"]}
+    table = CliRunner().invoke(app, ["data", "validate", str(path), "--model", cli_tokenizer])
+    assert table.exit_code == result.exit_code and "Traceback" not in table.output
+    assert ("invalid" if expected else "valid") in table.output
 
 
 @pytest.mark.parametrize(

@@ -94,13 +94,17 @@ def aggregate_warnings(warnings: list[Issue], described: Mapping[str, str] | Non
     result: list[Issue] = []
     for code, group in by_code.items():
         total = sum(w.count or 1 for w in group)
-        if total <= AGGREGATE_AFTER:
+        if total <= AGGREGATE_AFTER or (len(group) == 1 and group[0].count):
             result += group
             continue
         lines = sorted(n for w in group for n in (w.lines or [w.line]) if n is not None)
         first = group[0]
-        same = all(w.message == first.message and not w.count for w in group)
-        what = first.message if same else f"{described.get(code, code)}, e.g. {first.message}"
+        if any(w.count for w in group):  # merging aggregates: only the code's own words fit them all
+            what = described.get(code, code)
+        elif all(w.message == first.message for w in group):
+            what = first.message
+        else:
+            what = f"{described.get(code, code)}, e.g. line {first.line}: {first.message}"
         shown = ", ".join(map(str, lines[:SHOWN_LINES])) + (", …" if len(lines) > SHOWN_LINES else "")
         result.append(
             Issue(
