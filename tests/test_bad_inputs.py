@@ -10,6 +10,7 @@ codes it must report (None: the file is valid, its oddity handled).
 from __future__ import annotations
 
 import json
+import random
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -18,7 +19,13 @@ import pytest
 from typer.testing import CliRunner
 
 from tempering.cli.main import app
-from tempering.data.formats import FORMAT_ERROR_CODES, FORMAT_WARNING_CODES, read_examples, validate_any
+from tempering.data.formats import (
+    FORMAT_ERROR_CODES,
+    FORMAT_WARNING_CODES,
+    FORMATS,
+    read_examples,
+    validate_any,
+)
 from tempering.data.lines import FILE_ERROR_CODES, MAX_DEPTH, MAX_LINE_BYTES
 from tempering.data.validate import AGGREGATE_AFTER, ERROR_CODES, SHOWN_LINES, WARNING_CODES
 
@@ -29,6 +36,7 @@ FILE_CODES = set(FILE_ERROR_CODES) | {
     "unknown_format",
     "missing_column",
     "duplicate_column",
+    "invalid_csv",  # the header line
 }
 
 
@@ -147,6 +155,10 @@ CORPUS: dict[str, tuple[bytes | Callable[[], bytes], set[str] | None]] = {
     "csv_latin1.csv": (_csv(CSV_ROWS + ["café,food".encode("latin-1")]), {"not_utf8"}),
     "csv_unclosed_quote.csv": (_csv(CSV_ROWS + [b'"never closed,label']), {"wrong_column_count"}),
     "csv_header_only.csv": (b"text,label\n", {"empty_file"}),
+    "csv_cr_line_endings.csv": (_csv(CSV_ROWS + [b'"spans\rtwo lines",x']).replace(b"\n", b"\r"), None),
+    "csv_header_quoted_newline.csv": (b'text,"label\r\nx",y\n' + b"a,b,c\n" * 12, {"missing_column"}),
+    "csv_header_too_long.csv": (lambda: b"t" * 200_000 + b",label\n" + b"a,b\n" * 12, {"invalid_csv"}),
+    "jsonl_cr_line_endings.jsonl": (GOOD.replace(b"\n", b"\r"), {"invalid_json"}),
     "semicolon.csv": (_csv([r.replace(b",", b";") for r in CSV_ROWS], b"text;label"), None),
     "tabs.tsv": (_csv([r.replace(b",", b"\t") for r in CSV_ROWS], b"text\tlabel"), None),
 }
@@ -320,6 +332,74 @@ def test_a_50_mb_line_is_never_held_whole(tmp_path):
     assert [(i.line, i.code) for i in report.errors] == [(13, "line_too_long")]
     assert report.stats["examples"] == 25 and conversion.stats["converted"] == 24
     assert peak < 3 * MAX_LINE_BYTES, f"peak {peak:,} bytes"
+
+
+# ---------------------------------------------------------------- seeded mutations of good files
+
+SEEDS = {
+    "chat.jsonl": GOOD,
+    "pc.jsonl": b"".join(_line({"prompt": f"q{i}", "completion": f"a{i}", "system": "s"}) for i in range(12)),
+    "text.jsonl": b"".join(
+        _line({"text": f"<|user|>\nq{i}<|end|>\n<|assistant|>\na{i}<|end|>"}) for i in range(12)
+    ),
+    "alpaca.jsonl": b"".join(
+        _line({"instruction": f"q{i}", "input": "x", "output": f"a{i}"}) for i in range(12)
+    ),
+    "rows.csv": _csv([b'"hello, ""there"" %d",label%d' % (i, i % 3) for i in range(12)]),
+    "escaped": b"".join(_line(_chat("\u00e9\ud83d\ude00 [x] {y}")) for _ in range(12)),
+}
+PIECES = [
+    b"[",
+    b"]",
+    b"{",
+    b"}",
+    b'"',
+    b"\\",
+    b"\\ud800",
+    b",",
+    b"\n",
+    b"\r",
+    b"\x00",
+    b"\xff",
+    b"\xc3",
+    b"\xef\xbb\xbf",
+    b"NaN",
+    b"9" * 30,
+    b'"messages"',
+    b'"weight"',
+    b"\t",
+    b'""',
+]
+
+
+def _mutate(data: bytes, rng: random.Random) -> bytes:
+    out = bytearray(data)
+    for _ in range(rng.randint(1, 6)):
+        at, op = rng.randint(0, len(out)), rng.random()
+        if op < 0.4:
+            out[at:at] = rng.choice(PIECES) * rng.choice([1, 1, 2, 70])
+        elif op < 0.6:
+            del out[at : at + rng.randint(1, 20)]
+        elif op < 0.8 and out:
+            out[at % len(out)] = rng.randrange(256)
+        else:
+            start = rng.randint(0, len(out))
+            out[at:at] = out[start : start + rng.randint(1, 80)]
+    return bytes(out)
+
+
+def test_seeded_mutations_never_make_a_reader_raise(tmp_path):
+    """Random damage to good files of every format, read detected and as each format: always a report."""
+    from tempering.data.report import report_files
+
+    rng = random.Random(20261202)
+    for n in range(150):
+        name, seed = rng.choice(sorted(SEEDS.items()))
+        path = _write_bytes(tmp_path / f"{n}-{name}", _mutate(seed, rng))
+        reports = [validate_any(path), read_examples(path)[1], validate_any(path, rng.choice(FORMATS))]
+        for report in reports:
+            _assert_issues_are_located(report.model_dump(mode="json")["errors"])
+        assert report_files(path).verdict.status in ("ready", "review", "blocked")
 
 
 def _write_bytes(path: Path, data: bytes) -> Path:

@@ -195,7 +195,8 @@ def parse_json_line(raw: bytes) -> tuple[object, tuple[str, str] | None]:
     try:
         value = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:
-        return None, ("invalid_json", f"invalid JSON: {exc.msg} (column {exc.colno})")
+        hint = "; the file ends lines with a bare CR (old Mac): save it with LF" if "\r" in text else ""
+        return None, ("invalid_json", f"invalid JSON: {exc.msg} (column {exc.colno}){hint}")
     except _Rejected as exc:
         return None, (exc.code, exc.message)
     except RecursionError:

@@ -22,6 +22,7 @@ from tempering.data.lines import MAX_LINE_BYTES, UTF8_BOM, LongLine, brief, raw_
 
 DELIMITERS = ",\t;|"
 _SURROGATE = re.compile(r"[\udc80-\udcff]")
+_LONE_CR = re.compile(r"(?<=\r)(?!\n)(?!$)")
 TOO_LONG = f"the line is longer than {MAX_LINE_BYTES:,} bytes (the limit): shorten or split the example"
 
 
@@ -79,7 +80,11 @@ def _text_lines(path: Path, too_long: set[int]) -> Iterator[str]:
                 continue
             if number == 1 and raw.startswith(UTF8_BOM):
                 raw = raw[3:]
-            yield raw.decode("utf-8", errors="surrogateescape")
+            text = raw.decode("utf-8", errors="surrogateescape")
+            if "\r" in text.rstrip("\r\n"):  # lone CRs end lines too (old Mac exports); csv needs them apart
+                yield from _LONE_CR.split(text)
+            else:
+                yield text
 
 
 def _delimiter(path: Path, header_line: str) -> str:
@@ -127,7 +132,10 @@ def read_csv(path: Path, out: Collector, text_column, label_column) -> tuple[str
     if first is None:
         return text_column or "text", label_column or "label"
     reader = csv.reader(itertools.chain([first], lines), csv.excel, delimiter=_delimiter(path, first))
-    header = [h.strip() for h in next(reader, [])]
+    try:
+        header = [h.strip() for h in next(reader, [])]
+    except csv.Error as exc:
+        raise FileProblem("invalid_csv", f"the header line is not valid CSV: {exc}") from exc
     t, lab = _resolve_columns(header, text_column, label_column)
     for name in (t, lab):
         if header.count(name) > 1:
