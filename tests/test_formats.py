@@ -160,8 +160,14 @@ def test_format_is_detected_from_the_keys(tmp_path, rows, expected):
 
 def test_detection_failure_and_unknown_format_are_clear(tmp_path):
     path = _write(tmp_path / "x.jsonl", [{"foo": 1}])
+    examples, report = read_examples(path)  # reported, not raised: every line still gets its reason
+    assert not examples and report.format == "chat"
+    assert [(i.line, i.code) for i in report.errors][:2] == [(None, "unknown_format"), (1, "missing_messages")]
+    assert "--format" in report.errors[0].message
     with pytest.raises(InvalidDataError, match="--format"):
-        read_examples(path)
+        load_examples(path)
+    with pytest.raises(InvalidDataError, match="--format"):
+        detect_format(path)
     with pytest.raises(InvalidConfigError, match="unknown format 'yaml'"):
         read_examples(path, "yaml")
 
@@ -207,12 +213,13 @@ def test_csv_columns_detected_or_given_and_bad_rows_reported(tmp_path):
 
     renamed = tmp_path / "renamed.csv"
     renamed.write_text("utt,cat\nhello,greet\n", encoding="utf-8")
-    with pytest.raises(InvalidDataError, match="--text-column"):
-        read_examples(renamed)
+    examples, report = read_examples(renamed)
+    assert not examples and [(i.line, i.code) for i in report.errors] == [(None, "missing_column")]
+    assert "--text-column" in report.errors[0].message and str(tmp_path) not in report.errors[0].message
     examples, _ = read_examples(renamed, text_column="utt", label_column="cat")
     assert examples[0].label == "greet"
     with pytest.raises(InvalidDataError, match="no column 'nope'"):
-        read_examples(renamed, text_column="nope", label_column="cat")
+        load_examples(renamed, text_column="nope", label_column="cat")
 
 
 def test_multiline_quoted_csv_rows_keep_their_starting_line(tmp_path):

@@ -8,6 +8,7 @@ import pytest
 from conftest import chat_example, write_jsonl
 
 from tempering.data import validate_file
+from tempering.data.lines import FILE_ERROR_CODES, MAX_LINE_BYTES
 from tempering.data.validate import ERROR_CODES, WARNING_CODES, load_chat_file
 from tempering.errors import InvalidDataError
 
@@ -42,6 +43,11 @@ CORPUS: list[tuple[bytes, set[str]]] = [
     (b'{"messages": [{"role": "user", "content": "caf\xe9"}]}', {"not_utf8"}),
     (_line({"messages": [SYS, USER, {"role": "assistant", "content": "word " * 400}]}), {"too_long"}),
     (_line({"messages": [SYS, USER, {**ASSISTANT, "weight": 1}, USER, {**ASSISTANT, "weight": 0}]}), set()),
+    (b'{"messages": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", {"too_deep"}),
+    (b'{"messages": [], "messages": []}', {"duplicate_key"}),
+    (b'{"messages": [{"role": "user", "content": "\\ud800"}]}', {"invalid_unicode"}),
+    (b'{"messages": [{"role": "user", "content": "' + b"x" * (MAX_LINE_BYTES + 1) + b'"}]}', {"line_too_long"}),
+    (b'{"messages": [], "n": ' + b"9" * 5000 + b"}", {"invalid_json"}),
 ]
 
 
@@ -62,7 +68,7 @@ def test_corpus_reports_every_problem_with_its_line(tmp_path, tokenizer):
     assert not report.valid
     assert report.stats["valid_examples"] == 2
     # every error code a line can carry is exercised by the corpus
-    line_codes = set(ERROR_CODES) - {"empty_file", "too_few_examples"}
+    line_codes = set(ERROR_CODES) - {"empty_file", "too_few_examples"} - set(FILE_ERROR_CODES)
     assert set().union(*by_line.values()) == line_codes
 
 

@@ -1,7 +1,16 @@
-"""``tempering data``: convert, check, report on and split training data before any job runs."""
+"""``tempering data``: convert, check, report on and split training data before any job runs.
+
+With ``--json`` a command prints exactly one JSON object on stdout whatever happens: its result, or
+``{"error": {"message", "code", "param"}}`` (plus the conversion ``report`` when the data could not be
+read), and exits 1 on failure.
+"""
 
 from __future__ import annotations
 
+import sys
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -15,6 +24,7 @@ from tempering.data.findings import Distribution, infer_labels
 from tempering.data.formats import FORMATS, read_examples, validate_any, write_jsonl
 from tempering.data.report import DataReport, report_files
 from tempering.data.split import split_examples
+from tempering.errors import InvalidConfigError, TemperingError
 
 app = typer.Typer(help="Convert, validate, report on and split training data.", no_args_is_help=True)
 
@@ -29,7 +39,10 @@ def _issues_table(report: ValidationReport) -> Table:
     for level, issue in issues[:SHOWN_ISSUES]:
         style = "red" if level == "error" else "yellow"
         table.add_row(
-            "" if issue.line is None else str(issue.line), f"[{style}]{level}[/]", issue.code, safe(issue.message)
+            "" if issue.line is None else str(issue.line),
+            f"[{style}]{level}[/]",
+            issue.code,
+            safe(issue.message),
         )
     if len(issues) > SHOWN_ISSUES:
         table.caption = f"… and {len(issues) - SHOWN_ISSUES} more (use --json to see them all)"
@@ -79,9 +92,43 @@ OutputFormat = Annotated[
     str,
     typer.Option("--to", help='Write chat JSONL ({"messages"}) or classification JSONL ({"text","label"}).'),
 ]
-InputFile = Annotated[
-    Path, typer.Argument(help="Training data in any supported format.", exists=True, dir_okay=False)
-]
+# Existence is checked in the command (``_existing``), not by Click, so --json can report it as JSON.
+InputFile = Annotated[Path, typer.Argument(help="Training data in any supported format.")]
+
+
+def _existing(path: Path | None, param: str = "file") -> Path | None:
+    if path is not None and not path.is_file():
+        what = "is a folder, not a file" if path.is_dir() else "does not exist"
+        raise InvalidConfigError(f"{path} {what}", param=param, code="file_not_found")
+    return path
+
+
+@contextmanager
+def _json_errors(as_json: bool) -> Iterator[None]:
+    """Under --json, any failure becomes one JSON error object on stdout and exit 1; otherwise errors go
+    to the CLI's one handler (a red line). An unexpected exception also leaves its traceback on stderr."""
+    if not as_json:
+        yield
+        return
+    try:
+        yield
+    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        raise
+    except TemperingError as exc:
+        report = getattr(exc, "report", None)
+        _print_error(exc.message, exc.code, exc.param, report)
+        raise typer.Exit(1) from exc
+    except Exception as exc:  # a bug: still one JSON object, and the traceback for whoever reports it
+        traceback.print_exc(file=sys.stderr)
+        _print_error(f"internal error: {type(exc).__name__}: {exc}", "internal_error", None, None)
+        raise typer.Exit(1) from exc
+
+
+def _print_error(message: str, code: str, param: str | None, report) -> None:
+    payload: dict = {"error": {"message": message, "code": code, "param": param}}
+    if report is not None:
+        payload["report"] = report.model_dump(mode="json")
+    print_json(payload)
 
 
 @app.command("validate")
@@ -94,16 +141,18 @@ def validate(
     as_json: JsonOption = False,
 ) -> None:
     """Check a training file and report every problem with its line number. Exit 0 if valid, 1 if not."""
-    quiet_libraries()
-    card = catalog.get_card(model)
-    report = validate_any(
-        file,
-        format,
-        text_column=text_column,
-        label_column=label_column,
-        tokenizer=catalog.load_tokenizer(card),
-        context_length=card.context_length,
-    )
+    with _json_errors(as_json):
+        _existing(file)
+        quiet_libraries()
+        card = catalog.get_card(model)
+        report = validate_any(
+            file,
+            format,
+            text_column=text_column,
+            label_column=label_column,
+            tokenizer=catalog.load_tokenizer(card),
+            context_length=card.context_length,
+        )
     if as_json:
         print_json(report.model_dump(mode="json"))
     else:
@@ -119,16 +168,22 @@ def validate(
     raise typer.Exit(0 if report.valid else 1)
 
 
-def _read(file: Path, format, text_column, label_column, skip_invalid: bool):
-    """Examples and their conversion report; on bad lines, stops (exit 1, problems shown) unless skipping."""
-    examples, report = read_examples(file, format, text_column=text_column, label_column=label_column)
-    if report.errors or report.warnings:
+def _read(file: Path, format, text_column, label_column, skip_invalid: bool, as_json: bool = False):
+    """Examples and their conversion report; on bad lines, stops (exit 1, problems shown) unless skipping.
+    Under --json the problems stay out of the terminal: they travel in the one JSON object."""
+    examples, report = read_examples(
+        _existing(file), format, text_column=text_column, label_column=label_column
+    )
+    if (report.errors or report.warnings) and not as_json:
         err.print(_issues_table(report))
     if not examples or (report.errors and not skip_invalid):
-        err.print(
-            f"[bold red]not converted[/]: {report.summary()}"
-            + ("" if not examples else "; fix the lines or pass --skip-invalid")
+        message = f"not converted: {report.summary()}" + (
+            "" if not examples else "; fix the lines or pass --skip-invalid"
         )
+        if as_json:
+            _print_error(message, "invalid_data", "file", report)
+        else:
+            err.print(f"[bold red]not converted[/]: {safe(message.removeprefix('not converted: '))}")
         raise typer.Exit(1)
     return examples, report
 
@@ -261,7 +316,7 @@ def report(
     train: InputFile,
     validation: Annotated[
         Path | None,
-        typer.Option("--validation", help="Validation data, same format.", exists=True, dir_okay=False),
+        typer.Option("--validation", help="Validation data, same format."),
     ] = None,
     model: ModelOption = catalog.DEFAULT_MODEL_ID,
     format: FormatOption = None,
@@ -270,18 +325,21 @@ def report(
     as_json: JsonOption = False,
 ) -> None:
     """Quality report: counts, tokens, duplicates and leakage, labels, diversity, suspicious content."""
-    quiet_libraries()
-    card = catalog.get_card(model)
-    result = report_files(
-        train,
-        validation,
-        format=format,
-        text_column=text_column,
-        label_column=label_column,
-        tokenizer=catalog.load_tokenizer(card),
-        context_length=card.context_length,
-        model=card.id,
-    )
+    with _json_errors(as_json):
+        _existing(train)
+        _existing(validation, "validation")
+        quiet_libraries()
+        card = catalog.get_card(model)
+        result = report_files(
+            train,
+            validation,
+            format=format,
+            text_column=text_column,
+            label_column=label_column,
+            tokenizer=catalog.load_tokenizer(card),
+            context_length=card.context_length,
+            model=card.id,
+        )
     if as_json:
         print_json(result.model_dump(mode="json"))
         return
@@ -301,6 +359,32 @@ def report(
 
 
 # ---------------------------------------------------------------- split
+
+
+def _split_and_write(file: Path, examples, conversion, validation_fraction, seed, out_dir: Path, to: str):
+    """Split, write both halves and ``<name>.split.json``: (result, train, validation, manifest)."""
+    import json
+
+    messages = [e.messages for e in examples]
+    labels = [e.label for e in examples] if conversion.format == "classification" else infer_labels(messages)
+    result = split_examples(messages, labels, validation_fraction, seed)
+    train, valid = result.apply(examples)
+    stem = file.name.split(".")[0]
+    paths = {
+        "train_file": out_dir / f"{stem}.train.jsonl",
+        "validation_file": out_dir / f"{stem}.validation.jsonl",
+    }
+    write_jsonl(train, paths["train_file"], to)
+    write_jsonl(valid, paths["validation_file"], to)
+    manifest = {
+        "source": str(file),
+        **{k: str(v) for k, v in paths.items()},
+        "train_lines": [e.line for e in train],
+        "validation_lines": [e.line for e in valid],
+        **result.model_dump(mode="json", exclude={"train_indices", "validation_indices"}),
+    }
+    (out_dir / f"{stem}.split.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    return result, train, valid, manifest
 
 
 @app.command("split")
@@ -326,28 +410,13 @@ def split(
     as_json: JsonOption = False,
 ) -> None:
     """Split a file into training and validation: seeded, stratified by label, duplicates on one side."""
-    import json
-
-    examples, conversion = _read(file, format, text_column, label_column, skip_invalid)
-    messages = [e.messages for e in examples]
-    labels = [e.label for e in examples] if conversion.format == "classification" else infer_labels(messages)
-    result = split_examples(messages, labels, validation_fraction, seed)
-    train, valid = result.apply(examples)
+    with _json_errors(as_json):
+        examples, conversion = _read(file, format, text_column, label_column, skip_invalid, as_json)
+        result, train, valid, manifest = _split_and_write(
+            file, examples, conversion, validation_fraction, seed, out_dir, to
+        )
     stem = file.name.split(".")[0]
-    paths = {
-        "train_file": out_dir / f"{stem}.train.jsonl",
-        "validation_file": out_dir / f"{stem}.validation.jsonl",
-    }
-    write_jsonl(train, paths["train_file"], to)
-    write_jsonl(valid, paths["validation_file"], to)
-    manifest = {
-        "source": str(file),
-        **{k: str(v) for k, v in paths.items()},
-        "train_lines": [e.line for e in train],
-        "validation_lines": [e.line for e in valid],
-        **result.model_dump(mode="json", exclude={"train_indices", "validation_indices"}),
-    }
-    (out_dir / f"{stem}.split.json").write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    paths = {k: manifest[k] for k in ("train_file", "validation_file")}
     if as_json:
         print_json(manifest)
         return

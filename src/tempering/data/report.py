@@ -140,9 +140,13 @@ def _conversion_findings(conversion: ConversionReport | None, side: str) -> list
         for issue in issues:
             by_code[issue.code].append(issue)
         for code, group in by_code.items():
-            lines = [i.line for i in group if i.line is not None]
-            where = f" (lines {lines_text(lines)})" if lines else ""
-            message = f"{side} file: {len(group)} × {group[0].message}{where}"
+            lines = sorted(n for i in group for n in (i.lines or [i.line]) if n is not None)
+            count = sum(i.count or 1 for i in group)
+            if group[0].count:  # an aggregated warning already says where and how often
+                message = f"{side} file: {group[0].message}"
+            else:
+                where = f" (lines {lines_text(lines)})" if lines else ""
+                message = f"{side} file: {count} × {group[0].message}{where}"
             kwargs = {"lines": lines} if side == "training" else {"validation_lines": lines}
             findings.append(Finding(level=level, code=code, message=message, **kwargs))
     return findings
@@ -283,9 +287,7 @@ def build_report(
     labels = label_stats(train, validation)
     diversity = diversity_stats(train)
     findings += duplicate_findings(duplicates) + label_findings(labels, train)
-    findings += diversity_findings(diversity, train, labels is not None) + content_findings(
-        train, validation
-    )
+    findings += diversity_findings(diversity, train, labels is not None) + content_findings(train, validation)
     order = {"error": 0, "warning": 1, "info": 2}
     findings.sort(key=lambda f: order[f.level])
     report = DataReport(

@@ -1,7 +1,9 @@
 """Validation of chat-completions JSONL files, before any job runs.
 
-Reads the file as a stream, one line at a time, and reports every problem at once, each with its 1-based
-line number and a stable code (the table below is the contract the CLI, the API and the tests rely on).
+Reads the file as a stream, one line at a time (through ``data.lines``, which bounds line length and JSON
+nesting), and reports every problem at once, each with its 1-based line number and a stable code (the
+tables below are the contract the CLI, the API and the tests rely on). Errors keep every line; a warning
+that recurs on more than ``AGGREGATE_AFTER`` lines becomes one warning with a count and the first lines.
 With a tokenizer it also counts tokens through the model's chat template, exactly as training will.
 Knows nothing about model weights, training or HTTP.
 """
@@ -11,13 +13,24 @@ from __future__ import annotations
 import hashlib
 import json
 import statistics
-from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_serializer
 
+from tempering.data.lines import (
+    FILE_ERROR_CODES,
+    LINE_ERROR_CODES,
+    brief,
+    is_blank,
+    iter_lines,
+    parse_json_line,
+    sniff_file,
+)
 from tempering.errors import InvalidDataError
+
+# iter_lines and parse_json_line are imported from here by older callers; they live in data.lines.
 
 MIN_EXAMPLES = 10
 ROLES = ("system", "user", "assistant")
@@ -26,9 +39,9 @@ MESSAGE_KEYS = {"role", "content", "weight", "name"}
 
 # code → what it means. Errors block training; warnings do not.
 ERROR_CODES = {
-    "not_utf8": "the line is not valid UTF-8",
+    **FILE_ERROR_CODES,
+    **LINE_ERROR_CODES,
     "empty_file": "the file holds no examples",
-    "invalid_json": "the line is not valid JSON",
     "not_object": "the line is JSON but not an object",
     "missing_messages": "the example has no 'messages' key",
     "messages_not_list": "'messages' is not a non-empty list",
@@ -50,12 +63,59 @@ WARNING_CODES = {
     "no_system_message": "the example has no system message",
     "duplicate_example": "the example repeats an earlier one exactly",
 }
+AGGREGATE_AFTER = 10  # a warning on more lines than this is reported once, with a count
+SHOWN_LINES = 10  # line numbers an aggregated warning lists
 
 
 class Issue(BaseModel):
     line: int | None = Field(description="1-based line number; null for a problem of the whole file.")
     code: str
     message: str
+    count: int | None = Field(None, description="An aggregated warning only: on how many lines it occurs.")
+    lines: list[int] | None = Field(None, description="An aggregated warning only: its first line numbers.")
+
+    @model_serializer(mode="wrap")
+    def _without_empty_aggregate(self, handler):
+        data = handler(self)
+        if self.count is None:  # an issue of one line keeps its three keys
+            data.pop("count", None)
+            data.pop("lines", None)
+        return data
+
+
+def aggregate_warnings(warnings: list[Issue], described: Mapping[str, str] | None = None) -> list[Issue]:
+    """Each warning code on more than ``AGGREGATE_AFTER`` lines → one warning with its count and first
+    lines (``described`` gives the words for codes whose messages differ line to line). Ordered by line;
+    aggregating an aggregated list again merges, so it can run on combined lists."""
+    described = {**WARNING_CODES, **(described or {})}
+    by_code: dict[str, list[Issue]] = defaultdict(list)
+    for warning in warnings:
+        by_code[warning.code].append(warning)
+    result: list[Issue] = []
+    for code, group in by_code.items():
+        total = sum(w.count or 1 for w in group)
+        if total <= AGGREGATE_AFTER or (len(group) == 1 and group[0].count):
+            result += group
+            continue
+        lines = sorted(n for w in group for n in (w.lines or [w.line]) if n is not None)
+        first = group[0]
+        if any(w.count for w in group):  # merging aggregates: only the code's own words fit them all
+            what = described.get(code, code)
+        elif all(w.message == first.message for w in group):
+            what = first.message
+        else:
+            what = f"{described.get(code, code)}, e.g. line {first.line}: {first.message}"
+        shown = ", ".join(map(str, lines[:SHOWN_LINES])) + (", …" if len(lines) > SHOWN_LINES else "")
+        result.append(
+            Issue(
+                line=lines[0] if lines else None,
+                code=code,
+                count=total,
+                lines=lines[:SHOWN_LINES],
+                message=f"{what} (on {total} lines: {shown})",
+            )
+        )
+    return sorted(result, key=lambda issue: (issue.line is not None, issue.line or 0))
 
 
 class ValidationReport(BaseModel):
@@ -72,26 +132,13 @@ class ValidationReport(BaseModel):
         )
 
 
-def iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """(1-based line number, raw bytes without the line ending); a UTF-8 BOM on line 1 is dropped."""
-    with path.open("rb") as fh:
-        for number, raw in enumerate(fh, start=1):
-            if number == 1 and raw.startswith(b"\xef\xbb\xbf"):
-                raw = raw[3:]
-            yield number, raw.rstrip(b"\r\n")
-
-
-def parse_json_line(raw: bytes) -> tuple[object, tuple[str, str] | None]:
-    """(the JSON value of one line, None), or (None, (code, message)) when it is not UTF-8 or not JSON:
-    every reader of JSON lines reports these two problems in the same words."""
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return None, ("not_utf8", f"not UTF-8 at byte {exc.start}")
-    try:
-        return json.loads(text), None
-    except json.JSONDecodeError as exc:
-        return None, ("invalid_json", f"invalid JSON: {exc.msg} (column {exc.colno})")
+def _keys_text(keys: set[str], shown: int = 5) -> str:
+    """One problem however many keys: ``unknown key 'a'``, ``unknown keys 'a', 'b', … (40 in all)``."""
+    ordered = sorted(keys)
+    names = ", ".join(brief(k) for k in ordered[:shown]) + (
+        f", … ({len(ordered)} in all)" if len(ordered) > shown else ""
+    )
+    return f"unknown key{'s' if len(ordered) > 1 else ''} {names}"
 
 
 def _check_message(index: int, message, problems: list[tuple[str, str]]) -> None:
@@ -99,13 +146,15 @@ def _check_message(index: int, message, problems: list[tuple[str, str]]) -> None
     if not isinstance(message, dict):
         problems.append(("message_not_object", f"{where} is {type(message).__name__}, not an object"))
         return
-    for key in sorted(set(message) - MESSAGE_KEYS):
-        problems.append(("unknown_key", f"{where} has unknown key {key!r} (allowed: {sorted(MESSAGE_KEYS)})"))
+    if unknown := set(message) - MESSAGE_KEYS:
+        problems.append(
+            ("unknown_key", f"{where} has {_keys_text(unknown)} (allowed: {sorted(MESSAGE_KEYS)})")
+        )
     role = message.get("role")
     if "role" not in message:
         problems.append(("missing_role", f"{where} has no 'role'"))
     elif role not in ROLES:
-        problems.append(("unknown_role", f"{where} has role {role!r}; use one of {', '.join(ROLES)}"))
+        problems.append(("unknown_role", f"{where} has role {brief(role)}; use one of {', '.join(ROLES)}"))
     if "content" not in message:
         problems.append(("missing_content", f"{where} has no 'content'"))
     elif not isinstance(message["content"], str):
@@ -118,7 +167,7 @@ def _check_message(index: int, message, problems: list[tuple[str, str]]) -> None
         if role != "assistant":
             problems.append(("invalid_weight", f"{where}: 'weight' is only allowed on assistant messages"))
         elif isinstance(weight, bool) or weight not in (0, 1):
-            problems.append(("invalid_weight", f"{where} has weight {weight!r}; use 0 or 1"))
+            problems.append(("invalid_weight", f"{where} has weight {brief(weight)}; use 0 or 1"))
 
 
 def check_example(obj) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
@@ -128,8 +177,8 @@ def check_example(obj) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     if not isinstance(obj, dict):
         errors.append(("not_object", f"expected a JSON object, got {type(obj).__name__}"))
         return errors, warnings
-    for key in sorted(set(obj) - EXAMPLE_KEYS):
-        errors.append(("unknown_key", f"unknown key {key!r} (an example holds only 'messages')"))
+    if unknown := set(obj) - EXAMPLE_KEYS:
+        errors.append(("unknown_key", f"{_keys_text(unknown)} (an example holds only 'messages')"))
     if "messages" not in obj:
         errors.append(("missing_messages", "no 'messages' list"))
         return errors, warnings
@@ -169,6 +218,111 @@ def distribution_stats(values: Sequence[float]) -> dict:
     }
 
 
+class _Pass:
+    """One pass over a file's lines: the issues and counts gathered so far."""
+
+    def __init__(self, tokenizer, context_length: int | None, on_example):
+        self.tokenizer, self.context_length, self.on_example = tokenizer, context_length, on_example
+        self.errors: list[Issue] = []
+        self.warnings: list[Issue] = []
+        self.seen: dict[str, int] = {}
+        self.roles: Counter = Counter()
+        self.tokens: list[int] = []
+        self.trained: list[int] = []
+        self.n_lines = self.n_examples = self.n_valid = 0
+
+    def line(self, number: int, raw: bytes) -> None:
+        self.n_lines = number
+        if is_blank(raw):
+            self.warnings.append(Issue(line=number, code="blank_line", message="empty line, skipped"))
+            return
+        self.n_examples += 1
+        obj, problem = parse_json_line(raw)
+        if problem is not None:
+            self.errors.append(Issue(line=number, code=problem[0], message=problem[1]))
+            return
+        line_errors, line_warnings = check_example(obj)
+        self.errors += [Issue(line=number, code=c, message=m) for c, m in line_errors]
+        self.warnings += [Issue(line=number, code=c, message=m) for c, m in line_warnings]
+        if not line_errors and self._counted(number, obj["messages"]):
+            self.n_valid += 1
+            if self.on_example is not None:
+                self.on_example(number, obj["messages"])
+
+    def _counted(self, number: int, messages: list) -> bool:
+        """Duplicates, roles and tokens of a structurally valid example; False when it is too long."""
+        from tempering.data.encode import encode_chat
+
+        digest = _example_hash(messages)
+        if digest in self.seen:
+            self.warnings.append(
+                Issue(
+                    line=number, code="duplicate_example", message=f"same example as line {self.seen[digest]}"
+                )
+            )
+        else:
+            self.seen[digest] = number
+        for m in messages:
+            self.roles[m["role"]] += 1
+        if self.tokenizer is None:
+            return True
+        encoded = encode_chat(self.tokenizer, messages)
+        self.tokens.append(len(encoded))
+        self.trained.append(encoded.n_trained)
+        if self.context_length is not None and len(encoded) > self.context_length:
+            self.errors.append(
+                Issue(
+                    line=number,
+                    code="too_long",
+                    message=f"{len(encoded)} tokens; the model's context is {self.context_length}",
+                )
+            )
+            return False
+        return True
+
+    def report(self, path: Path, min_examples: int) -> ValidationReport:
+        errors = self.errors
+        if self.n_examples == 0:
+            errors.insert(0, Issue(line=None, code="empty_file", message="the file holds no examples"))
+        elif self.n_examples < min_examples:
+            errors.append(
+                Issue(
+                    line=None,
+                    code="too_few_examples",
+                    message=f"{self.n_examples} example(s); fine-tuning needs at least {min_examples}",
+                )
+            )
+        stats = {
+            "lines": self.n_lines,
+            "examples": self.n_examples,
+            "valid_examples": self.n_valid,
+            "messages_by_role": dict(self.roles),
+        }
+        if self.tokenizer is not None:
+            stats["tokens_per_example"] = distribution_stats(self.tokens)
+            stats["trained_tokens_per_example"] = distribution_stats(self.trained)
+            stats["context_length"] = self.context_length
+        return ValidationReport(
+            path=str(path),
+            valid=not errors,
+            errors=errors,
+            warnings=aggregate_warnings(self.warnings),
+            stats=stats,
+        )
+
+
+def file_error_report(path: str | Path, problem: tuple[str, str], **stats) -> ValidationReport:
+    """The report of a file that cannot be read line by line at all: one error, for the whole file."""
+    issue = Issue(line=None, code=problem[0], message=problem[1])
+    return ValidationReport(
+        path=str(path),
+        valid=False,
+        errors=[issue],
+        warnings=[],
+        stats={"lines": 0, "examples": 0, "valid_examples": 0, "messages_by_role": {}, **stats},
+    )
+
+
 def validate_file(
     path: str | Path,
     *,
@@ -182,76 +336,30 @@ def validate_file(
 
     ``on_example(line, messages)`` is called for each structurally valid example, so a caller can
     collect them in the same single pass. ``lines`` replaces reading ``path``: (line number, chat JSON)
-    pairs converted from another format, so every issue keeps the original file's line numbers.
+    pairs converted from another format, so every issue keeps the original file's line numbers. Never
+    raises for what the file holds: a binary or UTF-16 file is one error for the whole file.
     """
-    from tempering.data.encode import encode_chat
-
     path = Path(path)
-    errors: list[Issue] = []
-    warnings: list[Issue] = []
-    seen: dict[str, int] = {}
-    roles: Counter = Counter()
-    tokens: list[int] = []
-    trained: list[int] = []
-    n_lines = n_examples = n_valid = 0
+    if lines is None and (problem := sniff_file(path)):
+        return file_error_report(path, problem)
+    state = _Pass(tokenizer, context_length, on_example)
     for number, raw in iter_lines(path) if lines is None else lines:
-        n_lines = number
-        if not raw.strip():
-            warnings.append(Issue(line=number, code="blank_line", message="empty line, skipped"))
-            continue
-        n_examples += 1
-        obj, problem = parse_json_line(raw)
-        if problem is not None:
-            errors.append(Issue(line=number, code=problem[0], message=problem[1]))
-            continue
-        line_errors, line_warnings = check_example(obj)
-        errors += [Issue(line=number, code=c, message=m) for c, m in line_errors]
-        warnings += [Issue(line=number, code=c, message=m) for c, m in line_warnings]
-        if line_errors:
-            continue
-        digest = _example_hash(obj["messages"])
-        if digest in seen:
-            warnings.append(Issue(line=number, code="duplicate_example",
-                                  message=f"same example as line {seen[digest]}"))
-        else:
-            seen[digest] = number
-        for m in obj["messages"]:
-            roles[m["role"]] += 1
-        if tokenizer is not None:
-            encoded = encode_chat(tokenizer, obj["messages"])
-            tokens.append(len(encoded))
-            trained.append(encoded.n_trained)
-            if context_length is not None and len(encoded) > context_length:
-                errors.append(Issue(line=number, code="too_long", message=f"{len(encoded)} tokens; the "
-                                    f"model's context is {context_length}"))
-                continue
-        n_valid += 1
-        if on_example is not None:
-            on_example(number, obj["messages"])
-    if n_examples == 0:
-        errors.insert(0, Issue(line=None, code="empty_file", message="the file holds no examples"))
-    elif n_examples < min_examples:
-        errors.append(Issue(line=None, code="too_few_examples",
-                            message=f"{n_examples} example(s); fine-tuning needs at least {min_examples}"))
-    stats = {
-        "lines": n_lines,
-        "examples": n_examples,
-        "valid_examples": n_valid,
-        "messages_by_role": dict(roles),
-    }
-    if tokenizer is not None:
-        stats["tokens_per_example"] = distribution_stats(tokens)
-        stats["trained_tokens_per_example"] = distribution_stats(trained)
-        stats["context_length"] = context_length
-    return ValidationReport(path=str(path), valid=not errors, errors=errors, warnings=warnings, stats=stats)
+        state.line(number, raw)
+    return state.report(path, min_examples)
 
 
-def load_chat_file(path: str | Path, *, tokenizer=None, context_length=None,
-                   min_examples: int = MIN_EXAMPLES) -> tuple[list[list[dict]], ValidationReport]:
+def load_chat_file(
+    path: str | Path, *, tokenizer=None, context_length=None, min_examples: int = MIN_EXAMPLES
+) -> tuple[list[list[dict]], ValidationReport]:
     """Validate then return the examples' messages; raises ``InvalidDataError`` holding the report."""
     examples: list[list[dict]] = []
-    report = validate_file(path, tokenizer=tokenizer, context_length=context_length,
-                           min_examples=min_examples, on_example=lambda _, m: examples.append(m))
+    report = validate_file(
+        path,
+        tokenizer=tokenizer,
+        context_length=context_length,
+        min_examples=min_examples,
+        on_example=lambda _, m: examples.append(m),
+    )
     if not report.valid:
         raise invalid_data(report)
     return examples, report

@@ -1,0 +1,61 @@
+"""The data package stays readable: no function over 80 lines, no module over 800 (docs/architecture.md),
+and the names callers import from ``data.formats`` and ``data.findings`` stay there."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import tempering.data
+
+DATA = Path(tempering.data.__file__).parent
+
+
+def test_no_function_over_80_lines_or_module_over_800():
+    long = []
+    for path in sorted(DATA.rglob("*.py")):
+        source = path.read_text(encoding="utf-8")
+        assert source.count("\n") <= 800, path.name
+        for node in ast.walk(ast.parse(source)):
+            is_function = isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            if is_function and node.end_lineno - node.lineno + 1 > 80:
+                long.append(f"{path.relative_to(DATA)}:{node.name}")
+    assert not long
+
+
+def test_public_names_import_from_where_callers_import_them():
+    from tempering.data import findings, formats
+
+    for name in (
+        "FORMATS",
+        "FORMAT_ERROR_CODES",
+        "ConversionReport",
+        "Example",
+        "detect_format",
+        "load_examples",
+        "parse_template",
+        "read_examples",
+        "validate_any",
+        "write_jsonl",
+        "example_record",
+    ):
+        assert hasattr(formats, name), name
+    for name in (
+        "Distribution",
+        "Finding",
+        "IMBALANCE_WARNING",
+        "MIN_PER_CLASS",
+        "MAX_LABEL_CHARS",
+        "MAX_LABEL_WORDS",
+        "content_flags",
+        "infer_labels",
+        "normalize",
+        "prompt_key",
+        "find_duplicates",
+        "label_stats",
+        "diversity_stats",
+        "content_findings",
+        "lines_text",
+        "distribution",
+    ):
+        assert hasattr(findings, name), name
