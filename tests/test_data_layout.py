@@ -1,25 +1,28 @@
-"""The data package stays readable: no function over 80 lines, no module over 800 (docs/architecture.md),
-and the names callers import from ``data.formats`` and ``data.findings`` stay there."""
+"""The code stays readable: no function over 80 lines and no module over 800 anywhere in the package
+(migrations aside; docs/architecture.md), and the names callers import from ``data.formats`` and
+``data.findings`` stay there."""
 
 from __future__ import annotations
 
 import ast
 from pathlib import Path
 
-import tempering.data
+import tempering
 
-DATA = Path(tempering.data.__file__).parent
+PACKAGE = Path(tempering.__file__).parent
 
 
 def test_no_function_over_80_lines_or_module_over_800():
     long = []
-    for path in sorted(DATA.rglob("*.py")):
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if "migrations" in path.parts:
+            continue
         source = path.read_text(encoding="utf-8")
         assert source.count("\n") <= 800, path.name
         for node in ast.walk(ast.parse(source)):
             is_function = isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
             if is_function and node.end_lineno - node.lineno + 1 > 80:
-                long.append(f"{path.relative_to(DATA)}:{node.name}")
+                long.append(f"{path.relative_to(PACKAGE)}:{node.name}")
     assert not long
 
 

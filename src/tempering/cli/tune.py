@@ -198,6 +198,10 @@ def tune(
 
     if not current_world().is_main:  # under torchrun, process 0 speaks for the run
         return
+    _print_result(result, as_json)
+
+
+def _print_result(result, as_json: bool) -> None:
     if as_json:
         print_json(result.model_dump(mode="json"))
         return
