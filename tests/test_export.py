@@ -117,7 +117,8 @@ def test_merged_classifier_loads_as_sequence_classification(tiny_model, tmp_path
 def test_checkpoints_export_by_either_id_form(tiny_model, tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tempering.evaluate.targets import load_chat, resolve
+    from tempering.serve.local import load_chat
+    from tempering.train.refs import resolve
 
     run = _tune(tiny_model, tmp_path, checkpoint_every_steps=1)
     monkeypatch.chdir(tmp_path)
