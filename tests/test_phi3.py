@@ -1,0 +1,195 @@
+"""Phi-3, the seed's own model family, end to end on a tiny random Phi-3 (``tiny_phi3`` in conftest).
+
+Phi-3 differs from the tiny Llama the rest of the suite runs on exactly where bugs hide: fused ``qkv_proj`` and
+``gate_up_proj`` projections (LoRA targets, serve.lora's stacked products, merging), an untied LM head, its chat
+template and special tokens (``<|user|>``, ``<|assistant|>``, ``<|end|>``, ``<|endoftext|>``), a sliding-window
+config, and LongRoPE on the 128k variants. Every path runs here: catalog, data, training, serving, export.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import PHI3_ID, chat_example, save_tiny_phi3, write_jsonl
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from tempering.data import IGNORE_INDEX, encode_chat, encode_prompt
+from tempering.serve.params import SamplingParams
+from tempering.train import TuneConfig, tune
+from tempering.train.artifacts import resolve_finetuned
+
+runner = CliRunner()
+FUSED = ("qkv_proj", "o_proj", "gate_up_proj", "down_proj")  # every linear layer of a Phi-3 decoder layer
+CONVERSATION = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Name a colour."},
+    {"role": "assistant", "content": "Blue, like the sky.", "weight": 0},
+    {"role": "user", "content": "Another one?"},
+    {"role": "assistant", "content": "Green."},
+    {"role": "user", "content": "And a third?"},
+    {"role": "assistant", "content": "Red, the colour of apples."},
+]
+
+
+def _cli(*args):
+    from tempering.cli.main import app
+
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def _magic_file(tmp_path: Path, n: int = 12) -> Path:
+    rows = [chat_example(f"Say the magic word number {i}.", f"Abracadabra {i}!") for i in range(n)]
+    return write_jsonl(tmp_path / "magic.jsonl", rows)
+
+
+def _tune(model: str, path: Path, **overrides):
+    settings = {"seed": 3, "evaluate": False,
+                "hyperparameters": {"n_epochs": 1, "batch_size": 4, "learning_rate_multiplier": 10.0}}
+    return tune(TuneConfig(model=model, training_file=path, validation_file=path, **{**settings, **overrides}))
+
+
+# ---------------------------------------------------------------- catalog
+
+
+def test_add_path_puts_the_tiny_phi3_behind_the_phi3_card(tiny_phi3_dir):
+    """``tempering models add-path`` on the built-in card: the card keeps its facts, the weights are the folder's,
+    and the loaders give a Phi-3 with its own tokenizer (the code path a real download takes)."""
+    from transformers import Phi3ForCausalLM
+
+    from tempering.catalog import get_card, load_causal_lm, load_tokenizer, model_status, resolve_weights
+
+    result = _cli("models", "add-path", PHI3_ID, tiny_phi3_dir)
+    assert result.exit_code == 0, result.output
+    card = get_card(PHI3_ID)
+    assert (card.family, card.source, card.context_length) == ("phi3", "huggingface", 4096)
+    assert card.hf_repo == "microsoft/Phi-3-mini-4k-instruct" and card.local_path == tiny_phi3_dir.resolve()
+    assert resolve_weights(card) == tiny_phi3_dir.resolve() and model_status(card) == "ready"
+    listed = next(m for m in json.loads(_cli("models", "list", "--json").stdout) if m["id"] == PHI3_ID)
+    assert listed["status"] == "ready" and listed["family"] == "phi3"
+    tokenizer = load_tokenizer(PHI3_ID)
+    assert tokenizer.eos_token == "<|endoftext|>" and "<|assistant|>" in tokenizer.chat_template
+    model = load_causal_lm(PHI3_ID)
+    assert isinstance(model, Phi3ForCausalLM) and not model.training
+    assert hasattr(model.model.layers[0].self_attn, "qkv_proj") and hasattr(model.model.layers[0].mlp, "gate_up_proj")
+
+
+def test_a_phi3_in_the_hugging_face_cache_is_found_without_add_path(tiny_phi3_dir, tmp_path, monkeypatch):
+    """The other way real weights arrive: ``hf download`` into the cache. Same loaders, no registration."""
+    import shutil
+
+    import huggingface_hub.constants
+
+    from tempering.catalog import get_card, load_causal_lm, resolve_weights
+
+    repo = tmp_path / "hub" / "models--microsoft--Phi-3-mini-4k-instruct"
+    shutil.copytree(tiny_phi3_dir, repo / "snapshots" / ("0" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    card = get_card(PHI3_ID)
+    assert card.local_path is None and resolve_weights(card) == repo / "snapshots" / ("0" * 40)
+    assert type(load_causal_lm(card)).__name__ == "Phi3ForCausalLM"
+
+
+@pytest.mark.parametrize("model_id", ["phi-3-mini-4k-instruct", "phi-3-mini-128k-instruct", "phi-3.5-mini-instruct",
+                                      "phi-3-medium-4k-instruct"])
+def test_absent_phi3_weights_name_the_exact_download_command(model_id):
+    from tempering.catalog import get_card, resolve_weights
+    from tempering.errors import ModelUnavailableError
+
+    card = get_card(model_id)
+    with pytest.raises(ModelUnavailableError) as info:
+        resolve_weights(card)
+    message = info.value.message
+    assert f"hf download {card.hf_repo} --local-dir {model_id}" in message
+    assert f"tempering models add-path {model_id} /path/to/{model_id}" in message
+    result = _cli("models", "prepare", model_id)
+    assert result.exit_code == 1 and f"hf download {card.hf_repo}" in result.output
+
+
+# ---------------------------------------------------------------- data
+
+
+def _trained_runs(tokenizer, encoded) -> list[str]:
+    """Decoded text of each contiguous run of loss-carrying tokens."""
+    runs, current = [], []
+    for token, label in zip(encoded.input_ids, encoded.labels):
+        if label != IGNORE_INDEX:
+            assert label == token
+            current.append(token)
+        elif current:
+            runs.append(current)
+            current = []
+    if current:
+        runs.append(current)
+    return [tokenizer.decode(run) for run in runs]
+
+
+def test_phi3_template_renders_as_phi3_does(phi3_tok):
+    from tempering.data.encode import render
+
+    text = render(phi3_tok, CONVERSATION[:3])
+    assert text == ("<|system|>\nBe brief.<|end|>\n<|user|>\nName a colour.<|end|>\n"
+                    "<|assistant|>\nBlue, like the sky.<|end|>\n<|endoftext|>")
+    for token in ("<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|endoftext|>"):
+        assert len(phi3_tok(token, add_special_tokens=False)["input_ids"]) == 1  # one special token each
+
+
+def test_loss_only_on_assistant_turns_through_end_of_turn(phi3_tok):
+    """Weight-1 assistant turns and their ``<|end|>`` carry loss; the conversation-closing ``<|endoftext|>`` does
+    not (it is not what ends a turn), and a multi-turn conversation encodes at all (it used to be refused)."""
+    encoded = encode_chat(phi3_tok, CONVERSATION)
+    assert _trained_runs(phi3_tok, encoded) == ["Green.<|end|>", "Red, the colour of apples.<|end|>"]
+    assert encoded.input_ids[-1] == phi3_tok.convert_tokens_to_ids("<|endoftext|>")
+    assert encoded.labels[-1] == IGNORE_INDEX and encoded.labels[0] == IGNORE_INDEX
+    every = encode_chat(phi3_tok, [{k: v for k, v in m.items() if k != "weight"} for m in CONVERSATION])
+    assert _trained_runs(phi3_tok, every) == ["Blue, like the sky.<|end|>", "Green.<|end|>",
+                                             "Red, the colour of apples.<|end|>"]
+
+
+def test_served_prompt_is_the_trained_prefix_token_for_token(phi3_tok):
+    encoded = encode_chat(phi3_tok, CONVERSATION)
+    for i, message in enumerate(CONVERSATION):
+        if message["role"] != "assistant" or message.get("weight", 1) == 0:
+            continue
+        prompt = encode_prompt(phi3_tok, CONVERSATION[:i])
+        assert encoded.input_ids[: len(prompt)] == prompt
+        assert phi3_tok.convert_ids_to_tokens(prompt[-2:]) == ["<|assistant|>", "Ċ"]  # "<|assistant|>\n"
+        assert encoded.labels[len(prompt) - 1] == IGNORE_INDEX and encoded.labels[len(prompt)] != IGNORE_INDEX
+
+
+def test_phi3_text_lines_convert_and_train_like_chat(tmp_path, phi3_tok):
+    """``{"text": "<|user|>…<|end|>…"}`` lines (the Phi-3 cookbook's format) become chat examples that encode to
+    the same ids as the same conversation written as chat JSONL."""
+    from tempering.data.formats import load_examples, validate_any
+
+    lines = [{"text": f"<|system|>\nBe brief.<|end|>\n<|user|>\nQuestion {i}? <|end|>\n<|assistant|> \n"
+                      f"Answer {i}. <|end|>\n<|user|>\nWhy?<|end|>\n<|assistant|>\nBecause.<|end|>\n<|endoftext|>"}
+             for i in range(12)]
+    path = write_jsonl(tmp_path / "phi3_text.jsonl", lines)
+    messages, labels, report = load_examples(path)
+    assert report.format == "text" and labels is None and len(messages) == 12
+    assert messages[0] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Question 0?"},
+                           {"role": "assistant", "content": "Answer 0."}, {"role": "user", "content": "Why?"},
+                           {"role": "assistant", "content": "Because."}]
+    assert _trained_runs(phi3_tok, encode_chat(phi3_tok, messages[0])) == ["Answer 0.<|end|>", "Because.<|end|>"]
+    validated = validate_any(path, tokenizer=phi3_tok, context_length=4096)
+    assert validated.valid, validated.errors
+    assert validated.stats["format"] == "text" and validated.stats["valid_examples"] == 12
+
+
+COOKBOOK = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "phi3-cookbook"
+
+
+@pytest.mark.skipif(not COOKBOOK.exists(), reason="../shared/data is absent")
+def test_the_phi3_cookbook_text_data_validates_on_the_phi3_tokenizer(phi3_tok):
+    from tempering.data.formats import validate_any
+
+    report = validate_any(COOKBOOK / "truthfulqa_text_valid.jsonl", tokenizer=phi3_tok, context_length=4096)
+    assert report.stats["format"] == "text" and report.stats["valid_examples"] > 0
+    assert not [e for e in report.errors if e.code == "unsupported_chat_template"]
