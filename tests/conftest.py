@@ -115,8 +115,11 @@ def phi3_tokenizer(tokenizer_dir: Path):
     return tok
 
 
-def save_tiny_phi3(folder: Path, tokenizer_dir: Path, **config_overrides) -> Path:
-    """A tiny random Phi3ForCausalLM with Phi-3's tokenizer, saved as a Hugging Face folder."""
+def save_tiny_phi3(folder: Path, tokenizer_dir: Path, *, attention_scale: float = 1.0, **config_overrides) -> Path:
+    """A tiny random Phi3ForCausalLM with Phi-3's tokenizer, saved as a Hugging Face folder.
+
+    ``attention_scale`` multiplies the query/key/value weights: random attention is nearly uniform, so
+    position encoding (RoPE factors, the sliding window) barely shows in the output unless it is sharpened."""
     import torch
     from transformers import GenerationConfig, Phi3Config, Phi3ForCausalLM
 
@@ -131,8 +134,13 @@ def save_tiny_phi3(folder: Path, tokenizer_dir: Path, **config_overrides) -> Pat
     config = Phi3Config(**{**settings, **config_overrides})
     torch.manual_seed(0)
     model = Phi3ForCausalLM(config)
-    # Unit-scale embeddings: with the default 0.02 a tiny model's logits stay too small to fit data quickly.
+    # Unit-scale embeddings and head (untied, as in Phi-3): with the default 0.02 the logits stay too small for
+    # LoRA on the body (which never touches the head) to ever fit data.
     torch.nn.init.normal_(model.model.embed_tokens.weight, std=1.0)
+    torch.nn.init.normal_(model.lm_head.weight, std=1.0)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.qkv_proj.weight.mul_(attention_scale)
     # Phi-3's generation_config.json ends a turn on <|endoftext|>, <|assistant|> or <|end|>.
     model.generation_config = GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=[eos, assistant, end],
                                                pad_token_id=eos)

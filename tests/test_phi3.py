@@ -193,3 +193,78 @@ def test_the_phi3_cookbook_text_data_validates_on_the_phi3_tokenizer(phi3_tok):
     report = validate_any(COOKBOOK / "truthfulqa_text_valid.jsonl", tokenizer=phi3_tok, context_length=4096)
     assert report.stats["format"] == "text" and report.stats["valid_examples"] > 0
     assert not [e for e in report.errors if e.code == "unsupported_chat_template"]
+
+
+# ---------------------------------------------------------------- training
+
+
+def _lora_targets(model) -> set[str]:
+    from peft.tuners.lora import LoraLayer
+
+    return {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, LoraLayer)}
+
+
+def test_all_linear_lora_adapts_the_fused_projections_leaves_the_base_and_learns(tiny_phi3, tmp_path):
+    from tempering.train.loss import evaluate
+    from tempering.train.recipe import fit, setup
+
+    path = write_jsonl(tmp_path / "same.jsonl", [chat_example("Say the magic word.", "Abracadabra!")] * 12)
+    state = setup(TuneConfig(model=tiny_phi3, training_file=path, validation_file=path, seed=3, evaluate=False,
+                             hyperparameters={"n_epochs": 6, "batch_size": 4, "learning_rate_multiplier": 10.0}))
+    assert state.hp.learning_rate == pytest.approx(2e-3)  # the phi3 family's base rate, times 10
+    assert _lora_targets(state.model) == set(FUSED)  # all-linear: every projection, never the LM head
+    before = {n: p.detach().clone() for n, p in state.model.named_parameters()}
+    with state.model.disable_adapter():
+        base_loss = evaluate(state.model, state.valid, state.make_batch, state.loss_fn)["loss"]
+    fit(state)
+    after = dict(state.model.named_parameters())
+    base = [n for n in before if "lora_" not in n]
+    assert base and all(not after[n].requires_grad and torch.equal(before[n], after[n]) for n in base)
+    assert all(not torch.equal(before[n], after[n]) for n in before if "lora_B" in n)
+    assert evaluate(state.model, state.valid, state.make_batch, state.loss_fn)["loss"] < base_loss - 1.0
+
+
+def test_named_fused_targets_train_only_those(tiny_phi3, tmp_path):
+    result = _tune(tiny_phi3, _magic_file(tmp_path), lora={"target_modules": ["qkv_proj", "gate_up_proj"]},
+                   hyperparameters={"n_epochs": 3, "batch_size": 4, "learning_rate_multiplier": 10.0})
+    assert result.valid_loss < result.base_valid_loss
+    folder, meta = resolve_finetuned(result.model_id)
+    assert meta["base_model"] == PHI3_ID
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert sorted(config["target_modules"]) == ["gate_up_proj", "qkv_proj"]
+    adapter = load_file(folder / "adapter_model.safetensors")
+    assert {k.split(".lora_")[0].rsplit(".", 1)[-1] for k in adapter} == {"qkv_proj", "gate_up_proj"}
+    # the fused shapes: qkv is [q heads + 2 × KV heads] × head_dim = (4 + 2 × 2) × 8; gate_up is 2 × intermediate
+    qkv_b = next(v for k, v in adapter.items() if "qkv_proj.lora_B" in k)
+    gate_up_b = next(v for k, v in adapter.items() if "gate_up_proj.lora_B" in k)
+    assert qkv_b.shape[0] == 64 and gate_up_b.shape[0] == 128
+
+
+def test_llama_target_names_on_a_phi3_say_which_layers_it_has(tiny_phi3, tmp_path):
+    """``q_proj``/``v_proj`` (a Llama recipe) do not exist in a Phi-3: the error names its own layers."""
+    from tempering.errors import InvalidConfigError
+
+    with pytest.raises(InvalidConfigError) as info:
+        _tune(tiny_phi3, _magic_file(tmp_path), lora={"target_modules": ["q_proj", "v_proj"]})
+    assert info.value.param == "lora.target_modules"
+    for name in FUSED:
+        assert name in info.value.message
+
+
+def test_classification_head_on_phi3(tiny_phi3, tmp_path):
+    from tempering.serve.classify import load_classifier_model
+
+    labels = ["refund", "card", "transfer"]
+    rows = ["text,category"] + [f"I need help with my {label} number {i},{label}" for i in range(8) for label in labels]
+    path = tmp_path / "intents.csv"
+    path.write_text("\n".join(rows) + "\n")
+    result = tune(TuneConfig(model=tiny_phi3, task="classification", training_file=path, validation_file=path,
+                             seed=3, evaluate=False,
+                             hyperparameters={"n_epochs": 4, "batch_size": 4, "learning_rate_multiplier": 10.0}))
+    assert result.task == "classification" and result.valid_loss < result.base_valid_loss
+    folder, meta = resolve_finetuned(result.model_id)
+    adapter = load_file(folder / "adapter_model.safetensors")
+    assert any("score" in k for k in adapter) and any("qkv_proj.lora_A" in k for k in adapter)
+    classifier = load_classifier_model(result.model_id)
+    answers = classifier.classify(["I need help with my card number 3", "refund"])
+    assert all(a["label"] in labels and sum(a["scores"].values()) == pytest.approx(1.0) for a in answers)
