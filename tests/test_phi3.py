@@ -16,6 +16,9 @@ import pytest
 import torch
 from conftest import PHI3_ID, chat_example, save_tiny_phi3, write_jsonl
 from safetensors.torch import load_file
+from test_engine import PROMPTS, alone, collect, no_eos, token_ids
+from test_resume import _assert_same_result, _only_unfinished_run, data  # noqa: F401 - data is a fixture
+from test_resume import _config as _resume_config
 from typer.testing import CliRunner
 
 from tempering.data import IGNORE_INDEX, encode_chat, encode_prompt
@@ -268,3 +271,130 @@ def test_classification_head_on_phi3(tiny_phi3, tmp_path):
     classifier = load_classifier_model(result.model_id)
     answers = classifier.classify(["I need help with my card number 3", "refund"])
     assert all(a["label"] in labels and sum(a["scores"].values()) == pytest.approx(1.0) for a in answers)
+
+
+def test_cancel_mid_epoch_then_resume_is_exact_on_phi3(tiny_phi3, data):
+    """test_resume's exact-resume check (cancel at step 14 of 30, resume, match the uninterrupted run) on Phi-3."""
+    from tempering.train.checkpoint import latest_checkpoint
+    from tempering.train.fit import RunCancelled
+
+    config = _resume_config(tiny_phi3, data, evaluate=False)
+    reference = tune(config)
+    steps = []
+    with pytest.raises(RunCancelled, match="cancelled at step 14"):
+        tune(config, on_event=lambda e: steps.append(e["data"].get("step")),
+             should_stop=lambda: max((s for s in steps if s), default=0) >= 14)
+    run = Path(reference.run_dir).parent / _only_unfinished_run()
+    assert latest_checkpoint(run).name == "step-000014"
+    resumed = tune(config, resume=True)
+    assert Path(resumed.run_dir) == run
+    _assert_same_result(resumed, reference)
+
+
+# ---------------------------------------------------------------- serving
+
+
+def _fused_adapter(model_dir: Path, out: Path, seed: int, targets=FUSED, rank: int = 4) -> Path:
+    """A LoRA adapter with random (non-zero) weights on Phi-3's fused projections."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    config = LoraConfig(r=rank, lora_alpha=16 * rank, target_modules=list(targets), init_lora_weights=False)
+    get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), config).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def phi3_adapters(tiny_phi3_dir, tmp_path_factory) -> list[Path]:
+    """Every fused projection at rank 4; only qkv_proj and gate_up_proj at rank 8; everything at rank 2."""
+    root = tmp_path_factory.mktemp("phi3-adapters")
+    return [_fused_adapter(tiny_phi3_dir, root / "all", 0),
+            _fused_adapter(tiny_phi3_dir, root / "fused-only", 1, ("qkv_proj", "gate_up_proj"), rank=8),
+            _fused_adapter(tiny_phi3_dir, root / "rank-2", 2, rank=2)]
+
+
+@pytest.fixture
+def phi3_engine(tiny_phi3):
+    from tempering.serve.engine import TransformersEngine
+
+    engine = TransformersEngine(tiny_phi3, max_batch=16, max_adapters=8, threads=1)
+    yield engine
+    engine.stop()
+
+
+def test_mixed_adapter_batch_over_fused_projections_matches_generate_merged(phi3_engine, tiny_phi3_dir,
+                                                                            phi3_adapters):
+    """Every row of a batch mixing the base and three adapters (different targets and ranks) decodes what
+    transformers' ``generate`` gives on the base with that adapter merged (serve.lora's stacked products)."""
+    no_eos(phi3_engine)
+    params = SamplingParams(max_tokens=10, logprobs=True)
+    jobs = [(prompt, adapter) for prompt in PROMPTS for adapter in (None, *phi3_adapters)]
+
+    async def run_all():
+        return await asyncio.gather(*(collect(phi3_engine, p, params, a) for p, a in jobs))
+
+    results = asyncio.run(run_all())
+    assert phi3_engine._lean and phi3_engine.prefill_passes < len(jobs)
+    answers = set()
+    for (prompt, adapter), chunks in zip(jobs, results):
+        assert token_ids(chunks) == alone(tiny_phi3_dir, adapter, prompt, 10), (prompt, adapter)
+        answers.add((tuple(prompt), tuple(token_ids(chunks))))
+    assert len(answers) == len(jobs)  # every adapter changes every answer: the comparison means something
+
+
+def test_int8_serving_quantizes_fused_projections_and_keeps_adapters(tiny_phi3, phi3_adapters, monkeypatch):
+    """TEMPERING_SERVE_QUANTIZE=int8 (settings → Serving → engine): qkv_proj, gate_up_proj and the untied head are
+    int8, PEFT wraps them, and the first token's log-probabilities stay close to float32's."""
+    from tempering.serve.engine import TransformersEngine
+    from tempering.serve.quantize import Int8Linear
+    from tempering.serve.registry import Serving
+    from tempering.settings import get_settings, reset_settings
+
+    monkeypatch.setenv("TEMPERING_SERVE_QUANTIZE", "int8")
+    reset_settings()
+    serving = Serving(quantize=get_settings().serve_quantize, threads=1)
+    float_engine = TransformersEngine(tiny_phi3, threads=1)
+    try:
+        int8_engine = serving.engine(tiny_phi3)
+        for engine in (float_engine, int8_engine):
+            no_eos(engine)
+        layer = int8_engine.model.model.layers[0]
+        assert all(isinstance(m, Int8Linear) for m in (layer.self_attn.qkv_proj, layer.mlp.gate_up_proj,
+                                                       int8_engine.model.lm_head))
+        params = SamplingParams(max_tokens=1, logprobs=True, top_logprobs=5)
+        for adapter in (None, *phi3_adapters[:2]):
+            exact = asyncio.run(collect(float_engine, PROMPTS[1], params, adapter))[0].logprobs[0]
+            close = asyncio.run(collect(int8_engine, PROMPTS[1], params, adapter))[0].logprobs[0]
+            assert close.token_id == exact.token_id
+            assert [t.logprob for t in close.top] == pytest.approx([t.logprob for t in exact.top], abs=0.15)
+        assert int8_engine._lean  # the adapters wrap the int8 layers and still go through serve.lora
+    finally:
+        float_engine.stop()
+        for engine in serving.engines.values():
+            engine.stop()
+
+
+def test_a_fine_tuned_phi3_answers_what_it_learned_and_stops_at_end(tiny_phi3, tmp_path):
+    """Trained under the Phi-3 template, served through the same prompt code: the CLI/evaluation path (merged,
+    serve.local) and the engine (adapter, encode_prompt's ids) both answer the taught text and stop at
+    ``<|end|>`` (an end-of-turn id from Phi-3's generation_config), never printing a special token."""
+    from tempering.serve import complete, load_chat_model
+    from tempering.serve.engine import TransformersEngine
+
+    question = [{"role": "user", "content": "Say the magic word."}]
+    path = write_jsonl(tmp_path / "same.jsonl", [chat_example("Say the magic word.", "Abracadabra!", system=False)] * 12)
+    # a strong adapter (alpha/r = 16) so that a random 2-layer model learns the answer exactly
+    result = _tune(tiny_phi3, path, lora={"rank": 16, "alpha": 256},
+                   hyperparameters={"n_epochs": 15, "batch_size": 4, "learning_rate_multiplier": 10.0})
+    chat = load_chat_model(result.model_id)
+    assert chat.tokenizer.convert_tokens_to_ids("<|end|>") in chat.eos_ids
+    assert complete(chat, question, SamplingParams(max_tokens=12)) == "Abracadabra!"
+
+    engine = TransformersEngine(tiny_phi3, threads=1)
+    try:
+        prompt = encode_prompt(chat.tokenizer, question)
+        chunks = asyncio.run(collect(engine, prompt, SamplingParams(max_tokens=12), resolve_finetuned(result.model_id)[0]))
+    finally:
+        engine.stop()
+    assert "".join(c.text for c in chunks) == "Abracadabra!" and chunks[-1].finish_reason == "stop"
