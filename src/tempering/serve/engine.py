@@ -391,7 +391,10 @@ class TransformersEngine:
                 seq.generator = torch.Generator().manual_seed(seq.params.seed)
             seq.detok = Detokenizer(self.tokenizer)
         ids, mask = ids.to(self.device), mask.to(self.device)
-        cache = DynamicCache(config=self.model.config)
+        # Full-length layers even for a sliding-window model (Phi-3-mini-4k: 2047): a sliding layer keeps only
+        # its last window of columns, which the batch's mask, joins and trims (all by column) cannot follow.
+        # The model still applies the window itself, through its sliding-window attention mask.
+        cache = DynamicCache()
         inputs = {"input_ids": ids, "cache": cache}
         if len(group) > 1:
             inputs |= {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
