@@ -398,3 +398,158 @@ def test_a_fine_tuned_phi3_answers_what_it_learned_and_stops_at_end(tiny_phi3, t
     finally:
         engine.stop()
     assert "".join(c.text for c in chunks) == "Abracadabra!" and chunks[-1].finish_reason == "stop"
+
+
+# ---------------------------------------------------------------- export
+
+
+def _logits(model, tokenizer, text: str = "<|user|>\nSay the magic word number 3.<|end|>\n<|assistant|>\n"):
+    with torch.inference_mode():
+        return model(**tokenizer(text, return_tensors="pt", add_special_tokens=False)).logits.float()
+
+
+def test_peft_and_merged_exports_load_with_plain_transformers(tiny_phi3, tiny_phi3_dir, tmp_path):
+    """The PEFT folder reloads on the plain base with PEFT; the merged folder is a plain Phi3ForCausalLM (fused
+    weights merged) with Phi-3's tokenizer, chat template and end-of-turn ids; both compute what is served."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    from tempering.export import export_model
+    from tempering.serve import load_chat_model
+
+    model_id = _tune(tiny_phi3, _magic_file(tmp_path)).model_id
+    served = load_chat_model(model_id).model
+    peft_folder = export_model(model_id, "peft", tmp_path / "peft").path
+    merged_folder = export_model(model_id, "merged", tmp_path / "merged").path
+
+    tokenizer = AutoTokenizer.from_pretrained(peft_folder)
+    base = AutoModelForCausalLM.from_pretrained(tiny_phi3_dir).eval()
+    base_logits = _logits(base, tokenizer)
+    adapted = PeftModel.from_pretrained(base, peft_folder).eval()
+    assert not torch.allclose(base_logits, _logits(served, tokenizer), atol=1e-3)  # the adapter matters
+    torch.testing.assert_close(_logits(adapted, tokenizer), _logits(served, tokenizer), atol=1e-5, rtol=1e-5)
+
+    config = json.loads((merged_folder / "config.json").read_text())
+    assert config["architectures"] == ["Phi3ForCausalLM"] and "peft" not in json.dumps(config).lower()
+    merged = AutoModelForCausalLM.from_pretrained(merged_folder).eval()
+    merged_tokenizer = AutoTokenizer.from_pretrained(merged_folder)
+    assert merged_tokenizer.chat_template == tokenizer.chat_template and "<|assistant|>" in tokenizer.chat_template
+    end = merged_tokenizer.convert_tokens_to_ids("<|end|>")
+    assert end in GenerationConfig.from_pretrained(merged_folder).eos_token_id
+    assert {k for k in load_file(merged_folder / "model.safetensors") if "lora" in k} == set()
+    torch.testing.assert_close(_logits(merged, merged_tokenizer), _logits(served, tokenizer), atol=1e-4, rtol=1e-4)
+
+
+# ---------------------------------------------------------------- LongRoPE and the sliding window
+
+ORIGINAL, WINDOW = 64, 16  # the tiny 128k-style model: LongRoPE switches past 64 tokens, attention sees 16
+
+
+@pytest.fixture(scope="module")
+def long_phi3_dir(tokenizer_dir, tmp_path_factory) -> Path:
+    """A tiny Phi-3 configured like Phi-3-mini-128k (LongRoPE, 4× its original context) with a short sliding
+    window, its config.json written the way the Hugging Face repository has it (``rope_scaling`` with ``type``)."""
+    folder = save_tiny_phi3(tmp_path_factory.mktemp("tiny-phi3-long"), tokenizer_dir, attention_scale=30.0,
+                            max_position_embeddings=4 * ORIGINAL, original_max_position_embeddings=ORIGINAL,
+                            sliding_window=WINDOW)
+    config = json.loads((folder / "config.json").read_text())
+    del config["rope_parameters"]
+    half_head = config["hidden_size"] // config["num_attention_heads"] // 2
+    config |= {"rope_theta": 10000.0, "rope_scaling": {
+        "type": "longrope", "short_factor": [1.0 + 0.1 * i for i in range(half_head)],
+        "long_factor": [2.0 ** i for i in range(half_head)]}}
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    return folder
+
+
+@pytest.fixture
+def long_phi3(long_phi3_dir) -> str:
+    from tempering.catalog import register_local_path
+
+    register_local_path("phi-3-mini-128k-instruct", long_phi3_dir)
+    return "phi-3-mini-128k-instruct"
+
+
+def _reference_logprobs(model, prompt: list[int], answer: list[int]) -> list[float]:
+    """Each answer token's log-probability from a fresh forward pass over everything before it: what the model
+    gives a sequence of that length (short factors up to ORIGINAL tokens, long beyond)."""
+    found = []
+    for k, token in enumerate(answer):
+        with torch.inference_mode():
+            logits = model(torch.tensor([prompt + answer[:k]])).logits[0, -1].float()
+        found.append(float(torch.log_softmax(logits, -1)[token]))
+    return found
+
+
+def test_longrope_and_sliding_window_config_loads_and_trains(long_phi3, tmp_path):
+    from tempering.catalog import load_causal_lm
+
+    model = load_causal_lm(long_phi3)
+    assert model.model.rotary_emb.rope_type == "longrope" and model.config.sliding_window == WINDOW
+    assert model.config.rope_parameters["original_max_position_embeddings"] == ORIGINAL
+    # answers long enough that batches hold sequences past the window and past the switch to the long factors
+    rows = [chat_example(f"Count from {i}.", " ".join(str(i + j) for j in range(4 + 9 * (i % 4)))) for i in range(12)]
+    result = _tune(long_phi3, write_jsonl(tmp_path / "count.jsonl", rows))
+    assert result.valid_loss < result.base_valid_loss
+    folder, meta = resolve_finetuned(result.model_id)
+    assert meta["base_model"] == long_phi3 and (folder / "adapter_model.safetensors").is_file()
+
+
+def test_engine_serves_longrope_and_sliding_window_as_each_request_alone(long_phi3, long_phi3_dir, tmp_path):
+    """A row crossing the LongRoPE switch while others join (past the sliding window), a short row beside one
+    past the switch, adapters mixed in: every row gets what it would alone (generate's tokens, the
+    log-probabilities of a fresh pass). The engine used to fail the join (sliding cache layers), let a long
+    row switch its neighbours to the long factors, and keep short-factor keys past the switch."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from tempering.serve.engine import TransformersEngine
+
+    adapter = _fused_adapter(long_phi3_dir, tmp_path / "adapter", 0)
+    short, crossing, long = list(range(100, 105)), list(range(200, 260)), list(range(300, 300 + ORIGINAL + 16))
+    leader = (crossing, adapter, 40)  # past the window from its prefill, crosses the switch at its 5th token
+    joiners = [(short, None, 12), (long, adapter, 6), (crossing, None, 10), (short, adapter, 12)]
+    engine = TransformersEngine(long_phi3, threads=1)
+    no_eos(engine)
+
+    def ask(prompt, chosen, n):
+        return collect(engine, prompt, SamplingParams(max_tokens=n, logprobs=True), chosen)
+
+    async def staggered():
+        first = asyncio.create_task(ask(*leader))
+        while engine.steps < 3:  # the others join a batch already decoding
+            await asyncio.sleep(0.005)
+        rest = await asyncio.gather(*(ask(*job) for job in joiners))
+        return [await first, *rest]
+
+    try:
+        results = asyncio.run(staggered())
+    finally:
+        engine.stop()
+    models = {None: AutoModelForCausalLM.from_pretrained(long_phi3_dir).eval(),
+              adapter: PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(long_phi3_dir),
+                                                 adapter).merge_and_unload().eval()}
+    for (prompt, chosen, n), chunks in zip([leader, *joiners], results):
+        ids = token_ids(chunks)
+        assert ids == alone(long_phi3_dir, chosen, prompt, n), (len(prompt), chosen)
+        logprobs = [lp.logprob for c in chunks for lp in c.logprobs]
+        assert logprobs == pytest.approx(_reference_logprobs(models[chosen], prompt, ids), abs=1e-4), (len(prompt),
+                                                                                                       chosen)
+
+
+def test_local_decoding_recomputes_the_cache_past_the_longrope_switch(long_phi3, long_phi3_dir):
+    """serve.local (CLI chat, evaluation): a conversation crossing the switch while answering continues as
+    generate does, with the whole cache recomputed under the long factors."""
+    from transformers import AutoTokenizer
+
+    from tempering.serve import load_chat_model
+    from tempering.serve.local import generate
+
+    chat = load_chat_model(long_phi3)
+    chat.eos_ids = set()  # random weights: compare whole answers
+    messages = [{"role": "user", "content": " ".join(["word"] * 50)}]
+    prompt = encode_prompt(chat.tokenizer, messages)
+    assert len(prompt) < ORIGINAL < len(prompt) + 20
+    text = "".join(c.text for c in generate(chat, messages, SamplingParams(max_tokens=20)))
+    tokenizer = AutoTokenizer.from_pretrained(long_phi3_dir)
+    assert text == tokenizer.decode(alone(long_phi3_dir, None, prompt, 20), skip_special_tokens=True)
