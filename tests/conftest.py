@@ -110,7 +110,7 @@ def phi3_tokenizer(tokenizer_dir: Path):
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     tok.add_special_tokens({"additional_special_tokens": PHI3_SPECIAL_TOKENS})
-    tok.eos_token = tok.pad_token = "<|endoftext|>"  # as Phi-3's tokenizer_config.json has them
+    tok.eos_token = tok.pad_token = "<|endoftext|>"  # noqa: S105 - a token, as Phi-3's tokenizer_config.json has
     tok.chat_template = PHI3_CHAT_TEMPLATE
     return tok
 
@@ -125,13 +125,13 @@ def save_tiny_phi3(folder: Path, tokenizer_dir: Path, *, attention_scale: float 
 
     tok = phi3_tokenizer(tokenizer_dir)
     end, assistant, eos = tok.convert_tokens_to_ids(["<|end|>", "<|assistant|>", "<|endoftext|>"])
-    settings = dict(
+    settings = {
         # the embedding padded past the tokenizer to a multiple of 64, as Phi-3's 32,064 rows for 32,011 tokens
-        vocab_size=-(-len(tok) // 64) * 64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2,  # grouped KV heads, as Phi-3-medium has
-        max_position_embeddings=4096, original_max_position_embeddings=4096, sliding_window=2047,
-        tie_word_embeddings=False, bos_token_id=tok.bos_token_id, eos_token_id=eos, pad_token_id=eos,
-    )
+        "vocab_size": -(-len(tok) // 64) * 64, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2,  # grouped KV heads, as Phi-3-medium has
+        "max_position_embeddings": 4096, "original_max_position_embeddings": 4096, "sliding_window": 2047,
+        "tie_word_embeddings": False, "bos_token_id": tok.bos_token_id, "eos_token_id": eos, "pad_token_id": eos,
+    }
     config = Phi3Config(**{**settings, **config_overrides})
     torch.manual_seed(0)
     model = Phi3ForCausalLM(config)

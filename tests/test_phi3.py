@@ -17,7 +17,7 @@ import torch
 from conftest import PHI3_ID, chat_example, save_tiny_phi3, write_jsonl
 from safetensors.torch import load_file
 from test_engine import PROMPTS, alone, collect, no_eos, token_ids
-from test_resume import _assert_same_result, _only_unfinished_run, data  # noqa: F401 - data is a fixture
+from test_resume import _assert_same_result, _only_unfinished_run
 from test_resume import _config as _resume_config
 from typer.testing import CliRunner
 
@@ -75,7 +75,8 @@ def test_add_path_puts_the_tiny_phi3_behind_the_phi3_card(tiny_phi3_dir):
     listed = next(m for m in json.loads(_cli("models", "list", "--json").stdout) if m["id"] == PHI3_ID)
     assert listed["status"] == "ready" and listed["family"] == "phi3"
     tokenizer = load_tokenizer(PHI3_ID)
-    assert tokenizer.eos_token == "<|endoftext|>" and "<|assistant|>" in tokenizer.chat_template
+    assert tokenizer.convert_ids_to_tokens(tokenizer.eos_token_id) == "<|endoftext|>"
+    assert "<|assistant|>" in tokenizer.chat_template
     model = load_causal_lm(PHI3_ID)
     assert isinstance(model, Phi3ForCausalLM) and not model.training
     assert hasattr(model.model.layers[0].self_attn, "qkv_proj") and hasattr(model.model.layers[0].mlp, "gate_up_proj")
@@ -266,6 +267,7 @@ def test_classification_head_on_phi3(tiny_phi3, tmp_path):
                              hyperparameters={"n_epochs": 4, "batch_size": 4, "learning_rate_multiplier": 10.0}))
     assert result.task == "classification" and result.valid_loss < result.base_valid_loss
     folder, meta = resolve_finetuned(result.model_id)
+    assert meta["task"] == "classification" and sorted(meta["labels"]) == sorted(labels)
     adapter = load_file(folder / "adapter_model.safetensors")
     assert any("score" in k for k in adapter) and any("qkv_proj.lora_A" in k for k in adapter)
     classifier = load_classifier_model(result.model_id)
@@ -273,12 +275,19 @@ def test_classification_head_on_phi3(tiny_phi3, tmp_path):
     assert all(a["label"] in labels and sum(a["scores"].values()) == pytest.approx(1.0) for a in answers)
 
 
-def test_cancel_mid_epoch_then_resume_is_exact_on_phi3(tiny_phi3, data):
+@pytest.fixture
+def resume_files(tmp_path) -> tuple[Path, Path]:
+    """test_resume's data: 40 training examples (10 steps an epoch at batch size 4) and 6 validation ones."""
+    rows = [chat_example(f"Spell the number {i}.", f"The number {i} is spelled {i * 7}.") for i in range(46)]
+    return write_jsonl(tmp_path / "train.jsonl", rows[:40]), write_jsonl(tmp_path / "valid.jsonl", rows[40:])
+
+
+def test_cancel_mid_epoch_then_resume_is_exact_on_phi3(tiny_phi3, resume_files):
     """test_resume's exact-resume check (cancel at step 14 of 30, resume, match the uninterrupted run) on Phi-3."""
     from tempering.train.checkpoint import latest_checkpoint
     from tempering.train.fit import RunCancelled
 
-    config = _resume_config(tiny_phi3, data, evaluate=False)
+    config = _resume_config(tiny_phi3, resume_files, evaluate=False)
     reference = tune(config)
     steps = []
     with pytest.raises(RunCancelled, match="cancelled at step 14"):

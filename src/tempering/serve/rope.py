@@ -30,7 +30,7 @@ def switch_length(model) -> int | None:
         return None
     params = getattr(model.config, "rope_parameters", None) or {}
     return int(params.get("original_max_position_embeddings")
-               or getattr(model.config, "original_max_position_embeddings"))
+               or model.config.original_max_position_embeddings)
 
 
 def per_row(model) -> None:
