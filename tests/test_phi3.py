@@ -562,3 +562,27 @@ def test_local_decoding_recomputes_the_cache_past_the_longrope_switch(long_phi3,
     text = "".join(c.text for c in generate(chat, messages, SamplingParams(max_tokens=20)))
     tokenizer = AutoTokenizer.from_pretrained(long_phi3_dir)
     assert text == tokenizer.decode(alone(long_phi3_dir, None, prompt, 20), skip_special_tokens=True)
+
+
+def test_chat_completions_build_the_phi3_prompt(tiny_phi3):
+    """A deployed Phi-3 over the REST API (in process): the answer is the engine's continuation of exactly
+    ``encode_prompt``'s ids, stopping where serve.local stops."""
+    from fastapi.testclient import TestClient
+
+    from tempering.api.app import create_app
+    from tempering.serve import complete, load_chat_model
+    from tempering.settings import get_settings
+
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say the magic word."}]
+    with TestClient(create_app(get_settings(), workers=0)) as client:
+        auth = {"Authorization": f"Bearer {client.app.state.initial_api_key}"}
+        created = client.post("/v1/deployments", headers=auth, json={"model": tiny_phi3, "name": "phi"})
+        assert created.status_code in (200, 201), created.text
+        answer = client.post("/v1/chat/completions", headers=auth, json={
+            "model": "phi", "messages": messages, "temperature": 0, "max_tokens": 10})
+        assert answer.status_code == 200, answer.text
+    body = answer.json()
+    chat = load_chat_model(tiny_phi3)
+    assert body["usage"]["prompt_tokens"] == len(encode_prompt(chat.tokenizer, messages))
+    assert body["usage"]["completion_tokens"] > 0
+    assert body["choices"][0]["message"]["content"] == complete(chat, messages, SamplingParams(max_tokens=10))
