@@ -24,7 +24,8 @@ from tempering.settings import reset_settings
 SYSTEM = "You are a concise assistant."
 TINY_ID = "tiny-llama"
 PHI3_ID = "phi-3-mini-4k-instruct"  # the built-in card the tiny Phi-3 is registered under
-# Phi-3-mini-4k-instruct's chat template, verbatim from its tokenizer_config.json.
+# Phi-3-mini-4k-instruct's chat template as its tokenizer_config.json has had it since mid-2024 (system turns
+# supported, the conversation closed with eos_token when no generation prompt is asked for).
 PHI3_CHAT_TEMPLATE = (
     "{% for message in messages %}{% if message['role'] == 'system' %}{{'<|system|>\\n' + message['content'] + "
     "'<|end|>\\n'}}{% elif message['role'] == 'user' %}{{'<|user|>\\n' + message['content'] + '<|end|>\\n'}}"
@@ -110,7 +111,8 @@ def phi3_tokenizer(tokenizer_dir: Path):
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     tok.add_special_tokens({"additional_special_tokens": PHI3_SPECIAL_TOKENS})
-    tok.eos_token = tok.pad_token = "<|endoftext|>"  # noqa: S105 - a token, as Phi-3's tokenizer_config.json has
+    # Phi-3-mini's config.json: eos and pad id 32000, <|endoftext|>; its generation_config.json adds <|end|>.
+    tok.eos_token = tok.pad_token = "<|endoftext|>"  # noqa: S105 - a special token, not a password
     tok.chat_template = PHI3_CHAT_TEMPLATE
     return tok
 
