@@ -1,7 +1,9 @@
-"""Shared fixtures: a temporary TEMPERING_HOME for every test, a real tokenizer, and a tiny random model.
+"""Shared fixtures: a temporary TEMPERING_HOME for every test, a real tokenizer, and tiny random models.
 
-The tiny model (2 layers, hidden size 32) uses the embedded default's real tokenizer and chat template,
-so masking, training and serving run the same code paths as with a real model, in seconds.
+The tiny Llama (2 layers, hidden size 32) uses the embedded default's real tokenizer and chat template,
+so masking, training and serving run the same code paths as with a real model, in seconds. The tiny Phi-3
+(``tiny_phi3_dir``, registered under the Phi-3 catalog id by ``tiny_phi3``) has Phi-3's architecture (fused
+``qkv_proj`` and ``gate_up_proj``, untied head, sliding-window config), special tokens and chat template.
 """
 
 from __future__ import annotations
@@ -21,6 +23,17 @@ from tempering.settings import reset_settings
 
 SYSTEM = "You are a concise assistant."
 TINY_ID = "tiny-llama"
+PHI3_ID = "phi-3-mini-4k-instruct"  # the built-in card the tiny Phi-3 is registered under
+# Phi-3-mini-4k-instruct's chat template as its tokenizer_config.json has had it since mid-2024 (system turns
+# supported, the conversation closed with eos_token when no generation prompt is asked for).
+PHI3_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'system' %}{{'<|system|>\\n' + message['content'] + "
+    "'<|end|>\\n'}}{% elif message['role'] == 'user' %}{{'<|user|>\\n' + message['content'] + '<|end|>\\n'}}"
+    "{% elif message['role'] == 'assistant' %}{{'<|assistant|>\\n' + message['content'] + '<|end|>\\n'}}"
+    "{% endif %}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% else %}{{ eos_token }}"
+    "{% endif %}"
+)
+PHI3_SPECIAL_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|endoftext|>"]
 
 
 @pytest.fixture(autouse=True)
@@ -90,6 +103,75 @@ def tiny_model(tiny_model_dir) -> str:
 
     register_local_path(TINY_ID, tiny_model_dir)
     return TINY_ID
+
+
+def phi3_tokenizer(tokenizer_dir: Path):
+    """The embedded tokenizer dressed as Phi-3's: its special tokens, chat template, EOS and pad."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tok.add_special_tokens({"additional_special_tokens": PHI3_SPECIAL_TOKENS})
+    # Phi-3-mini's config.json: eos and pad id 32000, <|endoftext|>; its generation_config.json adds <|end|>.
+    tok.eos_token = tok.pad_token = "<|endoftext|>"  # noqa: S105 - a special token, not a password
+    tok.chat_template = PHI3_CHAT_TEMPLATE
+    return tok
+
+
+def save_tiny_phi3(folder: Path, tokenizer_dir: Path, *, attention_scale: float = 1.0, **config_overrides) -> Path:
+    """A tiny random Phi3ForCausalLM with Phi-3's tokenizer, saved as a Hugging Face folder.
+
+    ``attention_scale`` multiplies the query/key/value weights: random attention is nearly uniform, so
+    position encoding (RoPE factors, the sliding window) barely shows in the output unless it is sharpened."""
+    import torch
+    from transformers import GenerationConfig, Phi3Config, Phi3ForCausalLM
+
+    tok = phi3_tokenizer(tokenizer_dir)
+    end, assistant, eos = tok.convert_tokens_to_ids(["<|end|>", "<|assistant|>", "<|endoftext|>"])
+    settings = {
+        # the embedding padded past the tokenizer to a multiple of 64, as Phi-3's 32,064 rows for 32,011 tokens
+        "vocab_size": -(-len(tok) // 64) * 64, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 4, "num_key_value_heads": 2,  # grouped KV heads, as Phi-3-medium has
+        "max_position_embeddings": 4096, "original_max_position_embeddings": 4096, "sliding_window": 2047,
+        "tie_word_embeddings": False, "bos_token_id": tok.bos_token_id, "eos_token_id": eos, "pad_token_id": eos,
+    }
+    config = Phi3Config(**{**settings, **config_overrides})
+    torch.manual_seed(0)
+    model = Phi3ForCausalLM(config)
+    # Unit-scale embeddings and head (untied, as in Phi-3): with the default 0.02 the logits stay too small for
+    # LoRA on the body (which never touches the head) to ever fit data.
+    torch.nn.init.normal_(model.model.embed_tokens.weight, std=1.0)
+    torch.nn.init.normal_(model.lm_head.weight, std=1.0)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.self_attn.qkv_proj.weight.mul_(attention_scale)
+    # Phi-3's generation_config.json ends a turn on <|endoftext|>, <|assistant|> or <|end|>.
+    model.generation_config = GenerationConfig(bos_token_id=config.bos_token_id, eos_token_id=[eos, assistant, end],
+                                               pad_token_id=eos)
+    model.save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_phi3_dir(tokenizer_dir, tmp_path_factory) -> Path:
+    """A tiny random Phi-3 (2 layers, hidden 32, 4 heads over 2 KV heads) as a Hugging Face folder."""
+    return save_tiny_phi3(tmp_path_factory.mktemp("tiny-phi3"), tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def phi3_tok(tiny_phi3_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_phi3_dir)
+
+
+@pytest.fixture
+def tiny_phi3(tiny_phi3_dir) -> str:
+    """The tiny Phi-3 registered (``models add-path``'s code) under the built-in Phi-3-mini card's id."""
+    from tempering.catalog import register_local_path
+
+    register_local_path(PHI3_ID, tiny_phi3_dir)
+    return PHI3_ID
 
 
 def chat_example(question: str, answer: str, *, system: bool = True) -> dict:

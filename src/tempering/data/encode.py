@@ -46,6 +46,22 @@ def encode_prompt(tokenizer, messages: list[dict]) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def _turn_end(tokenizer, messages: list[dict]) -> str:
+    """The rendering of ``messages`` up to the end-of-turn marker of the last (assistant) one.
+
+    The trailing newline after the marker carries no loss. Neither does an EOS token that a template appends
+    only to close the whole conversation (Phi-3: ``…<|end|>\\n<|endoftext|>``, while a next turn follows
+    ``<|end|>\\n`` directly): a turn is trained the same wherever it stands, and multi-turn conversations
+    stay prefixes of each other. An EOS that ends every turn (Llama 2, Mistral) stays trained."""
+    closed = render(tokenizer, messages).rstrip()
+    eos = tokenizer.eos_token
+    if eos and closed.endswith(eos):
+        continued = render(tokenizer, [*messages, {"role": "user", "content": "?"}])
+        if not continued.startswith(closed):
+            closed = closed[: -len(eos)].rstrip()
+    return closed
+
+
 def _trained_spans(tokenizer, messages: list[dict], full: str) -> list[tuple[int, int]]:
     """Character spans of ``full`` that carry loss: each weight-1 assistant message and its end marker."""
     spans = []
@@ -53,7 +69,7 @@ def _trained_spans(tokenizer, messages: list[dict], full: str) -> list[tuple[int
         if message["role"] != "assistant" or message.get("weight", 1) == 0:
             continue
         prompt = render(tokenizer, messages[:i], add_generation_prompt=True)
-        upto = render(tokenizer, messages[: i + 1]).rstrip()  # trailing newline after the end marker: no loss
+        upto = _turn_end(tokenizer, messages[: i + 1])
         if not (full.startswith(prompt) and full.startswith(upto) and len(prompt) <= len(upto)):
             raise TemperingError(
                 "the model's chat template renders a conversation differently from its prefixes, so "

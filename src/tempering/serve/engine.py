@@ -119,6 +119,7 @@ class TransformersEngine:
         self._row_adapters: list[str] | None = None
         self._rows = RowAdapters()  # the step's adapters per row, for serve.lora's layer forward
         self._lean = False
+        self._rope_switch: int | None = None  # LongRoPE: the length past which a row is prefilled again
         self.model = None
         self.tokenizer = None
         self.context_length = 0
@@ -171,6 +172,10 @@ class TransformersEngine:
             from tempering.serve.quantize import quantize_int8
 
             quantize_int8(self.model)
+        from tempering.serve import rope
+
+        rope.per_row(self.model)  # LongRoPE: a long row must not switch its neighbours to the long factors
+        self._rope_switch = rope.switch_length(self.model)
         self.device = next(self.model.parameters()).device
         self.context_length = card.context_length
         self.eos_ids = eos_ids(self.tokenizer, self.model)
@@ -387,11 +392,15 @@ class TransformersEngine:
         for i, seq in enumerate(group):
             ids[i, width - len(seq.prompt):] = torch.tensor(seq.prompt)
             mask[i, width - len(seq.prompt):] = 1
-            if seq.params.seed is not None:
-                seq.generator = torch.Generator().manual_seed(seq.params.seed)
-            seq.detok = Detokenizer(self.tokenizer)
+            if seq.detok is None:  # not a row prefilled again (see _refill_past_rope_switch)
+                if seq.params.seed is not None:
+                    seq.generator = torch.Generator().manual_seed(seq.params.seed)
+                seq.detok = Detokenizer(self.tokenizer)
         ids, mask = ids.to(self.device), mask.to(self.device)
-        cache = DynamicCache(config=self.model.config)
+        # Full-length layers even for a sliding-window model (Phi-3-mini-4k: 2047): a sliding layer keeps only
+        # its last window of columns, which the batch's mask, joins and trims (all by column) cannot follow.
+        # The model still applies the window itself, through its sliding-window attention mask.
+        cache = DynamicCache()
         inputs = {"input_ids": ids, "cache": cache}
         if len(group) > 1:
             inputs |= {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
@@ -427,7 +436,29 @@ class TransformersEngine:
         self._mask = torch.cat([old_mask, rows_mask], dim=0)
         self.active.extend(seqs)
 
+    def _refill_past_rope_switch(self) -> None:
+        """LongRoPE: a row whose pending token is the first past ``original_max_position_embeddings`` leaves the
+        batch and is prefilled again, prompt and answer so far, with the long factors (its cached keys were
+        rotated with the short ones), as transformers' ``generate`` does. That prefill picks its next token."""
+        crossing = [s for s in self.active if s.position == self._rope_switch]
+        if not crossing:
+            return
+        keep = [i for i, s in enumerate(self.active) if s.position != self._rope_switch]
+        rows = len(self.active)
+        self.active = [self.active[i] for i in keep]
+        if keep:
+            self._mask = _keep_rows(self._cache, self._mask, keep, rows)
+        else:
+            self._cache, self._mask = None, None
+        for seq in crossing:
+            seq.prompt = seq.prompt + seq.detok.ids  # every token so far; the pending one is the last
+        self._start(crossing)
+
     def _step(self) -> None:
+        if self._rope_switch is not None:
+            self._refill_past_rope_switch()
+            if not self.active:
+                return
         rows = self.active
         ids = torch.tensor([[s.pending] for s in rows], device=self.device)
         positions = torch.tensor([[s.position] for s in rows], device=self.device)

@@ -18,6 +18,7 @@ from tempering.catalog import get_card, load_causal_lm, load_tokenizer
 from tempering.data.encode import encode_prompt
 from tempering.errors import InvalidConfigError
 from tempering.hardware import select_placement
+from tempering.serve import rope
 from tempering.serve.decode import Detokenizer, eos_ids, pick_token
 from tempering.serve.params import Chunk, SamplingParams
 from tempering.train import artifacts
@@ -83,13 +84,17 @@ def generate(chat: ChatModel, messages: list[dict], params: SamplingParams | Non
     input_ids = torch.tensor([prompt], device=device)
     cache = DynamicCache(config=chat.model.config)  # filled in place by each forward
     detok = Detokenizer(chat.tokenizer)  # holds text back while a multi-byte character is incomplete
+    switch, tokens = rope.switch_length(chat.model), list(prompt)
     finish = "length"
     for _ in range(budget):
+        if switch is not None and len(tokens) == switch + 1:  # LongRoPE: the cache holds short-factor keys
+            cache, input_ids = DynamicCache(config=chat.model.config), torch.tensor([tokens], device=device)
         out = chat.model(input_ids=input_ids, cache=cache, use_cache=True)
         token = pick_token(out.logits[0, -1].cpu(), params, generator)
         if token in chat.eos_ids:
             finish = "stop"
             break
+        tokens.append(token)
         text = detok.add(token)
         if text:
             yield Chunk(text)

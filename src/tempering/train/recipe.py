@@ -105,11 +105,27 @@ class Setup:
             self.on_event(event)
 
 
+def _check_targets(model, targets) -> None:
+    """Named LoRA targets must be linear layers of this model; architectures name them differently (a Llama's
+    ``q_proj``/``v_proj`` and ``up_proj`` are fused into ``qkv_proj`` and ``gate_up_proj`` in a Phi-3)."""
+    if targets == "all-linear":
+        return
+    names = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        have = sorted({n.rsplit(".", 1)[-1] for n in names})
+        raise InvalidConfigError(
+            f"LoRA target module(s) {', '.join(missing)} are not linear layers of this "
+            f"{model.config.model_type} model; its linear layers are: {', '.join(have)} (or use all-linear)",
+            param="lora.target_modules")
+
+
 def _wrap_lora(model, config: TuneConfig, parent_folder: Path | None, task_type: str = "CAUSAL_LM"):
     from peft import LoraConfig, PeftModel, get_peft_model
 
     if parent_folder is not None:  # continue training the parent's adapter
         return PeftModel.from_pretrained(model, parent_folder, is_trainable=True)
+    _check_targets(model, config.lora.target_modules)
     lora = LoraConfig(
         r=config.lora.rank,
         lora_alpha=config.lora.alpha,
