@@ -80,6 +80,7 @@ def _read_key_and_wait(process, port: int, timeout: float = 60) -> str | None:
         time.sleep(0.2)  # the key's line, written before the bind, reaches the reader
         keys = [m.group(1) for m in (re.search(r"(tk-\S+)", line) for line in lines) if m]
         return keys[-1] if keys else None
+    process.kill()  # never leave a server behind a failed start
     raise AssertionError("the server never accepted connections")
 
 
