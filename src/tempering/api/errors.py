@@ -58,14 +58,18 @@ def _status_of(exc: TemperingError) -> int:
         return 502
     if exc.code == "engine_error":
         return 500
+    if exc.code == "content_filter_error":
+        return 503
     if isinstance(exc, (InvalidConfigError, InvalidDataError)):
         return 400
     return 400
 
 
-def _envelope(status: int, message: str, type: str, param=None, code=None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": type, "param": param, "code": code}},
-                        status_code=status)
+def _envelope(status: int, message: str, type: str, param=None, code=None, innererror=None) -> JSONResponse:
+    error = {"message": message, "type": type, "param": param, "code": code}
+    if innererror is not None:  # Azure's detail of a content-filtered prompt (docs/safety.md)
+        error["innererror"] = innererror
+    return JSONResponse({"error": error}, status_code=status)
 
 
 def install(app: FastAPI) -> None:
@@ -75,7 +79,9 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(TemperingError)
     async def _domain_error(_: Request, exc: TemperingError):
-        return _envelope(_status_of(exc), exc.message, "invalid_request_error", exc.param, exc.code)
+        status = _status_of(exc)
+        kind = "server_error" if exc.code == "content_filter_error" else "invalid_request_error"
+        return _envelope(status, exc.message, kind, exc.param, exc.code, getattr(exc, "innererror", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError):

@@ -1,0 +1,110 @@
+"""Custom blocklists: exact terms and regular expressions a project never wants in prompts or completions.
+
+Exact terms are matched case-insensitively on word boundaries, all terms of a list in one alternation of
+escaped literals (linear time). Regular expressions come from users, so each is bounded twice: validated up
+front (at most ``MAX_PATTERN`` characters, compiles, no empty match) and searched with the ``regex``
+package's ``timeout``, since Python's ``re`` cannot be interrupted and a catastrophic-backtracking pattern
+would otherwise hold a server thread indefinitely. A search that times out is a filter error
+(``content_filter_error``), handled like a failing classifier, never a silent pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import regex
+from pydantic import BaseModel, Field
+
+MAX_PATTERN = 500
+MAX_TERM = 200
+MAX_ITEMS = 10_000
+REGEX_TIMEOUT_S = 0.05  # per pattern per text: ample for sane patterns on a window or a prompt
+
+
+class BlocklistTimeout(RuntimeError):
+    """A regex item ran past its time limit."""
+
+
+class BlocklistItem(BaseModel):
+    id: str
+    text: str = Field(min_length=1, max_length=MAX_PATTERN)
+    is_regex: bool = False
+    description: str = ""
+
+
+class Blocklist(BaseModel):
+    name: str = Field(pattern=r"^[0-9A-Za-z._~-]{1,64}$")
+    description: str = ""
+    items: list[BlocklistItem] = Field(default_factory=list, max_length=MAX_ITEMS)
+
+
+@dataclass(frozen=True)
+class Match:
+    blocklist: str
+    item_id: str
+    start: int
+    end: int
+
+
+def validate_item(text: str, is_regex: bool) -> str | None:
+    """The problem with an item, in words, or None."""
+    if not text.strip():
+        return "an item must not be blank"
+    if not is_regex:
+        return f"a term is at most {MAX_TERM} characters" if len(text) > MAX_TERM else None
+    if len(text) > MAX_PATTERN:
+        return f"a regular expression is at most {MAX_PATTERN} characters"
+    try:
+        pattern = regex.compile(text, regex.IGNORECASE)
+    except regex.error as exc:
+        return f"not a valid regular expression: {exc}"
+    try:
+        if pattern.fullmatch("", timeout=REGEX_TIMEOUT_S):
+            return "a regular expression must not match the empty string"
+    except TimeoutError:
+        return "a regular expression took too long on an empty text"
+    return None
+
+
+class CompiledBlocklist:
+    def __init__(self, blocklist: Blocklist):
+        self.name = blocklist.name
+        terms = [i for i in blocklist.items if not i.is_regex]
+        self._term_ids = {i.text.casefold(): i.id for i in terms}
+        # \b only where the term itself starts/ends with a word character, so "c++" or "$$$" still match
+        alternatives = sorted((_bounded(t.text) for t in terms), key=len, reverse=True)
+        self._terms = regex.compile("|".join(alternatives), regex.IGNORECASE) if alternatives else None
+        self.longest_term = max((len(t.text) for t in terms), default=0)
+        self._regexes = [(i.id, regex.compile(i.text, regex.IGNORECASE)) for i in blocklist.items if i.is_regex]
+
+    def find(self, text: str) -> list[Match]:
+        found = []
+        if self._terms is not None:
+            try:
+                for m in self._terms.finditer(text, timeout=REGEX_TIMEOUT_S * 4):
+                    found.append(Match(self.name, self._term_ids.get(m.group(0).casefold(), ""), m.start(), m.end()))
+            except TimeoutError as exc:
+                raise BlocklistTimeout(f"blocklist {self.name!r} terms timed out") from exc
+        for item_id, pattern in self._regexes:
+            try:
+                m = pattern.search(text, timeout=REGEX_TIMEOUT_S)
+            except TimeoutError as exc:
+                raise BlocklistTimeout(f"blocklist {self.name!r} item {item_id} timed out") from exc
+            if m is not None and m.end() > m.start():
+                found.append(Match(self.name, item_id, m.start(), m.end()))
+        return found
+
+
+def _bounded(term: str) -> str:
+    escaped = regex.escape(term.strip())
+    head = r"\b" if regex.match(r"\w", term.strip()) else ""
+    tail = r"\b" if regex.search(r"\w$", term.strip()) else ""
+    return f"{head}{escaped}{tail}"
+
+
+def find_all(blocklists: list[CompiledBlocklist], text: str) -> list[Match]:
+    return [m for b in blocklists for m in b.find(text)]
+
+
+def compile_all(blocklists) -> list[CompiledBlocklist]:
+    return [b if isinstance(b, CompiledBlocklist) else CompiledBlocklist(b) for b in blocklists]
