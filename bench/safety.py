@@ -40,7 +40,7 @@ def binary(y, p, threshold=0.5) -> dict:
     y, p = np.asarray(y), np.asarray(p)
     precision, recall, f1, _ = precision_recall_fscore_support(y, p >= threshold, average="binary", zero_division=0)
     auprc = float(average_precision_score(y, p)) if 0 < y.sum() < len(y) else float("nan")
-    return {"n": int(len(y)), "positives": int(y.sum()), "precision": float(precision), "recall": float(recall),
+    return {"n": len(y), "positives": int(y.sum()), "precision": float(precision), "recall": float(recall),
             "f1": float(f1), "auprc": auprc}
 
 
@@ -53,8 +53,8 @@ def harm_rows(classifier, folder: Path) -> dict:
         out[f"{category} (openai)"] = binary(*zip(*pairs))
     dv = D.split(D.davidson(folder), "test")
     out["hate (davidson)"] = binary([r.labels["hate"] for r in dv], [s["hate"] for s in scores_of(classifier, dv)])
-    raw = {json.loads(line)["prompt"]: json.loads(line)
-           for line in open(folder / "openai_moderation_samples-1680.jsonl", encoding="utf-8")}
+    with open(folder / "openai_moderation_samples-1680.jsonl", encoding="utf-8") as f:
+        raw = {row["prompt"]: row for row in map(json.loads, f)}
     ours = [int(any(r.labels.values())) for r in om]
     worst = [max(s[c] for c in HARM) for s in om_scores]
     out["any harm (openai: S,S3,H,H2,V,V2,SH)"] = binary(ours, worst)

@@ -12,9 +12,25 @@ Importing this package loads no torch, no scikit-learn and no weights; the class
 """
 
 from tempering.safety.blocklist import Blocklist, BlocklistItem
-from tempering.safety.filter import (CompletionGuard, CompletionVerdict, PromptVerdict, check_completion,
-                                     check_prompt, validate_policy)
+from tempering.safety.filter import (
+                                     CompletionGuard,
+                                     CompletionVerdict,
+                                     PromptVerdict,
+                                     check_completion,
+                                     check_prompt,
+                                     validate_policy,
+)
 from tempering.safety.policy import DEFAULT_POLICY, SafetyPolicy
 
-__all__ = ["Blocklist", "BlocklistItem", "CompletionGuard", "CompletionVerdict", "DEFAULT_POLICY",
-           "PromptVerdict", "SafetyPolicy", "check_completion", "check_prompt", "validate_policy"]
+__all__ = [
+                                     "DEFAULT_POLICY",
+                                     "Blocklist",
+                                     "BlocklistItem",
+                                     "CompletionGuard",
+                                     "CompletionVerdict",
+                                     "PromptVerdict",
+                                     "SafetyPolicy",
+                                     "check_completion",
+                                     "check_prompt",
+                                     "validate_policy",
+]

@@ -7,6 +7,7 @@ Pure Python: no scikit-learn, no torch.
 
 from __future__ import annotations
 
+import itertools
 import re
 import unicodedata
 
@@ -30,7 +31,7 @@ def normalize(text: str) -> str:
 def word_ngrams(text: str) -> list[str]:
     """Word unigrams and bigrams of the normalized text (a bigram joined with one space)."""
     words = _WORD.findall(normalize(text))
-    return words + [f"{a} {b}" for a, b in zip(words, words[1:])]
+    return words + [f"{a} {b}" for a, b in itertools.pairwise(words)]
 
 
 def char_ngrams(text: str, lo: int = 2, hi: int = 5) -> list[str]:

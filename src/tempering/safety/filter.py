@@ -19,8 +19,14 @@ from dataclasses import dataclass, field
 
 from tempering.errors import ContentFilteredError, ContentFilterUnavailableError
 from tempering.safety.blocklist import BlocklistTimeout, CompiledBlocklist, Match, compile_all, find_all
-from tempering.safety.policy import (DEFAULT_POLICY, DETECTED_AT, HARM, PROFANITY, SafetyPolicy, blocks,
-                                     severity)
+from tempering.safety.policy import (
+    DEFAULT_POLICY,
+    DETECTED_AT,
+    HARM,
+    SafetyPolicy,
+    blocks,
+    severity,
+)
 
 log = logging.getLogger(__name__)
 USER_ROLES = ("user",)
