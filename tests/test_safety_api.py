@@ -79,3 +79,110 @@ def test_moderate_cli_file(tmp_path):
     result = CliRunner().invoke(cli, ["moderate", "--file", str(texts), "--lines", "--json"])
     assert result.exit_code == 0 and len(json.loads(result.output)["results"]) == 2
     assert CliRunner().invoke(cli, ["moderate"]).exit_code == 1
+
+
+# ---------------------------------------------------------------- blocklists (Azure's text/blocklists shapes)
+
+BL = "/v1/contentsafety/text/blocklists"
+
+
+@pytest.fixture()
+def http(app):
+    with TestClient(app, headers={"Authorization": f"Bearer {app.state.initial_api_key}"}) as client:
+        yield client
+
+
+def test_blocklists_api_round_trip(http, app):
+    assert http.patch(f"{BL}/secrets", json={"description": "launch names"}).status_code == 201
+    updated = http.patch(f"{BL}/secrets?api-version=2024-09-01", json={"description": "code names"})
+    assert updated.status_code == 200 and updated.json() == {"blocklistName": "secrets", "description": "code names"}
+    added = http.post(f"{BL}/secrets:addOrUpdateBlocklistItems", json={"blocklistItems": [
+        {"text": "Project Zorblax", "description": "launch"}, {"text": r"API-\d{4}", "isRegex": True}]})
+    assert added.status_code == 200, added.text
+    items = added.json()["blocklistItems"]
+    assert [(i["text"], i["isRegex"]) for i in items] == [("Project Zorblax", False), (r"API-\d{4}", True)]
+    again = http.post(f"{BL}/secrets:addOrUpdateBlocklistItems", json={"blocklistItems": [
+        {"text": "Project Zorblax", "description": "renamed"}]}).json()["blocklistItems"]
+    assert again[0]["blocklistItemId"] == items[0]["blocklistItemId"]  # same text: updated, not duplicated
+    listed = http.get(f"{BL}/secrets/blocklistItems").json()["value"]
+    assert len(listed) == 2 and listed[0]["description"] == "renamed"
+    assert http.get(BL).json() == {"value": [{"blocklistName": "secrets", "description": "code names"}]}
+
+    # the filter applies what is stored
+    from sqlalchemy import select
+
+    from tempering.safety import SafetyPolicy, check_prompt
+    from tempering.safety import blocklist_store as store
+    from tempering.store.models import Project
+
+    with app.state.db.session() as session:
+        project = session.scalars(select(Project)).first().id
+        compiled = store.load(session, project, ["secrets"])
+    verdict = check_prompt("my key is API-1234", SafetyPolicy(prompt={}), compiled)
+    assert verdict.filtered and verdict.prompt_filter_results[0]["content_filter_results"]["custom_blocklists"] == \
+        {"filtered": True, "details": [{"filtered": True, "id": "secrets"}]}
+
+    assert http.post(f"{BL}/secrets:removeBlocklistItems",
+                     json={"blocklistItemIds": [items[1]["blocklistItemId"]]}).status_code == 204
+    assert [i["text"] for i in http.get(f"{BL}/secrets/blocklistItems").json()["value"]] == ["Project Zorblax"]
+    with app.state.db.session() as session:
+        assert not check_prompt("API-1234", SafetyPolicy(prompt={}), store.load(session, project, ["secrets"])).filtered
+    assert http.delete(f"{BL}/secrets").status_code == 204
+    assert http.get(f"{BL}/secrets").status_code == 404
+    assert http.get(BL).json() == {"value": []}
+
+
+def test_blocklist_items_are_validated_all_at_once(http):
+    http.patch(f"{BL}/b", json={})
+    bad = http.post(f"{BL}/b:addOrUpdateBlocklistItems", json={"blocklistItems": [
+        {"text": "(unclosed", "isRegex": True}, {"text": "fine"}, {"text": "a*", "isRegex": True}]})
+    assert bad.status_code == 400
+    error = bad.json()["error"]
+    assert error["param"] == "blocklistItems" and "[0]" in error["message"] and "[2]" in error["message"]
+    assert http.get(f"{BL}/b/blocklistItems").json()["value"] == []  # nothing stored
+    assert http.patch(f"{BL}/bad name!", json={}).status_code in (400, 404)
+    assert http.post(f"{BL}/missing:addOrUpdateBlocklistItems",
+                     json={"blocklistItems": [{"text": "x"}]}).status_code == 404
+
+
+def test_blocklists_are_project_scoped(http, app):
+    from tempering.api.deps import create_key
+    from tempering.store.models import Project
+
+    with app.state.db.session() as session:
+        other = Project(name="other")
+        session.add(other)
+        session.flush()
+        other_key = create_key(session, other.id, "other")
+    http.patch(f"{BL}/mine", json={})
+    theirs = {"Authorization": f"Bearer {other_key}"}
+    assert http.get(f"{BL}/mine", headers=theirs).status_code == 404
+    assert http.get(BL, headers=theirs).json() == {"value": []}
+    assert http.patch(f"{BL}/mine", json={}, headers=theirs).status_code == 201  # their own list of that name
+
+
+def test_blocklists_cli(app, monkeypatch):
+    from tempering.cli import deploy
+    from tempering.cli.main import app as cli
+    from tempering.client import TemperingClient
+
+    def client(server, api_key):
+        c = TemperingClient(server, "tk-x")
+        c.http = TestClient(app, base_url="http://testserver/v1",
+                            headers={"Authorization": f"Bearer {app.state.initial_api_key}"})
+        return c
+
+    monkeypatch.setattr(deploy, "_client", client)
+    monkeypatch.setattr("tempering.cli.blocklists._client", client)
+    run = CliRunner().invoke
+    server = ["--server", "http://testserver"]
+    assert run(cli, ["blocklists", "create", "words", *server]).exit_code == 0
+    added = run(cli, ["blocklists", "add", "words", "zorblax", "quux", *server, "--json"])
+    assert added.exit_code == 0, added.output
+    ids = [i["blocklistItemId"] for i in json.loads(added.output)["blocklistItems"]]
+    listed = run(cli, ["blocklists", "list", *server, "words", "--json"])
+    assert [r["text"] for r in json.loads(listed.output)] == ["zorblax", "quux"]
+    assert run(cli, ["blocklists", "remove", "words", ids[0], *server]).exit_code == 0
+    assert run(cli, ["blocklists", "delete", "words", *server]).exit_code == 0
+    missing = run(cli, ["blocklists", "delete", "words", *server])
+    assert missing.exit_code == 1 and "No such blocklist" in missing.output

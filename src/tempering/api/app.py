@@ -14,7 +14,16 @@ import tempering
 from tempering.api import errors
 from tempering.api.deps import ensure_admin_key
 from tempering.api.monitoring import Monitor
-from tempering.api.routers import deployments, evaluations, files, inference, jobs, models, moderations
+from tempering.api.routers import (
+    blocklists,
+    deployments,
+    evaluations,
+    files,
+    inference,
+    jobs,
+    models,
+    moderations,
+)
 from tempering.settings import Settings
 from tempering.store.artifacts import ArtifactStore
 from tempering.store.db import Database
@@ -58,7 +67,7 @@ def create_app(settings: Settings, *, workers: int = 1) -> FastAPI:
     app.state.in_flight = {}  # deployment id → requests being served
     errors.install(app)
     for router in (files.router, jobs.router, models.router, evaluations.router, deployments.router,
-                   inference.router, moderations.router):
+                   inference.router, moderations.router, blocklists.router):
         app.include_router(router)
 
     @app.get("/health", tags=["meta"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from tempering.cli import (
+    blocklists,
     calibrate,
     chat,
     classify,
@@ -32,6 +33,7 @@ app.command("tune")(tune.tune)
 app.command("chat")(chat.chat)
 app.command("classify")(classify.classify)
 app.command("moderate")(moderate.moderate)
+app.add_typer(blocklists.app, name="blocklists")
 app.command("eval")(evaluate.evaluate)
 app.command("export")(export.export)
 app.command("serve")(serve.serve)
