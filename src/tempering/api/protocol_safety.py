@@ -3,7 +3,7 @@ blocklists. Pure pydantic, like ``api.protocol``; imports no torch and no classi
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -41,12 +41,14 @@ class ModerationResponse(BaseModel):
     results: list[ModerationResult]
 
 
-# Azure AI Content Safety "text/blocklists" (REST API 2024-09-01), camelCase as on the wire.
-BlocklistName = Field(pattern=r"^[0-9A-Za-z._~-]{1,64}$")
+# Azure AI Content Safety "text/blocklists" (REST API 2024-09-01), camelCase as on the wire. Stored text has
+# no NUL characters (PostgreSQL refuses them); item ids are the UUIDs this server made.
+NO_NUL = r"^[^\x00]*$"
+ItemId = Annotated[str, Field(pattern=r"^[0-9a-f-]{36}$")]
 
 
 class TextBlocklistPatch(BaseModel):
-    description: str = Field(default="", max_length=1024)
+    description: str = Field(default="", max_length=1024, pattern=NO_NUL)
 
 
 class TextBlocklist(BaseModel):
@@ -55,8 +57,8 @@ class TextBlocklist(BaseModel):
 
 
 class TextBlocklistItemIn(BaseModel):
-    description: str = Field(default="", max_length=1024)
-    text: str = Field(min_length=1, max_length=500, description="An exact term (matched case-insensitively on "
+    description: str = Field(default="", max_length=1024, pattern=NO_NUL)
+    text: str = Field(min_length=1, max_length=500, pattern=NO_NUL, description="An exact term (matched case-insensitively on "
                       "word boundaries) or, with isRegex, a regular expression (validated, time-bounded).")
     isRegex: bool = False
 
@@ -74,7 +76,7 @@ class AddOrUpdateBlocklistItemsResult(BaseModel):
 
 
 class RemoveBlocklistItems(BaseModel):
-    blocklistItemIds: list[str] = Field(min_length=1, max_length=100)
+    blocklistItemIds: list[ItemId] = Field(min_length=1, max_length=100)
 
 
 class TextBlocklistPage(BaseModel):

@@ -35,7 +35,8 @@ def _item(row) -> TextBlocklistItem:
     return TextBlocklistItem(blocklistItemId=row.id, text=row.text, isRegex=row.is_regex, description=row.description)
 
 
-@router.patch("/{name}", response_model=TextBlocklist)
+@router.patch("/{name}", response_model=TextBlocklist,
+              responses={201: {"model": TextBlocklist, "description": "Created"}})
 def create_or_update(body: TextBlocklistPatch, session: SessionDep, caller: CallerDep, response: Response,
                      name: str = Name) -> TextBlocklist:
     """Create a blocklist, or update its description (201 when created, 200 when updated)."""
