@@ -6,6 +6,7 @@ after the engine (which knows nothing of it), called by the chat service and by 
 - ``classify``: the shipped linear classifiers, custom categories, the profanity lexicon.
 - ``blocklist``: per-project exact terms and time-bounded regular expressions.
 - ``model`` / ``features``: TF-IDF + linear scoring from JSON and safetensors (never pickle).
+- ``remote``: Azure AI Content Safety and OpenAI-compatible moderation as scorers (``make_scorer``).
 - ``train`` / ``data``: training from labelled sets (scikit-learn, imported only there).
 
 Importing this package loads no torch, no scikit-learn and no weights; the classifier loads on first use.
