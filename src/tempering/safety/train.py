@@ -126,8 +126,8 @@ def builtin_heads(folder: Path) -> list[HeadData]:
     # Davidson's tweets outnumber the moderation samples 15:1 on hate; weighting each source to the same
     # total keeps the hate head from learning only tweet style.
     om_weight = sum(1 for r in dv if "hate" in r.labels) / max(1, sum(1 for r in om if "hate" in r.labels))
-    # Prompt attacks. jailbreak (what users write): the in-the-wild jailbreaks and deepset's injections, the
-    # latter weighted up (fewer, shorter). indirect_attack (documents): deepset's injections against its
+    # Prompt attacks. jailbreak (what users write): the in-the-wild jailbreaks and deepset's injections
+    # (C and the weights chosen on the validation split; see docs/safety.md). indirect_attack (documents): deepset's injections against its
     # legitimate requests plus the jailbreak set's benign persona and task prompts, which look like system
     # prompts ("You are…", "Play the role of…") and must not count as attacks.
     as_jailbreak = [D.Example(r.text, {"jailbreak": r.labels["indirect_attack"]}, r.source) for r in injections]
@@ -137,8 +137,7 @@ def builtin_heads(folder: Path) -> list[HeadData]:
         HeadData("sexual", om, "sexual", description="sexual content"),
         HeadData("violence", om, "violence", description="violence"),
         HeadData("self_harm", om, "self_harm", description="self-harm"),
-        HeadData("jailbreak", jailbreaks + as_jailbreak, "jailbreak", {"deepset": 3.0},
-                 "user prompt attack", C=16.0),
+        HeadData("jailbreak", jailbreaks + as_jailbreak, "jailbreak", description="user prompt attack"),
         HeadData("indirect_attack", injections + benign, "indirect_attack", {"deepset": 3.0},
                  "instructions injected into documents, system or tool text", C=16.0),
     ]
