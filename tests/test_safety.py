@@ -191,6 +191,11 @@ def test_classifier_failure_fail_closed_is_503():
     response = _app_raising(caught.value).get("/boom")
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "content_filter_error"
+    assert response.json()["error"]["type"] == "server_error"
+    # a blocklist that did run and matched still answers 400: the prompt is refused either way, and why is known
+    blocked = check_prompt("Project Zorblax", SafetyPolicy(fail_closed=True), [BLOCKLIST], scorer=FakeScorer(fail=True))
+    with pytest.raises(ContentFilteredError):
+        blocked.raise_if_filtered()
 
 
 def test_missing_classifier_for_a_policy_category_is_a_filter_error():
@@ -210,6 +215,20 @@ def test_blocklist_terms_and_regexes():
     assert compiled.find("key API-12345") == []
     odd = CompiledBlocklist(Blocklist(name="odd", items=[BlocklistItem(id="c", text="c++")]))
     assert [m.item_id for m in odd.find("I write C++ daily")] == ["c"]
+
+
+def test_a_large_blocklist_stays_fast():
+    import time
+
+    from tempering.safety.blocklist import CompiledBlocklist
+
+    items = [BlocklistItem(id=str(i), text=f"term{i} word{i % 7}") for i in range(9_999)]
+    compiled = CompiledBlocklist(Blocklist(name="big", items=[*items, BlocklistItem(id="hit", text="quick fox")]))
+    text = "the quick brown fox and the quick fox " * 210
+    start = time.perf_counter()
+    matches = compiled.find(text)
+    assert time.perf_counter() - start < 0.2
+    assert {m.item_id for m in matches} == {"hit"} and len(matches) == 210
 
 
 def test_blocklist_items_are_validated_up_front():

@@ -1,7 +1,7 @@
 """Custom blocklists: exact terms and regular expressions a project never wants in prompts or completions.
 
-Exact terms are matched case-insensitively on word boundaries, all terms of a list in one alternation of
-escaped literals (linear time). Regular expressions come from users, so each is bounded twice: validated up
+Exact terms are matched case-insensitively as whole-word token sequences, in time linear in the text
+whatever the number of terms. Regular expressions come from users, so each is bounded twice: validated up
 front (at most ``MAX_PATTERN`` characters, compiles, no empty match) and searched with the ``regex``
 package's ``timeout``, since Python's ``re`` cannot be interrupted and a catastrophic-backtracking pattern
 would otherwise hold a server thread indefinitely. A search that times out is a filter error
@@ -10,6 +10,7 @@ would otherwise hold a server thread indefinitely. A search that times out is a 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import regex
@@ -66,25 +67,38 @@ def validate_item(text: str, is_regex: bool) -> str | None:
     return None
 
 
+# Exact terms are matched as token sequences: runs of letters/digits and single punctuation marks, case-folded,
+# whitespace between tokens ignored. A dictionary from first token to terms makes a search linear in the text
+# whatever the number of terms (one regular-expression alternation of 10,000 terms took over 0.3 s on 8,000
+# characters), and whole tokens give word boundaries: "zorblax" does not match inside "zorblaxian".
+_TOKEN = re.compile(r"\w+|[^\w\s]")
+
+
+def _tokens(text: str) -> list[tuple[str, int, int]]:
+    return [(m.group().casefold(), m.start(), m.end()) for m in _TOKEN.finditer(text)]
+
+
 class CompiledBlocklist:
     def __init__(self, blocklist: Blocklist):
         self.name = blocklist.name
+        self._by_first: dict[str, list[tuple[tuple[str, ...], str]]] = {}
         terms = [i for i in blocklist.items if not i.is_regex]
-        self._term_ids = {i.text.casefold(): i.id for i in terms}
-        # \b only where the term itself starts/ends with a word character, so "c++" or "$$$" still match
-        alternatives = sorted((_bounded(t.text) for t in terms), key=len, reverse=True)
-        self._terms = regex.compile("|".join(alternatives), regex.IGNORECASE) if alternatives else None
+        for item in terms:
+            sequence = tuple(t for t, _, _ in _tokens(item.text))
+            if sequence:
+                self._by_first.setdefault(sequence[0], []).append((sequence, item.id))
         self.longest_term = max((len(t.text) for t in terms), default=0)
         self._regexes = [(i.id, regex.compile(i.text, regex.IGNORECASE)) for i in blocklist.items if i.is_regex]
 
     def find(self, text: str) -> list[Match]:
         found = []
-        if self._terms is not None:
-            try:
-                for m in self._terms.finditer(text, timeout=REGEX_TIMEOUT_S * 4):
-                    found.append(Match(self.name, self._term_ids.get(m.group(0).casefold(), ""), m.start(), m.end()))
-            except TimeoutError as exc:
-                raise BlocklistTimeout(f"blocklist {self.name!r} terms timed out") from exc
+        if self._by_first:
+            tokens = _tokens(text)
+            words = [t for t, _, _ in tokens]
+            for i, (token, start, _) in enumerate(tokens):
+                for sequence, item_id in self._by_first.get(token, ()):
+                    if tuple(words[i:i + len(sequence)]) == sequence:
+                        found.append(Match(self.name, item_id, start, tokens[i + len(sequence) - 1][2]))
         for item_id, pattern in self._regexes:
             try:
                 m = pattern.search(text, timeout=REGEX_TIMEOUT_S)
@@ -93,13 +107,6 @@ class CompiledBlocklist:
             if m is not None and m.end() > m.start():
                 found.append(Match(self.name, item_id, m.start(), m.end()))
         return found
-
-
-def _bounded(term: str) -> str:
-    escaped = regex.escape(term.strip())
-    head = r"\b" if regex.match(r"\w", term.strip()) else ""
-    tail = r"\b" if regex.search(r"\w$", term.strip()) else ""
-    return f"{head}{escaped}{tail}"
 
 
 def find_all(blocklists: list[CompiledBlocklist], text: str) -> list[Match]:

@@ -133,16 +133,17 @@ class PromptVerdict:
     fail_closed: bool = False
 
     def raise_if_filtered(self) -> None:
-        """400 ``content_filter`` (param ``prompt``) for a blocked prompt; 503 ``content_filter_error`` when
-        the filter failed under a fail-closed policy."""
-        if self.error is not None and self.fail_closed:
-            raise ContentFilterUnavailableError(f"The content filter could not check the prompt ({self.error}) "
-                                                "and this deployment's policy refuses unchecked requests.")
+        """400 ``content_filter`` (param ``prompt``) for a blocked prompt (even when part of the filter
+        failed: what did run blocked it); 503 ``content_filter_error`` when the filter failed under a
+        fail-closed policy and nothing blocked."""
         if self.filtered:
             result = self.prompt_filter_results[0]["content_filter_results"] if self.prompt_filter_results else {}
             raise ContentFilteredError(
                 "The prompt was filtered by this deployment's content filter ("
                 f"{', '.join(self.blocked_by)}). Modify the prompt and retry; see docs/safety.md.", result)
+        if self.error is not None and self.fail_closed:
+            raise ContentFilterUnavailableError(f"The content filter could not check the prompt ({self.error}) "
+                                                "and this deployment's policy refuses unchecked requests.")
 
 
 def check_prompt(messages, policy: SafetyPolicy = DEFAULT_POLICY, blocklists: Iterable = (), *,
