@@ -424,6 +424,21 @@ def test_custom_category_is_usable_in_a_policy(tmp_path):
         train_custom("hate", examples, tmp_path / "safety")
 
 
+def test_custom_category_from_the_command_line_lands_in_the_home(tmp_path, tempering_home):
+    from tempering.safety.classify import default_classifier, reset_default_classifier
+    from tempering.safety.train import main
+
+    examples = tmp_path / "pizza.jsonl"
+    examples.write_text("".join(json.dumps(r) + "\n" for r in _custom_rows()))
+    assert main(["custom", "pineapple", str(examples)]) == 0
+    assert (tempering_home / "safety" / "pineapple.json").exists()
+    reset_default_classifier()
+    try:
+        assert "pineapple" in default_classifier().categories
+    finally:
+        reset_default_classifier()
+
+
 def test_profanity_lexicon():
     from tempering.safety.classify import ProfanityLexicon
 

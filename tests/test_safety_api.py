@@ -140,6 +140,11 @@ def test_blocklist_items_are_validated_all_at_once(http):
     error = bad.json()["error"]
     assert error["param"] == "blocklistItems" and "[0]" in error["message"] and "[2]" in error["message"]
     assert http.get(f"{BL}/b/blocklistItems").json()["value"] == []  # nothing stored
+    many = [{"text": f"x{i}y", "isRegex": True} for i in range(101)]
+    too_many = http.post(f"{BL}/b:addOrUpdateBlocklistItems", json={"blocklistItems": many[:100]})
+    assert too_many.status_code == 200
+    refused = http.post(f"{BL}/b:addOrUpdateBlocklistItems", json={"blocklistItems": many[100:]})
+    assert refused.status_code == 400 and "at most 100 regular expressions" in refused.json()["error"]["message"]
     assert http.patch(f"{BL}/bad name!", json={}).status_code in (400, 404)
     assert http.post(f"{BL}/missing:addOrUpdateBlocklistItems",
                      json={"blocklistItems": [{"text": "x"}]}).status_code == 404

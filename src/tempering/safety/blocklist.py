@@ -19,6 +19,9 @@ from pydantic import BaseModel, Field
 MAX_PATTERN = 500
 MAX_TERM = 200
 MAX_ITEMS = 10_000
+# Each regular expression may take up to its time limit on every text, so their number bounds a check's worst case
+# (100 × 50 ms); exact terms cost nothing extra and are the tool for long lists.
+MAX_REGEX_ITEMS = 100
 REGEX_TIMEOUT_S = 0.05  # per pattern per text: ample for sane patterns on a window or a prompt
 
 

@@ -12,7 +12,14 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from tempering.errors import InvalidConfigError, TemperingError
-from tempering.safety.blocklist import MAX_ITEMS, Blocklist, BlocklistItem, CompiledBlocklist, validate_item
+from tempering.safety.blocklist import (
+    MAX_ITEMS,
+    MAX_REGEX_ITEMS,
+    Blocklist,
+    BlocklistItem,
+    CompiledBlocklist,
+    validate_item,
+)
 from tempering.store.models import ContentBlocklist, ContentBlocklistItem, now
 
 
@@ -60,6 +67,10 @@ def add_items(session: Session, blocklist: ContentBlocklist, new: list[dict]) ->
     position = max((r.position for r in current), default=-1)
     if len(existing) + len(new) > MAX_ITEMS:
         raise InvalidConfigError(f"a blocklist holds at most {MAX_ITEMS} items", param="blocklistItems")
+    regexes = {key for key in existing if key[1]} | {(i["text"], True) for i in new if i.get("isRegex")}
+    if len(regexes) > MAX_REGEX_ITEMS:
+        raise InvalidConfigError(f"a blocklist holds at most {MAX_REGEX_ITEMS} regular expressions (each may take "
+                                 "up to 50 ms per text); use exact terms for long lists", param="blocklistItems")
     out = []
     for item in new:
         key = (item["text"], item.get("isRegex", False))
