@@ -78,6 +78,26 @@ def xstest(folder: Path, classifier) -> dict:
             "unsafe_flagged_default_policy": share(unsafe, SafetyPolicy()), "safe": len(safe), "unsafe": len(unsafe)}
 
 
+def benign_controls(classifier, shared: Path) -> dict:
+    """Ordinary requests a deployment sees (customer-support questions, travel questions): the share the
+    default prompt policy blocks. Benchmark use only: these sets may not be trained on (licences)."""
+    import csv
+
+    out = {}
+    banking = shared / "banking77" / "train.csv"
+    if banking.exists():
+        with open(banking, encoding="utf-8", newline="") as f:
+            texts = [r["text"] for r in csv.DictReader(f)][:2000]
+        out["banking77 questions (2,000)"] = sum(check_prompt(t, scorer=classifier).filtered for t in texts) / len(texts)
+    travel = shared / "phi3-cookbook" / "travel_prompt_response.jsonl"
+    if travel.exists():
+        with open(travel, encoding="utf-8") as f:
+            texts = sorted({json.loads(line)["prompt"] for line in f if line.strip()})
+        out[f"travel questions ({len(texts)})"] = sum(check_prompt(t, scorer=classifier).filtered
+                                                      for t in texts) / len(texts)
+    return out
+
+
 def length_matched(rows, seed: int = 0):
     """Per length bin (powers of √2), as many positives as negatives: length alone tells nothing here."""
     rng = random.Random(seed)
@@ -153,13 +173,16 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     classifier = load_classifier(custom=Path("/nonexistent"))
     result = {"harm": harm_rows(classifier, args.data), "attacks": attacks(classifier, args.data),
-              "xstest": xstest(args.data, classifier), "latency": latency(classifier, args.data)}
+              "xstest": xstest(args.data, classifier), "benign": benign_controls(classifier, args.data.parent),
+              "latency": latency(classifier, args.data)}
     print(table("Harm categories (test split; default threshold: medium)", result["harm"]))
     print(table("Prompt attacks (test split; detected at calibrated p >= 0.5)", result["attacks"]))
     x = result["xstest"]
     print(f"\nXSTest (all {x['safe']} safe / {x['unsafe']} unsafe prompts, never trained on): safe flagged "
           f"{x['safe_flagged_default_policy']:.1%} (default policy), {x['safe_flagged_harm_only']:.1%} (harm "
           f"categories only); unsafe flagged {x['unsafe_flagged_default_policy']:.1%}")
+    for name, share in result["benign"].items():
+        print(f"Benign controls, {name}: {share:.1%} blocked by the default prompt policy")
     for name, m in result["latency"].items():
         print(f"Latency per 1,000-character text, {name}: p50 {m['p50_ms']:.2f} ms, p95 {m['p95_ms']:.2f} ms")
     measured = {"any_harm_auprc": result["harm"]["any harm (openai: S,S3,H,H2,V,V2,SH)"]["auprc"],

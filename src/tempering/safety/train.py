@@ -131,13 +131,18 @@ def builtin_heads(folder: Path) -> list[HeadData]:
     # legitimate requests plus the jailbreak set's benign persona and task prompts, which look like system
     # prompts ("You are…", "Play the role of…") and must not count as attacks.
     as_jailbreak = [D.Example(r.text, {"jailbreak": r.labels["indirect_attack"]}, r.source) for r in injections]
+    # Everyday text as jailbreak negatives (tweets that are not hate, moderation samples with no harm label):
+    # without them short first-person questions ("I don't understand this fee on my statement") looked like
+    # deepset's short injections, and about 2 % of ordinary customer-support questions were flagged.
+    everyday = [D.Example(r.text, {"jailbreak": 0}, r.source) for r in dv + om
+                if r.labels and not any(r.labels.values())]
     benign = [D.Example(r.text, {"indirect_attack": 0}, r.source) for r in jailbreaks if not r.labels["jailbreak"]]
     return [
         HeadData("hate", om + dv, "hate", {"openai_moderation": om_weight}, "hate speech"),
         HeadData("sexual", om, "sexual", description="sexual content"),
         HeadData("violence", om, "violence", description="violence"),
         HeadData("self_harm", om, "self_harm", description="self-harm"),
-        HeadData("jailbreak", jailbreaks + as_jailbreak, "jailbreak", description="user prompt attack"),
+        HeadData("jailbreak", jailbreaks + as_jailbreak + everyday, "jailbreak", description="user prompt attack"),
         HeadData("indirect_attack", injections + benign, "indirect_attack", {"deepset": 3.0},
                  "instructions injected into documents, system or tool text", C=16.0),
     ]
