@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_fscore_support
 
-from tempering.safety import check_prompt
+from tempering.safety import check_completion, check_prompt
 from tempering.safety import data as D
 from tempering.safety.classify import load_classifier
 from tempering.safety.policy import HARM
@@ -79,8 +79,8 @@ def xstest(folder: Path, classifier) -> dict:
 
 
 def benign_controls(classifier, shared: Path) -> dict:
-    """Ordinary requests a deployment sees (customer-support questions, travel questions): the share the
-    default prompt policy blocks. Benchmark use only: these sets may not be trained on (licences)."""
+    """Ordinary requests and answers a deployment sees (customer-support and travel questions as prompts,
+    travel and TruthfulQA answers as completions): the share the default policy blocks. Benchmark use only: these sets may not be trained on (licences)."""
     import csv
 
     out = {}
@@ -95,6 +95,17 @@ def benign_controls(classifier, shared: Path) -> dict:
             texts = sorted({json.loads(line)["prompt"] for line in f if line.strip()})
         out[f"travel questions ({len(texts)})"] = sum(check_prompt(t, scorer=classifier).filtered
                                                       for t in texts) / len(texts)
+        with open(travel, encoding="utf-8") as f:
+            answers = [json.loads(line)["response"] for line in f if line.strip()]
+        out[f"travel answers, as completions ({len(answers)})"] = sum(
+            check_completion(t, scorer=classifier).filtered for t in answers) / len(answers)
+    truthful = shared / "phi3-cookbook" / "truthfulqa_text_train.jsonl"
+    if truthful.exists():
+        with open(truthful, encoding="utf-8") as f:
+            answers = [json.loads(line)["text"].split("<|assistant|>")[-1].replace("<|end|>", "").strip()
+                       for line in f if line.strip()]
+        out[f"TruthfulQA answers, as completions ({len(answers)})"] = sum(
+            check_completion(t, scorer=classifier).filtered for t in answers) / len(answers)
     return out
 
 
@@ -182,7 +193,7 @@ def main(argv=None) -> int:
           f"{x['safe_flagged_default_policy']:.1%} (default policy), {x['safe_flagged_harm_only']:.1%} (harm "
           f"categories only); unsafe flagged {x['unsafe_flagged_default_policy']:.1%}")
     for name, share in result["benign"].items():
-        print(f"Benign controls, {name}: {share:.1%} blocked by the default prompt policy")
+        print(f"Benign controls, {name}: {share:.1%} blocked by the default policy")
     for name, m in result["latency"].items():
         print(f"Latency per 1,000-character text, {name}: p50 {m['p50_ms']:.2f} ms, p95 {m['p95_ms']:.2f} ms")
     measured = {"any_harm_auprc": result["harm"]["any harm (openai: S,S3,H,H2,V,V2,SH)"]["auprc"],
