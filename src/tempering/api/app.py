@@ -14,6 +14,7 @@ import tempering
 from tempering.api import errors
 from tempering.api.deps import ensure_admin_key
 from tempering.api.routers import (
+    blocklists,
     catalog,
     datasets,
     deployments,
@@ -23,6 +24,7 @@ from tempering.api.routers import (
     inference,
     jobs,
     models,
+    moderations,
 )
 from tempering.settings import Settings
 from tempering.store.artifacts import ArtifactStore
@@ -79,7 +81,8 @@ def create_app(settings: Settings, *, workers: int = 1) -> FastAPI:
     app.state.chat = ChatService(db, serving, monitor, settings)  # the serving path the API and portal share
     errors.install(app)
     for router in (files.router, jobs.router, models.router, evaluations.router, deployments.router,
-                   inference.router, datasets.router, catalog.router, exports.router):
+                   inference.router, datasets.router, catalog.router, exports.router, moderations.router,
+                   blocklists.router):
         app.include_router(router)
 
     @app.get("/health", tags=["meta"])

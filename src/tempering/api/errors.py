@@ -51,9 +51,11 @@ def error_type(status: int) -> str:
     return "invalid_request_error" if status < 500 else "server_error"
 
 
-def _envelope(status: int, message: str, type: str, param=None, code=None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": type, "param": param, "code": code}},
-                        status_code=status)
+def _envelope(status: int, message: str, type: str, param=None, code=None, innererror=None) -> JSONResponse:
+    error = {"message": message, "type": type, "param": param, "code": code}
+    if innererror is not None:  # Azure's detail of a content-filtered prompt (docs/safety.md)
+        error["innererror"] = innererror
+    return JSONResponse({"error": error}, status_code=status)
 
 
 def install(app: FastAPI) -> None:
@@ -64,7 +66,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(TemperingError)
     async def _domain_error(_: Request, exc: TemperingError):
         status = status_of(exc)
-        response = _envelope(status, exc.message, error_type(status), exc.param, exc.code)
+        response = _envelope(status, exc.message, error_type(status), exc.param, exc.code,
+                             getattr(exc, "innererror", None))
         if exc.retry_after is not None:
             response.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
         return response

@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 import secrets
 import time
+import uuid
 
-from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 _ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
@@ -189,3 +190,29 @@ class Evaluation(Base):
     lease_expires_at: Mapped[float | None] = mapped_column(nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     stop_requested: Mapped[str | None] = mapped_column(String(16), nullable=True)  # cancel
+
+
+class ContentBlocklist(Base):
+    """A project's custom blocklist for the content filter (Azure AI Content Safety's text blocklists); its
+    items are exact terms or regular expressions (``tempering.safety.blocklist``)."""
+
+    __tablename__ = "content_blocklists"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("blk_"))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))  # Azure's blocklistName: 0-9 A-Z a-z . _ ~ -
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    updated_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    revision: Mapped[int] = mapped_column(Integer, default=0)  # +1 per change: the compiled-list cache key
+
+
+class ContentBlocklistItem(Base):
+    __tablename__ = "content_blocklist_items"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: str(uuid.uuid4()))
+    blocklist_id: Mapped[str] = mapped_column(ForeignKey("content_blocklists.id"), index=True)
+    text: Mapped[str] = mapped_column(String(500))
+    is_regex: Mapped[bool] = mapped_column(Boolean, default=False)
+    description: Mapped[str] = mapped_column(Text, default="")
+    position: Mapped[int] = mapped_column(Integer, default=0)  # insertion order within the list
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
