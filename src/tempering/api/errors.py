@@ -51,7 +51,7 @@ def error_type(status: int) -> str:
     return "invalid_request_error" if status < 500 else "server_error"
 
 
-def _envelope(status: int, message: str, type: str, param=None, code=None) -> JSONResponse:
+def envelope(status: int, message: str, type: str, param=None, code=None) -> JSONResponse:
     return JSONResponse({"error": {"message": message, "type": type, "param": param, "code": code}},
                         status_code=status)
 
@@ -59,12 +59,12 @@ def _envelope(status: int, message: str, type: str, param=None, code=None) -> JS
 def install(app: FastAPI) -> None:
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError):
-        return _envelope(exc.status, exc.message, exc.type, exc.param, exc.code)
+        return envelope(exc.status, exc.message, exc.type, exc.param, exc.code)
 
     @app.exception_handler(TemperingError)
     async def _domain_error(_: Request, exc: TemperingError):
         status = status_of(exc)
-        response = _envelope(status, exc.message, error_type(status), exc.param, exc.code)
+        response = envelope(status, exc.message, error_type(status), exc.param, exc.code)
         if exc.retry_after is not None:
             response.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
         return response
@@ -75,14 +75,15 @@ def install(app: FastAPI) -> None:
         first = problems[0] if problems else {"loc": (), "msg": "invalid request"}
         param = ".".join(str(p) for p in first["loc"] if p not in ("body", "query", "path")) or None
         message = "; ".join(f"{'.'.join(str(p) for p in e['loc'][1:]) or 'body'}: {e['msg']}" for e in problems)
-        return _envelope(400, message or "invalid request", "invalid_request_error", param, "invalid_value")
+        return envelope(400, message or "invalid request", "invalid_request_error", param, "invalid_value")
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException):
         kind = "invalid_request_error" if exc.status_code < 500 else "server_error"
-        return _envelope(exc.status_code, str(exc.detail), kind)
+        code = "request_too_large" if exc.status_code == 413 else None  # api.limits' body cap
+        return envelope(exc.status_code, str(exc.detail), kind, None, code)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception):
         log.exception("unhandled error", exc_info=exc)
-        return _envelope(500, "The server had an error while processing your request.", "server_error")
+        return envelope(500, "The server had an error while processing your request.", "server_error")
