@@ -99,7 +99,7 @@ def create_app(settings: Settings, *, workers: int = 1) -> FastAPI:
         without it, anyone gets the aggregates only, with no deployment ids (docs/serving.md)."""
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-        token = settings.metrics_token
+        token = settings.metrics_token or None  # an empty token would let an empty header through
         if token is None:
             return Response(generate_latest(monitor.aggregate()), media_type=CONTENT_TYPE_LATEST)
         scheme, _, sent = request.headers.get("authorization", "").partition(" ")
