@@ -233,6 +233,42 @@ def test_hole3_a_bad_upstream_reply_is_a_generic_502(api, mode):
     client.delete(f"/v1/deployments/{made.json()['id']}", headers=api["a"])
 
 
+def _asgi_call(app, path: str, headers: dict[str, str]) -> tuple[int, dict]:
+    """Call the app with a body that raises if anything reads it; (status, error)."""
+    import asyncio
+
+    async def receive():
+        raise AssertionError("the body was read")
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
+             "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80), "state": {}}
+    asyncio.run(app(scope, receive, send))
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return sent[0]["status"], json.loads(body)["error"]
+
+
+def test_hole5_refusals_from_headers_never_touch_the_body(api):
+    app, key = api["app"], api["a"]["Authorization"]
+    form = {"content-type": "multipart/form-data; boundary=x", "content-length": "40000000"}
+    assert _asgi_call(app, "/v1/files", form)[0] == 401
+    assert _asgi_call(app, "/v1/files", {**form, "authorization": "Bearer tk-nope"})[0] == 401
+    huge = {**form, "content-length": str(600 * 2**20), "authorization": key}  # over the 512 MB default
+    assert _asgi_call(app, "/v1/files", huge) == (413, {
+        "message": "the upload is larger than the 536,870,912-byte limit", "type": "invalid_request_error",
+        "param": "file", "code": "file_too_large"})
+    chat = {"content-type": "application/json", "content-length": "10000000"}
+    assert _asgi_call(app, "/v1/chat/completions", chat)[0] == 401
+    status, error = _asgi_call(app, "/v1/chat/completions", {**chat, "authorization": key})
+    assert status == 413 and error["code"] == "request_too_large"
+
+
 # ---------------------------------------------------------------- the smaller holes
 
 
