@@ -26,16 +26,25 @@ class Upload:
     purpose: str
 
 
-def check_upload(filename: str | None, purpose: str) -> Upload:
-    """The upload's name and purpose, checked before any byte is read."""
-    if purpose not in UPLOAD_PURPOSES:
-        raise TemperingError(f"purpose must be 'fine-tune' or 'evals', got {purpose[:40]!r}", param="purpose",
-                             code="invalid_value")
+def check_filename(filename: str | None) -> str:
+    """The upload's name (metadata only, never a path), checked as soon as its part's headers arrive."""
     filename = filename or "upload.jsonl"
     if len(filename) > MAX_FILENAME or "\x00" in filename:
         raise TemperingError(f"the file name must be at most {MAX_FILENAME} characters, without NUL",
                              param="file", code="invalid_value")
-    return Upload(filename, purpose)
+    return filename
+
+
+def check_purpose(purpose: str) -> str:
+    if purpose not in UPLOAD_PURPOSES:
+        raise TemperingError(f"purpose must be 'fine-tune' or 'evals', got {purpose[:40]!r}", param="purpose",
+                             code="invalid_value")
+    return purpose
+
+
+def check_upload(filename: str | None, purpose: str) -> Upload:
+    """The upload's name and purpose, checked before its bytes are kept."""
+    return Upload(check_filename(filename), check_purpose(purpose))
 
 
 def register_upload(db, project_id: str, store, file_id: str, upload: Upload, size: int, sha256: str) -> File:

@@ -10,7 +10,7 @@ import threading
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from tempering.store.models import DeploymentRequest
 
@@ -52,6 +52,27 @@ class _EngineCollector:
         yield from (active, queued, adapters)
 
 
+class AggregateView:
+    """The registry with the ``deployment`` label summed away: what ``/metrics`` shows without a scrape token,
+    so an open endpoint names no project's deployments and tells no project's traffic apart. Counters,
+    histogram buckets and gauges all sum across deployments."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.registry = registry
+
+    def collect(self):
+        for family in self.registry.collect():
+            summed: dict[tuple, float] = {}
+            for sample in family.samples:
+                labels = tuple((k, v) for k, v in sample.labels.items() if k != "deployment")
+                key = (sample.name, labels)
+                summed[key] = summed.get(key, 0.0) + sample.value
+            merged = Metric(family.name, family.documentation, family.type, family.unit)
+            for (name, labels), value in summed.items():
+                merged.add_sample(name, dict(labels), value)
+            yield merged
+
+
 class Monitor:
     def __init__(self, db, serving):
         self.db = db
@@ -70,6 +91,9 @@ class Monitor:
         self._queue: queue.Queue[RequestRecord | None] = queue.Queue()
         self._thread = threading.Thread(target=self._write_loop, name="request-log", daemon=True)
         self._thread.start()
+
+    def aggregate(self) -> AggregateView:
+        return AggregateView(self.registry)
 
     def record(self, r: RequestRecord) -> None:
         labels = (r.deployment_id, r.endpoint)
