@@ -25,7 +25,7 @@ from tempering.fileio import sha256_file
 from tempering.hardware import select_placement
 from tempering.train import artifacts
 from tempering.train.batching import collate
-from tempering.train.checkpoint import latest_checkpoint
+from tempering.train.checkpoint import discard_partial, latest_checkpoint
 from tempering.train.classify import (
     classification_loss,
     classification_metrics,
@@ -248,6 +248,8 @@ def _start_or_resume(config: TuneConfig, on_event, resume: bool,
                                  param="training_file")
     s = setup(config, on_event, short_id=short_id, seed=run["hyperparameters"]["seed"], data_sha256=hashes,
               resuming=True)
+    if s.world.is_main:
+        discard_partial(s.folder)  # a killed process's half-written checkpoint: never trusted, now gone
     return s, latest_checkpoint(s.folder), run.get("base_eval")
 
 
