@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -81,7 +82,24 @@ class LocalProcessExecutor:
         from tempering.jobs.queue import EVALUATION_PREFIX
 
         what = "evaluation" if str(handle.args[-1]).startswith(EVALUATION_PREFIX) else "training"
-        return f"the {what} process exited with code {code}"
+        return f"the {what} process {exit_reason(code)}"
+
+
+SIGNAL_REASONS = {signal.SIGKILL: "the system ran out of memory, or an operator killed it",
+                  signal.SIGXFSZ: "a file grew past the process's file size limit",
+                  signal.SIGSEGV: "a crash in native code", signal.SIGABRT: "a native library aborted"}
+
+
+def exit_reason(code: int) -> str:
+    """How a process ended, in words: "exited with code 1", "was killed by SIGKILL (… out of memory …)"."""
+    if code >= 0:
+        return f"exited with code {code}"
+    try:
+        sig = signal.Signals(-code)
+    except ValueError:
+        return f"was killed by signal {-code}"
+    reason = SIGNAL_REASONS.get(sig)
+    return f"was killed by {sig.name}" + (f" ({reason})" if reason else "")
 
 
 # --- Ray -------------------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ handed to ``on_event``; this module prints nothing and knows nothing about HTTP 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import time
@@ -283,7 +284,8 @@ def tune(config: TuneConfig, *, on_event: EventSink | None = None, resume: bool 
         s.write_run(status="cancelled")
         raise
     except BaseException:
-        s.write_run(status="failed")
+        with contextlib.suppress(OSError):  # a full disk: the error that got us here is the one to report
+            s.write_run(status="failed")
         raise
     final = evaluate(s.model, s.valid, s.make_batch, s.loss_fn, world=s.world)
     classification = _classification_report(s) if s.task == "classification" else None
