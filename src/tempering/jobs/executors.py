@@ -39,6 +39,7 @@ GPU_TASK_CPUS = 2  # tokenizing and batching beside a GPU
 PASSED_PREFIXES = ("TEMPERING_", "HF_")
 PASSED_NAMES = ("TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM")
 NOT_PASSED = ("TEMPERING_EXECUTOR", "TEMPERING_API_KEY", "TEMPERING_SERVER")
+PARENT_PID = "TEMPERING_RUNNER_PARENT_PID"  # the worker that started a local runner (it checks it is alive)
 
 
 class Executor(Protocol):
@@ -63,7 +64,8 @@ class LocalProcessExecutor:
 
     def start(self, job_id: str, worker_id: str, lease_seconds: float) -> subprocess.Popen:
         argv = [sys.executable, "-m", "tempering.jobs.runner", job_id]
-        return subprocess.Popen(argv, env=os.environ.copy())  # noqa: S603 - fixed argv, no shell
+        env = {**os.environ, PARENT_PID: str(os.getpid())}
+        return subprocess.Popen(argv, env=env)  # noqa: S603 - fixed argv, no shell
 
     def poll(self, handle: subprocess.Popen) -> int | None:
         return handle.poll()

@@ -16,6 +16,7 @@ import ctypes
 import errno
 import hashlib
 import logging
+import os
 import signal
 import sys
 import time
@@ -23,6 +24,7 @@ import time
 from sqlalchemy import select
 
 from tempering.errors import InvalidDataError, TemperingError
+from tempering.jobs.executors import PARENT_PID
 from tempering.settings import get_settings
 from tempering.store.artifacts import ArtifactStore
 from tempering.store.db import Database
@@ -37,12 +39,16 @@ DISK_FULL_WORDS = ("no space left on device", "disk quota exceeded", "file too l
 OUT_OF_MEMORY_WORDS = ("can't allocate memory", "cannot allocate memory", "out of memory")
 
 
-def die_with_parent() -> None:
-    """Linux: get SIGKILL when the worker that started us dies, so a killed worker leaves no orphan."""
+def die_with_parent() -> bool:
+    """Linux: get SIGKILL when the worker that started us dies, so a killed worker leaves no orphan. False when
+    the worker died before this was arranged (the signal would never come): the caller must not run the job,
+    which another worker takes over once the lease expires."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
-        pass
+        return True
+    parent = os.environ.get(PARENT_PID, "")
+    return not parent.isdigit() or os.getppid() == int(parent)
 
 
 def failure(exc: BaseException, root) -> dict:
@@ -197,5 +203,7 @@ def run(job_id: str) -> int:
 
 
 if __name__ == "__main__":
-    die_with_parent()
+    if not die_with_parent():
+        print(f"the worker that started the runner of {sys.argv[1]} is gone; not running it", file=sys.stderr)
+        sys.exit(3)
     sys.exit(run(sys.argv[1]))
