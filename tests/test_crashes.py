@@ -287,3 +287,30 @@ def test_failure_reasons_name_what_ran_out():
     assert exit_reason(1) == "exited with code 1"
     assert exit_reason(-9).startswith("was killed by SIGKILL (the system ran out of memory")
     assert exit_reason(-25).startswith("was killed by SIGXFSZ")
+
+
+def test_a_deleted_file_keeps_its_bytes_until_the_row_says_so(tempering_home):
+    """Deleting removed the bytes before the transaction committed: a commit that failed (or a server killed
+    in between) left a live row without its file. The bytes now go after the commit."""
+    from fastapi.testclient import TestClient
+
+    from tempering.api.app import create_app
+    from tempering.services import files
+    from tempering.settings import get_settings
+    from tempering.store.models import File
+
+    app = create_app(get_settings(), workers=0)
+    client = TestClient(app)
+    headers = {"Authorization": f"Bearer {app.state.initial_api_key}"}
+    file_id = client.post("/v1/files", headers=headers, files={"file": ("t.jsonl", TRAIN)},
+                          data={"purpose": "fine-tune"}).json()["id"]
+    store, db = app.state.store, app.state.db
+    project = db.new_session().get(File, file_id).project_id
+    session = db.new_session()
+    files.delete_file(session, project, store, file_id)
+    session.rollback()  # the commit never happened
+    session.close()
+    assert store.file_path(file_id).read_bytes() == TRAIN
+    assert client.get(f"/v1/files/{file_id}/content", headers=headers).content == TRAIN
+    assert client.delete(f"/v1/files/{file_id}", headers=headers).status_code == 200
+    assert not store.file_path(file_id).exists()

@@ -14,7 +14,7 @@ import shutil
 import time
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from tempering.data.validate import MIN_EXAMPLES
 from tempering.errors import ConflictError, TemperingError
@@ -91,7 +91,9 @@ def delete_file(session, project_id: str, store, file_id: str) -> File:
         raise ConflictError(f"file {row.id} is used by {len(readers)} unfinished fine-tuning job(s): {names}; "
                             "cancel them or wait for them to finish", param="file_id", code="file_in_use")
     row.deleted = True
-    store.delete(row.id)
+    # the bytes go once the row says so: a commit that fails (or a server killed before it) keeps both
+    file_id = row.id
+    event.listen(session, "after_commit", lambda _: store.delete(file_id), once=True)
     return row
 
 
