@@ -273,7 +273,7 @@ def test_failure_reasons_name_what_ran_out():
     from tempering.jobs.executors import exit_reason
     from tempering.jobs.runner import failure
 
-    root = Path("/srv/home")
+    root = {"/srv/home": "TEMPERING_HOME"}
     full = failure(OSError(errno.ENOSPC, "No space left on device", "/srv/home/runs/x/.tmp"), root)
     assert full["code"] == "disk_full" and "TEMPERING_HOME/runs/x" in full["message"]
     assert "/srv" not in full["message"]

@@ -51,9 +51,13 @@ def die_with_parent() -> bool:
     return not parent.isdigit() or os.getppid() == int(parent)
 
 
-def failure(exc: BaseException, root) -> dict:
-    """The job error for an exception that is not a domain error: what ran out, and the exception itself."""
-    message = f"{type(exc).__name__}: {exc}".replace(str(root), "TEMPERING_HOME")[:2000]
+def failure(exc: BaseException, shown: dict[str, str]) -> dict:
+    """The error of a job (or evaluation) for an exception that is not a domain error: what ran out, and the
+    exception itself with each server path in ``shown`` replaced by what the caller may see."""
+    message = f"{type(exc).__name__}: {exc}"
+    for secret, public in shown.items():
+        message = message.replace(secret, public)
+    message = message[:2000]
     words = str(exc).lower()
     if isinstance(exc, MemoryError) or any(w in words for w in OUT_OF_MEMORY_WORDS):
         return {"code": "out_of_memory", "message": f"the job ran out of memory ({message}); use a smaller "
@@ -184,7 +188,7 @@ def run(job_id: str) -> int:
         return 0
     except Exception as exc:  # a bug, memory or disk: the job fails saying which, not "exited with code 1"
         log.exception("job %s failed", job_id)
-        error = failure(exc, settings.root)
+        error = failure(exc, {str(settings.root): "TEMPERING_HOME"})
         recorder.event(f"Job failed: {error['message']}", level="error")
         _finish(db, job_id, status="failed", error=error)
         return 0
