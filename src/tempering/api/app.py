@@ -77,6 +77,9 @@ def create_app(settings: Settings, *, workers: int = 1) -> FastAPI:
     app.state.settings = settings
     app.state.db = db
     app.state.store = ArtifactStore(settings.artifacts_dir)
+    from tempering.services.files import sweep_orphans
+
+    sweep_orphans(db, app.state.store)  # what a server killed mid-upload left: bytes without a row, temp files
     app.state.initial_api_key = initial_key
     app.state.serving = serving  # engines load lazily, on a deployment's first request
     app.state.monitor = monitor
