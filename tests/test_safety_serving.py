@@ -132,6 +132,12 @@ def test_an_answer_is_cut_before_the_blocked_word(http, sdk, guarded):
         "custom_blocklists": {"filtered": False, "details": []}}}]
     # the generation was cancelled once cut, not run to max_tokens
     assert whole["usage"]["completion_tokens"] < guarded["tokens"]
+    # log-probabilities come only with released text: no token of the blocked word
+    with_logprobs = http.post("/v1/chat/completions", json={"model": "guarded", "messages": QUESTION,
+                                                            "logprobs": True, **GREEDY}).json()["choices"][0]
+    tokens = "".join(t["token"] for t in with_logprobs["logprobs"]["content"])
+    assert with_logprobs["message"]["content"] == guarded["cut"] and guarded["cut"].startswith(tokens)
+    assert len(tokens) > len(guarded["cut"]) - 16 and guarded["word"] not in tokens
     through_sdk = sdk.chat.completions.create(model="guarded", messages=QUESTION, **GREEDY)
     assert through_sdk.choices[0].finish_reason == "content_filter"
     assert through_sdk.choices[0].message.content == guarded["cut"]
@@ -139,7 +145,7 @@ def test_an_answer_is_cut_before_the_blocked_word(http, sdk, guarded):
     log = http.get("/v1/deployments/guarded/requests").json()["data"]
     assert {(r["status"], r["filtered"], tuple(r["filtered_categories"])) for r in log} == \
         {(200, "completion", ("custom_blocklists",))}
-    assert 'tempering_content_filter_hits_total{category="custom_blocklists",direction="completion"} 2.0' in \
+    assert 'tempering_content_filter_hits_total{category="custom_blocklists",direction="completion"} 3.0' in \
         http.get("/metrics").text
 
 

@@ -95,10 +95,6 @@ class ChoiceFilter:
         self._held_chars = 0  # characters of released text not yet matched by released tokens
 
     @property
-    def active(self) -> bool:
-        return self.guard.enabled or self.error is not None
-
-    @property
     def filtered(self) -> bool:
         return self.guard.filtered or self._refused
 
@@ -127,11 +123,11 @@ class ChoiceFilter:
 
     def _release(self, released: str, logprobs: list[TokenLogprob]) -> list[TokenLogprob]:
         self._held += logprobs
-        if self.filtered:
-            self._held = []
         self._held_chars += len(released)
         out = []
         while self._held and len(self._held[0].token) <= self._held_chars:
             self._held_chars -= len(self._held[0].token)
             out.append(self._held.pop(0))
+        if self.filtered:  # the tokens of text never sent are never sent either
+            self._held = []
         return out
