@@ -64,6 +64,9 @@ class DeploymentObject(BaseModel):
     upstream_model: str | None = None
     status: Literal["succeeded"]
     created_at: int
+    warnings: list[str] = Field(default_factory=list, description="What the deploy gate warns about without "
+                                "refusing (shown on create and get): e.g. a fine-tuned model markedly less safe "
+                                "than its base on the red-team check.")
 
 
 class ContentFilterUpdate(BaseModel):

@@ -52,6 +52,8 @@ def deploy(
         return
     out.print(f"Deployed {safe(created['model'])} as [bold]{safe(created['name'])}[/] ({created['id']}); chat with it: "
               f"model={safe(created['name'])!r} at {server.rstrip('/')}/v1/chat/completions")
+    for warning in created.get("warnings") or []:
+        out.print(f"[yellow]Warning:[/] {safe(warning)}")
 
 
 @app.command("list")

@@ -170,6 +170,20 @@ def set_policy_fields(session, project_id: str, content_filter: bool, policy: Sa
     return stored
 
 
+def gate_warnings(deployment: Deployment) -> list[str]:
+    """What the deploy gate says about a deployed fine-tuned model without refusing it: a red-team check that
+    found it markedly less safe than its base (``evaluate.gate.safety_warning``)."""
+    from tempering.evaluate.gate import check_deploy_gate, safety_warning
+
+    if deployment.fine_tuned_model is None or deployment.model != deployment.fine_tuned_model:
+        return []
+    try:
+        warning = safety_warning(check_deploy_gate(deployment.fine_tuned_model, force=True))
+    except TemperingError:  # the model's files have gone: nothing to say
+        return []
+    return [warning] if warning else []
+
+
 def effective_policy(deployment: Deployment, settings) -> SafetyPolicy:
     """The policy a deployment runs under: its own or the server's default."""
     return filtering.effective_policy(deployment.content_filter_policy, filtering.server_policy(settings))

@@ -25,13 +25,14 @@ from tempering.store.models import Deployment
 router = APIRouter(prefix="/v1/deployments", tags=["deployments"], responses=ERROR_RESPONSES)
 
 
-def to_wire(d: Deployment, settings) -> DeploymentObject:
+def to_wire(d: Deployment, settings, *, warnings: bool = False) -> DeploymentObject:
     policy = service.effective_policy(d, settings)
     return DeploymentObject(id=d.id, name=d.name, model=d.model, base_model=d.base_model, task=d.task,
                             content_filter=policy.enabled, content_filter_policy=policy,
                             max_concurrent_requests=d.max_concurrent_requests,
                             backend=d.backend, upstream_url=d.upstream_url, upstream_model=d.upstream_model,
-                            status=d.status, created_at=d.created_at)
+                            status=d.status, created_at=d.created_at,
+                            warnings=service.gate_warnings(d) if warnings else [])
 
 
 @router.post("", response_model=DeploymentObject)
@@ -41,7 +42,7 @@ def create_deployment(body: DeploymentCreate, request: Request, caller: CallerDe
                                   content_filter_policy=body.content_filter_policy.model_dump()
                                   if body.content_filter_policy is not None else None)
     settings = request.app.state.settings
-    return to_wire(service.create_deployment(session, caller.project_id, spec, settings), settings)
+    return to_wire(service.create_deployment(session, caller.project_id, spec, settings), settings, warnings=True)
 
 
 @router.post("/{deployment_id}/content_filter", response_model=DeploymentObject)
@@ -92,7 +93,8 @@ def deployment_requests(deployment_id: str, request: Request, caller: CallerDep,
 
 @router.get("/{deployment_id}", response_model=DeploymentObject)
 def get_deployment(deployment_id: str, request: Request, caller: CallerDep, session: SessionDep) -> DeploymentObject:
-    return to_wire(service.owned_deployment(session, caller.project_id, deployment_id), request.app.state.settings)
+    return to_wire(service.owned_deployment(session, caller.project_id, deployment_id), request.app.state.settings,
+                   warnings=True)
 
 
 @router.delete("/{deployment_id}", response_model=DeploymentDeleted)
