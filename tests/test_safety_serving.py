@@ -195,8 +195,9 @@ def test_the_filter_is_per_deployment_and_can_be_switched(http, sdk, answer):
     assert bad.status_code == 400 and bad.json()["error"]["param"] == "content_filter_policy"
     assert "'nope'" in bad.json()["error"]["message"] and "prompt.astrology" in bad.json()["error"]["message"]
     refused = http.post("/v1/deployments", json={"model": TINY_ID, "name": "x",
-                                                 "content_filter_policy": {"blocklists": ["nope"]}})
+                                                 "content_filter_policy": {"blocklists": ["nope", "a\u0000b"]}})
     assert refused.status_code == 400 and "'nope'" in refused.json()["error"]["message"]
+    assert "not a blocklist name" in refused.json()["error"]["message"]
 
 
 class FailingScorer:

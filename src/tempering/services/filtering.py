@@ -9,6 +9,7 @@ The filter itself (classifiers, blocklists, Azure's shapes) is ``tempering.safet
 from __future__ import annotations
 
 import asyncio
+import re
 
 from pydantic import ValidationError
 
@@ -17,6 +18,7 @@ from tempering.safety import CompletionGuard, SafetyPolicy, blocklist_store, val
 from tempering.serve.params import TokenLogprob
 
 OFF = SafetyPolicy(enabled=False)
+BLOCKLIST_NAME = re.compile(r"[0-9A-Za-z._~-]{1,64}")  # as safety.blocklist.Blocklist.name
 BLOCKLIST_CATEGORY = "custom_blocklists"  # one category for every project's lists: metrics carry no project names
 
 
@@ -51,6 +53,9 @@ def check_policy(session, project_id: str, policy: SafetyPolicy, scorer=None) ->
         return
     problems = [f"no classifier provides the category {name}" for name in validate_policy(policy, scorer)]
     for name in policy.blocklists:
+        if not BLOCKLIST_NAME.fullmatch(name):  # no such name can exist: never sent to the database
+            problems.append(f"{name[:64]!r} is not a blocklist name (0-9 A-Z a-z . _ ~ -, at most 64)")
+            continue
         try:
             blocklist_store.get(session, project_id, name)
         except blocklist_store.BlocklistNotFoundError:
