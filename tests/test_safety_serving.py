@@ -117,8 +117,24 @@ def test_a_blocked_prompt_is_a_400_content_filter_and_is_logged(http, sdk, guard
     metrics = http.get("/v1/deployments/guarded/metrics").json()
     assert metrics["content_filter_hits"] == {"custom_blocklists": 3}
     assert metrics["content_filtered"] == {"prompt": 3} and metrics["by_status"] == {"400": 3}
+    assert "content filter hits: custom_blocklists 3 (prompt 3)" in _cli_metrics(metrics)
     prometheus = http.get("/metrics").text
     assert 'tempering_content_filter_hits_total{category="custom_blocklists",direction="prompt"} 3.0' in prometheus
+
+
+def _cli_metrics(metrics: dict) -> str:
+    """What ``tempering deployments metrics`` prints for these metrics (its HTTP client stubbed)."""
+    from unittest import mock
+
+    from typer.testing import CliRunner
+
+    from tempering.cli.main import app
+
+    client = mock.Mock(deployment_metrics=lambda _: metrics)
+    with mock.patch("tempering.cli.deploy._client", return_value=client):
+        shown = CliRunner().invoke(app, ["deployments", "metrics", "guarded", "--server", "http://x"])
+    assert shown.exit_code == 0, shown.output
+    return shown.output
 
 
 def test_an_answer_is_cut_before_the_blocked_word(http, sdk, guarded):
