@@ -86,6 +86,10 @@ class Settings(BaseSettings):
         "exactly. Empty: no upstream deployments.")
     serve_max_concurrent_requests: int = Field(
         default=64, ge=1, le=1024, description="The most concurrent requests a deployment may be given.")
+    content_filter_policy: dict[str, Any] | None = Field(
+        default=None, description="The server's default content filter policy (a SafetyPolicy as JSON, "
+        "docs/safety.md), used by every deployment that sets none of its own; default: SafetyPolicy()'s "
+        "defaults.")
 
     @property
     def database(self) -> str:

@@ -31,6 +31,8 @@ class RequestRecord:
     ttft_ms: float | None
     prompt_tokens: int
     completion_tokens: int
+    filtered: str | None = None  # a content filter hit: "prompt" or "completion"
+    filtered_categories: list[str] | None = None
 
 
 class _EngineCollector:
@@ -85,6 +87,10 @@ class Monitor:
         self.ttft = Histogram("tempering_time_to_first_token_seconds", "Time from request to the first token",
                               labels, buckets=_LATENCY_BUCKETS, registry=self.registry)
         self.tokens = Counter("tempering_tokens", "Tokens processed", ["deployment", "kind"], registry=self.registry)
+        # no deployment or project label: a category count must not tell one tenant's traffic to another's
+        self.filter_hits = Counter("tempering_content_filter_hits", "Requests the content filter blocked (a "
+                                   "prompt refused or an answer cut), by category and direction",
+                                   ["category", "direction"], registry=self.registry)
         self.in_flight = Gauge("tempering_requests_in_flight", "Requests being served", ["deployment"],
                                registry=self.registry)
         self.registry.register(_EngineCollector(serving))
@@ -103,6 +109,8 @@ class Monitor:
             self.ttft.labels(*labels).observe(r.ttft_ms / 1000)
         self.tokens.labels(r.deployment_id, "prompt").inc(r.prompt_tokens)
         self.tokens.labels(r.deployment_id, "completion").inc(r.completion_tokens)
+        for category in r.filtered_categories or ():
+            self.filter_hits.labels(category, r.filtered).inc()
         self._queue.put(r)
 
     def flush(self) -> None:

@@ -140,7 +140,9 @@ class Deployment(Base):
     fine_tuned_model: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)  # the guard's key
     base_model: Mapped[str] = mapped_column(String(200))
     task: Mapped[str] = mapped_column(String(24), default="chat")
-    content_filter: Mapped[bool] = mapped_column(Boolean, default=True)
+    content_filter: Mapped[bool] = mapped_column(Boolean, default=True)  # false: the policy is "off"
+    # the deployment's SafetyPolicy as JSON; null: the server's default policy (settings.content_filter_policy)
+    content_filter_policy: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     max_concurrent_requests: Mapped[int] = mapped_column(Integer, default=8)
     backend: Mapped[str] = mapped_column(String(16), default="local")  # local | upstream
     upstream_url: Mapped[str | None] = mapped_column(String(500), nullable=True)
@@ -167,6 +169,9 @@ class DeploymentRequest(Base):
     ttft_ms: Mapped[float | None] = mapped_column(nullable=True)  # time to the first token (streams and not)
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    # a content filter hit: "prompt" (refused) or "completion" (an answer cut), and the categories that blocked
+    filtered: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    filtered_categories: Mapped[list | None] = mapped_column(JSON, nullable=True)
 
 
 class Evaluation(Base):
