@@ -361,7 +361,8 @@ def live(tiny_model_dir, tmp_path_factory):
                                        "TEMPERING_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT)})
     http_client = httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"},
                                timeout=60)
-    made = http_client.post("/v1/deployments", json={"model": TINY_ID, "name": "one",
+    # the content filter is not what these tests are about (tests/test_safety_serving.py is)
+    made = http_client.post("/v1/deployments", json={"model": TINY_ID, "name": "one", "content_filter": False,
                                                      "max_concurrent_requests": 1})
     assert made.status_code == 200, made.text
     yield {"http": http_client, "port": port, "key": key, "home": home, "tmpdir": tmpdir, "process": process}
