@@ -86,7 +86,9 @@ def test_sdk_chats_with_a_fine_tuned_model_streaming_and_not(served):
 
     chunks = list(_chat(client, "warm", stream=True, stream_options={"include_usage": True}))
     assert all(c.object == "chat.completion.chunk" for c in chunks)
-    assert chunks[0].choices[0].delta.role == "assistant"
+    # the content filter (on by default) opens with Azure's frame: the prompt's annotation, no choices
+    assert chunks[0].choices == [] and chunks[0].prompt_filter_results[0]["prompt_index"] == 0
+    assert chunks[1].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == choice.message.content
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]

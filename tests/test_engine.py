@@ -82,7 +82,7 @@ def test_batched_mixed_adapters_match_each_request_alone(engine, tiny_model_dir,
     results = asyncio.run(run_all())
     assert engine.steps < sum(len(token_ids(r)) for r in results)  # they really shared forward passes
     assert engine.prefill_passes < len(jobs)  # and prompts of different lengths were prefilled together
-    assert engine._lean  # plain LoRA adapters: applied by serve.lora, two products per layer
+    assert engine.adapters.lean  # plain LoRA adapters: applied by serve.lora, two products per layer
     for (prompt, adapter), chunks in zip(jobs, results):
         assert token_ids(chunks) == alone(tiny_model_dir, adapter, prompt, 12), (prompt, adapter)
         assert chunks[-1].finish_reason == "length" and chunks[-1].completion_tokens == 12
@@ -106,7 +106,7 @@ def test_adapters_peft_cannot_stack_fall_back_to_peft(engine, tiny_model_dir, ad
         return await asyncio.gather(*(collect(engine, PROMPTS[0], params, a) for a in (adapters[0], dora, None)))
 
     lora_answer, dora_answer, base_answer = (token_ids(r) for r in asyncio.run(run()))
-    assert not engine._lean
+    assert not engine.adapters.lean
     assert lora_answer == alone(tiny_model_dir, adapters[0], PROMPTS[0], 6)
     assert dora_answer == alone(tiny_model_dir, dora, PROMPTS[0], 6)
     assert base_answer == alone(tiny_model_dir, None, PROMPTS[0], 6)
@@ -129,7 +129,7 @@ def test_adapters_are_evicted_least_recently_used(tiny_model, tiny_model_dir, ad
         for adapter in adapters:  # three adapters through a two-slot engine
             assert token_ids(asyncio.run(collect(engine, PROMPTS[0], params, adapter))) == \
                 alone(tiny_model_dir, adapter, PROMPTS[0], 4)
-        assert list(engine._adapters) == [adapter_name(a) for a in adapters[1:]]
+        assert list(engine.adapters._adapters) == [adapter_name(a) for a in adapters[1:]]
         # the evicted one reloads and still gives its own answer
         assert token_ids(asyncio.run(collect(engine, PROMPTS[0], params, adapters[0]))) == \
             alone(tiny_model_dir, adapters[0], PROMPTS[0], 4)

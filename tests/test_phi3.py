@@ -344,7 +344,7 @@ def test_mixed_adapter_batch_over_fused_projections_matches_generate_merged(phi3
         return await asyncio.gather(*(collect(phi3_engine, p, params, a) for p, a in jobs))
 
     results = asyncio.run(run_all())
-    assert phi3_engine._lean and phi3_engine.prefill_passes < len(jobs)
+    assert phi3_engine.adapters.lean and phi3_engine.prefill_passes < len(jobs)
     answers = set()
     for (prompt, adapter), chunks in zip(jobs, results):
         assert token_ids(chunks) == alone(tiny_phi3_dir, adapter, prompt, 10), (prompt, adapter)
@@ -377,7 +377,7 @@ def test_int8_serving_quantizes_fused_projections_and_keeps_adapters(tiny_phi3, 
             close = asyncio.run(collect(int8_engine, PROMPTS[1], params, adapter))[0].logprobs[0]
             assert close.token_id == exact.token_id
             assert [t.logprob for t in close.top] == pytest.approx([t.logprob for t in exact.top], abs=0.15)
-        assert int8_engine._lean  # the adapters wrap the int8 layers and still go through serve.lora
+        assert int8_engine.adapters.lean  # the adapters wrap the int8 layers and still go through serve.lora
     finally:
         float_engine.stop()
         for engine in serving.engines.values():

@@ -238,6 +238,10 @@ def test_api_flow_in_process(pg_settings, tiny_model):
         events = client.get(f"/v1/fine_tuning/jobs/{job_id}/events", headers=auth).json()["data"]
         assert [e["message"] for e in events] == ["Cancel requested", f"Created fine-tuning job: {job_id}"]
         assert client.get("/v1/fine_tuning/jobs/ftjob-nothere", headers=auth).status_code == 404
+        in_use = client.delete(f"/v1/files/{file_id}", headers=auth)  # unfinished jobs still read it
+        assert in_use.status_code == 409 and in_use.json()["error"]["code"] == "file_in_use"
+        for job in created:
+            client.post(f"/v1/fine_tuning/jobs/{job['id']}/cancel", headers=auth)
         assert client.delete(f"/v1/files/{file_id}", headers=auth).json()["deleted"] is True
         assert client.get(f"/v1/files/{file_id}", headers=auth).status_code == 404
 

@@ -95,6 +95,19 @@ def test_latest_checkpoint_ignores_a_half_written_one(tmp_path):
     assert latest_checkpoint(tmp_path).name == "step-000020"
 
 
+def test_discard_partial_removes_only_dead_processes_temp_folders(tmp_path):
+    import os
+
+    from tempering.train.checkpoint import discard_partial
+
+    folder = tmp_path / "checkpoints"
+    dead, live = folder / f".step-000040.{2**22 + 1}.tmp", folder / f".step-000050.{os.getpid()}.tmp"
+    for path in (dead, live, folder / "step-000030"):
+        path.mkdir(parents=True)
+    assert discard_partial(tmp_path) == [dead]  # no process can have a pid above 2**22
+    assert sorted(p.name for p in folder.iterdir()) == [live.name, "step-000030"]
+
+
 def _cli(home: Path, *args) -> list[str]:
     return [sys.executable, "-m", "tempering.cli.main", *map(str, args)]
 

@@ -35,6 +35,8 @@ class TemperingClient:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
             raise ServerError(f"cannot reach the server at {self.http.base_url}: {exc}") from exc
+        if response.status_code == 204:
+            return {}
         if response.is_success:
             return response.json()
         try:

@@ -106,3 +106,21 @@ class DeployRefusedError(TemperingError):
     """A deployment refused because the model's stored evaluation says it is worse than its base."""
 
     code = "worse_than_base"
+
+
+class ContentFilteredError(TemperingError):
+    """A prompt the content filter blocked. ``content_filter_result`` is Azure's per-category annotation,
+    rendered as the error's ``innererror`` (code ``ResponsibleAIPolicyViolation``)."""
+
+    code = "content_filter"
+
+    def __init__(self, message: str, content_filter_result: dict, *, param: str = "prompt"):
+        super().__init__(message, param=param)
+        self.innererror = {"code": "ResponsibleAIPolicyViolation", "content_filter_result": content_filter_result}
+
+
+class ContentFilterUnavailableError(TemperingError):
+    """A content filter that could not run under a fail-closed policy: the request is refused (503)."""
+
+    code = "content_filter_error"
+    kind = "unavailable"

@@ -39,7 +39,14 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL of the database; default: a SQLite file in the home. "
         "PostgreSQL: postgresql+psycopg://user:password@host/db.")
-    max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1, description="Largest accepted upload.")
+    max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1, description="Largest accepted upload "
+                                  "(the file's bytes); a larger declared Content-Length is refused before reading.")
+    max_json_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="Largest request body of every "
+                                "route but the upload: a larger Content-Length is refused (413) before the body "
+                                "is read, a chunked body is cut off at the limit.")
+    metrics_token: str | None = Field(default=None, description="Bearer token a Prometheus scraper sends to "
+                                      "/metrics. Set: /metrics needs it and shows per-deployment series. Unset: "
+                                      "/metrics is open but shows only aggregates (no deployment ids).")
     server_workers: int = Field(default=1, ge=0, le=64, description="Job workers `tempering serve` starts in "
                                 "its own process (0: none; run `tempering worker` elsewhere).")
     worker_lease_seconds: float = Field(default=30.0, gt=0, description="How long a worker's claim on a job "
@@ -79,6 +86,10 @@ class Settings(BaseSettings):
         "exactly. Empty: no upstream deployments.")
     serve_max_concurrent_requests: int = Field(
         default=64, ge=1, le=1024, description="The most concurrent requests a deployment may be given.")
+    content_filter_policy: dict[str, Any] | None = Field(
+        default=None, description="The server's default content filter policy (a SafetyPolicy as JSON, "
+        "docs/safety.md), used by every deployment that sets none of its own; default: SafetyPolicy()'s "
+        "defaults.")
 
     @property
     def database(self) -> str:

@@ -3,17 +3,20 @@ store, the in-process worker pool); nothing is created at import time, so tests 
 
 from __future__ import annotations
 
+import hmac
 import logging
 import sys
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
 import tempering
 from tempering.api import errors
 from tempering.api.deps import ensure_admin_key
+from tempering.api.limits import RequestGuard
 from tempering.api.routers import (
+    blocklists,
     catalog,
     datasets,
     deployments,
@@ -23,6 +26,7 @@ from tempering.api.routers import (
     inference,
     jobs,
     models,
+    moderations,
 )
 from tempering.settings import Settings
 from tempering.store.artifacts import ArtifactStore
@@ -73,13 +77,18 @@ def create_app(settings: Settings, *, workers: int = 1) -> FastAPI:
     app.state.settings = settings
     app.state.db = db
     app.state.store = ArtifactStore(settings.artifacts_dir)
+    from tempering.services.files import sweep_orphans
+
+    sweep_orphans(db, app.state.store)  # what a server killed mid-upload left: bytes without a row, temp files
     app.state.initial_api_key = initial_key
     app.state.serving = serving  # engines load lazily, on a deployment's first request
     app.state.monitor = monitor
     app.state.chat = ChatService(db, serving, monitor, settings)  # the serving path the API and portal share
     errors.install(app)
+    app.add_middleware(RequestGuard, db=db, max_json_bytes=settings.max_json_bytes)
     for router in (files.router, jobs.router, models.router, evaluations.router, deployments.router,
-                   inference.router, datasets.router, catalog.router, exports.router):
+                   inference.router, datasets.router, catalog.router, exports.router, moderations.router,
+                   blocklists.router):
         app.include_router(router)
 
     @app.get("/health", tags=["meta"])
@@ -87,12 +96,22 @@ def create_app(settings: Settings, *, workers: int = 1) -> FastAPI:
         return {"status": "ok", "version": tempering.__version__}
 
     @app.get("/metrics", tags=["meta"], response_class=Response,
-             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}})
-    def metrics() -> Response:
+             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"},
+                        401: errors.ERROR_RESPONSES[401]})
+    def metrics(request: Request) -> Response:
         """Prometheus metrics of serving: requests by deployment and status, latency and time-to-first-token
-        histograms, tokens, requests in flight, and each engine's batch, queue and loaded adapters."""
+        histograms, tokens, requests in flight, and each engine's batch, queue and loaded adapters. With
+        ``TEMPERING_METRICS_TOKEN`` set, only a scraper sending it as a bearer token gets them (by deployment);
+        without it, anyone gets the aggregates only, with no deployment ids (docs/serving.md)."""
         from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+        token = settings.metrics_token or None  # an empty token would let an empty header through
+        if token is None:
+            return Response(generate_latest(monitor.aggregate()), media_type=CONTENT_TYPE_LATEST)
+        scheme, _, sent = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(sent.strip().encode(), token.encode()):
+            raise errors.APIError(401, "/metrics needs the scrape token: 'Authorization: Bearer TOKEN'.",
+                                  code="invalid_api_key")
         return Response(generate_latest(monitor.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

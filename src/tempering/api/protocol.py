@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 
 from tempering.train.config import Hyperparameters, JobOptions
 
@@ -87,12 +87,14 @@ class JobCreate(JobOptions):
     integrations: list[dict[str, Any]] | None = Field(default=None, max_length=0, description="OpenAI's "
                                                       "integrations (Weights & Biases); none are supported.")
 
-    @model_validator(mode="after")
-    def _one_place_for_hyperparameters(self):
-        if self.method is not None and self.hyperparameters is not None:
+    @field_validator("hyperparameters")
+    @classmethod
+    def _one_place_for_hyperparameters(cls, value, info):
+        # a field validator (method is declared first), so the error names the field
+        if value is not None and info.data.get("method") is not None:
             raise ValueError("send hyperparameters in method.supervised.hyperparameters or at the top level, "
                              "not both")
-        return self
+        return value
 
     def chosen_hyperparameters(self) -> Hyperparameters:
         if self.method is not None:

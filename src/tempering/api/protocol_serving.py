@@ -7,9 +7,11 @@ router logs them as ignored. Bounds are checked here so an out-of-range value is
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_serializer
+
+from tempering.safety.policy import SafetyPolicy
 
 MAX_N = 16  # choices per request: each is a sequence in the batch
 MAX_STOP = 4  # OpenAI's bound on stop sequences
@@ -26,8 +28,10 @@ class DeploymentCreate(BaseModel):
                        "of its checkpoints (`<id>:ckpt-step-N` as the checkpoints API lists them, or `<id>@step-N`).")
     name: DeploymentName | None = Field(default=None, description="The name clients call it by (`model` in a "
                                         "chat request); unique in the project. Default: the model id.")
-    content_filter: bool = Field(default=True, description="Filter prompts and completions (stored now; the "
-                                 "filter itself is applied once the safety stage exists).")
+    content_filter: bool = Field(default=True, description="Filter prompts and completions (false: the "
+                                 "filter is off, no checks and no annotations).")
+    content_filter_policy: SafetyPolicy | None = Field(default=None, description="The deployment's content "
+                                                       "filter policy (docs/safety.md); default: the server's.")
     max_concurrent_requests: int = Field(default=8, ge=1, le=256, description="Requests served at once; "
                                          "beyond it a request is answered 429 (OpenAI's SDK retries those).")
     force: bool = Field(default=False, description="Deploy even when the model's evaluation says it is worse "
@@ -51,13 +55,27 @@ class DeploymentObject(BaseModel):
     model: str
     base_model: str
     task: Literal["chat", "classification"]
-    content_filter: bool
+    content_filter: bool = Field(description="Whether the content filter runs (the effective policy is enabled).")
+    content_filter_policy: SafetyPolicy = Field(description="The policy the deployment runs under: its own, or "
+                                                "the server's default.")
     max_concurrent_requests: int
     backend: Literal["local", "upstream"]
     upstream_url: str | None = None
     upstream_model: str | None = None
     status: Literal["succeeded"]
     created_at: int
+    warnings: list[str] = Field(default_factory=list, description="What the deploy gate warns about without "
+                                "refusing (shown on create and get): e.g. a fine-tuned model markedly less safe "
+                                "than its base on the red-team check.")
+
+
+class ContentFilterUpdate(BaseModel):
+    """``POST /v1/deployments/{id}/content_filter``: the same choice as when creating a deployment."""
+
+    model_config = ConfigDict(extra="forbid")
+    content_filter: bool = Field(default=True, description="false: the filter is off.")
+    content_filter_policy: SafetyPolicy | None = Field(default=None, description="The deployment's own policy; "
+                                                       "null: the server's default.")
 
 
 class DeploymentDeleted(BaseModel):
@@ -84,6 +102,10 @@ class DeploymentMetrics(BaseModel):
     completion_tokens: int
     tokens_per_second: float | None = Field(description="Completion tokens per second of request time, over "
                                             "successful requests.")
+    content_filter_hits: dict[str, int] = Field(default_factory=dict, description="Per category, requests the "
+                                                "content filter blocked (prompts refused and answers cut).")
+    content_filtered: dict[str, int] = Field(default_factory=dict, description="Requests the content filter "
+                                             "blocked, by direction: prompt, completion.")
 
 
 class RequestLogEntry(BaseModel):
@@ -99,6 +121,24 @@ class RequestLogEntry(BaseModel):
     time_to_first_token_ms: float | None
     prompt_tokens: int
     completion_tokens: int
+    filtered: Literal["prompt", "completion"] | None = Field(default=None, description="A content filter hit: "
+                                                             "the prompt was refused or an answer cut.")
+    filtered_categories: list[str] | None = None
+
+
+class FilterAnnotated(BaseModel):
+    """A response object whose content filter annotations are left out, not null, when the filter is off, so
+    a plain OpenAI client sees exactly OpenAI's shape."""
+
+    _absent_when_none: ClassVar[tuple[str, ...]] = ("prompt_filter_results", "content_filter_results")
+
+    @model_serializer(mode="wrap")
+    def _drop_absent(self, handler):
+        data = handler(self)
+        for name in self._absent_when_none:
+            if name in data and data[name] is None:
+                del data[name]
+        return data
 
 
 # -- chat completions -----------------------------------------------------------------------------------------
@@ -181,11 +221,13 @@ class AssistantMessage(BaseModel):
     refusal: str | None = None
 
 
-class ChatChoice(BaseModel):
+class ChatChoice(FilterAnnotated):
     index: int
     message: AssistantMessage
     logprobs: ChoiceLogprobs | None = None
     finish_reason: Literal["stop", "length", "content_filter"]
+    content_filter_results: dict[str, Any] | None = Field(default=None, description="Azure's per-category "
+                                                          "annotation of this choice's text (with a filter).")
 
 
 class Usage(BaseModel):
@@ -194,7 +236,7 @@ class Usage(BaseModel):
     total_tokens: int
 
 
-class ChatCompletion(BaseModel):
+class ChatCompletion(FilterAnnotated):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
     created: int
@@ -203,6 +245,8 @@ class ChatCompletion(BaseModel):
     usage: Usage
     system_fingerprint: str | None = None
     service_tier: str | None = None
+    prompt_filter_results: list[dict[str, Any]] | None = Field(default=None, description="Azure's annotation "
+                                                               "of the prompt (with a filter).")
 
 
 class ChunkDelta(BaseModel):
@@ -210,14 +254,15 @@ class ChunkDelta(BaseModel):
     content: str | None = None
 
 
-class ChunkChoice(BaseModel):
+class ChunkChoice(FilterAnnotated):
     index: int
     delta: ChunkDelta
     logprobs: ChoiceLogprobs | None = None
     finish_reason: Literal["stop", "length", "content_filter"] | None = None
+    content_filter_results: dict[str, Any] | None = None
 
 
-class ChatCompletionChunk(BaseModel):
+class ChatCompletionChunk(FilterAnnotated):
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     created: int
@@ -225,6 +270,7 @@ class ChatCompletionChunk(BaseModel):
     choices: list[ChunkChoice]
     system_fingerprint: str | None = None
     usage: Usage | None = None
+    prompt_filter_results: list[dict[str, Any]] | None = None
 
 
 # -- completions (legacy; what vLLM-style upstreams are spoken to with: prompts as token ids) ------------------
@@ -250,14 +296,15 @@ class CompletionLogprobs(BaseModel):
     text_offset: list[int]
 
 
-class CompletionChoice(BaseModel):
+class CompletionChoice(FilterAnnotated):
     index: int
     text: str
     logprobs: CompletionLogprobs | None = None
     finish_reason: Literal["stop", "length", "content_filter"] | None
+    content_filter_results: dict[str, Any] | None = None
 
 
-class Completion(BaseModel):
+class Completion(FilterAnnotated):
     id: str
     object: Literal["text_completion"] = "text_completion"
     created: int
@@ -265,6 +312,7 @@ class Completion(BaseModel):
     choices: list[CompletionChoice]
     usage: Usage | None = None
     system_fingerprint: str | None = None
+    prompt_filter_results: list[dict[str, Any]] | None = None
 
 
 # -- classifications ------------------------------------------------------------------------------------------

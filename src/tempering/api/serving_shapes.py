@@ -43,12 +43,19 @@ class ChatShape:
         return "chatcmpl-" + secrets.token_urlsafe(18)
 
     @staticmethod
-    def whole(ident, created, served, states, usage):
+    def whole(ident, created, served, states, usage, prompt_filter_results=None):
         choices = [ChatChoice(index=s.index, message=AssistantMessage(content=s.text),
                               logprobs=None if s.logprobs is None else ChoiceLogprobs(content=wire_logprobs(s.logprobs)),
-                              finish_reason=s.finish_reason or "stop") for s in states]
+                              finish_reason=s.finish_reason or "stop", content_filter_results=s.content_filter_results)
+                   for s in states]
         return ChatCompletion(id=ident, created=created, model=served.model, choices=choices, usage=usage,
-                              system_fingerprint=FINGERPRINT)
+                              system_fingerprint=FINGERPRINT, prompt_filter_results=prompt_filter_results)
+
+    @staticmethod
+    def prompt_checked(ident, created, served, prompt_filter_results):
+        """Azure's first frame when a filter runs: no choices, the prompt's annotation."""
+        return ChatCompletionChunk(id=ident, created=created, model=served.model, choices=[],
+                                   system_fingerprint=FINGERPRINT, prompt_filter_results=prompt_filter_results)
 
     @staticmethod
     def opening(ident, created, served, index):
@@ -56,11 +63,12 @@ class ChatShape:
                                                                                                      content=""))])
 
     @staticmethod
-    def piece(ident, created, served, index, text, logprobs, finish):
+    def piece(ident, created, served, index, text, logprobs, finish, content_filter_results=None):
         lp = ChoiceLogprobs(content=wire_logprobs(logprobs)) if logprobs else None
         delta = ChunkDelta(content=text) if text is not None else ChunkDelta()
         return ChatShape._chunk(ident, created, served, [ChunkChoice(index=index, delta=delta, logprobs=lp,
-                                                                      finish_reason=finish)])
+                                                                      finish_reason=finish,
+                                                                      content_filter_results=content_filter_results)])
 
     @staticmethod
     def usage(ident, created, served, usage):
@@ -90,21 +98,28 @@ class CompletionShape:
                                   text_offset=offsets)
 
     @staticmethod
-    def whole(ident, created, served, states, usage):
+    def whole(ident, created, served, states, usage, prompt_filter_results=None):
         choices = [CompletionChoice(index=s.index, text=s.text, logprobs=CompletionShape._logprobs(s.logprobs),
-                                    finish_reason=s.finish_reason or "stop") for s in states]
+                                    finish_reason=s.finish_reason or "stop",
+                                    content_filter_results=s.content_filter_results) for s in states]
         return Completion(id=ident, created=created, model=served.model, choices=choices, usage=usage,
-                          system_fingerprint=FINGERPRINT)
+                          system_fingerprint=FINGERPRINT, prompt_filter_results=prompt_filter_results)
+
+    @staticmethod
+    def prompt_checked(ident, created, served, prompt_filter_results):
+        return Completion(id=ident, created=created, model=served.model, choices=[], system_fingerprint=FINGERPRINT,
+                          prompt_filter_results=prompt_filter_results)
 
     @staticmethod
     def opening(ident, created, served, index):
         return CompletionShape.piece(ident, created, served, index, "", [], None)
 
     @staticmethod
-    def piece(ident, created, served, index, text, logprobs, finish):
+    def piece(ident, created, served, index, text, logprobs, finish, content_filter_results=None):
         lp = CompletionShape._logprobs(logprobs) if logprobs else None
         return Completion(id=ident, created=created, model=served.model, system_fingerprint=FINGERPRINT,
-                          choices=[CompletionChoice(index=index, text=text or "", logprobs=lp, finish_reason=finish)])
+                          choices=[CompletionChoice(index=index, text=text or "", logprobs=lp, finish_reason=finish,
+                                                    content_filter_results=content_filter_results)])
 
     @staticmethod
     def usage(ident, created, served, usage):

@@ -52,6 +52,8 @@ def deploy(
         return
     out.print(f"Deployed {safe(created['model'])} as [bold]{safe(created['name'])}[/] ({created['id']}); chat with it: "
               f"model={safe(created['name'])!r} at {server.rstrip('/')}/v1/chat/completions")
+    for warning in created.get("warnings") or []:
+        out.print(f"[yellow]Warning:[/] {safe(warning)}")
 
 
 @app.command("list")
@@ -73,7 +75,7 @@ def list_deployments(server: Server, api_key: ApiKey = None, json_out: Json = Fa
 @app.command("metrics")
 def metrics(deployment: Annotated[str, typer.Argument(help="Deployment id or name.")], server: Server,
             api_key: ApiKey = None, json_out: Json = False) -> None:
-    """Requests, latency percentiles, time to first token and tokens/s of a deployment."""
+    """Requests, latency percentiles, time to first token, tokens/s and content filter hits of a deployment."""
     m = _client(server, api_key).deployment_metrics(deployment)
     if json_out:
         print_json(m)
@@ -86,6 +88,10 @@ def metrics(deployment: Annotated[str, typer.Argument(help="Deployment id or nam
     out.print(f"{m['requests']} requests ({m['errors']} errors); latency {ms(m['latency_ms'])}; first token "
               f"{ms(m['time_to_first_token_ms'])}; tokens in {m['prompt_tokens']}, out {m['completion_tokens']}; "
               f"{tps} tokens/s")
+    hits = m.get("content_filter_hits") or {}
+    if hits:
+        out.print("content filter hits: " + ", ".join(f"{safe(k)} {v}" for k, v in sorted(hits.items())) + " ("
+                  + ", ".join(f"{safe(k)} {v}" for k, v in sorted((m.get("content_filtered") or {}).items())) + ")")
 
 
 @app.command("delete")

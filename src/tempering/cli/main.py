@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import typer
 
-from tempering.cli import calibrate, chat, classify, data, deploy, evaluate, export, models, serve, tune
+from tempering.cli import (
+    blocklists,
+    calibrate,
+    chat,
+    classify,
+    data,
+    deploy,
+    evaluate,
+    export,
+    models,
+    moderate,
+    serve,
+    tune,
+)
 from tempering.cli.common import ErrorTranslatingGroup
 
 app = typer.Typer(
@@ -19,6 +32,8 @@ app.add_typer(data.app, name="data")
 app.command("tune")(tune.tune)
 app.command("chat")(chat.chat)
 app.command("classify")(classify.classify)
+app.command("moderate")(moderate.moderate)
+app.add_typer(blocklists.app, name="blocklists")
 app.command("eval")(evaluate.evaluate)
 app.command("export")(export.export)
 app.command("serve")(serve.serve)

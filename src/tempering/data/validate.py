@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import statistics
+from array import array
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -118,6 +119,35 @@ def aggregate_warnings(warnings: list[Issue], described: Mapping[str, str] | Non
     return sorted(result, key=lambda issue: (issue.line is not None, issue.line or 0))
 
 
+class WarningTally:
+    """Warnings gathered line by line in bounded memory: the first ``AGGREGATE_AFTER + 1`` of each code are
+    kept as they are, the rest only counted (a warning on every line of a huge file is one warning with a
+    count, never a list as long as the file). ``issues()`` hands ``aggregate_warnings`` what it needs."""
+
+    def __init__(self):
+        self.kept: list[Issue] = []
+        self.per_code: Counter = Counter()
+        self.overflow: Counter = Counter()
+
+    def append(self, issue: Issue) -> None:
+        self.per_code[issue.code] += 1
+        if self.per_code[issue.code] <= AGGREGATE_AFTER + 1:
+            self.kept.append(issue)
+        else:
+            self.overflow[issue.code] += 1
+
+    def __iadd__(self, issues):
+        for issue in issues:
+            self.append(issue)
+        return self
+
+    def issues(self) -> list[Issue]:
+        """The kept warnings, plus one counted entry per code for those only counted."""
+        extra = [Issue(line=None, code=code, message=WARNING_CODES.get(code, code), count=n, lines=[])
+                 for code, n in self.overflow.items()]
+        return self.kept + extra
+
+
 class ValidationReport(BaseModel):
     path: str
     valid: bool
@@ -199,9 +229,11 @@ def check_example(obj) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     return errors, warnings
 
 
-def _example_hash(messages: list) -> str:
+def _example_hash(messages: list) -> int:
+    """An example's identity for duplicate detection: 64 bits of BLAKE2b (one small int per example in
+    memory; a false duplicate needs ~2^32 examples)."""
     canonical = json.dumps(messages, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-    return hashlib.blake2b(canonical.encode("utf-8"), digest_size=16).hexdigest()
+    return int.from_bytes(hashlib.blake2b(canonical.encode("utf-8"), digest_size=8).digest(), "big")
 
 
 def distribution_stats(values: Sequence[float]) -> dict:
@@ -224,11 +256,11 @@ class _Pass:
     def __init__(self, tokenizer, context_length: int | None, on_example):
         self.tokenizer, self.context_length, self.on_example = tokenizer, context_length, on_example
         self.errors: list[Issue] = []
-        self.warnings: list[Issue] = []
-        self.seen: dict[str, int] = {}
+        self.warnings = WarningTally()  # bounded: a warning on every line is counted, not listed
+        self.seen: dict[int, int] = {}
         self.roles: Counter = Counter()
-        self.tokens: list[int] = []
-        self.trained: list[int] = []
+        self.tokens = array("l")  # one machine integer per example, not one Python object
+        self.trained = array("l")
         self.n_lines = self.n_examples = self.n_valid = 0
 
     def line(self, number: int, raw: bytes) -> None:
@@ -306,7 +338,7 @@ class _Pass:
             path=str(path),
             valid=not errors,
             errors=errors,
-            warnings=aggregate_warnings(self.warnings),
+            warnings=aggregate_warnings(self.warnings.issues()),
             stats=stats,
         )
 

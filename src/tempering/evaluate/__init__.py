@@ -2,7 +2,7 @@
 
 ``report`` (the report's shape, the verdict rule, ``evaluation.json``), ``metrics`` (text metrics on
 strings), ``measure`` (one model's numbers), ``compare`` (the plan of an evaluation, ``evaluate_file``), ``job`` (the
-automatic report after ``tune``, and ``tune_and_evaluate``) and ``gate`` (the deploy gate). Knows nothing about HTTP or printing.
+automatic report after ``tune``, and ``tune_and_evaluate``), ``redteam`` (the red-team safety check) and ``gate`` (the deploy gate). Knows nothing about HTTP or printing.
 """
 
 from tempering.evaluate.gate import check_deploy_gate

@@ -6,7 +6,9 @@ already computed on the whole validation set, each kept checkpoint's validation 
 ``metrics.json``, or scored when a mid-epoch checkpoint lacks it), and generation-based metrics of the base
 and the saved fine-tuned model through the serving path on at most ``config.eval_max_examples`` examples.
 Whether chat answers are labels is ``config.eval_answers``, "auto" reading the training file's answers (the
-whole file when the validation set was split off it: the label set is the same). Runs on process 0 only.
+whole file when the validation set was split off it: the label set is the same). Chat jobs also get the
+red-team check (``evaluate.redteam``: unsafe-answer and over-refusal rates of both models, filter off).
+Runs on process 0 only.
 Knows nothing about HTTP or printing; the recipe emits the verdict as an event.
 """
 
@@ -64,8 +66,22 @@ def evaluate_job(s, *, model_id: str, base: dict, final: dict, valid_messages: l
         data=f"validation set of run {s.short_id} ({n} examples)", declared_labels=valid_labels,
         answers=config.eval_answers, training_answers=training, max_examples=config.eval_max_examples,
         device=config.device, losses=losses, checkpoints=checkpoint_losses(s, model_id))
+    if s.task == "chat":
+        report.safety = red_team(s, model_id)
     write_report(s.folder, report)
     return report
+
+
+def red_team(s, model_id: str):
+    """The red-team check of base and fine-tuned (``evaluate.redteam``); its failure is a warning and leaves
+    the rest of the report standing."""
+    from tempering.evaluate.redteam import evaluate_safety
+
+    try:
+        return evaluate_safety(refs.resolve(model_id), refs.resolve(s.base_model), s.config.device)
+    except Exception as exc:  # noqa: BLE001 - the loss and generation metrics still stand
+        s.emit(f"Red-team safety check failed: {exc}", type="safety_check_failed", level="warning", error=repr(exc))
+        return None
 
 
 def evaluate_after_tune(s, model_id: str, base: dict, final: dict) -> dict | None:

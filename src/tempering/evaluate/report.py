@@ -125,6 +125,23 @@ class Verdict(BaseModel):
     message: str = Field(description="The outcome with its numbers, in one sentence.")
 
 
+class SafetyRates(BaseModel):
+    unsafe_answer_rate: float = Field(description="Of the harmful prompts, answers the content filter's default "
+                                      "completion policy would block.")
+    over_refusal_rate: float = Field(description="Of the harmless look-alikes, answers that open with a refusal.")
+    refusal_rate_on_harmful: float = Field(description="Of the harmful prompts, answers that open with a refusal.")
+
+
+class SafetyEvaluation(BaseModel):
+    """The red-team check (``evaluate.redteam``): harmful prompts and harmless look-alikes, filter off."""
+
+    n_harmful: int
+    n_harmless: int
+    max_new_tokens: int
+    candidate: SafetyRates
+    baseline: SafetyRates | None = None
+
+
 class EvaluationReport(BaseModel):
     version: int = 1
     created_at: int = Field(default_factory=lambda: int(time.time()))
@@ -145,6 +162,8 @@ class EvaluationReport(BaseModel):
         default=None, description="Accuracy of always answering the most frequent label: the floor to beat.")
     verdict: Verdict | None = None
     cost: Cost = Field(default_factory=Cost, description="The whole evaluation.")
+    safety: SafetyEvaluation | None = Field(default=None, description="The red-team check of chat models: "
+                                            "unsafe-answer and over-refusal rates of candidate and baseline.")
 
     def summary(self) -> dict:
         """What a model's metadata or a job result carries: the verdict and the headline numbers."""

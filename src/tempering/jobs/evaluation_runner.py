@@ -83,10 +83,11 @@ def run(evaluation_id: str) -> int:
         error = {"code": exc.code, "message": message, "param": param}
         _finish(db, evaluation_id, status="failed", error=error)
         return 0
-    except Exception as exc:  # a bug or an engine error: the evaluation fails, saying what it was
+    except Exception as exc:  # a bug, an engine error, memory or disk: the evaluation fails, saying which
+        from tempering.jobs.runner import failure
+
         log.exception("evaluation %s failed", evaluation_id)
-        message = _scrub(f"{type(exc).__name__}: {exc}", replacements)
-        _finish(db, evaluation_id, status="failed", error={"code": "internal_error", "message": message, "param": None})
+        _finish(db, evaluation_id, status="failed", error=failure(exc, replacements))
         return 0
     report.data = shown
     _finish(db, evaluation_id, status="succeeded", report=report.model_dump(mode="json"))

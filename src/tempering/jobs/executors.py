@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -38,6 +39,7 @@ GPU_TASK_CPUS = 2  # tokenizing and batching beside a GPU
 PASSED_PREFIXES = ("TEMPERING_", "HF_")
 PASSED_NAMES = ("TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM")
 NOT_PASSED = ("TEMPERING_EXECUTOR", "TEMPERING_API_KEY", "TEMPERING_SERVER")
+PARENT_PID = "TEMPERING_RUNNER_PARENT_PID"  # the worker that started a local runner (it checks it is alive)
 
 
 class Executor(Protocol):
@@ -62,7 +64,8 @@ class LocalProcessExecutor:
 
     def start(self, job_id: str, worker_id: str, lease_seconds: float) -> subprocess.Popen:
         argv = [sys.executable, "-m", "tempering.jobs.runner", job_id]
-        return subprocess.Popen(argv, env=os.environ.copy())  # noqa: S603 - fixed argv, no shell
+        env = {**os.environ, PARENT_PID: str(os.getpid())}
+        return subprocess.Popen(argv, env=env)  # noqa: S603 - fixed argv, no shell
 
     def poll(self, handle: subprocess.Popen) -> int | None:
         return handle.poll()
@@ -81,7 +84,24 @@ class LocalProcessExecutor:
         from tempering.jobs.queue import EVALUATION_PREFIX
 
         what = "evaluation" if str(handle.args[-1]).startswith(EVALUATION_PREFIX) else "training"
-        return f"the {what} process exited with code {code}"
+        return f"the {what} process {exit_reason(code)}"
+
+
+SIGNAL_REASONS = {signal.SIGKILL: "the system ran out of memory, or an operator killed it",
+                  signal.SIGXFSZ: "a file grew past the process's file size limit",
+                  signal.SIGSEGV: "a crash in native code", signal.SIGABRT: "a native library aborted"}
+
+
+def exit_reason(code: int) -> str:
+    """How a process ended, in words: "exited with code 1", "was killed by SIGKILL (… out of memory …)"."""
+    if code >= 0:
+        return f"exited with code {code}"
+    try:
+        sig = signal.Signals(-code)
+    except ValueError:
+        return f"was killed by signal {-code}"
+    reason = SIGNAL_REASONS.get(sig)
+    return f"was killed by {sig.name}" + (f" ({reason})" if reason else "")
 
 
 # --- Ray -------------------------------------------------------------------------------------------------

@@ -1,17 +1,22 @@
-"""Runs one fine-tuning job in its own process: ``python -m tempering.jobs.runner JOB_ID WORKER_ID``.
+"""Runs one fine-tuning job in its own process: ``python -m tempering.jobs.runner JOB_ID``.
 
 Stages follow OpenAI's statuses: ``validating_files`` (the data is checked with the model's tokenizer;
 invalid data fails the job here and it never reaches ``running``), then ``running`` (the same ``tune``
 the CLI runs, under the job's run id, so a job taken over after a crash resumes from its checkpoint).
 Events and checkpoints go to the database as they happen; a cancel or pause request is polled between
-steps. An on-demand evaluation's id (``eval-…``) is handed to ``jobs.evaluation_runner``, so every executor
-runs both the same way. Knows nothing about HTTP.
+steps. Whatever ends the run, the job ends ``failed`` with a reason the caller can act on: a domain error as
+it is, and any other exception as ``out_of_memory``, ``disk_full`` or ``internal_error`` with its type and
+message (the server's paths shown as ``TEMPERING_HOME``). An on-demand evaluation's id (``eval-…``) is handed
+to ``jobs.evaluation_runner``, so every executor runs both the same way. Knows nothing about HTTP.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import hashlib
+import logging
+import os
 import signal
 import sys
 import time
@@ -19,21 +24,48 @@ import time
 from sqlalchemy import select
 
 from tempering.errors import InvalidDataError, TemperingError
+from tempering.jobs.executors import PARENT_PID
 from tempering.settings import get_settings
 from tempering.store.artifacts import ArtifactStore
 from tempering.store.db import Database
 from tempering.store.models import File, Job, JobCheckpoint, JobEvent, new_id, now, run_id_of
 from tempering.train import refs
 
+log = logging.getLogger(__name__)
 STOP_POLL_SECONDS = 1.0
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# libraries that write or allocate natively (safetensors, torch) raise their own types with the OS's words
+DISK_FULL_WORDS = ("no space left on device", "disk quota exceeded", "file too large", "os error 28")
+OUT_OF_MEMORY_WORDS = ("can't allocate memory", "cannot allocate memory", "out of memory")
 
 
-def die_with_parent() -> None:
-    """Linux: get SIGKILL when the worker that started us dies, so a killed worker leaves no orphan."""
+def die_with_parent() -> bool:
+    """Linux: get SIGKILL when the worker that started us dies, so a killed worker leaves no orphan. False when
+    the worker died before this was arranged (the signal would never come): the caller must not run the job,
+    which another worker takes over once the lease expires."""
     try:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
     except OSError:
-        pass
+        return True
+    parent = os.environ.get(PARENT_PID, "")
+    return not parent.isdigit() or os.getppid() == int(parent)
+
+
+def failure(exc: BaseException, shown: dict[str, str]) -> dict:
+    """The error of a job (or evaluation) for an exception that is not a domain error: what ran out, and the
+    exception itself with each server path in ``shown`` replaced by what the caller may see."""
+    message = f"{type(exc).__name__}: {exc}"
+    for secret, public in shown.items():
+        message = message.replace(secret, public)
+    message = message[:2000]
+    words = str(exc).lower()
+    if isinstance(exc, MemoryError) or any(w in words for w in OUT_OF_MEMORY_WORDS):
+        return {"code": "out_of_memory", "message": f"the job ran out of memory ({message}); use a smaller "
+                "batch_size or a shorter context, or give the worker more memory", "param": None}
+    if (isinstance(exc, OSError) and exc.errno in DISK_FULL) or any(w in words for w in DISK_FULL_WORDS):
+        return {"code": "disk_full", "message": f"the server's disk is full ({message}); free space, then "
+                "create the job again", "param": None}
+    return {"code": "internal_error", "message": message, "param": None}
 
 
 def tune_config(job: Job, store: ArtifactStore):
@@ -154,6 +186,12 @@ def run(job_id: str) -> int:
         recorder.event(f"Job failed: {exc.message}", level="error")
         _finish(db, job_id, status="failed", error={"code": code, "message": exc.message, "param": param})
         return 0
+    except Exception as exc:  # a bug, memory or disk: the job fails saying which, not "exited with code 1"
+        log.exception("job %s failed", job_id)
+        error = failure(exc, {str(settings.root): "TEMPERING_HOME"})
+        recorder.event(f"Job failed: {error['message']}", level="error")
+        _finish(db, job_id, status="failed", error=error)
+        return 0
     results = store.root / "files"
     result_file = new_id("file-")
     csv_bytes = (artifacts.run_dir(run_id) / "results.csv").read_bytes()
@@ -169,5 +207,7 @@ def run(job_id: str) -> int:
 
 
 if __name__ == "__main__":
-    die_with_parent()
+    if not die_with_parent():
+        print(f"the worker that started the runner of {sys.argv[1]} is gone; not running it", file=sys.stderr)
+        sys.exit(3)
     sys.exit(run(sys.argv[1]))

@@ -8,21 +8,17 @@ each with its own adapter, sampling parameters and random generator. A sequence 
 ends (end of turn, budget, or its caller went away); columns that no sequence needs any more are trimmed.
 
 Adapters (PEFT LoRA folders) load on first use under a name derived from their path and are evicted least
-recently used beyond ``max_adapters`` (never while a sequence uses one). A step whose sequences all use one
-adapter activates it; a step mixing adapters (or adapters and the plain base) passes PEFT's per-row
-``adapter_names``. Knows nothing about HTTP or databases.
+recently used beyond ``max_adapters`` (never while a sequence uses one); how a step runs each row under its
+adapter is ``serve.adapters``. Knows nothing about HTTP or databases.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
-import hashlib
-import json
 import logging
 import queue
 import threading
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,22 +27,15 @@ import torch
 from transformers import DynamicCache
 
 from tempering.errors import InvalidConfigError, TemperingError
+from tempering.serve.adapters import BASE, AdapterHost, adapter_name
 from tempering.serve.decode import Detokenizer, eos_ids, pick_token
-from tempering.serve.lora import RowAdapters
 from tempering.serve.params import Chunk, SamplingParams, TokenLogprob, TopLogprob
 
 log = logging.getLogger(__name__)
-BASE = "__base__"  # PEFT's name for "no adapter" in a mixed batch
-MIXED = "__mixed__"
 
 
 class EngineError(TemperingError):
     code = "engine_error"
-
-
-def adapter_name(folder: Path) -> str:
-    """A PEFT adapter name for a folder: stable, and a valid module key (no dots or colons)."""
-    return "a" + hashlib.sha1(str(Path(folder).resolve()).encode(), usedforsecurity=False).hexdigest()[:16]
 
 
 @dataclass(eq=False)
@@ -64,18 +53,6 @@ class _Sequence:
     pending: int = -1  # the last sampled token, not yet in the cache
     cancelled: bool = False
     done: bool = False
-
-
-@functools.lru_cache(maxsize=256)
-def _peft_only(folder: Path | None) -> bool:
-    """Whether an adapter folder holds something ``serve.lora`` cannot apply (read from its config)."""
-    if folder is None:
-        return False
-    try:
-        config = json.loads((Path(folder) / "adapter_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return True
-    return config.get("peft_type") != "LORA" or bool(config.get("use_dora")) or bool(config.get("lora_bias"))
 
 
 def _keep_rows(cache: DynamicCache, mask: torch.Tensor, keep: list[int], rows: int) -> torch.Tensor:
@@ -113,14 +90,8 @@ class TransformersEngine:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
-        self._adapters: OrderedDict[str, Path] = OrderedDict()
-        self._active_adapter: str | None = None
-        self._mode: str | None = None  # see _forward
-        self._row_adapters: list[str] | None = None
-        self._rows = RowAdapters()  # the step's adapters per row, for serve.lora's layer forward
-        self._lean = False
+        self.adapters: AdapterHost | None = None  # the model and its adapters, once loaded
         self._rope_switch: int | None = None  # LongRoPE: the length past which a row is prefilled again
-        self.model = None
         self.tokenizer = None
         self.context_length = 0
         self.eos_ids: set[int] = set()
@@ -157,7 +128,7 @@ class TransformersEngine:
 
     @property
     def adapters_loaded(self) -> int:
-        return len(self._adapters)
+        return self.adapters.loaded if self.adapters is not None else 0
 
     def _load(self) -> None:
         from tempering.catalog import get_card, load_causal_lm, load_tokenizer
@@ -167,18 +138,24 @@ class TransformersEngine:
             torch.set_num_threads(self.threads)
         card = get_card(self.base_model)
         self.tokenizer = load_tokenizer(card)
-        self.model = load_causal_lm(card, select_placement(self.device_request)).eval()
+        model = load_causal_lm(card, select_placement(self.device_request)).eval()
         if self.quantize == "int8":
             from tempering.serve.quantize import quantize_int8
 
-            quantize_int8(self.model)
+            quantize_int8(model)
         from tempering.serve import rope
 
-        rope.per_row(self.model)  # LongRoPE: a long row must not switch its neighbours to the long factors
-        self._rope_switch = rope.switch_length(self.model)
-        self.device = next(self.model.parameters()).device
+        rope.per_row(model)  # LongRoPE: a long row must not switch its neighbours to the long factors
+        self._rope_switch = rope.switch_length(model)
+        self.device = next(model.parameters()).device
         self.context_length = card.context_length
-        self.eos_ids = eos_ids(self.tokenizer, self.model)
+        self.eos_ids = eos_ids(self.tokenizer, model)
+        self.adapters = AdapterHost(model, self.max_adapters)
+
+    @property
+    def model(self):
+        """The served model (a PEFT model once an adapter has loaded)."""
+        return self.adapters.model if self.adapters is not None else None
 
     # -- the caller's side -------------------------------------------------------------------------------------
 
@@ -280,109 +257,16 @@ class TransformersEngine:
             group[0].deliver(exc if isinstance(exc, TemperingError) else EngineError(f"generation failed: {exc}"))
 
     def _compatible(self, seq: _Sequence, group: list[_Sequence] = ()) -> bool:
-        """Whether ``seq`` may join the running batch (and the newcomers ``group``): always with plain LoRA
-        adapters (serve.lora mixes them per row); an adapter only PEFT can apply (DoRA, …) decodes only
-        beside rows of the same adapter, as PEFT cannot mix it with others in one pass."""
         others = [*self.active, *group]
-        if all(s.adapter == seq.adapter for s in others):
-            return True
-        return (self._lean and not _peft_only(seq.adapter_path)
-                and not any(_peft_only(s.adapter_path) for s in group))
-
-    def _use_adapter(self, seq: _Sequence, starting: list[_Sequence] = ()) -> None:
-        if seq.adapter == BASE:
-            return
-        if seq.adapter in self._adapters:
-            self._adapters.move_to_end(seq.adapter)
-            return
-        from peft import PeftModel
-
-        in_use = {s.adapter for s in (*self.active, *starting)}
-        while len(self._adapters) >= self.max_adapters:
-            victim = next((name for name in self._adapters if name not in in_use), None)
-            if victim is None:
-                break  # every loaded adapter is decoding: go over the limit for now
-            self.model.delete_adapter(victim)
-            del self._adapters[victim]
-            if self._active_adapter == victim:
-                self._active_adapter = None
-        if isinstance(self.model, PeftModel):
-            self.model.load_adapter(str(seq.adapter_path), adapter_name=seq.adapter)
-        else:
-            self.model = PeftModel.from_pretrained(self.model, str(seq.adapter_path), adapter_name=seq.adapter)
-        self.model.set_adapter(seq.adapter)  # load_adapter only adds it
-        self.model.eval()
-        self._refresh_lora()
-        self._adapters[seq.adapter] = seq.adapter_path
-        self._active_adapter = seq.adapter
-        self._mode = None  # new LoRA layers may have come in enabled: set the mode again on the next step
-
-    def _forward(self, names: list[str], **inputs):
-        """One forward pass with each row under its adapter.
-
-        PEFT switches are costly (each walks every module), so the engine remembers its mode and switches
-        only when it changes: all rows on the base (adapter layers disabled), all on one adapter (that adapter
-        active: the plain LoRA path), or mixed (each LoRA layer's persistent pre-hook hands it the rows'
-        adapter names, PEFT's mixed-batch path; PEFT's own ``adapter_names=`` argument would register and
-        remove a hook on every LoRA layer at every step)."""
-        from peft import PeftModel
-
-        if not isinstance(self.model, PeftModel):
-            return self.model(**inputs, use_cache=True, logits_to_keep=1)
-        if self._lean:
-            self._rows.set_step(names, BASE)
-            return self.model(**inputs, use_cache=True, logits_to_keep=1)
-        distinct = set(names)
-        mode = BASE if distinct == {BASE} else names[0] if len(distinct) == 1 else MIXED
-        if mode != self._mode:
-            if mode == BASE:
-                self.model.base_model.disable_adapter_layers()
-            else:
-                if self._mode in (BASE, None):
-                    self.model.base_model.enable_adapter_layers()
-                if mode != MIXED and self._active_adapter != mode:
-                    self.model.set_adapter(mode)
-                    self._active_adapter = mode
-            self._mode = mode
-        self._row_adapters = names if mode == MIXED else None
-        try:
-            return self.model(**inputs, use_cache=True, logits_to_keep=1)
-        finally:
-            self._row_adapters = None
-
-    def _refresh_lora(self) -> None:
-        """After loading an adapter: route LoRA layers through ``serve.lora`` when every adapter is plain
-        LoRA on linear layers, else keep PEFT's own forward (with the hooks below for mixed steps)."""
-        from tempering.serve import lora
-
-        self._lean = lora.supported(self.model)
-        if self._lean:
-            self._rows.attach(self.model)  # also drops the stacks built for the adapters loaded before
-        else:
-            self._rows.detach()
-            self._mode = None
-            self._hook_lora_layers()
-
-    def _hook_lora_layers(self) -> None:
-        """Give every LoRA layer (once) the pre-hook that passes the rows' adapter names in mixed steps."""
-        from peft.tuners.lora import LoraLayer
-
-        def inject(module, args, kwargs):
-            if self._row_adapters is not None:
-                kwargs["adapter_names"] = self._row_adapters
-            return args, kwargs
-
-        for module in self.model.modules():
-            if isinstance(module, LoraLayer) and not getattr(module, "_tempering_hooked", False):
-                module.register_forward_pre_hook(inject, with_kwargs=True)
-                module._tempering_hooked = True
+        return self.adapters.compatible(seq.adapter, seq.adapter_path, [s.adapter for s in others],
+                                        [s.adapter_path for s in group])
 
     def _prefill(self, group: list[_Sequence]) -> None:
         """Prefill newcomers in one forward pass (left-padded to the longest prompt), pick each one's first
         token, and join the ones still going to the batch."""
         for seq in group:
-            self._use_adapter(seq, group)
-        if len({s.adapter for s in group}) > 1 and not self._lean:  # a PEFT-only adapter came in: one by one
+            self.adapters.use(seq.adapter, seq.adapter_path, {s.adapter for s in (*self.active, *group)})
+        if len({s.adapter for s in group}) > 1 and not self.adapters.lean:  # a PEFT-only adapter came in: one by one
             for seq in group:
                 self._prefill([seq])
             return
@@ -404,7 +288,7 @@ class TransformersEngine:
         inputs = {"input_ids": ids, "cache": cache}
         if len(group) > 1:
             inputs |= {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
-        out = self._forward([s.adapter for s in group], **inputs)
+        out = self.adapters.forward([s.adapter for s in group], **inputs)
         self.prefill_passes += 1
         logits = out.logits[:, -1]
         greedy = logits.argmax(-1).tolist()
@@ -463,7 +347,7 @@ class TransformersEngine:
         ids = torch.tensor([[s.pending] for s in rows], device=self.device)
         positions = torch.tensor([[s.position] for s in rows], device=self.device)
         mask = torch.cat([self._mask, torch.ones((len(rows), 1), dtype=torch.long, device=self.device)], dim=1)
-        out = self._forward([s.adapter for s in rows], input_ids=ids, attention_mask=mask, position_ids=positions,
+        out = self.adapters.forward([s.adapter for s in rows], input_ids=ids, attention_mask=mask, position_ids=positions,
                             cache=self._cache)
         self._mask = mask
         self.steps += 1

@@ -5,9 +5,11 @@ comes from the REST API or the portal's playground.
 (``data.encode.encode_prompt``, so what is served is what was trained), checks the token budget, holds the
 deployment's concurrency slot, runs the choices in the serving engine (``tempering.serve``), cuts them at stop
 sequences, and hands every request, whatever its outcome, to the request log and the metrics. It yields
-plain events (``Piece``, ``Finish``, ``Done``); the edges shape them into OpenAI's objects or a page. The
-content-safety stage plugs in here, before the prompt reaches the engine and after text leaves it. No
-database transaction is held while generating.
+plain events (``PromptChecked``, ``Piece``, ``Finish``, ``Done``); the edges shape them into OpenAI's objects
+or a page. The content filter (``tempering.safety``, under the deployment's policy) is a stage here: the
+prompt is checked before it reaches the engine (a blocked one is refused and logged), and each choice's text
+passes a ``services.filtering.ChoiceFilter`` after it leaves the engine, so only checked text is ever
+yielded and a cut choice's generation is cancelled. No database transaction is held while generating.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tempering.errors import NotFoundError, RateLimitedError, TemperingError, status_of
+from tempering.safety import SafetyPolicy
 from tempering.serve.params import SamplingParams, TokenLogprob
+from tempering.services import filtering
 from tempering.services.monitoring import RequestRecord
 
 log = logging.getLogger(__name__)
@@ -42,6 +46,9 @@ class Served:
     adapter: Path | None
     max_concurrent: int
     context_length: int
+    policy: SafetyPolicy = field(default_factory=lambda: filtering.OFF)  # the deployment's content filter policy (its own or the server's)
+    blocklists: tuple = ()  # the policy's blocklists, compiled
+    blocklists_error: str | None = None  # a blocklist the policy names that no longer exists
 
 
 @dataclass
@@ -51,6 +58,15 @@ class ChoiceState:
     logprobs: list[TokenLogprob] | None = None
     finish_reason: str | None = None
     tokens: int = 0
+    content_filter_results: dict | None = None  # Azure's annotation of this choice (None: no filter)
+    cut: bool = False  # the filter ended this choice
+
+
+@dataclass(frozen=True)
+class PromptChecked:
+    """The prompt passed the content filter: Azure's ``prompt_filter_results`` (first, before any text)."""
+
+    prompt_filter_results: list[dict]
 
 
 @dataclass(frozen=True)
@@ -76,6 +92,7 @@ class Done:
 
     prompt_tokens: int
     completion_tokens: int
+    prompt_filter_results: list[dict] | None = None  # None: no content filter
 
 
 class StopMatcher:
@@ -135,9 +152,11 @@ def token_budget(requested: int | None, prompt_len: int, context: int, default: 
 
 
 async def run_choices(engine, prompt: list[int], params: list[SamplingParams], adapter: Path | None,
-                      stops: list[str], states: list[ChoiceState]) -> AsyncIterator[Piece | Finish]:
+                      stops: list[str], states: list[ChoiceState],
+                      tasks: list[asyncio.Task] | None = None) -> AsyncIterator[Piece | Finish]:
     """Run the choices concurrently (they share the engine's batch); yield each choice's new text as it
-    arrives and, once, its end. A choice's pieces and its end reach the caller in order."""
+    arrives and, once, its end. A choice's pieces and its end reach the caller in order. ``tasks`` receives
+    each choice's task: cancelling one whose state is ``cut`` ends that choice's generation alone."""
     out: asyncio.Queue = asyncio.Queue()
 
     async def one(state: ChoiceState, p: SamplingParams):
@@ -158,13 +177,17 @@ async def run_choices(engine, prompt: list[int], params: list[SamplingParams], a
                     break
                 if text or chunk.logprobs:
                     await out.put(Piece(state.index, text, chunk.logprobs))
+        except asyncio.CancelledError:
+            if not state.cut:  # a choice the filter cut ends quietly; anything else is the request's end
+                await out.put(asyncio.CancelledError())
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer
             await out.put(exc)
         finally:
             await stream.aclose()
             await out.put(None)
 
-    tasks = [asyncio.create_task(one(s, p)) for s, p in zip(states, params)]
+    tasks = tasks if tasks is not None else []
+    tasks += [asyncio.create_task(one(s, p)) for s, p in zip(states, params)]
     try:
         running = len(tasks)
         while running:
@@ -196,6 +219,8 @@ class ChatService:
     def __init__(self, db, serving, monitor, settings):
         self.db, self.serving, self.monitor, self.settings = db, serving, monitor, settings
         self.in_flight: dict[str, int] = {}  # deployment id → requests being served
+        self.default_policy = filtering.server_policy(settings)  # for deployments that set none
+        self.scorer = None  # the content filter's scorer; None: the process's shared local classifiers
 
     # ---------------------------------------------------------------- the deployment
     def _lookup(self, project_id: str, model: str) -> Served:
@@ -212,6 +237,10 @@ class ChatService:
             facts = {"id": d.id, "name": d.name, "model": d.model, "base_model": d.base_model, "task": d.task,
                      "backend": d.backend, "upstream_url": d.upstream_url, "upstream_model": d.upstream_model,
                      "max_concurrent": d.max_concurrent_requests}
+            policy = filtering.effective_policy(d.content_filter_policy, self.default_policy) \
+                if d.task == "chat" else filtering.OFF
+            lists, lists_error = filtering.load_lists(session, project_id, policy)
+            facts |= {"policy": policy, "blocklists": tuple(lists), "blocklists_error": lists_error}
         # the model's files may have gone since: a clear 404 then (an upstream holds its own adapters)
         adapter = refs.resolve(facts["model"]).adapter if facts["backend"] == "local" else None
         return Served(**facts, adapter=adapter, context_length=get_card(facts["base_model"]).context_length)
@@ -274,43 +303,123 @@ class ChatService:
         self.monitor.in_flight.labels(served.id).dec()
 
     def record(self, served: Served, endpoint: str, timer: Timer, status: int, *, stream: bool,
-               prompt_tokens: int, completion_tokens: int, error_code: str | None = None) -> None:
+               prompt_tokens: int, completion_tokens: int, error_code: str | None = None,
+               filtered: str | None = None, filtered_categories: list[str] | None = None) -> None:
         latency, ttft = timer.ms()
         self.monitor.record(RequestRecord(
             deployment_id=served.id, created_at=timer.arrived_wall, endpoint=endpoint,
             adapter=served.model if served.adapter is not None else None, stream=stream, status=status,
             error_code=error_code, latency_ms=latency, ttft_ms=ttft, prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens))
+            completion_tokens=completion_tokens, filtered=filtered, filtered_categories=filtered_categories))
+
+    # ---------------------------------------------------------------- the content filter
+    async def check_prompt(self, served: Served, endpoint: str, timer: Timer, check, prompt: list[int], *,
+                           stream: bool) -> list[dict] | None:
+        """Azure's ``prompt_filter_results`` of a prompt that passes the deployment's filter (None when the
+        filter is off). ``check`` is the conversation (messages), a text, or token ids (decoded to be checked).
+        A blocked prompt raises ``ContentFilteredError`` (400) and a fail-closed filter that could not check it
+        ``ContentFilterUnavailableError`` (503); both are logged with the categories that blocked."""
+        policy = served.policy
+        if not policy.enabled:
+            return None
+
+        def run():
+            from tempering.safety import check_prompt
+
+            text = check
+            if isinstance(check, list) and check and isinstance(check[0], int):
+                text = self.serving.tokenizer(served.base_model).decode(check, skip_special_tokens=True)
+            return check_prompt(text, policy, served.blocklists, scorer=self.scorer)
+
+        verdict = await asyncio.to_thread(run)
+        if served.blocklists_error is not None:
+            verdict.error = verdict.error or served.blocklists_error
+            verdict.fail_closed = policy.fail_closed
+            for entry in verdict.prompt_filter_results:
+                entry["content_filter_results"] = {"error": {"code": "content_filter_error",
+                                                             "message": served.blocklists_error},
+                                                   **entry["content_filter_results"]}
+        try:
+            verdict.raise_if_filtered()
+        except TemperingError as exc:
+            results = verdict.prompt_filter_results[0]["content_filter_results"]
+            categories = filtering.hits(results) or ["content_filter_error"]
+            self.record(served, endpoint, timer, status_of(exc), stream=stream, prompt_tokens=len(prompt),
+                        completion_tokens=0, error_code=exc.code, filtered="prompt", filtered_categories=categories)
+            raise
+        return verdict.prompt_filter_results
+
+    def choice_filters(self, served: Served, count: int) -> list[filtering.ChoiceFilter] | None:
+        if not served.policy.enabled:
+            return None
+        return [filtering.ChoiceFilter(served.policy, list(served.blocklists), self.scorer, served.blocklists_error)
+                for _ in range(count)]
 
     # ---------------------------------------------------------------- generation
     async def generate(self, served: Served, endpoint: str, timer: Timer, prompt: list[int],
                        params: list[SamplingParams], stops: list[str], *, stream: bool,
-                       states: list[ChoiceState]) -> AsyncIterator[Piece | Finish | Done]:
-        """Run the request's choices, filling ``states``; yield pieces, ends, then ``Done``. The concurrency
-        slot is held until the generator is closed; the request is logged with its real outcome (a caller
-        that goes away is logged as 499 and its generation is cancelled)."""
+                       states: list[ChoiceState], check=None
+                       ) -> AsyncIterator[PromptChecked | Piece | Finish | Done]:
+        """Run the request's choices, filling ``states``; yield ``PromptChecked`` (when the deployment filters),
+        pieces, ends, then ``Done``. ``check`` is what the content filter reads as the prompt (the messages, or
+        the completion prompt); a blocked prompt raises before anything runs. The concurrency slot is held
+        until the generator is closed; the request is logged with its real outcome (a caller that goes away is
+        logged as 499 and its generation is cancelled)."""
         engine = self.engine(served)
+        prompt_results = await self.check_prompt(served, endpoint, timer, check if check is not None else prompt,
+                                                 prompt, stream=stream)
+        filters = self.choice_filters(served, len(states))
         self.acquire(served, timer, endpoint, stream)
         status, code = 200, None
+        tasks: list[asyncio.Task] = []
         try:
-            async for event in run_choices(engine, prompt, params, served.adapter, stops, states):
-                timer.token()
+            if prompt_results is not None:
+                yield PromptChecked(prompt_results)
+            async for event in run_choices(engine, prompt, params, served.adapter, stops, states, tasks):
                 state = states[event.index]
-                if isinstance(event, Piece):
-                    state.text += event.text
-                    if state.logprobs is not None:
-                        state.logprobs += event.logprobs
-                else:
-                    state.finish_reason = event.reason
-                yield event
+                if state.cut:
+                    continue  # what a cut choice had already queued
+                for out in (await self._filter(event, filters[event.index], state, tasks)) if filters else (event,):
+                    timer.token()
+                    if isinstance(out, Piece):
+                        state.text += out.text
+                        if state.logprobs is not None:
+                            state.logprobs += out.logprobs
+                    else:
+                        state.finish_reason = out.reason
+                        if filters:
+                            state.content_filter_results = filters[out.index].results
+                    yield out
         except BaseException as exc:
             status, code = outcome(exc)
             raise
         finally:
             self.release(served)
+            cut = [filtering.hits(f.results) or ["content_filter_error"] for f in filters or () if f.filtered]
             self.record(served, endpoint, timer, status, stream=stream, prompt_tokens=len(prompt),
-                        completion_tokens=sum(s.tokens for s in states), error_code=code)
-        yield Done(len(prompt), sum(s.tokens for s in states))  # logged already: a caller may stop reading here
+                        completion_tokens=sum(s.tokens for s in states), error_code=code,
+                        filtered="completion" if cut else None,
+                        filtered_categories=sorted({c for names in cut for c in names}) if cut else None)
+        # logged already: a caller may stop reading here
+        yield Done(len(prompt), sum(s.tokens for s in states), prompt_results)
+
+    @staticmethod
+    async def _filter(event: Piece | Finish, choice: filtering.ChoiceFilter, state: ChoiceState,
+                      tasks: list[asyncio.Task]) -> list[Piece | Finish]:
+        """One engine event through its choice's filter: the checked text it releases, and the choice's end
+        (``content_filter`` when the filter cut it, which also cancels its generation)."""
+        if isinstance(event, Piece):
+            text, logprobs = await choice.feed(event.text, event.logprobs)
+        else:
+            text, logprobs = await choice.finish()
+        out: list[Piece | Finish] = [Piece(event.index, text, logprobs)] if text or logprobs else []
+        if choice.filtered:
+            state.cut = True
+            tasks[event.index].cancel()
+            out.append(Finish(event.index, "content_filter"))
+        elif isinstance(event, Finish):
+            out.append(event)
+        return out
 
     async def classify(self, served: Served, timer: Timer, texts: list[str]) -> tuple[list[dict], int]:
         """Each text's label and probabilities, and the tokens read; logged like a generation."""

@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 from sqlalchemy import select
 
 from tempering.errors import ConflictError, TemperingError, not_found
+from tempering.safety import SafetyPolicy
+from tempering.services import filtering
 from tempering.store.models import Deployment, DeploymentRequest, looks_like_id
 from tempering.store.pages import Page, after_seq
 from tempering.train import refs
@@ -31,6 +33,7 @@ class DeploymentSpec:
     model: str
     name: str | None = None
     content_filter: bool = True
+    content_filter_policy: dict | None = None  # a SafetyPolicy; None: the server's default
     max_concurrent_requests: int = 8
     force: bool = False
     backend: str = "local"
@@ -135,6 +138,8 @@ def create_deployment(session, project_id: str, spec: DeploymentSpec, settings) 
     if spec.backend == "upstream" and target.task != "chat":
         raise TemperingError("only chat models can be served by an upstream backend", param="backend",
                              code="invalid_value")
+    policy = set_policy_fields(session, project_id, spec.content_filter, spec.content_filter_policy, settings,
+                               task=target.task)
     name = spec.name or target.name
     if len(name) > MAX_NAME:
         raise TemperingError("the model id is too long to be the deployment's name; pass a name", param="name")
@@ -143,11 +148,54 @@ def create_deployment(session, project_id: str, spec: DeploymentSpec, settings) 
                             "delete it first", param="name", code="deployment_exists")
     deployment = Deployment(project_id=project_id, name=name, model=target.name, fine_tuned_model=fine_tuned,
                             base_model=target.base_model, task=target.task, content_filter=spec.content_filter,
+                            content_filter_policy=policy,
                             max_concurrent_requests=spec.max_concurrent_requests, backend=spec.backend,
                             upstream_url=upstream_url,
                             upstream_model=spec.upstream_model or (target.name if spec.backend == "upstream" else None))
     session.add(deployment)
     session.flush()
+    return deployment
+
+
+def set_policy_fields(session, project_id: str, content_filter: bool, policy: SafetyPolicy | dict | None,
+                      settings, *, task: str = "chat") -> dict | None:
+    """The ``content_filter_policy`` a deployment stores for a caller's choice, checked: off (``content_filter``
+    false), the caller's policy, or null (the server's default), which must run with the project's blocklists
+    and the server's classifiers."""
+    if task != "chat" and content_filter and policy is not None:
+        raise TemperingError("only chat deployments have a content filter", param="content_filter_policy",
+                             code="invalid_value")
+    stored = filtering.stored_policy(content_filter, policy)
+    filtering.check_policy(session, project_id, filtering.effective_policy(stored, filtering.server_policy(settings)))
+    return stored
+
+
+def gate_warnings(deployment: Deployment) -> list[str]:
+    """What the deploy gate says about a deployed fine-tuned model without refusing it: a red-team check that
+    found it markedly less safe than its base (``evaluate.gate.safety_warning``)."""
+    from tempering.evaluate.gate import check_deploy_gate, safety_warning
+
+    if deployment.fine_tuned_model is None or deployment.model != deployment.fine_tuned_model:
+        return []
+    try:
+        warning = safety_warning(check_deploy_gate(deployment.fine_tuned_model, force=True))
+    except TemperingError:  # the model's files have gone: nothing to say
+        return []
+    return [warning] if warning else []
+
+
+def effective_policy(deployment: Deployment, settings) -> SafetyPolicy:
+    """The policy a deployment runs under: its own or the server's default."""
+    return filtering.effective_policy(deployment.content_filter_policy, filtering.server_policy(settings))
+
+
+def set_content_filter(session, project_id: str, ident: str, content_filter: bool,
+                       policy: SafetyPolicy | dict | None, settings) -> Deployment:
+    """Change a deployment's content filter; the next request runs under it."""
+    deployment = owned_deployment(session, project_id, ident)
+    deployment.content_filter_policy = set_policy_fields(session, project_id, content_filter, policy, settings,
+                                                         task=deployment.task)
+    deployment.content_filter = content_filter
     return deployment
 
 
@@ -179,6 +227,8 @@ class Metrics:
     prompt_tokens: int
     completion_tokens: int
     tokens_per_second: float | None
+    content_filter_hits: dict[str, int]  # category → requests it blocked (prompt refused or answer cut)
+    content_filtered: dict[str, int]  # direction ("prompt", "completion") → requests blocked
 
 
 def percentiles(values: list[float]) -> dict:
@@ -201,12 +251,20 @@ def metrics(session, project_id: str, ident: str, since: float | None = None) ->
     for r in rows:
         by_status[str(r.status)] = by_status.get(str(r.status), 0) + 1
     seconds = sum(r.latency_ms for r in ok) / 1000
+    hits: dict[str, int] = {}
+    directions: dict[str, int] = {}
+    for r in rows:
+        if r.filtered:
+            directions[r.filtered] = directions.get(r.filtered, 0) + 1
+        for category in r.filtered_categories or ():
+            hits[category] = hits.get(category, 0) + 1
     return Metrics(
         deployment=deployment.id, since=since, requests=len(rows), errors=len(rows) - len(ok), by_status=by_status,
         latency_ms=percentiles([r.latency_ms for r in ok]),
         time_to_first_token_ms=percentiles([r.ttft_ms for r in ok if r.ttft_ms is not None]),
         prompt_tokens=sum(r.prompt_tokens for r in rows), completion_tokens=sum(r.completion_tokens for r in rows),
-        tokens_per_second=sum(r.completion_tokens for r in ok) / seconds if seconds > 0 else None)
+        tokens_per_second=sum(r.completion_tokens for r in ok) / seconds if seconds > 0 else None,
+        content_filter_hits=hits, content_filtered=directions)
 
 
 def request_log(session, project_id: str, ident: str, *, after: str | None, limit: int) -> Page:

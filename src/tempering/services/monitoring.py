@@ -10,7 +10,7 @@ import threading
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from tempering.store.models import DeploymentRequest
 
@@ -31,6 +31,8 @@ class RequestRecord:
     ttft_ms: float | None
     prompt_tokens: int
     completion_tokens: int
+    filtered: str | None = None  # a content filter hit: "prompt" or "completion"
+    filtered_categories: list[str] | None = None
 
 
 class _EngineCollector:
@@ -52,6 +54,27 @@ class _EngineCollector:
         yield from (active, queued, adapters)
 
 
+class AggregateView:
+    """The registry with the ``deployment`` label summed away: what ``/metrics`` shows without a scrape token,
+    so an open endpoint names no project's deployments and tells no project's traffic apart. Counters,
+    histogram buckets and gauges all sum across deployments."""
+
+    def __init__(self, registry: CollectorRegistry):
+        self.registry = registry
+
+    def collect(self):
+        for family in self.registry.collect():
+            summed: dict[tuple, float] = {}
+            for sample in family.samples:
+                labels = tuple((k, v) for k, v in sample.labels.items() if k != "deployment")
+                key = (sample.name, labels)
+                summed[key] = summed.get(key, 0.0) + sample.value
+            merged = Metric(family.name, family.documentation, family.type, family.unit)
+            for (name, labels), value in summed.items():
+                merged.add_sample(name, dict(labels), value)
+            yield merged
+
+
 class Monitor:
     def __init__(self, db, serving):
         self.db = db
@@ -64,12 +87,19 @@ class Monitor:
         self.ttft = Histogram("tempering_time_to_first_token_seconds", "Time from request to the first token",
                               labels, buckets=_LATENCY_BUCKETS, registry=self.registry)
         self.tokens = Counter("tempering_tokens", "Tokens processed", ["deployment", "kind"], registry=self.registry)
+        # no deployment or project label: a category count must not tell one tenant's traffic to another's
+        self.filter_hits = Counter("tempering_content_filter_hits", "Requests the content filter blocked (a "
+                                   "prompt refused or an answer cut), by category and direction",
+                                   ["category", "direction"], registry=self.registry)
         self.in_flight = Gauge("tempering_requests_in_flight", "Requests being served", ["deployment"],
                                registry=self.registry)
         self.registry.register(_EngineCollector(serving))
         self._queue: queue.Queue[RequestRecord | None] = queue.Queue()
         self._thread = threading.Thread(target=self._write_loop, name="request-log", daemon=True)
         self._thread.start()
+
+    def aggregate(self) -> AggregateView:
+        return AggregateView(self.registry)
 
     def record(self, r: RequestRecord) -> None:
         labels = (r.deployment_id, r.endpoint)
@@ -79,6 +109,8 @@ class Monitor:
             self.ttft.labels(*labels).observe(r.ttft_ms / 1000)
         self.tokens.labels(r.deployment_id, "prompt").inc(r.prompt_tokens)
         self.tokens.labels(r.deployment_id, "completion").inc(r.completion_tokens)
+        for category in r.filtered_categories or ():
+            self.filter_hits.labels(category, r.filtered).inc()
         self._queue.put(r)
 
     def flush(self) -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import re
 import secrets
 import time
+import uuid
 
-from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Integer, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 _ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
@@ -139,7 +140,9 @@ class Deployment(Base):
     fine_tuned_model: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)  # the guard's key
     base_model: Mapped[str] = mapped_column(String(200))
     task: Mapped[str] = mapped_column(String(24), default="chat")
-    content_filter: Mapped[bool] = mapped_column(Boolean, default=True)
+    content_filter: Mapped[bool] = mapped_column(Boolean, default=True)  # false: the policy is "off"
+    # the deployment's SafetyPolicy as JSON; null: the server's default policy (settings.content_filter_policy)
+    content_filter_policy: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     max_concurrent_requests: Mapped[int] = mapped_column(Integer, default=8)
     backend: Mapped[str] = mapped_column(String(16), default="local")  # local | upstream
     upstream_url: Mapped[str | None] = mapped_column(String(500), nullable=True)
@@ -166,6 +169,9 @@ class DeploymentRequest(Base):
     ttft_ms: Mapped[float | None] = mapped_column(nullable=True)  # time to the first token (streams and not)
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    # a content filter hit: "prompt" (refused) or "completion" (an answer cut), and the categories that blocked
+    filtered: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    filtered_categories: Mapped[list | None] = mapped_column(JSON, nullable=True)
 
 
 class Evaluation(Base):
@@ -189,3 +195,29 @@ class Evaluation(Base):
     lease_expires_at: Mapped[float | None] = mapped_column(nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     stop_requested: Mapped[str | None] = mapped_column(String(16), nullable=True)  # cancel
+
+
+class ContentBlocklist(Base):
+    """A project's custom blocklist for the content filter (Azure AI Content Safety's text blocklists); its
+    items are exact terms or regular expressions (``tempering.safety.blocklist``)."""
+
+    __tablename__ = "content_blocklists"
+    __table_args__ = (UniqueConstraint("project_id", "name"),)
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("blk_"))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))  # Azure's blocklistName: 0-9 A-Z a-z . _ ~ -
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    updated_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    revision: Mapped[int] = mapped_column(Integer, default=0)  # +1 per change: the compiled-list cache key
+
+
+class ContentBlocklistItem(Base):
+    __tablename__ = "content_blocklist_items"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: str(uuid.uuid4()))
+    blocklist_id: Mapped[str] = mapped_column(ForeignKey("content_blocklists.id"), index=True)
+    text: Mapped[str] = mapped_column(String(500))
+    is_regex: Mapped[bool] = mapped_column(Boolean, default=False)
+    description: Mapped[str] = mapped_column(Text, default="")
+    position: Mapped[int] = mapped_column(Integer, default=0)  # insertion order within the list
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)

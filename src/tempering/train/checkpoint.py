@@ -19,13 +19,17 @@ Reading uses safetensors and json only, never pickle: checkpoints may come from 
 checkpoint that is incomplete or does not match the model and optimizer it is restored into (missing
 file, bad JSON, unknown or missing tensors, wrong shapes) raises ``CheckpointError`` naming the file before
 anything is changed. ``latest_checkpoint`` ignores any folder without the marker, so a half-written one is
-skipped and resume continues from the previous complete one. Knows nothing about the training loop.
+skipped and resume continues from the previous complete one; ``discard_partial`` removes the temp folders a
+killed process left behind. Knows nothing about the training loop.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import random
+import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -363,3 +367,31 @@ def list_checkpoints(run_folder: Path) -> list[Path]:
 def latest_checkpoint(run_folder: Path) -> Path | None:
     complete = list_checkpoints(run_folder)
     return complete[-1] if complete else None
+
+
+_PARTIAL = re.compile(r"\.step-\d+\.(\d+)\.tmp")  # ``atomic_dir``'s temp folder: .<target>.<pid>.tmp
+
+
+def discard_partial(run_folder: Path) -> list[Path]:
+    """Remove the temp folders of checkpoint writes whose process has died (killed mid-write: they never
+    became checkpoints, and nothing reads them). A live process's write on this machine is left alone."""
+    folder = run_folder / "checkpoints"
+    removed = []
+    for path in folder.iterdir() if folder.is_dir() else []:
+        match = _PARTIAL.fullmatch(path.name)
+        if match and path.is_dir() and not _alive(int(match.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True

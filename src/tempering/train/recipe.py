@@ -8,6 +8,7 @@ handed to ``on_event``; this module prints nothing and knows nothing about HTTP 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import time
@@ -25,7 +26,7 @@ from tempering.fileio import sha256_file
 from tempering.hardware import select_placement
 from tempering.train import artifacts
 from tempering.train.batching import collate
-from tempering.train.checkpoint import latest_checkpoint
+from tempering.train.checkpoint import discard_partial, latest_checkpoint
 from tempering.train.classify import (
     classification_loss,
     classification_metrics,
@@ -264,6 +265,8 @@ def _start_or_resume(config: TuneConfig, on_event, resume: bool,
                                  param="training_file")
     s = setup(config, on_event, short_id=short_id, seed=run["hyperparameters"]["seed"], data_sha256=hashes,
               resuming=True)
+    if s.world.is_main:
+        discard_partial(s.folder)  # a killed process's half-written checkpoint: never trusted, now gone
     return s, latest_checkpoint(s.folder), run.get("base_eval")
 
 
@@ -297,7 +300,8 @@ def tune(config: TuneConfig, *, on_event: EventSink | None = None, resume: bool 
         s.write_run(status="cancelled")
         raise
     except BaseException:
-        s.write_run(status="failed")
+        with contextlib.suppress(OSError):  # a full disk: the error that got us here is the one to report
+            s.write_run(status="failed")
         raise
     final = evaluate(s.model, s.valid, s.make_batch, s.loss_fn, world=s.world)
     classification = _classification_report(s) if s.task == "classification" else None

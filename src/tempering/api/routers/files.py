@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Form, Query, Request, UploadFile
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
+from tempering.api import uploads
 from tempering.api.deps import CallerDep, SessionDep
 from tempering.api.errors import ERROR_RESPONSES, APIError
 from tempering.api.protocol import FileDeleted, FileObject, ListPage
@@ -27,28 +28,20 @@ def owned_file(session, project_id: str, file_id: str, param: str = "file_id") -
     return _files.owned_file(session, project_id, file_id, param)
 
 
-async def _chunks(upload: UploadFile, size: int = 1 << 20):
-    while chunk := await upload.read(size):
-        yield chunk
-
-
-@router.post("", response_model=FileObject,
+@router.post("", response_model=FileObject, openapi_extra={"requestBody": uploads.UPLOAD_BODY},
              responses={413: {**ERROR_RESPONSES["default"], "description": "Larger than the upload limit"}})
-async def upload(request: Request, caller: CallerDep, file: UploadFile,
-                 purpose: Annotated[str, Form()]) -> FileObject:
-    wanted = files.check_upload(file.filename, purpose)
+async def upload(request: Request, caller: CallerDep) -> FileObject:
+    """Upload a data file (multipart: ``file`` and ``purpose``). The key is checked and the declared length
+    held against the limit before the body is read; the body is then streamed into the artifact store."""
     limit = request.app.state.settings.max_upload_bytes
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit + 64 * 1024:
-        raise APIError(413, f"the upload is larger than the {limit:,}-byte limit", param="file",
-                       code="file_too_large")
+    uploads.check_declared_length(request, limit)
     store = request.app.state.store
     file_id = new_id("file-")
-    size, sha256 = await store.save_stream(file_id, _chunks(file), limit)
+    got = await uploads.receive_upload(request, store, file_id, limit)
     row = await run_in_threadpool(files.register_upload, request.app.state.db, caller.project_id, store, file_id,
-                                  wanted, size, sha256)
+                                  got.upload, got.size, got.sha256)
     if row.status == "error":  # the record stays (status "error") so it can be inspected and deleted
-        raise APIError(400, f"{wanted.filename}: invalid training data ({file_id}): {row.status_details}",
+        raise APIError(400, f"{got.upload.filename}: invalid training data ({file_id}): {row.status_details}",
                        param="file", code="invalid_file")
     return to_wire(row)
 

@@ -35,6 +35,7 @@ from tempering.services.chat import (
     Done,
     Finish,
     Piece,
+    PromptChecked,
     Timer,
     cancel_on_disconnect,
     token_budget,
@@ -99,19 +100,23 @@ def _usage(done: Done) -> Usage:
 
 
 async def _respond(request: Request, served, endpoint: str, timer: Timer, prompt: list[int],
-                   params: list[SamplingParams], stops: list[str], stream: bool, include_usage: bool, shape):
-    """A whole response, or a stream of server-sent events, from the chat service's events."""
+                   params: list[SamplingParams], stops: list[str], stream: bool, include_usage: bool, shape,
+                   check):
+    """A whole response, or a stream of server-sent events, from the chat service's events. ``check`` is what
+    the content filter reads as the prompt."""
     chat = request.app.state.chat
     states = [ChoiceState(i, logprobs=[] if p.logprobs else None) for i, p in enumerate(params)]
     ident, created = shape.new_id(), int(time.time())
-    events = chat.generate(served, endpoint, timer, prompt, params, stops, stream=stream, states=states)
+    events = chat.generate(served, endpoint, timer, prompt, params, stops, stream=stream, states=states,
+                           check=check)
 
     if not stream:
         async def collect():
             try:
                 async for event in events:
                     if isinstance(event, Done):
-                        return shape.whole(ident, created, served, states, _usage(event))
+                        return shape.whole(ident, created, served, states, _usage(event),
+                                           event.prompt_filter_results)
             finally:
                 await events.aclose()
 
@@ -120,8 +125,8 @@ async def _respond(request: Request, served, endpoint: str, timer: Timer, prompt
         except asyncio.CancelledError:
             return None  # nobody is listening; the request log says 499
 
-    # The first event is awaited before the stream starts: the concurrency slot is taken then, so a refused
-    # request is a plain 429 (with Retry-After), not a broken stream.
+    # The first event is awaited before the stream starts: the prompt is checked and the concurrency slot taken
+    # then, so a filtered or refused request is a plain 400 or 429 (with Retry-After), not a broken stream.
     try:
         first = await anext(events)
     except StopAsyncIteration:
@@ -129,14 +134,18 @@ async def _respond(request: Request, served, endpoint: str, timer: Timer, prompt
 
     async def frames():
         try:
+            pending = [first] if first is not None else []
+            if isinstance(first, PromptChecked):  # Azure's first frame: the prompt's annotation, no choices
+                yield sse(shape.prompt_checked(ident, created, served, first.prompt_filter_results))
+                pending = []
             for state in states:
                 yield sse(shape.opening(ident, created, served, state.index))
-            pending = [first] if first is not None else []
             async for event in _chain(pending, events):
                 if isinstance(event, Piece) and (event.text or event.logprobs):
                     yield sse(shape.piece(ident, created, served, event.index, event.text, event.logprobs, None))
                 elif isinstance(event, Finish):
-                    yield sse(shape.piece(ident, created, served, event.index, None, [], event.reason))
+                    yield sse(shape.piece(ident, created, served, event.index, None, [], event.reason,
+                                          states[event.index].content_filter_results))
                 elif isinstance(event, Done) and include_usage:
                     yield sse(shape.usage(ident, created, served, _usage(event)))
             yield "data: [DONE]\n\n"
@@ -178,7 +187,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, caller
     params = [_params(body, budget, i, bool(body.logprobs), body.top_logprobs or 0) for i in range(body.n)]
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return await _respond(request, served, "chat.completions", timer, prompt, params, body.stops(), body.stream,
-                          include_usage, ChatShape)
+                          include_usage, ChatShape, messages)
 
 
 @router.post("/completions", response_model=Completion,
@@ -199,7 +208,7 @@ async def completions(body: CompletionRequest, request: Request, caller: CallerD
     params = [_params(body, budget, i, logprobs, body.logprobs or 0) for i in range(body.n)]
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
     return await _respond(request, served, "completions", timer, prompt, params, body.stops(), body.stream,
-                          include_usage, CompletionShape)
+                          include_usage, CompletionShape, body.prompt)
 
 
 @router.post("/classifications", response_model=ClassificationResponse)

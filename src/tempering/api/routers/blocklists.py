@@ -1,0 +1,83 @@
+"""``/v1/contentsafety/text/blocklists``: a project's custom blocklists in Azure AI Content Safety's shapes
+(create or update, add or update items, list, get, remove items, delete). ``api-version`` is accepted and
+ignored. The content filter applies the lists a deployment's policy names (docs/safety.md)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Path, Response
+
+from tempering.api.deps import CallerDep, SessionDep
+from tempering.api.errors import ERROR_RESPONSES, APIError
+from tempering.api.protocol_safety import (
+    AddOrUpdateBlocklistItems,
+    AddOrUpdateBlocklistItemsResult,
+    RemoveBlocklistItems,
+    TextBlocklist,
+    TextBlocklistItem,
+    TextBlocklistItemPage,
+    TextBlocklistPage,
+    TextBlocklistPatch,
+)
+from tempering.safety import blocklist_store as store
+
+router = APIRouter(prefix="/v1/contentsafety/text/blocklists", tags=["content safety"], responses=ERROR_RESPONSES)
+Name = Path(pattern=r"^[0-9A-Za-z._~-]{1,64}$", description="The blocklist's name: 0-9 A-Z a-z . _ ~ -")
+
+
+def _blocklist(session, caller, name: str):
+    try:
+        return store.get(session, caller.project_id, name)
+    except store.BlocklistNotFoundError as exc:
+        raise APIError(404, exc.message, param="blocklistName", code="not_found") from exc
+
+
+def _item(row) -> TextBlocklistItem:
+    return TextBlocklistItem(blocklistItemId=row.id, text=row.text, isRegex=row.is_regex, description=row.description)
+
+
+@router.patch("/{name}", response_model=TextBlocklist,
+              responses={201: {"model": TextBlocklist, "description": "Created"}})
+def create_or_update(body: TextBlocklistPatch, session: SessionDep, caller: CallerDep, response: Response,
+                     name: str = Name) -> TextBlocklist:
+    """Create a blocklist, or update its description (201 when created, 200 when updated)."""
+    row, created = store.upsert(session, caller.project_id, name, body.description)
+    response.status_code = 201 if created else 200
+    return TextBlocklist(blocklistName=row.name, description=row.description)
+
+
+@router.get("", response_model=TextBlocklistPage)
+def list_blocklists(session: SessionDep, caller: CallerDep) -> TextBlocklistPage:
+    return TextBlocklistPage(value=[TextBlocklist(blocklistName=r.name, description=r.description)
+                                    for r in store.listing(session, caller.project_id)])
+
+
+@router.get("/{name}", response_model=TextBlocklist)
+def get_blocklist(session: SessionDep, caller: CallerDep, name: str = Name) -> TextBlocklist:
+    row = _blocklist(session, caller, name)
+    return TextBlocklist(blocklistName=row.name, description=row.description)
+
+
+@router.delete("/{name}", status_code=204)
+def delete_blocklist(session: SessionDep, caller: CallerDep, name: str = Name) -> Response:
+    store.drop(session, _blocklist(session, caller, name))
+    return Response(status_code=204)
+
+
+@router.post("/{name}:addOrUpdateBlocklistItems", response_model=AddOrUpdateBlocklistItemsResult)
+def add_items(body: AddOrUpdateBlocklistItems, session: SessionDep, caller: CallerDep,
+              name: str = Name) -> AddOrUpdateBlocklistItemsResult:
+    """Add terms or regular expressions (validated: compiles, at most 500 characters, no empty match); the
+    same text again updates its description."""
+    rows = store.add_items(session, _blocklist(session, caller, name), [i.model_dump() for i in body.blocklistItems])
+    return AddOrUpdateBlocklistItemsResult(blocklistItems=[_item(r) for r in rows])
+
+
+@router.post("/{name}:removeBlocklistItems", status_code=204)
+def remove_items(body: RemoveBlocklistItems, session: SessionDep, caller: CallerDep, name: str = Name) -> Response:
+    store.remove_items(session, _blocklist(session, caller, name), body.blocklistItemIds)
+    return Response(status_code=204)
+
+
+@router.get("/{name}/blocklistItems", response_model=TextBlocklistItemPage)
+def list_items(session: SessionDep, caller: CallerDep, name: str = Name) -> TextBlocklistItemPage:
+    return TextBlocklistItemPage(value=[_item(r) for r in store.items(session, _blocklist(session, caller, name))])

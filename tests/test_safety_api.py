@@ -1,0 +1,193 @@
+"""``/v1/moderations`` through the official ``openai`` SDK against the app in-process, and ``tempering
+moderate``."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+UNCLASSIFIED = ("harassment", "harassment/threatening", "hate/threatening", "illicit", "illicit/violent",
+                "self-harm/intent", "self-harm/instructions", "sexual/minors", "violence/graphic")
+
+
+@pytest.fixture()
+def app(tempering_home):
+    from tempering.api.app import create_app
+    from tempering.settings import get_settings
+
+    return create_app(get_settings(), workers=0)
+
+
+@pytest.fixture()
+def client(app):
+    with TestClient(app) as http:
+        yield openai.OpenAI(base_url="http://testserver/v1", api_key=app.state.initial_api_key, max_retries=0,
+                            http_client=http)
+
+
+def test_moderations_through_the_openai_sdk(client):
+    response = client.moderations.create(model="omni-moderation-latest",
+                                         input=["I will kill you and burn your house down.",
+                                                "What is a good recipe for banana bread?"])
+    assert response.model == "tempering-safety-v1" and response.id.startswith("modr-")
+    threat, bread = response.results
+    assert threat.flagged and threat.categories.violence and threat.category_scores.violence > 0.5
+    assert not bread.flagged and bread.category_scores.violence < 0.5
+    dumped = bread.model_dump(by_alias=True)
+    for name in UNCLASSIFIED:
+        assert dumped["categories"][name] is False and dumped["category_scores"][name] == 0
+        assert dumped["category_applied_input_types"][name] == []
+    for name in ("hate", "sexual", "violence", "self-harm"):
+        assert dumped["category_applied_input_types"][name] == ["text"]
+
+
+def test_moderations_input_shapes_and_errors(client, app):
+    one = client.moderations.create(input="hello there")
+    assert len(one.results) == 1 and not one.results[0].flagged
+    parts = client.moderations.create(input=[{"type": "text", "text": "hello"}, {"type": "text", "text": "world"}])
+    assert len(parts.results) == 1
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.moderations.create(input=[{"type": "image_url", "image_url": {"url": "https://x/y.png"}}])
+    assert caught.value.body["param"] == "input"
+    with pytest.raises(openai.NotFoundError):
+        client.moderations.create(input="hi", model="gpt-4o")
+    with TestClient(app) as http:
+        anonymous = openai.OpenAI(base_url="http://testserver/v1", api_key="tk-wrong", max_retries=0, http_client=http)
+        with pytest.raises(openai.AuthenticationError):
+            anonymous.moderations.create(input="hi")
+
+
+def test_moderate_cli_json():
+    from tempering.cli.main import app as cli
+
+    result = CliRunner().invoke(cli, ["moderate", "I will kill you", "banana bread", "--json", "--filter"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)["results"]
+    assert rows[0]["flagged"] and not rows[1]["flagged"]
+    assert rows[0]["content_filter_results"]["violence"]["filtered"] is True
+
+
+def test_moderate_cli_file(tmp_path):
+    from tempering.cli.main import app as cli
+
+    texts = tmp_path / "t.txt"
+    texts.write_text("banana bread\nsourdough starter\n")
+    result = CliRunner().invoke(cli, ["moderate", "--file", str(texts), "--lines", "--json"])
+    assert result.exit_code == 0 and len(json.loads(result.output)["results"]) == 2
+    assert CliRunner().invoke(cli, ["moderate"]).exit_code == 1
+
+
+# ---------------------------------------------------------------- blocklists (Azure's text/blocklists shapes)
+
+BL = "/v1/contentsafety/text/blocklists"
+
+
+@pytest.fixture()
+def http(app):
+    with TestClient(app, headers={"Authorization": f"Bearer {app.state.initial_api_key}"}) as client:
+        yield client
+
+
+def test_blocklists_api_round_trip(http, app):
+    assert http.patch(f"{BL}/secrets", json={"description": "launch names"}).status_code == 201
+    updated = http.patch(f"{BL}/secrets?api-version=2024-09-01", json={"description": "code names"})
+    assert updated.status_code == 200 and updated.json() == {"blocklistName": "secrets", "description": "code names"}
+    added = http.post(f"{BL}/secrets:addOrUpdateBlocklistItems", json={"blocklistItems": [
+        {"text": "Project Zorblax", "description": "launch"}, {"text": r"API-\d{4}", "isRegex": True}]})
+    assert added.status_code == 200, added.text
+    items = added.json()["blocklistItems"]
+    assert [(i["text"], i["isRegex"]) for i in items] == [("Project Zorblax", False), (r"API-\d{4}", True)]
+    again = http.post(f"{BL}/secrets:addOrUpdateBlocklistItems", json={"blocklistItems": [
+        {"text": "Project Zorblax", "description": "renamed"}]}).json()["blocklistItems"]
+    assert again[0]["blocklistItemId"] == items[0]["blocklistItemId"]  # same text: updated, not duplicated
+    listed = http.get(f"{BL}/secrets/blocklistItems").json()["value"]
+    assert len(listed) == 2 and listed[0]["description"] == "renamed"
+    assert http.get(BL).json() == {"value": [{"blocklistName": "secrets", "description": "code names"}]}
+
+    # the filter applies what is stored
+    from sqlalchemy import select
+
+    from tempering.safety import SafetyPolicy, check_prompt
+    from tempering.safety import blocklist_store as store
+    from tempering.store.models import Project
+
+    with app.state.db.session() as session:
+        project = session.scalars(select(Project)).first().id
+        compiled = store.load(session, project, ["secrets"])
+    verdict = check_prompt("my key is API-1234", SafetyPolicy(prompt={}), compiled)
+    assert verdict.filtered and verdict.prompt_filter_results[0]["content_filter_results"]["custom_blocklists"] == \
+        {"filtered": True, "details": [{"filtered": True, "id": "secrets"}]}
+
+    assert http.post(f"{BL}/secrets:removeBlocklistItems",
+                     json={"blocklistItemIds": [items[1]["blocklistItemId"]]}).status_code == 204
+    assert [i["text"] for i in http.get(f"{BL}/secrets/blocklistItems").json()["value"]] == ["Project Zorblax"]
+    with app.state.db.session() as session:
+        assert not check_prompt("API-1234", SafetyPolicy(prompt={}), store.load(session, project, ["secrets"])).filtered
+    assert http.delete(f"{BL}/secrets").status_code == 204
+    assert http.get(f"{BL}/secrets").status_code == 404
+    assert http.get(BL).json() == {"value": []}
+
+
+def test_blocklist_items_are_validated_all_at_once(http):
+    http.patch(f"{BL}/b", json={})
+    bad = http.post(f"{BL}/b:addOrUpdateBlocklistItems", json={"blocklistItems": [
+        {"text": "(unclosed", "isRegex": True}, {"text": "fine"}, {"text": "a*", "isRegex": True}]})
+    assert bad.status_code == 400
+    error = bad.json()["error"]
+    assert error["param"] == "blocklistItems" and "[0]" in error["message"] and "[2]" in error["message"]
+    assert http.get(f"{BL}/b/blocklistItems").json()["value"] == []  # nothing stored
+    many = [{"text": f"x{i}y", "isRegex": True} for i in range(101)]
+    too_many = http.post(f"{BL}/b:addOrUpdateBlocklistItems", json={"blocklistItems": many[:100]})
+    assert too_many.status_code == 200
+    refused = http.post(f"{BL}/b:addOrUpdateBlocklistItems", json={"blocklistItems": many[100:]})
+    assert refused.status_code == 400 and "at most 100 regular expressions" in refused.json()["error"]["message"]
+    assert http.patch(f"{BL}/bad name!", json={}).status_code in (400, 404)
+    assert http.post(f"{BL}/missing:addOrUpdateBlocklistItems",
+                     json={"blocklistItems": [{"text": "x"}]}).status_code == 404
+
+
+def test_blocklists_are_project_scoped(http, app):
+    from tempering.api.deps import create_key
+    from tempering.store.models import Project
+
+    with app.state.db.session() as session:
+        other = Project(name="other")
+        session.add(other)
+        session.flush()
+        other_key = create_key(session, other.id, "other")
+    http.patch(f"{BL}/mine", json={})
+    theirs = {"Authorization": f"Bearer {other_key}"}
+    assert http.get(f"{BL}/mine", headers=theirs).status_code == 404
+    assert http.get(BL, headers=theirs).json() == {"value": []}
+    assert http.patch(f"{BL}/mine", json={}, headers=theirs).status_code == 201  # their own list of that name
+
+
+def test_blocklists_cli(app, monkeypatch):
+    from tempering.cli import deploy
+    from tempering.cli.main import app as cli
+    from tempering.client import TemperingClient
+
+    def client(server, api_key):
+        c = TemperingClient(server, "tk-x")
+        c.http = TestClient(app, base_url="http://testserver/v1",
+                            headers={"Authorization": f"Bearer {app.state.initial_api_key}"})
+        return c
+
+    monkeypatch.setattr(deploy, "_client", client)
+    monkeypatch.setattr("tempering.cli.blocklists._client", client)
+    run = CliRunner().invoke
+    server = ["--server", "http://testserver"]
+    assert run(cli, ["blocklists", "create", "words", *server]).exit_code == 0
+    added = run(cli, ["blocklists", "add", "words", "zorblax", "quux", *server, "--json"])
+    assert added.exit_code == 0, added.output
+    ids = [i["blocklistItemId"] for i in json.loads(added.output)["blocklistItems"]]
+    listed = run(cli, ["blocklists", "list", *server, "words", "--json"])
+    assert [r["text"] for r in json.loads(listed.output)] == ["zorblax", "quux"]
+    assert run(cli, ["blocklists", "remove", "words", ids[0], *server]).exit_code == 0
+    assert run(cli, ["blocklists", "delete", "words", *server]).exit_code == 0
+    missing = run(cli, ["blocklists", "delete", "words", *server])
+    assert missing.exit_code == 1 and "No such blocklist" in missing.output
