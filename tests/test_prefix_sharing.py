@@ -160,3 +160,16 @@ def test_a_job_reports_prefix_tokens_computed_and_skipped(tiny_model, tmp_path):
     assert sharing["prefix_tokens_skipped"] == 7 * sharing["prefix_tokens_computed"]
     folder, meta = resolve_finetuned(result.model_id)
     assert meta["prefix_sharing"] == sharing == read_run(folder.parent)["prefix_sharing"]
+
+
+def test_shared_prefix_in_bf16_matches_the_unshared_computation(tiny_model_dir, tokenizer):
+    # the dtype a CUDA GPU trains in (hardware.select_placement); the same code path, run here on the CPU
+    from transformers import AutoModelForCausalLM
+
+    model = _lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16)).train()
+    examples = _examples(tokenizer)
+    shared, shared_grads = _loss_and_grads(model, collate(examples, tokenizer.pad_token_id))
+    plain, plain_grads = _loss_and_grads(model, collate(examples, tokenizer.pad_token_id, share_prefix=False))
+    torch.testing.assert_close(shared.mean, plain.mean, rtol=2e-2, atol=2e-2)
+    for name, grad in plain_grads.items():
+        torch.testing.assert_close(shared_grads[name].float(), grad.float(), rtol=0.1, atol=0.05, msg=name)

@@ -9,8 +9,8 @@ set by ``batching.collate``: a system prompt and template that carry no loss), t
 once for one row, with gradients, and every row's remaining tokens attend to its keys and values, broadcast
 to the batch through a ``DynamicCache`` at positions P, P+1, …. Gradients reaching the prefix are summed over
 the rows by autograd (the broadcast's backward), so loss and gradients equal the unshared computation; with
-LoRA dropout > 0 the prefix's rows share one dropout mask. The same code runs on CPU and CUDA (under the
-autocast the caller sets up).
+LoRA dropout > 0 the prefix's rows share one dropout mask. The same code runs on the CPU (float32) and on a
+CUDA GPU (the model's bf16 weights); the logits are upcast to float32 for the loss either way.
 """
 
 from __future__ import annotations
