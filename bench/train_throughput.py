@@ -399,7 +399,10 @@ def targets(summary: dict) -> None:
             ours, theirs = numbers["tempering_valid"], numbers["trl_valid"]
             spread = max(max(ours) - min(ours), max(theirs) - min(theirs))
             gap = statistics.mean(ours) - statistics.mean(theirs)
-            verdict = "better" if gap < 0 else ("within seed spread" if gap <= spread else "worse")
+            if len(ours) < 2:
+                verdict = "one seed: no spread to judge by (--seeds 3)"
+            else:
+                verdict = "better" if gap < 0 else ("within seed spread" if gap <= spread else "worse")
             print(f"  {dataset} valid loss Tempering - TRL: {gap:+.4f} (seed spread {spread:.4f}): {verdict}")
 
 
