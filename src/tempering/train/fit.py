@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from tempering.errors import TemperingError
-from tempering.train.batching import epoch_batches
+from tempering.train.batching import epoch_batches, shareable_length, shared_prefix_length
 from tempering.train.checkpoint import restore_checkpoint, save_checkpoint
 from tempering.train.loss import evaluate
 
@@ -63,9 +63,33 @@ def _train_step(s, examples: list, trainable: list) -> dict:
     return {"loss_sum": loss_sum, "n_tokens": int(n_tokens), "n_correct": int(n_correct), "tokens": int(tokens)}
 
 
+def _prompts(s) -> list[tuple] | None:
+    """Each chat example's shareable leading tokens, for grouping rows by shared prefix (chat only)."""
+    if s.task != "chat":
+        return None
+    return [tuple(e.input_ids[: shareable_length(e, s.max_length)]) for e in s.train]
+
+
+def prefix_sharing_plan(s, lengths: list[int], prompts: list | None) -> dict:
+    """Prompt-prefix tokens the whole job computes once and skips (over every epoch, each process's share of
+    each batch): a pure function of the data, seed and batch size, like the batches themselves."""
+    computed = skipped = 0
+    if prompts is not None:
+        for epoch in range(1, s.hp.n_epochs + 1):
+            for index in epoch_batches(lengths, s.hp.batch_size, s.hp.seed, epoch, prompts):
+                mine = s.world.shard([s.train[i] for i in index])
+                prefix = shared_prefix_length(mine, s.max_length) if mine else 0
+                computed += prefix
+                skipped += prefix * (len(mine) - 1)
+    total = sum(lengths) * s.hp.n_epochs
+    return {"prefix_tokens_computed": computed, "prefix_tokens_skipped": skipped, "tokens": total,
+            "skipped_fraction": skipped / total if total else 0.0}
+
+
 def fit(s, *, resume_from: Path | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
     """Train ``s`` (a ``recipe.Setup``) for its resolved epochs; returns the last epoch's train loss."""
     lengths = [len(e) for e in s.train]
+    prompts = _prompts(s)
     steps_per_epoch = math.ceil(len(s.train) / s.hp.batch_size)
     total_steps = steps_per_epoch * s.hp.n_epochs
     optimizer, scheduler = _optimizer_and_schedule(s.model, s.hp.learning_rate, s.config.weight_decay,
@@ -79,6 +103,11 @@ def fit(s, *, resume_from: Path | None = None, should_stop: Callable[[], bool] |
         s.log.truncate_results(pos.step)
         s.emit(f"Resumed from checkpoint at step {pos.step}", type="resumed", step=pos.step,
                checkpoint=str(resume_from))
+    sharing = prefix_sharing_plan(s, lengths, prompts)
+    s.write_run(prefix_sharing=sharing)
+    s.emit(f"Shared prompt prefixes: {sharing['prefix_tokens_skipped']} of {sharing['tokens']} tokens skipped "
+           f"({sharing['skipped_fraction']:.1%}), {sharing['prefix_tokens_computed']} computed once per batch",
+           type="prefix_sharing", **sharing)
     s.emit("Fine-tuning started", type="started", total_steps=total_steps, steps_per_epoch=steps_per_epoch,
            step=pos.step)
     every = s.config.checkpoint_every_steps
@@ -97,7 +126,7 @@ def fit(s, *, resume_from: Path | None = None, should_stop: Callable[[], bool] |
     s.model.train()
     epoch_loss = None
     while pos.epoch <= s.hp.n_epochs:
-        for index in epoch_batches(lengths, s.hp.batch_size, s.hp.seed, pos.epoch)[pos.batches_done :]:
+        for index in epoch_batches(lengths, s.hp.batch_size, s.hp.seed, pos.epoch, prompts)[pos.batches_done :]:
             if s.world.any(should_stop is not None and should_stop()):
                 path = checkpoint({"cancelled": True})
                 s.emit(f"Cancelled at step {pos.step}; checkpoint kept at {path}", type="cancelled",
@@ -138,4 +167,4 @@ def fit(s, *, resume_from: Path | None = None, should_stop: Callable[[], bool] |
         s.emit(f"Epoch {done}/{s.hp.n_epochs} done: " + ", ".join(
             f"{k}={v:.4f}" for k, v in metrics.items() if v is not None), type="epoch", epoch=done,
             step=pos.step, checkpoint=str(path), **metrics)
-    return {"train_loss": epoch_loss, "steps": pos.step}
+    return {"train_loss": epoch_loss, "steps": pos.step, "prefix_sharing": sharing}

@@ -3,6 +3,14 @@
 The LM head (hidden × vocabulary, the largest matmul of a small model) runs only at the positions whose
 next token carries loss, instead of at every position as ``model(labels=...)`` does: for chat data with
 long system/user turns that is most of the head's work saved, with the same loss.
+
+Shared prefixes run once. When a batch's rows start with the same tokens (``batch["prefix_length"]`` P > 0,
+set by ``batching.collate``: a system prompt and template that carry no loss), the decoder runs those P tokens
+once for one row, with gradients, and every row's remaining tokens attend to its keys and values, broadcast
+to the batch through a ``DynamicCache`` at positions P, P+1, …. Gradients reaching the prefix are summed over
+the rows by autograd (the broadcast's backward), so loss and gradients equal the unshared computation; with
+LoRA dropout > 0 the prefix's rows share one dropout mask. The same code runs on the CPU (float32) and on a
+CUDA GPU (the model's bf16 weights); the logits are upcast to float32 for the loss either way.
 """
 
 from __future__ import annotations
@@ -32,15 +40,37 @@ def causal_lm(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def _hidden_with_shared_prefix(lm, backbone, batch: dict, prefix: int, device) -> torch.Tensor:
+    """Last hidden states of the tokens after the shared ``prefix`` ([rows, width - prefix, hidden])."""
+    from transformers import DynamicCache
+
+    input_ids = batch["input_ids"].to(device)
+    rows, width = input_ids.shape
+    shared = DynamicCache(config=lm.config)
+    backbone(input_ids=input_ids[:1, :prefix], use_cache=True, cache=shared,
+             position_ids=torch.arange(prefix, device=device)[None])
+    cache = DynamicCache(config=lm.config)
+    for index, layer in enumerate(shared.layers):  # a view per row: autograd sums the rows' gradients
+        cache.update(layer.keys.expand(rows, -1, -1, -1), layer.values.expand(rows, -1, -1, -1), index)
+    return backbone(
+        input_ids=input_ids[:, prefix:], attention_mask=batch["attention_mask"].to(device),
+        position_ids=torch.arange(prefix, width, device=device)[None].expand(rows, -1),
+        cache=cache, use_cache=True,
+    ).last_hidden_state
+
+
 def sparse_lm_loss(model, batch: dict) -> LossResult:
     lm = causal_lm(model)
     backbone = getattr(lm, lm.base_model_prefix)
     device = next(lm.parameters()).device
-    input_ids = batch["input_ids"].to(device)
-    hidden = backbone(
-        input_ids=input_ids, attention_mask=batch["attention_mask"].to(device), use_cache=False
-    ).last_hidden_state
-    targets = batch["labels"][:, 1:].to(device)
+    prefix = int(batch.get("prefix_length", 0))
+    if prefix > 0:
+        hidden = _hidden_with_shared_prefix(lm, backbone, batch, prefix, device)
+    else:
+        hidden = backbone(input_ids=batch["input_ids"].to(device),
+                          attention_mask=batch["attention_mask"].to(device), use_cache=False).last_hidden_state
+    # hidden[:, j] is the state at position prefix + j; it predicts token prefix + j + 1 (no loss inside the prefix)
+    targets = batch["labels"][:, prefix + 1 :].to(device)
     positions = targets != IGNORE_INDEX
     selected = hidden[:, :-1][positions]
     logits = lm.get_output_embeddings()(selected).float()

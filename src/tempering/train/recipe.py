@@ -321,6 +321,7 @@ def tune(config: TuneConfig, *, on_event: EventSink | None = None, resume: bool 
         "config": config.model_dump(mode="json"), "hyperparameters": s.hp.model_dump(),
         "data_sha256": s.data_sha256, "n_train_examples": len(s.train), "n_valid_examples": len(s.valid),
         "trained_tokens": trained_tokens, "seconds": round(seconds, 2), "metrics": metrics,
+        "prefix_sharing": fitted.get("prefix_sharing"),
         "versions": _versions(),
     }
     output = s.folder / "model"
