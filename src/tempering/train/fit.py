@@ -86,6 +86,16 @@ def prefix_sharing_plan(s, lengths: list[int], prompts: list | None) -> dict:
             "skipped_fraction": skipped / total if total else 0.0}
 
 
+def _report_prefix_sharing(s, lengths: list[int], prompts) -> dict:
+    """The job's prefix tokens computed and skipped, into run.json and an event."""
+    sharing = prefix_sharing_plan(s, lengths, prompts)
+    s.write_run(prefix_sharing=sharing)
+    s.emit(f"Shared prompt prefixes: {sharing['prefix_tokens_skipped']} of {sharing['tokens']} tokens skipped "
+           f"({sharing['skipped_fraction']:.1%}), {sharing['prefix_tokens_computed']} computed once per batch",
+           type="prefix_sharing", **sharing)
+    return sharing
+
+
 def fit(s, *, resume_from: Path | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
     """Train ``s`` (a ``recipe.Setup``) for its resolved epochs; returns the last epoch's train loss."""
     lengths = [len(e) for e in s.train]
@@ -103,11 +113,7 @@ def fit(s, *, resume_from: Path | None = None, should_stop: Callable[[], bool] |
         s.log.truncate_results(pos.step)
         s.emit(f"Resumed from checkpoint at step {pos.step}", type="resumed", step=pos.step,
                checkpoint=str(resume_from))
-    sharing = prefix_sharing_plan(s, lengths, prompts)
-    s.write_run(prefix_sharing=sharing)
-    s.emit(f"Shared prompt prefixes: {sharing['prefix_tokens_skipped']} of {sharing['tokens']} tokens skipped "
-           f"({sharing['skipped_fraction']:.1%}), {sharing['prefix_tokens_computed']} computed once per batch",
-           type="prefix_sharing", **sharing)
+    sharing = _report_prefix_sharing(s, lengths, prompts)
     s.emit("Fine-tuning started", type="started", total_steps=total_steps, steps_per_epoch=steps_per_epoch,
            step=pos.step)
     every = s.config.checkpoint_every_steps
