@@ -6,9 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from pydantic import BaseModel
-
-from tempering.data.validate import Issue, check_example
+from tempering.data.validate import Issue, ValidationReport, check_example
 
 Format = Literal["chat", "prompt-completion", "text", "instruction", "classification"]
 FORMATS: tuple[str, ...] = get_args(Format)
@@ -43,13 +41,10 @@ class Example:
     label: str | None = None
 
 
-class ConversionReport(BaseModel):
-    path: str
+class ConversionReport(ValidationReport):
+    """A validation report of a file read in one of the importable formats (``format``)."""
+
     format: str
-    valid: bool
-    errors: list[Issue]
-    warnings: list[Issue]
-    stats: dict
 
     def summary(self) -> str:
         return (
