@@ -374,5 +374,7 @@ def test_the_process_message_names_an_evaluation():
 
     handle = subprocess.Popen([sys.executable, "-c", "pass", "eval-abc"])
     handle.wait()
-    assert LocalProcessExecutor().describe(handle, -9) == "the evaluation process exited with code -9"
+    assert LocalProcessExecutor().describe(handle, -9) == ("the evaluation process was killed by SIGKILL (the "
+                                                           "system ran out of memory, or an operator killed it)")
+    assert LocalProcessExecutor().describe(handle, 3) == "the evaluation process exited with code 3"
 
