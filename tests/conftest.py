@@ -37,6 +37,18 @@ PHI3_SPECIAL_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|
 
 
 @pytest.fixture(autouse=True)
+def _no_model_loading_in_the_background():
+    """A test starts once no other thread is mid-way through loading a model (a serving engine a previous test
+    started loads in its own thread): transformers patches process-wide state while it loads, which would
+    corrupt the models this test builds."""
+    from tempering.catalog.loading import LOADING
+
+    with LOADING:
+        pass
+    yield
+
+
+@pytest.fixture(autouse=True)
 def tempering_home(tmp_path, monkeypatch) -> Path:
     home = tmp_path / "home"
     monkeypatch.setenv("TEMPERING_HOME", str(home))

@@ -16,6 +16,7 @@ import logging
 import os
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -191,6 +192,13 @@ def load_tokenizer(model: str | ModelCard):
     return tokenizer
 
 
+# transformers' from_pretrained patches process-wide state while it builds a model (torch's init functions are
+# swapped for no-ops, creation ops are redirected): a model built in another thread at the same moment gets
+# uninitialised or meta weights. A server builds models in several threads (engines, classifiers), so every
+# load here holds this lock.
+LOADING = threading.RLock()
+
+
 def load_causal_lm(model: str | ModelCard, placement=None):
     """The base model in ``placement``'s dtype on its device, in eval mode."""
     from transformers import AutoModelForCausalLM
@@ -199,11 +207,12 @@ def load_causal_lm(model: str | ModelCard, placement=None):
 
     placement = placement or select_placement()
     card = _card(model)
-    lm = AutoModelForCausalLM.from_pretrained(
-        resolve_weights(card),
-        dtype=placement.dtype,
-        local_files_only=True,
-        trust_remote_code=False,
-        use_safetensors=True,
-    )
-    return lm.to(placement.device).eval()
+    with LOADING:
+        lm = AutoModelForCausalLM.from_pretrained(
+            resolve_weights(card),
+            dtype=placement.dtype,
+            local_files_only=True,
+            trust_remote_code=False,
+            use_safetensors=True,
+        )
+        return lm.to(placement.device).eval()

@@ -78,12 +78,15 @@ def load_classifier(path, placement, id2label: dict[int, str]):
     import transformers
     from transformers import AutoModelForSequenceClassification
 
+    from tempering.catalog.loading import LOADING
+
     level = transformers.utils.logging.get_verbosity()
     transformers.utils.logging.set_verbosity_error()  # "score.weight newly initialised" is the point
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=len(id2label), id2label=id2label, label2id={v: k for k, v in id2label.items()},
-            dtype=placement.dtype, local_files_only=True, trust_remote_code=False, use_safetensors=True)
+        with LOADING:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=len(id2label), id2label=id2label, label2id={v: k for k, v in id2label.items()},
+                dtype=placement.dtype, local_files_only=True, trust_remote_code=False, use_safetensors=True)
     finally:
         transformers.utils.logging.set_verbosity(level)
     return model.to(placement.device)
