@@ -15,7 +15,6 @@ from starlette.exceptions import HTTPException
 from tempering.api.protocol import ErrorEnvelope
 from tempering.errors import TemperingError, status_of
 from tempering.errors import not_found as domain_not_found
-from tempering.store.models import looks_like_id
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +38,6 @@ class APIError(Exception):
 
 def not_found(kind: str, ident: str, param: str = "id") -> TemperingError:
     return domain_not_found(kind, ident, param)
-
-
-def is_id(value: str) -> bool:
-    """Whether ``value`` could be an id this server generated (and so is safe to look up)."""
-    return looks_like_id(value)
 
 
 def error_type(status: int) -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -19,20 +18,14 @@ from sqlalchemy.orm import Session
 
 from tempering.errors import TemperingError, not_found
 from tempering.fileio import sha256_file
-from tempering.store.models import File, new_id
+from tempering.store.models import File, looks_like_id, new_id
 
-# Ids this server hands out: letters, digits, "-" and "_". Anything else names no file and is never looked up.
-_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_FILENAME = 512  # the column's size
-
-
-def is_id(value: str) -> bool:
-    return bool(_ID.fullmatch(value))
 
 
 def owned_file(session: Session, project_id: str, file_id: str, param: str = "file_id") -> File:
     """The project's live file ``file_id``; another project's, a deleted or an unknown one is NotFoundError."""
-    row = session.get(File, file_id) if is_id(file_id) else None
+    row = session.get(File, file_id) if looks_like_id(file_id) else None
     if row is None or row.project_id != project_id or row.deleted:
         raise not_found("file", file_id[:80], param)
     return row
