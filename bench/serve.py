@@ -80,7 +80,7 @@ def free_port() -> int:
 def bench_key() -> str:
     from sqlalchemy import select
 
-    from tempering.api.deps import create_key
+    from tempering.services.projects import project_key
     from tempering.settings import get_settings
     from tempering.store.db import Database
     from tempering.store.models import Project
@@ -93,7 +93,7 @@ def bench_key() -> str:
             project = Project(name="default")
             session.add(project)
             session.flush()
-        key = create_key(session, project.id, "bench-serve")
+        key = project_key(session, project.id, "bench-serve")
     db.dispose()
     return key
 

@@ -184,7 +184,7 @@ def test_projects_are_isolated(tmp_path, tempering_home):
     from fastapi.testclient import TestClient
 
     from tempering.api.app import create_app
-    from tempering.api.deps import create_key
+    from tempering.services.projects import project_key
     from tempering.settings import get_settings
     from tempering.store.models import Project
 
@@ -193,7 +193,7 @@ def test_projects_are_isolated(tmp_path, tempering_home):
         other = Project(name="other")
         session.add(other)
         session.flush()
-        other_key = create_key(session, other.id, "other")
+        other_key = project_key(session, other.id, "other")
     client = TestClient(app)
     mine = {"Authorization": f"Bearer {app.state.initial_api_key}"}
     theirs = {"Authorization": f"Bearer {other_key}"}

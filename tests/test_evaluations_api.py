@@ -128,7 +128,7 @@ def api(tempering_home, tiny_model):
     from sqlalchemy import select
 
     from tempering.api.app import create_app
-    from tempering.api.deps import create_key
+    from tempering.services.projects import project_key
     from tempering.settings import get_settings
     from tempering.store.models import Job, Project
 
@@ -141,7 +141,7 @@ def api(tempering_home, tiny_model):
         other = Project(name="other")
         session.add(other)
         session.flush()
-        theirs = {"Authorization": f"Bearer {create_key(session, other.id, 'other')}"}
+        theirs = {"Authorization": f"Bearer {project_key(session, other.id, 'other')}"}
         project = session.scalars(select(Project).where(Project.name == "default")).one()
         job = Job(project_id=project.id, model=TINY_ID, training_file=file_id, seed=1, config={},
                   status="succeeded", fine_tuned_model=f"ft:{TINY_ID}:x:abc123")

@@ -80,7 +80,7 @@ def inproc(tiny_model_dir, tmp_path_factory, upstream):
     from fastapi.testclient import TestClient
 
     from tempering.api.app import create_app
-    from tempering.api.deps import create_key
+    from tempering.services.projects import project_key
     from tempering.store.models import Job, Project
 
     home = tmp_path_factory.mktemp("hardening-inproc")
@@ -100,7 +100,7 @@ def inproc(tiny_model_dir, tmp_path_factory, upstream):
             b = Project(name="b")
             session.add(b)
             session.flush()
-            b_key = create_key(session, b.id, "b")
+            b_key = project_key(session, b.id, "b")
             session.add(Job(id=f"ftjob-{RUN_ID}", project_id=a_project, model=TINY_ID, training_file=a_file,
                             suffix="a", seed=1, config={}, status="running"))
         _fake_running_checkpoint(home)

@@ -151,14 +151,14 @@ def test_blocklist_items_are_validated_all_at_once(http):
 
 
 def test_blocklists_are_project_scoped(http, app):
-    from tempering.api.deps import create_key
+    from tempering.services.projects import project_key
     from tempering.store.models import Project
 
     with app.state.db.session() as session:
         other = Project(name="other")
         session.add(other)
         session.flush()
-        other_key = create_key(session, other.id, "other")
+        other_key = project_key(session, other.id, "other")
     http.patch(f"{BL}/mine", json={})
     theirs = {"Authorization": f"Bearer {other_key}"}
     assert http.get(f"{BL}/mine", headers=theirs).status_code == 404

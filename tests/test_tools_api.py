@@ -29,7 +29,7 @@ def api(tempering_home, tiny_model):
     from fastapi.testclient import TestClient
 
     from tempering.api.app import create_app
-    from tempering.api.deps import create_key
+    from tempering.services.projects import project_key
     from tempering.settings import get_settings
     from tempering.store.models import Project
 
@@ -39,7 +39,7 @@ def api(tempering_home, tiny_model):
         other = Project(name="other")
         session.add(other)
         session.flush()
-        theirs = {"Authorization": f"Bearer {create_key(session, other.id, 'other')}"}
+        theirs = {"Authorization": f"Bearer {project_key(session, other.id, 'other')}"}
     return client, {"Authorization": f"Bearer {app.state.initial_api_key}"}, theirs
 
 

@@ -91,6 +91,13 @@ class Settings(BaseSettings):
         "docs/safety.md), used by every deployment that sets none of its own; default: SafetyPolicy()'s "
         "defaults.")
 
+    secret_key: str | None = Field(
+        default=None, description="The server key (a Fernet key; several comma-separated, the first encrypts) "
+        "that encrypts hub secrets and signs portal sessions; default: one generated in $TEMPERING_HOME/server.key.")
+    rate_limit_url: str | None = Field(
+        default=None, description="Storage of rate limits and sign-in throttling (the `limits` library's URL): "
+        "default in-process ('memory://'); 'redis://host:6379' to hold the limits across several API processes.")
+
     @property
     def database(self) -> str:
         return self.database_url or f"sqlite:///{self.root / 'tempering.db'}"

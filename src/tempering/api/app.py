@@ -8,13 +8,14 @@ import logging
 import sys
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
 
 import tempering
 from tempering.api import errors
 from tempering.api.deps import ensure_admin_key
 from tempering.api.limits import RequestGuard
+from tempering.api.permissions import authorize
 from tempering.api.routers import (
     blocklists,
     catalog,
@@ -27,6 +28,7 @@ from tempering.api.routers import (
     jobs,
     models,
     moderations,
+    organization,
 )
 from tempering.settings import Settings
 from tempering.store.artifacts import ArtifactStore
@@ -47,9 +49,13 @@ def app_from_environment() -> FastAPI:
 def create_app(settings: Settings, *, workers: int = 1) -> FastAPI:
     db = Database(settings.database)
     db.migrate()
-    initial_key = ensure_admin_key(db)
-    if initial_key:
-        print(f"Created the admin API key (shown once, store it now): {initial_key}", file=sys.stderr, flush=True)
+    first = ensure_admin_key(db)
+    if first.admin_password:
+        print(f"Created the admin user 'admin' with the password (shown once, store it now): "
+              f"{first.admin_password}", file=sys.stderr, flush=True)
+    if first.admin_key:
+        print(f"Created the admin API key (shown once, store it now): {first.admin_key}", file=sys.stderr,
+              flush=True)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -73,14 +79,21 @@ def create_app(settings: Settings, *, workers: int = 1) -> FastAPI:
 
     monitor = Monitor(db, serving)
     app = FastAPI(title="Tempering", version=tempering.__version__, lifespan=lifespan,
+                  dependencies=[Depends(authorize)],
                   description="Self-hosted fine-tuning and serving, speaking OpenAI's fine-tuning and chat protocols.")
     app.state.settings = settings
     app.state.db = db
     app.state.store = ArtifactStore(settings.artifacts_dir)
+    from tempering.services.accounts import SignInThrottle
+    from tempering.services.secrets import Cipher
+
+    app.state.cipher = Cipher(settings)  # hub secrets at rest; the portal's session signing key
+    app.state.sign_in = SignInThrottle(settings.rate_limit_url)
     from tempering.services.files import sweep_orphans
 
     sweep_orphans(db, app.state.store)  # what a server killed mid-upload left: bytes without a row, temp files
-    app.state.initial_api_key = initial_key
+    app.state.initial_api_key = first.admin_key
+    app.state.initial_admin_password = first.admin_password
     app.state.serving = serving  # engines load lazily, on a deployment's first request
     app.state.monitor = monitor
     app.state.chat = ChatService(db, serving, monitor, settings)  # the serving path the API and portal share
@@ -88,7 +101,7 @@ def create_app(settings: Settings, *, workers: int = 1) -> FastAPI:
     app.add_middleware(RequestGuard, db=db, max_json_bytes=settings.max_json_bytes)
     for router in (files.router, jobs.router, models.router, evaluations.router, deployments.router,
                    inference.router, datasets.router, catalog.router, exports.router, moderations.router,
-                   blocklists.router):
+                   blocklists.router, organization.router):
         app.include_router(router)
 
     @app.get("/health", tags=["meta"])

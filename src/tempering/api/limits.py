@@ -15,7 +15,7 @@ from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from tempering.api.deps import CALLER_STATE, authenticate
+from tempering.api.deps import CALLER_STATE, authenticate, client_address
 from tempering.api.errors import APIError, envelope
 
 UPLOAD_PATH = "/v1/files"
@@ -51,7 +51,7 @@ class RequestGuard:
         if scope["path"].startswith("/v1/") or scope["path"] == "/v1":
             authorization = Headers(scope=scope).get("authorization", "")
             try:
-                caller = await run_in_threadpool(authenticate, self.db, authorization)
+                caller = await run_in_threadpool(authenticate, self.db, authorization, client_address(scope))
             except APIError as exc:
                 return await _answer(scope, send, exc.status, exc.message, exc.code)
             scope.setdefault("state", {})[CALLER_STATE] = caller

@@ -42,23 +42,129 @@ class Base(DeclarativeBase):
     type_annotation_map = {dict: JSON, list: JSON}  # noqa: RUF012 - SQLAlchemy's hook, never mutated
 
 
-class Project(Base):
-    __tablename__ = "projects"
-    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("proj_"))
+class Hub(Base):
+    """A group of projects and the settings they share: the price table, default quotas, the default content
+    filter policy (``settings``, a JSON object; see ``services.hubs``)."""
+
+    __tablename__ = "hubs"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("hub_"))
     name: Mapped[str] = mapped_column(String(200))
+    settings: Mapped[dict] = mapped_column(JSON, default=dict)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
 
 
+class Project(Base):
+    __tablename__ = "projects"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("proj_"))
+    hub_id: Mapped[str | None] = mapped_column(ForeignKey("hubs.id"), index=True, nullable=True)
+    name: Mapped[str] = mapped_column(String(200))
+    quotas: Mapped[dict] = mapped_column(JSON, default=dict)  # overrides of the hub's default quotas
+    status: Mapped[str] = mapped_column(String(16), default="active")  # active | deleted
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    deleted_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class User(Base):
+    """A person who signs in (the portal) and owns API keys. ``is_admin``: a server administrator, who
+    creates hubs and users."""
+
+    __tablename__ = "users"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("user-"))
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))  # argon2 through pwdlib; never the password
+    name: Mapped[str] = mapped_column(String(200), default="")
+    email: Mapped[str | None] = mapped_column(String(320), nullable=True)
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    disabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    locale: Mapped[str] = mapped_column(String(16), default="en")
+    # bumped by a password change or reset: portal sessions signed before it are no longer valid
+    session_epoch: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+
+class HubMember(Base):
+    """A user's role in a hub: ``admin`` (creates projects in it, Owner of each) or ``member``."""
+
+    __tablename__ = "hub_members"
+    hub_id: Mapped[str] = mapped_column(ForeignKey("hubs.id"), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), primary_key=True, index=True)
+    role: Mapped[str] = mapped_column(String(16), default="member")
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+
+class ProjectMember(Base):
+    """A user's role in a project: ``owner``, ``ai_developer`` or ``reader`` (``services.access``)."""
+
+    __tablename__ = "project_members"
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id"), primary_key=True, index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+
+
+class ServiceAccount(Base):
+    """A project's non-human caller: its keys act with the account's role, bound to no person."""
+
+    __tablename__ = "service_accounts"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("svc_acct_"))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    deleted: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
 class ApiKey(Base):
+    """A project's key, held by a user or a service account; it acts with the lower of its own role and its
+    holder's current role in the project."""
+
     __tablename__ = "api_keys"
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("key_"))
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id"), index=True, nullable=True)
+    service_account_id: Mapped[str | None] = mapped_column(ForeignKey("service_accounts.id"), nullable=True)
     name: Mapped[str] = mapped_column(String(200))
     prefix: Mapped[str] = mapped_column(String(16))  # shown in listings; the key itself is never stored
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     role: Mapped[str] = mapped_column(String(32), default="owner")
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    expires_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    last_used_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     revoked: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class AuditEvent(Base):
+    """Who did what, when: sign-ins, keys, members, jobs, models, deployments, filter policies."""
+
+    __tablename__ = "audit_log"
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                     autoincrement=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now, index=True)
+    hub_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+    project_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)  # kept past deletion
+    actor_user_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    actor_key_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    action: Mapped[str] = mapped_column(String(64))  # e.g. job.created, api_key.revoked, login.failed
+    target: Mapped[str | None] = mapped_column(String(240), nullable=True)  # the object's id
+    address: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the client's IP, where known
+    details: Mapped[dict] = mapped_column(JSON, default=dict)
+
+    @property
+    def id(self) -> str:
+        return f"audit-{self.seq}"
+
+
+class HubSecret(Base):
+    """A secret a hub needs (a remote backend's key), encrypted with the server key; never returned."""
+
+    __tablename__ = "hub_secrets"
+    __table_args__ = (UniqueConstraint("hub_id", "name"),)
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("secret_"))
+    hub_id: Mapped[str] = mapped_column(ForeignKey("hubs.id"), index=True)
+    name: Mapped[str] = mapped_column(String(64))
+    ciphertext: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    updated_at: Mapped[int] = mapped_column(BigInteger, default=now)
 
 
 class File(Base):

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Path, Response
 
-from tempering.api.deps import CallerDep, SessionDep
+from tempering.api.deps import SessionDep
 from tempering.api.errors import ERROR_RESPONSES, APIError
+from tempering.api.permissions import CallerDep
 from tempering.api.protocol_safety import (
     AddOrUpdateBlocklistItems,
     AddOrUpdateBlocklistItemsResult,

@@ -8,8 +8,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from tempering.api.deps import CallerDep
 from tempering.api.errors import ERROR_RESPONSES
+from tempering.api.permissions import CallerDep
 from tempering.api.protocol import ListPage
 from tempering.api.protocol_tools import CatalogModel
 from tempering.services import catalog

@@ -8,8 +8,8 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request
 from sqlalchemy.orm import Session
 
-from tempering.api.deps import CallerDep
 from tempering.api.errors import ERROR_RESPONSES
+from tempering.api.permissions import CallerDep
 from tempering.api.protocol import FileObject
 from tempering.api.protocol_tools import (
     ConversionObject,

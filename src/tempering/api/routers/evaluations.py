@@ -8,8 +8,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from tempering.api.deps import CallerDep, SessionDep
+from tempering.api.deps import SessionDep
 from tempering.api.errors import ERROR_RESPONSES
+from tempering.api.permissions import CallerDep
 from tempering.api.protocol import ListPage
 from tempering.api.protocol_evaluations import EvaluationCreate, EvaluationObject
 from tempering.services import evaluations as service

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from tempering.api.deps import CallerDep
 from tempering.api.errors import ERROR_RESPONSES
+from tempering.api.permissions import CallerDep
 from tempering.api.protocol_tools import ExportCreate, ExportObject
 from tempering.api.routers.datasets import file_wire
 from tempering.services import exports

@@ -10,8 +10,9 @@ from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 
 from tempering.api import uploads
-from tempering.api.deps import CallerDep, SessionDep
+from tempering.api.deps import SessionDep
 from tempering.api.errors import ERROR_RESPONSES, APIError
+from tempering.api.permissions import CallerDep
 from tempering.api.protocol import FileDeleted, FileObject, ListPage
 from tempering.services import _files, files
 from tempering.store.models import File, new_id

@@ -15,8 +15,8 @@ import time
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
-from tempering.api.deps import CallerDep
 from tempering.api.errors import ERROR_RESPONSES, APIError
+from tempering.api.permissions import CallerDep
 from tempering.api.protocol_serving import (
     ChatCompletion,
     ChatCompletionRequest,

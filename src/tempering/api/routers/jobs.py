@@ -7,8 +7,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
-from tempering.api.deps import CallerDep, SessionDep
+from tempering.api.deps import SessionDep
 from tempering.api.errors import ERROR_RESPONSES
+from tempering.api.permissions import CallerDep
 from tempering.api.protocol import CheckpointObject, FineTuningJob, JobCreate, JobEventObject, ListPage
 from tempering.services import jobs as service
 from tempering.store.models import Job

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from tempering.api.deps import CallerDep, SessionDep
+from tempering.api.deps import SessionDep
 from tempering.api.errors import ERROR_RESPONSES
+from tempering.api.permissions import CallerDep
 from tempering.api.protocol import ListPage, ModelDeleted, ModelObject
 from tempering.services import models as service
 

@@ -8,8 +8,8 @@ import secrets
 from fastapi import APIRouter
 from starlette.concurrency import run_in_threadpool
 
-from tempering.api.deps import CallerDep
 from tempering.api.errors import ERROR_RESPONSES, APIError
+from tempering.api.permissions import CallerDep
 from tempering.api.protocol_safety import MAX_INPUTS, ImagePart, ModerationCreate, ModerationResponse
 
 router = APIRouter(prefix="/v1", tags=["moderations"], responses=ERROR_RESPONSES)
