@@ -103,6 +103,9 @@ def create_app(settings: Settings, *, workers: int = 1) -> FastAPI:
                    inference.router, datasets.router, catalog.router, exports.router, moderations.router,
                    blocklists.router, organization.router):
         app.include_router(router)
+    from tempering import web
+
+    web.mount(app)  # the portal's pages, under the same permission dependency (web.PAGES)
 
     @app.get("/health", tags=["meta"])
     def health() -> dict:

@@ -1,5 +1,6 @@
 """The API's one permission decision: every route names an action of ``services.access.ACTIONS`` here, and the
-``authorize`` dependency (on the whole app) checks the caller's role against it before the handler runs.
+``authorize`` dependency (on the whole app) checks the caller's role against it before the handler runs. The portal's pages
+are listed in ``web.PAGES`` (merged here); their caller comes from the session cookie, not a key.
 
 A route missing from ``ROUTES`` is refused (500, ``no_permission_decision``) rather than served:
 ``tests/test_permissions.py`` walks ``app.routes`` so none can be added without a decision. Routes under
@@ -15,6 +16,7 @@ from typing import Annotated
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from tempering import web
 from tempering.api.deps import CALLER_STATE, authenticate, client_address
 from tempering.api.errors import APIError
 from tempering.services import access
@@ -111,6 +113,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", _PROJECT + "/service_accounts/{service_account_id}"): "keys.manage",
     ("DELETE", _PROJECT + "/service_accounts/{service_account_id}"): "keys.manage",
     ("GET", _PROJECT + "/audit_logs"): "audit.read",
+    **web.PAGES,  # the portal's pages: their caller comes from the session cookie (web.session)
 }
 
 
@@ -141,6 +144,10 @@ def authorize(request: Request,
     action = action_of(request)
     if action == PUBLIC:
         return None
+    if route_key(request) in web.PAGES:
+        from tempering.web.session import authorize_page
+
+        return authorize_page(request, action)
     caller = request.scope.get("state", {}).get(CALLER_STATE)
     if caller is None:  # an app mounted without the request guard (some tests build it so)
         caller = authenticate(request.app.state.db, request.headers.get("authorization", ""),

@@ -1,0 +1,78 @@
+"""Members and keys in the portal: the project's members (Owners add them by username with a role), and the
+caller's API keys (create one, shown once; revoke). ``services.projects`` holds every rule (an Owner sees and
+revokes anyone's keys, others their own; a key's role is at most its creator's)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Form, Request
+
+from tempering.errors import TemperingError
+from tempering.services import access
+from tempering.services.access import Caller
+from tempering.web import render, session
+from tempering.web.render import page
+
+router = APIRouter(include_in_schema=False, dependencies=[Depends(render.csrf_guard)])
+PageCaller = Annotated[Caller, Depends(session.page_caller)]
+
+
+def _members_page(request: Request, caller: Caller, status: int = 200, **context):
+    from tempering.services import projects
+
+    with request.app.state.db.session(write=False) as s:
+        people = [(u.username, access.ROLE_NAMES.get(m.role, m.role)) for u, m in projects.members(s, caller.project_id)]
+        keys = [(k.id, k.name, k.prefix, access.ROLE_NAMES.get(k.role, k.role), k.last_used_at)
+                for k in projects.visible_keys(s, caller)]
+    roles = [(role, access.ROLE_NAMES[role]) for role in access.ROLES]
+    return page(request, caller, "members.html", status=status, people=people, keys=keys, roles=roles, **context)
+
+
+@router.get("/members")
+def members_page(request: Request, caller: PageCaller):
+    return _members_page(request, caller)
+
+
+@router.post("/members")
+def add_member(request: Request, caller: PageCaller, username: Annotated[str, Form(max_length=200)],
+               role: Annotated[str, Form(max_length=32)]):
+    from tempering.services import projects
+    from tempering.services.accounts import user_by_name
+
+    _ = render.gettext_of(request, caller)
+    try:
+        with request.app.state.db.session() as s:
+            user = user_by_name(s, username.strip())
+            if user is None:
+                return _members_page(request, caller, status=404, member_error=_("No user named %(name)s.",
+                                                                                   name=username.strip()))
+            projects.add_member(s, caller, user.id, role)
+    except TemperingError as exc:
+        return _members_page(request, caller, status=400, member_error=exc.message)
+    return _members_page(request, caller, notice=_("Added %(name)s.", name=username.strip()))
+
+
+@router.post("/keys")
+def create_key(request: Request, caller: PageCaller, name: Annotated[str, Form(max_length=200)]):
+    from tempering.services import projects
+
+    try:
+        with request.app.state.db.session() as s:
+            _, key = projects.create_user_key(s, caller, name)
+    except TemperingError as exc:
+        return _members_page(request, caller, status=400, key_error=exc.message)
+    return _members_page(request, caller, new_key=key)
+
+
+@router.post("/keys/{key_id}/revoke")
+def revoke_key(request: Request, caller: PageCaller, key_id: str):
+    from tempering.services import projects
+
+    _ = render.gettext_of(request, caller)
+    try:
+        with request.app.state.db.session() as s:
+            projects.revoke_key(s, caller, key_id)
+    except TemperingError as exc:
+        return _members_page(request, caller, status=404, key_error=exc.message)
+    return _members_page(request, caller, notice=_("Revoked the key."))

@@ -1,0 +1,239 @@
+"""The portal's entry pages: static files, sign in and out, the language, projects (switch, "New project"),
+the model catalog and data files (upload with every problem and its line). Parse, call a service, render."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi.responses import FileResponse, Response
+
+from tempering.errors import TemperingError
+from tempering.services.access import Caller
+from tempering.web import render, session
+from tempering.web.render import page, redirect
+
+router = APIRouter(include_in_schema=False, dependencies=[Depends(render.csrf_guard)])
+PageCaller = Annotated[Caller, Depends(session.page_caller)]
+
+STATIC = Path(__file__).parent / "static"
+# The files /static serves (nothing else under the folder is reachable) and their media types.
+STATIC_FILES = {"htmx.min.js": "text/javascript", "uPlot.iife.min.js": "text/javascript",
+                "uPlot.min.css": "text/css", "portal.css": "text/css", "portal.js": "text/javascript"}
+
+
+@router.get("/static/{name}")
+def static(name: str) -> Response:
+    """A vendored or portal asset, cached for a day (the vendored ones are pinned: web/static/VENDORED.md)."""
+    if name not in STATIC_FILES:
+        return Response(status_code=404)
+    return FileResponse(STATIC / name, media_type=STATIC_FILES[name],
+                        headers={"Cache-Control": "public, max-age=86400"})
+
+
+@router.get("/")
+def home(caller: PageCaller):
+    return redirect("/catalog" if caller.project_id else "/projects")
+
+
+# ---------------------------------------------------------------- sign in and out
+
+
+def _safe_next(target: str | None) -> str:
+    """Only a path of this site (never another site's address) to go to after signing in."""
+    if not target or not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return "/"
+    return target
+
+
+@router.get("/signin")
+def signin_page(request: Request, next: str = "/"):
+    if session.signed_in(request) is not None:
+        return redirect(_safe_next(next))
+    return page(request, None, "signin.html", next=_safe_next(next), username_value="")
+
+
+@router.post("/signin")
+def signin(request: Request, username: Annotated[str, Form(max_length=200)],
+           password: Annotated[str, Form(max_length=1024)], next: Annotated[str, Form()] = "/"):
+    from tempering.services.accounts import sign_in
+    from tempering.services.projects import projects_of
+
+    address = request.client.host if request.client else None
+    db = request.app.state.db
+    try:
+        with db.session() as s:
+            user = sign_in(s, request.app.state.sign_in, username, password, address)
+            mine = projects_of(s, Caller(project_id="", role="", user_id=user.id))
+            project_id = mine[0][0].id if mine else None
+            s.expunge(user)
+    except TemperingError as exc:  # wrong password, or locked out: the service's own words
+        _ = render.i18n.gettext_for(None)
+        message = (_("Incorrect username or password.") if exc.code == "invalid_credentials"
+                   else exc.message)
+        return page(request, None, "signin.html", status=429 if exc.code == "sign_in_locked" else 401,
+                    next=_safe_next(next), username_value=username, signin_error=message)
+    response = redirect(_safe_next(next) if project_id else "/projects")
+    session.start(request, response, user, project_id)
+    return response
+
+
+@router.post("/signout")
+def signout(caller: PageCaller):
+    response = redirect("/signin")
+    session.end(response)
+    return response
+
+
+@router.post("/locale")
+def set_locale(request: Request, caller: PageCaller, locale: Annotated[str, Form(max_length=8)]):
+    from tempering.services.accounts import get_user, update_user
+    from tempering.web.i18n import locale_of
+
+    with request.app.state.db.session() as s:
+        update_user(s, get_user(s, caller.user_id), caller, locale=locale_of(locale))
+    return redirect(request.headers.get("referer", "/") if _same_site(request) else "/")
+
+
+def _same_site(request: Request) -> bool:
+    referer = request.headers.get("referer", "")
+    return referer.startswith(str(request.base_url))
+
+
+# ---------------------------------------------------------------- projects
+
+
+def _projects_page(request: Request, caller: Caller, status: int = 200, **context):
+    from tempering.services import access
+    from tempering.store.models import Hub
+
+    with request.app.state.db.session(write=False) as s:
+        hubs = list(s.query(Hub).order_by(Hub.created_at))
+        admin_hubs = [h for h in hubs if caller.is_admin or access.is_hub_admin(s, caller.user_id, h.id)]
+        for hub in admin_hubs:
+            s.expunge(hub)
+    return page(request, caller, "projects.html", status=status, admin_hubs=admin_hubs, **context)
+
+
+@router.get("/projects")
+def projects_page(request: Request, caller: PageCaller):
+    return _projects_page(request, caller)
+
+
+@router.post("/projects/switch")
+def switch_project(request: Request, caller: PageCaller, project_id: Annotated[str, Form(max_length=64)]):
+    from tempering.services import access
+
+    with request.app.state.db.session(write=False) as s:
+        role = access.project_role(s, caller.user_id, project_id)
+    if role is None:
+        _ = render.gettext_of(request, caller)
+        return _projects_page(request, caller, status=404, error=_("No such project."))
+    response = redirect("/catalog")
+    portal = session.current(request)
+    session.write(request, response, session.PortalSession(portal.user_id, portal.epoch, project_id, portal.csrf))
+    return response
+
+
+@router.post("/hubs/{hub_id}/projects")
+def new_project(request: Request, caller: PageCaller, hub_id: str, name: Annotated[str, Form(max_length=400)]):
+    from tempering.services import projects
+
+    try:
+        with request.app.state.db.session() as s:
+            project = projects.create_project(s, projects.get_hub(s, hub_id), name, caller)
+            project_id = project.id
+    except TemperingError as exc:
+        return _projects_page(request, caller, status=400, project_error=exc.message, project_error_hub=hub_id)
+    response = redirect("/catalog")
+    portal = session.current(request)
+    session.write(request, response, session.PortalSession(portal.user_id, portal.epoch, project_id, portal.csrf))
+    return response
+
+
+# ---------------------------------------------------------------- catalog
+
+
+def _size(parameters: int) -> str:
+    return f"{parameters / 1e9:.1f}B" if parameters >= 1e9 else f"{parameters / 1e6:.0f}M"
+
+
+WEIGHTS = {"ready": "present on this server", "embedded": "embedded (prepared on first use)",
+           "not downloaded": "not on this server"}
+
+
+@router.get("/catalog")
+def catalog_page(request: Request, caller: PageCaller, q: str = ""):
+    from tempering.services.catalog import search
+
+    entries = search(q[:200] or None)
+    return page(request, caller, "catalog.html", q=q[:200], entries=entries, weights=WEIGHTS,
+                sizes={e.card.id: _size(e.card.parameters) for e in entries})
+
+
+# ---------------------------------------------------------------- data files
+
+
+def data_page(request: Request, caller: Caller, status: int = 200, **context):
+    from tempering.services import files
+
+    with request.app.state.db.session(write=False) as s:
+        rows = files.list_files(s, caller.project_id)
+        for row in rows:
+            s.expunge(row)
+    return page(request, caller, "data.html", status=status, files=rows, **context)
+
+
+@router.get("/data")
+def data_files(request: Request, caller: PageCaller, file: str | None = None):
+    problems, shown = None, None
+    if file:
+        from tempering.services.datasets import file_issues
+
+        with request.app.state.db.session(write=False) as s:
+            try:
+                problems = file_issues(s, caller.project_id, request.app.state.store, file)
+                shown = file
+            except TemperingError as exc:
+                return data_page(request, caller, status=404, error=exc.message)
+    return data_page(request, caller, problems=problems, shown=shown)
+
+
+def store_upload(request: Request, caller: Caller, upload: UploadFile, purpose: str = "fine-tune"):
+    """An uploaded file into the artifact store and registered (``services.files``, as the API's upload):
+    its row, valid or not (an invalid one keeps its problems)."""
+    from tempering.services import files
+    from tempering.store.models import new_id
+
+    checked = files.check_upload(upload.filename, purpose)
+    store, limit = request.app.state.store, request.app.state.settings.max_upload_bytes
+    file_id = new_id("file-")
+    writer = store.open_upload(file_id, limit)
+    try:
+        while chunk := upload.file.read(1 << 20):
+            writer.write(chunk)
+        size, sha256 = writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+    return files.register_upload(request.app.state.db, caller.project_id, store, file_id, checked, size, sha256)
+
+
+@router.post("/data")
+def upload_data(request: Request, caller: PageCaller, file: Annotated[UploadFile, File()],
+                purpose: Annotated[str, Form(max_length=16)] = "fine-tune"):
+    from tempering.services.datasets import file_issues
+
+    try:
+        row = store_upload(request, caller, file, purpose)
+    except TemperingError as exc:
+        return data_page(request, caller, status=400, error=exc.message)
+    _ = render.gettext_of(request, caller)
+    if row.status == "error":
+        with request.app.state.db.session(write=False) as s:
+            problems = file_issues(s, caller.project_id, request.app.state.store, row.id)
+        return data_page(request, caller, status=400, problems=problems, shown=row.id,
+                         error=_("%(name)s is not valid training data; every problem is listed below.",
+                                 name=row.filename))
+    return data_page(request, caller, notice=_("Uploaded %(name)s: ready for fine-tuning.", name=row.filename))

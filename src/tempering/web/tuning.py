@@ -1,0 +1,266 @@
+"""Fine-tuning in the portal: the wizard (name → task and training data → validation → hyperparameters →
+review with the estimate → Submit), the jobs list, a job's page with its live progress over Server-Sent Events,
+and cancel. The wizard builds the job through ``services.jobs`` with the same fields the API's ``JobCreate``
+hands it (``config_fields``), so the stored config is the API's for the same choices."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, UploadFile
+from starlette.concurrency import run_in_threadpool
+
+from tempering.errors import TemperingError
+from tempering.services.access import Caller
+from tempering.web import render, session
+from tempering.web.render import page, redirect
+
+router = APIRouter(include_in_schema=False, dependencies=[Depends(render.csrf_guard)])
+PageCaller = Annotated[Caller, Depends(session.page_caller)]
+
+STEPS = ("name", "data", "validation", "hyperparameters", "review")
+# The form fields the wizard carries from step to step (each step shows some, the others ride hidden).
+FIELDS = ("model", "suffix", "task", "training_file", "validation", "validation_file", "validation_fraction",
+          "n_epochs", "batch_size_multiplier", "learning_rate_multiplier", "lora_rank", "seed")
+DEFAULTS = {"task": "chat", "validation": "split", "validation_fraction": "0.1", "n_epochs": "auto",
+            "batch_size_multiplier": "auto", "learning_rate_multiplier": "auto", "lora_rank": "", "seed": ""}
+SHOWN = {"name": ("suffix",), "data": ("task", "training_file"),
+         "validation": ("validation", "validation_file", "validation_fraction"),
+         "hyperparameters": ("n_epochs", "batch_size_multiplier", "learning_rate_multiplier", "lora_rank", "seed"),
+         "review": ()}
+
+
+def _number(text: str, kind):
+    """A form's number as the job config takes it; text that is no number goes through unchanged, so the
+    config's own check names the field."""
+    text = (text or "").strip()
+    if text in ("", "auto"):
+        return "auto"
+    try:
+        return kind(text)
+    except ValueError:
+        return text
+
+
+def config_fields(state: dict) -> dict:
+    """The job config's fields for the wizard's choices: what the API's ``JobCreate.config_fields`` gives for
+    the same body (unset choices left out, so the config's defaults apply alike)."""
+    fields: dict = {"model": state["model"], "task": state["task"]}
+    if state.get("suffix"):
+        fields["suffix"] = state["suffix"]
+    if state.get("validation") != "file" and state.get("validation_fraction"):
+        fields["validation_fraction"] = _number(state["validation_fraction"], float)
+    if state.get("seed", "").strip():
+        fields["seed"] = _number(state["seed"], int)
+    if state.get("lora_rank", "").strip():
+        fields["lora"] = {"rank": _number(state["lora_rank"], int)}
+    hyper = {name: _number(state.get(name, "auto"), kind) for name, kind in
+             (("n_epochs", int), ("batch_size_multiplier", float), ("learning_rate_multiplier", float))}
+    fields["hyperparameters"] = {k: v for k, v in hyper.items() if v != "auto"}
+    return fields
+
+
+def _files(validation: bool, state: dict) -> dict:
+    return {"training_file": state.get("training_file") or "",
+            "validation_file": (state.get("validation_file") or None) if validation else None}
+
+
+def _problems(exc: TemperingError) -> dict[str, str]:
+    """A config error's problems by the wizard field they belong to (the config names each field)."""
+    text = exc.message.removeprefix("invalid job config: ")
+    out: dict[str, str] = {}
+    for part in text.split("; "):
+        field, sep, message = part.partition(": ")
+        name = field.rsplit(".", 1)[-1] if sep else (exc.param or "form")
+        name = {"rank": "lora_rank", "training_file": "training_file"}.get(name, name)
+        out[name if name in FIELDS else "form"] = (out.get(name, "") + " " + (message if sep else part)).strip()
+    return out
+
+
+def _wizard(request: Request, caller: Caller, state: dict, step: str, status: int = 200, **context):
+    from tempering.services import files
+
+    with request.app.state.db.session(write=False) as s:
+        usable = [(f.id, f.filename) for f in files.list_files(s, caller.project_id, "fine-tune")
+                  if f.status == "processed"]
+    hidden = {k: v for k, v in state.items() if k not in SHOWN[step] and v not in (None, "")}
+    return page(request, caller, "wizard.html", status=status, step=step, steps=STEPS, number=STEPS.index(step) + 1,
+                state=state, hidden=hidden, usable=usable, **context)
+
+
+@router.get("/fine-tune")
+def wizard_start(request: Request, caller: PageCaller, model: str = ""):
+    state = {**DEFAULTS, "model": model[:200]}
+    return _wizard(request, caller, state, "name")
+
+
+@router.post("/fine-tune")
+async def wizard_step(request: Request, caller: PageCaller):
+    """One step of the wizard: "Next" checks the step and shows the next, "Back" the previous, "Submit"
+    creates the job and opens its page."""
+    form = await request.form()
+    state = {**DEFAULTS, **{k: str(form.get(k, "")).strip()[:200] for k in FIELDS if k in form}}
+    step = str(form.get("step", "name"))
+    step = step if step in STEPS else "name"
+    go = str(form.get("go", "next"))
+    index = STEPS.index(step)
+    if go == "back":
+        return _wizard(request, caller, state, STEPS[max(index - 1, 0)])
+    upload = form.get("training_upload")
+    if step == "data" and isinstance(upload, UploadFile) and upload.filename:
+        problems = await run_in_threadpool(_upload_training, request, caller, upload, state)
+        if problems is not None:
+            return _wizard(request, caller, state, "data", status=400, upload_problems=problems)
+    if go == "submit" and step == "review":
+        return await run_in_threadpool(_submit, request, caller, state)
+    following = STEPS[min(index + 1, len(STEPS) - 1)]
+    if following == "review":
+        return await run_in_threadpool(_review, request, caller, state)
+    return _wizard(request, caller, state, following)
+
+
+def _upload_training(request: Request, caller: Caller, upload: UploadFile, state: dict):
+    """A training file uploaded in the wizard: picked when valid; else every problem with its line."""
+    from tempering.services.datasets import file_issues
+    from tempering.web.pages import store_upload
+
+    try:
+        row = store_upload(request, caller, upload)
+    except TemperingError as exc:
+        return [{"line": None, "message": exc.message, "code": exc.code}]
+    if row.status == "error":
+        with request.app.state.db.session(write=False) as s:
+            return file_issues(s, caller.project_id, request.app.state.store, row.id)
+    state["training_file"] = row.id
+    return None
+
+
+def _review(request: Request, caller: Caller, state: dict):
+    """The review step: the estimate of the job these choices make (``services.jobs.estimate``: the same checks
+    as creating it), or every problem beside its field on the step it belongs to."""
+    from tempering.services import jobs
+
+    fields = config_fields(state)
+    try:
+        with request.app.state.db.session(write=False) as s:
+            estimate = jobs.estimate(s, caller.project_id, request.app.state.store, fields,
+                                     **_files(state.get("validation") == "file", state))
+    except TemperingError as exc:
+        return _wizard(request, caller, state, "hyperparameters", status=400, problems=_problems(exc))
+    return _wizard(request, caller, state, "review", estimate=estimate)
+
+
+def _submit(request: Request, caller: Caller, state: dict):
+    from tempering.services import jobs
+
+    try:
+        with request.app.state.db.session() as s:
+            job = jobs.create_job(s, caller.project_id, request.app.state.store, config_fields(state),
+                                  **_files(state.get("validation") == "file", state))
+            job_id = job.id
+    except TemperingError as exc:
+        return _wizard(request, caller, state, "hyperparameters", status=400, problems=_problems(exc))
+    return redirect(f"/jobs/{job_id}")
+
+
+# ---------------------------------------------------------------- jobs
+
+
+@router.get("/jobs")
+def jobs_page(request: Request, caller: PageCaller):
+    from tempering.services import jobs
+
+    with request.app.state.db.session(write=False) as s:
+        rows = jobs.list_jobs(s, caller.project_id, after=None, limit=100).rows
+        for row in rows:
+            s.expunge(row)
+    return page(request, caller, "jobs.html", jobs=rows)
+
+
+def _metric_points(events) -> list[dict]:
+    """The chart's points from a job's metrics events, oldest first."""
+    return [{"step": e.data.get("step"), "train_loss": e.data.get("train_loss"),
+             "valid_loss": e.data.get("valid_loss") if e.data.get("valid_loss") is not None
+             else e.data.get("full_valid_loss")}
+            for e in events if e.type == "metrics" and e.data and e.data.get("step") is not None]
+
+
+def _job_state(request: Request, caller: Caller, job_id: str, after_seq: int = 0):
+    """A job row (detached), its events after ``after_seq`` (oldest first) and its checkpoints."""
+    from sqlalchemy import select
+
+    from tempering.services import jobs
+    from tempering.store.models import JobEvent
+
+    with request.app.state.db.session(write=False) as s:
+        job = jobs.owned_job(s, caller.project_id, job_id)
+        events = list(s.scalars(select(JobEvent).where(JobEvent.job_id == job.id, JobEvent.seq > after_seq)
+                                .order_by(JobEvent.seq)))
+        checkpoints = jobs.checkpoints(s, caller.project_id, job.id, after=None, limit=100).rows
+        for row in (job, *events, *checkpoints):
+            s.expunge(row)
+    return job, events, checkpoints
+
+
+@router.get("/jobs/{job_id}")
+def job_page(request: Request, caller: PageCaller, job_id: str):
+    try:
+        job, events, checkpoints = _job_state(request, caller, job_id)
+    except TemperingError as exc:
+        raise session.PageForbidden(exc.message, 404) from None
+    from tempering.services.jobs import TERMINAL
+
+    _ = render.gettext_of(request, caller)
+    statuses = {s: _(s) for s in ("validating_files", "queued", "running", "paused", *TERMINAL)}
+    return page(request, caller, "job.html", job=job, statuses=json.dumps(statuses), events=list(reversed(events)), checkpoints=checkpoints,
+                points=json.dumps(_metric_points(events)), last_seq=events[-1].seq if events else 0,
+                finished=job.status in TERMINAL)
+
+
+@router.get("/jobs/{job_id}/live")
+async def job_live(request: Request, caller: PageCaller, job_id: str, after: int = 0):
+    """The job's progress as Server-Sent Events: ``status`` (its status and fine-tuned model), ``event`` (each
+    new event, metrics included, as JSON) until the job ends; the browser's EventSource reconnects with
+    ``Last-Event-ID``, so nothing is lost or repeated."""
+    from sse_starlette.sse import EventSourceResponse
+
+    from tempering.services.jobs import TERMINAL
+
+    last = request.headers.get("last-event-id", "")
+    after = int(last) if last.isdigit() else after
+    await run_in_threadpool(_job_state, request, caller, job_id, 0)  # 404 before the stream starts
+
+    async def stream():
+        seen, status = after, None
+        while True:
+            job, events, _ = await run_in_threadpool(_job_state, request, caller, job_id, seen)
+            for e in events:
+                seen = e.seq
+                yield {"event": "event", "id": str(e.seq), "data": json.dumps(
+                    {"seq": e.seq, "created_at": e.created_at, "level": e.level, "type": e.type,
+                     "message": e.message, "data": e.data})}
+            if job.status != status:
+                status = job.status
+                yield {"event": "status", "data": json.dumps({"status": job.status,
+                                                              "fine_tuned_model": job.fine_tuned_model,
+                                                              "error": job.error})}
+            if job.status in TERMINAL:
+                yield {"event": "end", "data": "{}"}
+                return
+            await asyncio.sleep(0.5)
+
+    return EventSourceResponse(stream(), ping=15)
+
+
+@router.post("/jobs/{job_id}/cancel")
+def cancel_job(request: Request, caller: PageCaller, job_id: str):
+    from tempering.services import jobs
+
+    try:
+        with request.app.state.db.session() as s:
+            jobs.request_stop(s, jobs.owned_job(s, caller.project_id, job_id), "cancel")
+    except TemperingError as exc:
+        raise session.PageForbidden(exc.message, 409) from None
+    return redirect(f"/jobs/{job_id}")

@@ -1,0 +1,249 @@
+"""The web portal through FastAPI's TestClient: sessions (sign in, lockout, sign out, sessions ended by a password
+reset), CSRF refusal, role-based visibility, the catalog's search, the data page's problems with their lines,
+the language switch, and a wizard-created job whose stored config equals the API's for the same choices.
+The browser walk of the whole flow is tests/test_portal_browser.py."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.conftest import chat_example
+
+TRAIN = "".join(json.dumps(chat_example(f"What color is item {i}?", f"Item {i} is {['red', 'blue'][i % 2]}."))
+                + "\n" for i in range(20)).encode()
+BAD = TRAIN + b'{"messages": [{"role": "user", "content": "no answer"}]}\n' + b"not json\n"
+
+
+@pytest.fixture
+def app(tempering_home):
+    from tempering.api.app import create_app
+    from tempering.settings import get_settings
+
+    return create_app(get_settings(), workers=0)
+
+
+@pytest.fixture
+def client(app):
+    with TestClient(app) as c:
+        yield c
+
+
+def csrf_of(html: str) -> str:
+    return re.search(r'name="csrf_token" value="([^"]+)"', html).group(1)
+
+
+def sign_in(client, username: str, password: str, follow: bool = True):
+    return client.post("/signin", data={"username": username, "password": password, "next": "/catalog"},
+                       follow_redirects=follow)
+
+
+def admin(client, app):
+    response = sign_in(client, "admin", app.state.initial_admin_password)
+    assert response.status_code == 200, response.text
+    return csrf_of(response.text)
+
+
+def add_user(app, username: str, role: str) -> str:
+    """A user with a role in the default project; returns their password."""
+    from sqlalchemy import select
+
+    from tempering.services.accounts import create_user
+    from tempering.store.models import Project, ProjectMember
+
+    with app.state.db.session() as s:
+        user, password = create_user(s, username, "correct-horse-battery")
+        project = s.scalars(select(Project)).first()
+        s.add(ProjectMember(project_id=project.id, user_id=user.id, role=role))
+    return password
+
+
+def test_pages_need_a_session_and_sign_in_sets_a_safe_cookie(client, app):
+    first = client.get("/catalog", follow_redirects=False)
+    assert first.status_code == 303 and first.headers["location"] == "/signin?next=/catalog"
+    wrong = sign_in(client, "admin", "not-the-password")
+    assert wrong.status_code == 401 and "Incorrect username or password." in wrong.text
+    response = sign_in(client, "admin", app.state.initial_admin_password, follow=False)
+    assert response.status_code == 303 and response.headers["location"] == "/catalog"
+    cookie = response.headers["set-cookie"]
+    assert "tempering_session=" in cookie and "HttpOnly" in cookie and "SameSite=lax" in cookie
+    assert "Max-Age=43200" in cookie
+    page = client.get("/catalog")
+    assert page.status_code == 200 and "Model catalog" in page.text and 'class="page-catalog"' in page.text
+    out = client.post("/signout", data={"csrf_token": csrf_of(page.text)}, follow_redirects=False)
+    assert out.status_code == 303
+    assert client.get("/catalog", follow_redirects=False).status_code == 303
+
+
+def test_a_forged_or_ended_session_is_refused(client, app):
+    admin(client, app)
+    forged = client.cookies["tempering_session"][:-3] + ("AAA" if not client.cookies["tempering_session"]
+                                                          .endswith("AAA") else "BBB")
+    client.cookies.clear()
+    client.cookies.set("tempering_session", forged)
+    assert client.get("/catalog", follow_redirects=False).status_code == 303
+    admin(client, app)
+    from tempering.services.accounts import reset_password, user_by_name
+
+    with app.state.db.session() as s:
+        reset_password(s, user_by_name(s, "admin"), "a-brand-new-password")
+    assert client.get("/catalog", follow_redirects=False).status_code == 303  # sessions signed before end
+
+
+def test_sign_in_lockout_is_shown(client, app):
+    for _ in range(5):
+        assert sign_in(client, "admin", "wrong-password").status_code == 401
+    locked = sign_in(client, "admin", app.state.initial_admin_password)
+    assert locked.status_code == 429 and "Too many failed sign-ins" in locked.text
+
+
+def test_form_posts_need_the_csrf_token(client, app):
+    token = admin(client, app)
+    refused = client.post("/data", files={"file": ("train.jsonl", TRAIN)}, data={"purpose": "fine-tune"})
+    assert refused.status_code == 403 and "did not come from this site" in refused.text
+    wrong = client.post("/data", files={"file": ("train.jsonl", TRAIN)}, data={"csrf_token": "x" * 32})
+    assert wrong.status_code == 403
+    by_field = client.post("/data", files={"file": ("train.jsonl", TRAIN)}, data={"csrf_token": token})
+    assert by_field.status_code == 200 and "ready for fine-tuning" in by_field.text
+    by_header = client.post("/data", files={"file": ("train.jsonl", TRAIN)}, headers={"X-CSRF-Token": token})
+    assert by_header.status_code == 200
+
+
+def test_upload_with_errors_lists_every_problem_with_its_line(client, app):
+    token = admin(client, app)
+    response = client.post("/data", files={"file": ("bad.jsonl", BAD)}, data={"csrf_token": token})
+    assert response.status_code == 400 and "not valid training data" in response.text
+    rows = re.findall(r"<tr><td>(\d+)</td><td>", response.text)
+    assert set(rows) == {"21", "22"}, rows  # the answerless example and the line that is not JSON
+
+
+def test_catalog_search_filters_and_answers_htmx_with_the_fragment(client, app):
+    admin(client, app)
+    everything = client.get("/catalog").text
+    assert "SmolLM2" in everything and "Phi-3" in everything
+    phi = client.get("/catalog", params={"q": "phi-3"})
+    assert "Phi-3" in phi.text and "SmolLM2" not in phi.text
+    fragment = client.get("/catalog", params={"q": "phi-3"}, headers={"HX-Request": "true", "HX-Target": "cards"})
+    assert fragment.text.lstrip().startswith('<div id="cards"') and "<html" not in fragment.text
+    assert "hf download microsoft/Phi-3" in fragment.text  # the command to get weights that are not here
+
+
+def test_roles_see_only_what_they_may_do(client, app):
+    add_user(app, "rita", "reader")
+    add_user(app, "dev", "ai_developer")
+    sign_in(client, "rita", "correct-horse-battery")
+    catalog = client.get("/catalog").text
+    assert ">Fine-tune<" not in catalog
+    assert client.get("/fine-tune", params={"model": "phi-3-mini-4k-instruct"}).status_code == 403
+    data = client.get("/data").text
+    assert "Upload" not in data
+    members = client.get("/members").text
+    assert "Add member" not in members and "Create key" in members
+    refused = client.post("/data", files={"file": ("t.jsonl", TRAIN)}, data={"csrf_token": csrf_of(data)})
+    assert refused.status_code == 403 and "needs AI Developer or higher" in refused.text
+    client.cookies.clear()
+    sign_in(client, "dev", "correct-horse-battery")
+    assert ">Fine-tune<" in client.get("/catalog").text
+    assert client.get("/fine-tune", params={"model": "phi-3-mini-4k-instruct"}).status_code == 200
+    assert "Add member" not in client.get("/members").text
+
+
+def test_owner_adds_a_member_and_a_key_is_shown_once(client, app):
+    add_user(app, "newbie", "reader")
+    token = admin(client, app)
+    added = client.post("/members", data={"csrf_token": token, "username": "nobody", "role": "reader"})
+    assert added.status_code == 404 and "No user named nobody" in added.text
+    created = client.post("/keys", data={"csrf_token": token, "name": "laptop"})
+    key = re.search(r'data-testid="new-key">(tk-[^<]+)<', created.text).group(1)
+    assert key not in client.get("/members").text  # shown once
+    assert TestClient(app).get("/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200
+
+
+def test_language_is_per_user(client, app):
+    token = admin(client, app)
+    client.post("/locale", data={"csrf_token": token, "locale": "id"})
+    page = client.get("/catalog").text
+    assert 'lang="id"' in page and "Katalog model" in page and "Model catalog" not in page
+    client.post("/locale", data={"csrf_token": token, "locale": "en"})
+    assert "Model catalog" in client.get("/catalog").text
+
+
+def test_new_project_for_hub_admins_and_switch(client, app):
+    token = admin(client, app)
+    projects = client.get("/projects")
+    hub = re.search(r'action="/hubs/([^/]+)/projects"', projects.text).group(1)
+    created = client.post(f"/hubs/{hub}/projects", data={"csrf_token": token, "name": "phi-3 demo"},
+                          follow_redirects=False)
+    assert created.status_code == 303
+    listed = client.get("/projects").text
+    assert "phi-3 demo" in listed
+    add_user(app, "rita", "reader")
+    client.cookies.clear()
+    sign_in(client, "rita", "correct-horse-battery")
+    refused = client.post(f"/hubs/{hub}/projects", data={"csrf_token": csrf_of(client.get('/projects').text),
+                                                        "name": "mine"})
+    assert refused.status_code == 403
+
+
+def test_every_route_has_a_permission_decision(app):
+    from fastapi.routing import APIRoute
+
+    from tempering.api.permissions import ROUTES
+
+    for route in app.routes:
+        if isinstance(route, APIRoute):
+            for method in route.methods - {"HEAD"}:
+                assert (method, route.path) in ROUTES, (method, route.path)
+
+
+def test_wizard_creates_the_job_the_api_creates(client, app, tiny_model):
+    key = app.state.initial_api_key
+    headers = {"Authorization": f"Bearer {key}"}
+    file_id = client.post("/v1/files", headers=headers, files={"file": ("t.jsonl", TRAIN)},
+                          data={"purpose": "fine-tune"}).json()["id"]
+    body = {"model": tiny_model, "training_file": file_id, "suffix": "same", "seed": 7, "validation_fraction": 0.2,
+            "method": {"type": "supervised", "supervised": {"hyperparameters": {
+                "n_epochs": 2, "batch_size_multiplier": 2.0, "learning_rate_multiplier": 0.5}}}}
+    api_job = client.post("/v1/fine_tuning/jobs", headers=headers, json=body)
+    assert api_job.status_code == 200, api_job.text
+
+    token = admin(client, app)
+    start = client.get("/fine-tune", params={"model": tiny_model})
+    assert start.status_code == 200 and ">Next<" in start.text
+    state = {"csrf_token": token, "model": tiny_model}
+    steps = [("name", {"suffix": "same"}),
+             ("data", {"task": "chat", "training_file": file_id}),
+             ("validation", {"validation": "split", "validation_fraction": "0.2"}),
+             ("hyperparameters", {"n_epochs": "2", "batch_size_multiplier": "2", "learning_rate_multiplier": "0.5",
+                                  "seed": "7"})]
+    for step, values in steps:
+        state.update(values)
+        response = client.post("/fine-tune", data={**state, "step": step, "go": "next"})
+        assert response.status_code == 200, response.text
+    assert "Trained tokens" in response.text and ">Submit<" in response.text  # the review, with the estimate
+    submitted = client.post("/fine-tune", data={**state, "step": "review", "go": "submit"}, follow_redirects=False)
+    assert submitted.status_code == 303, submitted.text
+    portal_job_id = submitted.headers["location"].rsplit("/", 1)[-1]
+
+    from tempering.store.models import Job
+
+    with app.state.db.session(write=False) as s:
+        assert s.get(Job, portal_job_id).config == s.get(Job, api_job.json()["id"]).config
+    page = client.get(f"/jobs/{portal_job_id}")
+    assert page.status_code == 200 and 'id="loss-chart"' in page.text and ">Cancel<" in page.text
+
+
+def test_wizard_shows_every_problem_beside_its_field(client, app, tiny_model):
+    token = admin(client, app)
+    key = app.state.initial_api_key
+    file_id = client.post("/v1/files", headers={"Authorization": f"Bearer {key}"},
+                          files={"file": ("t.jsonl", TRAIN)}, data={"purpose": "fine-tune"}).json()["id"]
+    state = {"csrf_token": token, "model": tiny_model, "task": "chat", "training_file": file_id,
+             "n_epochs": "99", "learning_rate_multiplier": "many"}
+    response = client.post("/fine-tune", data={**state, "step": "hyperparameters", "go": "next"})
+    assert response.status_code == 400
+    assert re.search(r'id="n_epochs-error"[^>]*>[^<]*between 1 and 50', response.text)
+    assert 'id="learning_rate_multiplier-error"' in response.text
