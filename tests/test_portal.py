@@ -247,3 +247,20 @@ def test_wizard_shows_every_problem_beside_its_field(client, app, tiny_model):
     assert response.status_code == 400
     assert re.search(r'id="n_epochs-error"[^>]*>[^<]*between 1 and 50', response.text)
     assert 'id="learning_rate_multiplier-error"' in response.text
+
+
+def test_static_files_are_the_pinned_ones_and_cached(client):
+    import hashlib
+    from pathlib import Path
+
+    import tempering.web
+
+    static = Path(tempering.web.__file__).parent / "static"
+    recorded = dict(re.findall(r"\| `([^`]+)` \|[^\n]*\| `([0-9a-f]{64})` \|", (static / "VENDORED.md").read_text()))
+    assert set(recorded) == {"htmx.min.js", "uPlot.iife.min.js", "uPlot.min.css"}
+    for name, digest in recorded.items():
+        assert hashlib.sha256((static / name).read_bytes()).hexdigest() == digest, name
+        response = client.get(f"/static/{name}")
+        assert response.status_code == 200 and "max-age=86400" in response.headers["cache-control"]
+    assert client.get("/static/VENDORED.md").status_code == 404
+    assert client.get("/static/..%2Fsession.py").status_code == 404
