@@ -264,3 +264,11 @@ def test_static_files_are_the_pinned_ones_and_cached(client):
         assert response.status_code == 200 and "max-age=86400" in response.headers["cache-control"]
     assert client.get("/static/VENDORED.md").status_code == 404
     assert client.get("/static/..%2Fsession.py").status_code == 404
+
+
+def test_wizard_without_training_data_goes_back_to_that_step(client, app, tiny_model):
+    token = admin(client, app)
+    state = {"csrf_token": token, "model": tiny_model, "task": "chat", "training_file": ""}
+    response = client.post("/fine-tune", data={**state, "step": "hyperparameters", "go": "next"})
+    assert response.status_code == 400 and 'class="page-wizard step-data"' in response.text
+    assert 'id="training_file-error"' in response.text

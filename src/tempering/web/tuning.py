@@ -9,7 +9,8 @@ import asyncio
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, UploadFile
+from fastapi import APIRouter, Depends, Request
+from starlette.datastructures import UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from tempering.errors import TemperingError
@@ -68,15 +69,32 @@ def _files(validation: bool, state: dict) -> dict:
 
 
 def _problems(exc: TemperingError) -> dict[str, str]:
-    """A config error's problems by the wizard field they belong to (the config names each field)."""
-    text = exc.message.removeprefix("invalid job config: ")
+    """A job error's problems by the wizard field they belong to: the config's error names each field
+    ("invalid job config: field: problem; …"); any other error names one (its ``param``)."""
     out: dict[str, str] = {}
-    for part in text.split("; "):
-        field, sep, message = part.partition(": ")
-        name = field.rsplit(".", 1)[-1] if sep else (exc.param or "form")
-        name = {"rank": "lora_rank", "training_file": "training_file"}.get(name, name)
-        out[name if name in FIELDS else "form"] = (out.get(name, "") + " " + (message if sep else part)).strip()
+
+    def add(field: str, message: str) -> None:
+        name = field.rsplit(".", 1)[-1]
+        name = {"rank": "lora_rank"}.get(name, name)
+        name = name if name in FIELDS else "form"
+        out[name] = (out.get(name, "") + " " + message).strip()
+
+    if exc.message.startswith("invalid job config: "):
+        for part in exc.message.removeprefix("invalid job config: ").split("; "):
+            field, sep, message = part.partition(": ")
+            add(field if sep else "form", message if sep else part)
+    else:
+        add(exc.param or "form", exc.message)
     return out
+
+
+STEP_OF = {field: step for step, fields in SHOWN.items() for field in fields}
+
+
+def _step_of(problems: dict[str, str]) -> str:
+    """The first step showing a field with a problem (problems of no field: the hyperparameters step)."""
+    steps = [STEP_OF.get(field, "hyperparameters") for field in problems]
+    return min(steps, key=STEPS.index)
 
 
 def _wizard(request: Request, caller: Caller, state: dict, step: str, status: int = 200, **context):
@@ -148,7 +166,8 @@ def _review(request: Request, caller: Caller, state: dict):
             estimate = jobs.estimate(s, caller.project_id, request.app.state.store, fields,
                                      **_files(state.get("validation") == "file", state))
     except TemperingError as exc:
-        return _wizard(request, caller, state, "hyperparameters", status=400, problems=_problems(exc))
+        problems = _problems(exc)
+        return _wizard(request, caller, state, _step_of(problems), status=400, problems=problems)
     return _wizard(request, caller, state, "review", estimate=estimate)
 
 
@@ -161,7 +180,8 @@ def _submit(request: Request, caller: Caller, state: dict):
                                   **_files(state.get("validation") == "file", state))
             job_id = job.id
     except TemperingError as exc:
-        return _wizard(request, caller, state, "hyperparameters", status=400, problems=_problems(exc))
+        problems = _problems(exc)
+        return _wizard(request, caller, state, _step_of(problems), status=400, problems=problems)
     return redirect(f"/jobs/{job_id}")
 
 
