@@ -272,3 +272,14 @@ def test_wizard_without_training_data_goes_back_to_that_step(client, app, tiny_m
     response = client.post("/fine-tune", data={**state, "step": "hyperparameters", "go": "next"})
     assert response.status_code == 400 and 'class="page-wizard step-data"' in response.text
     assert 'id="training_file-error"' in response.text
+
+
+def test_playground_names_a_missing_deployment(client, app):
+    token = admin(client, app)
+    whole = client.post("/playground", data={"csrf_token": token, "deployment": "nope", "message": "hi"})
+    assert whole.status_code == 400 and "nope" in whole.text and 'role="alert"' in whole.text
+    streamed = client.post("/playground/stream", data={"csrf_token": token, "deployment": "nope", "message": "hi"})
+    assert streamed.headers["content-type"].startswith("text/event-stream")
+    assert streamed.text.startswith("event: error\ndata: ") and "nope" in streamed.text
+    refused = client.post("/playground/stream", data={"deployment": "nope", "message": "hi"})
+    assert refused.status_code == 403

@@ -204,7 +204,10 @@ def test_the_main_flow_in_chromium(portal, browser, shots, tmp_path):
     page.locator("tr", has_text="web-chat").get_by_role("link", name="Playground").click()
     page.get_by_label("Your message").fill("What color is item 3?")
     page.get_by_role("button", name="Send").click()
-    expect(page.get_by_role("heading", name="Answer")).to_be_visible(timeout=120_000)
+    reply = page.get_by_test_id("reply")  # streamed in from /playground/stream
+    expect(reply).to_have_attribute("aria-busy", "false", timeout=120_000)
+    assert reply.inner_text().strip()
+    expect(page.get_by_role("heading", name="Answer")).to_be_visible()
     shots(page, "playground")
 
     rail.get_by_role("link", name="Models", exact=True).click()

@@ -38,6 +38,7 @@ PAGES: dict[tuple[str, str], str] = {
     ("POST", "/deployments/{deployment_id}/delete"): "deployments.write",
     ("GET", "/playground"): "deployments.call",
     ("POST", "/playground"): "deployments.call",
+    ("POST", "/playground/stream"): "deployments.call",
     ("GET", "/members"): "project.read",
     ("POST", "/members"): "members.manage",
     ("POST", "/keys"): "keys.self",

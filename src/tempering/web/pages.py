@@ -21,6 +21,7 @@ STATIC = Path(__file__).parent / "static"
 # The files /static serves (nothing else under the folder is reachable) and their media types.
 STATIC_FILES = {"htmx.min.js": "text/javascript", "uPlot.iife.min.js": "text/javascript",
                 "uPlot.min.css": "text/css", "portal.css": "text/css", "portal.js": "text/javascript",
+                "playground.js": "text/javascript",
                 "LICENSE.htmx": "text/plain", "LICENSE.uplot": "text/plain"}
 
 

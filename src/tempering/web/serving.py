@@ -121,11 +121,12 @@ def playground_page(request: Request, caller: PageCaller, deployment: str = ""):
     return _playground(request, caller, deployment=deployment[:64])
 
 
-async def answer(request: Request, caller: Caller, deployment: str, system: str, message: str,
-                 temperature: float, max_tokens: int | None) -> str:
-    """The deployment's answer through the chat service the API uses (filters, limits, request log)."""
+async def answer_pieces(request: Request, caller: Caller, deployment: str, system: str, message: str,
+                        temperature: float, max_tokens: int | None):
+    """The deployment's answer, piece by piece, through the chat service the API uses (the content filter,
+    concurrency limits and the request log apply as to an API call)."""
     from tempering.serve.params import SamplingParams
-    from tempering.services.chat import ChoiceState, Done, Timer, token_budget
+    from tempering.services.chat import ChoiceState, Done, Piece, Timer, token_budget
 
     chat = request.app.state.chat
     timer = Timer()
@@ -134,17 +135,21 @@ async def answer(request: Request, caller: Caller, deployment: str, system: str,
     prompt = await chat.chat_prompt(served, messages)
     budget = token_budget(max_tokens, len(prompt), served.context_length,
                           request.app.state.settings.serve_default_max_tokens, "max_tokens")
-    states = [ChoiceState(0)]
-    events = chat.generate(served, "chat.completions", timer, prompt,
-                           [SamplingParams(max_tokens=budget, temperature=temperature)], [], stream=False,
-                           states=states, check=messages)
+    params = [SamplingParams(max_tokens=budget, temperature=temperature)]
+    events = chat.generate(served, "chat.completions", timer, prompt, params, [], stream=True,
+                           states=[ChoiceState(0)], check=messages)
     try:
         async for event in events:
-            if isinstance(event, Done):
+            if isinstance(event, Piece) and event.text:
+                yield event.text
+            elif isinstance(event, Done):
                 break
     finally:
         await events.aclose()
-    return states[0].text
+
+
+def _choices(temperature: str, max_tokens: str) -> tuple[float, int | None]:
+    return float(temperature or 0), int(max_tokens) if max_tokens.strip() else None
 
 
 @router.post("/playground")
@@ -157,11 +162,42 @@ async def playground_send(request: Request, caller: PageCaller, deployment: Anno
               "max_tokens": max_tokens}
     _ = render.gettext_of(request, caller)
     try:
-        reply = await answer(request, caller, deployment, system, message, float(temperature or 0),
-                             int(max_tokens) if max_tokens.strip() else None)
+        reply = "".join([piece async for piece in answer_pieces(request, caller, deployment, system, message,
+                                                                *_choices(temperature, max_tokens))])
     except ValueError:
         return _playground(request, caller, status=400, chat_error=_("Temperature and maximum tokens must be numbers."),
                            **values)
     except TemperingError as exc:
         return _playground(request, caller, status=400, chat_error=exc.message, **values)
     return _playground(request, caller, reply=reply, **values)
+
+
+@router.post("/playground/stream")
+async def playground_stream(request: Request, caller: PageCaller, deployment: Annotated[str, Form(max_length=64)],
+                            message: Annotated[str, Form(max_length=20000)],
+                            system: Annotated[str, Form(max_length=20000)] = "",
+                            temperature: Annotated[str, Form(max_length=8)] = "0",
+                            max_tokens: Annotated[str, Form(max_length=8)] = "64"):
+    """The playground's answer as it is generated (Server-Sent Events: ``piece`` frames, then ``done``; a
+    problem is an ``error`` frame with its message). The page's script reads it; without script the form
+    posts to ``/playground`` and gets the whole answer."""
+    import json
+
+    from fastapi.responses import StreamingResponse
+
+    _ = render.gettext_of(request, caller)
+
+    async def frames():
+        try:
+            pieces = answer_pieces(request, caller, deployment, system, message, *_choices(temperature, max_tokens))
+            async for piece in pieces:
+                yield f"event: piece\ndata: {json.dumps({'text': piece})}\n\n"
+            yield "event: done\ndata: {}\n\n"
+        except ValueError:
+            text = _("Temperature and maximum tokens must be numbers.")
+            yield f"event: error\ndata: {json.dumps({'message': text})}\n\n"
+        except TemperingError as exc:
+            yield f"event: error\ndata: {json.dumps({'message': exc.message})}\n\n"
+
+    return StreamingResponse(frames(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})

@@ -10,8 +10,8 @@ import json
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
-from starlette.datastructures import UploadFile
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
 
 from tempering.errors import TemperingError
 from tempering.services.access import Caller
@@ -199,12 +199,21 @@ def jobs_page(request: Request, caller: PageCaller):
     return page(request, caller, "jobs.html", jobs=rows)
 
 
+def _point(event) -> dict | None:
+    """A chart point from a job event: a step's training loss (a metrics event), or an epoch's validation loss
+    (the epoch's event names its last step)."""
+    data = event.data or {}
+    if data.get("step") is None:
+        return None
+    if event.type == "metrics" and data.get("train_loss") is not None:
+        return {"step": data["step"], "train_loss": data["train_loss"], "valid_loss": None}
+    if data.get("valid_loss") is not None:
+        return {"step": data["step"], "train_loss": None, "valid_loss": data["valid_loss"]}
+    return None
+
+
 def _metric_points(events) -> list[dict]:
-    """The chart's points from a job's metrics events, oldest first."""
-    return [{"step": e.data.get("step"), "train_loss": e.data.get("train_loss"),
-             "valid_loss": e.data.get("valid_loss") if e.data.get("valid_loss") is not None
-             else e.data.get("full_valid_loss")}
-            for e in events if e.type == "metrics" and e.data and e.data.get("step") is not None]
+    return [p for p in map(_point, events) if p is not None]
 
 
 def _job_state(request: Request, caller: Caller, job_id: str, after_seq: int = 0):
@@ -260,7 +269,7 @@ async def job_live(request: Request, caller: PageCaller, job_id: str, after: int
                 seen = e.seq
                 yield {"event": "event", "id": str(e.seq), "data": json.dumps(
                     {"seq": e.seq, "created_at": e.created_at, "level": e.level, "type": e.type,
-                     "message": e.message, "data": e.data})}
+                     "message": e.message, "point": _point(e)})}
             if job.status != status:
                 status = job.status
                 yield {"event": "status", "data": json.dumps({"status": job.status,

@@ -36,9 +36,8 @@
     item.textContent = e.message;
     item.className = "level-" + e.level;
     list.insertBefore(item, list.firstChild);
-    if (e.type === "metrics" && e.data && e.data.step != null) {
-      var valid = e.data.valid_loss != null ? e.data.valid_loss : e.data.full_valid_loss;
-      points.push({ step: e.data.step, train_loss: e.data.train_loss, valid_loss: valid });
+    if (e.point) {  // the server picks the chart's points (web.tuning._point)
+      points.push(e.point);
       draw();
     }
   });
@@ -52,5 +51,7 @@
   source.addEventListener("end", function () {
     source.close();
     document.getElementById("job-done").hidden = false;
+    var cancel = document.getElementById("job-cancel");
+    if (cancel) { cancel.hidden = true; }
   });
 })();
