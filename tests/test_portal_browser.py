@@ -83,7 +83,7 @@ def portal(tiny_phi3_dir, tmp_path_factory):
     reset_settings()
     port = _free_port()
     env = {**os.environ, "TEMPERING_HOME": str(home), "TEMPERING_WORKER_LEASE_SECONDS": "10"}
-    process = subprocess.Popen([sys.executable, "-m", "tempering.cli.main", "serve", "--port", str(port)],
+    process = subprocess.Popen([sys.executable, "-m", "tempering.cli.main", "serve", "--port", str(port)],  # noqa: S603 - our own CLI, fixed arguments
                                env=env, stderr=subprocess.PIPE, text=True)
     try:
         password = _start(process, port)
