@@ -283,3 +283,20 @@ def test_playground_names_a_missing_deployment(client, app):
     assert streamed.text.startswith("event: error\ndata: ") and "nope" in streamed.text
     refused = client.post("/playground/stream", data={"deployment": "nope", "message": "hi"})
     assert refused.status_code == 403
+
+
+def test_portal_uploads_are_capped_by_the_upload_limit_not_the_json_one(tempering_home, monkeypatch):
+    from tempering.api.app import create_app
+    from tempering.settings import get_settings, reset_settings
+
+    monkeypatch.setenv("TEMPERING_MAX_JSON_BYTES", "2048")
+    monkeypatch.setenv("TEMPERING_MAX_UPLOAD_BYTES", str(len(TRAIN) + 100))
+    reset_settings()
+    app = create_app(get_settings(), workers=0)
+    with TestClient(app) as client:
+        token = admin(client, app)
+        assert len(TRAIN) > 2048
+        ok = client.post("/data", files={"file": ("t.jsonl", TRAIN)}, data={"csrf_token": token})
+        assert ok.status_code == 200 and "ready for fine-tuning" in ok.text
+        too_big = client.post("/data", files={"file": ("t.jsonl", TRAIN * 2)}, data={"csrf_token": token})
+        assert too_big.status_code in (400, 413) and "limit" in too_big.text

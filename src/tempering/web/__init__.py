@@ -45,6 +45,10 @@ PAGES: dict[tuple[str, str], str] = {
     ("POST", "/keys/{key_id}/revoke"): "keys.self",
 }
 
+# The forms that carry a data file: the request guard (api.limits) caps their bodies at the upload limit, not
+# the JSON limit of every other request.
+UPLOAD_FORMS = {("POST", "/data"), ("POST", "/fine-tune")}
+
 
 def mount(app) -> None:
     """Add the portal's pages and its error pages (sign-in redirect, CSRF refusal, forbidden) to the app."""
