@@ -300,3 +300,49 @@ def test_portal_uploads_are_capped_by_the_upload_limit_not_the_json_one(temperin
         assert ok.status_code == 200 and "ready for fine-tuning" in ok.text
         too_big = client.post("/data", files={"file": ("t.jsonl", TRAIN * 2)}, data={"csrf_token": token})
         assert too_big.status_code in (400, 413) and "limit" in too_big.text
+
+
+def test_sign_in_from_another_site_is_refused(client, app):
+    response = client.post("/signin", data={"username": "admin", "password": app.state.initial_admin_password},
+                           headers={"Origin": "https://evil.example"}, follow_redirects=False)
+    assert response.status_code == 403 and "tempering_session" not in response.headers.get("set-cookie", "")
+
+
+def test_job_actions_follow_its_state(client, app, tiny_model):
+    key = app.state.initial_api_key
+    headers = {"Authorization": f"Bearer {key}"}
+    file_id = client.post("/v1/files", headers=headers, files={"file": ("t.jsonl", TRAIN)},
+                          data={"purpose": "fine-tune"}).json()["id"]
+    job_id = client.post("/v1/fine_tuning/jobs", headers=headers,
+                         json={"model": tiny_model, "training_file": file_id}).json()["id"]
+    token = admin(client, app)
+    page = client.get(f"/jobs/{job_id}").text
+    assert ">Pause<" in page and ">Cancel<" in page and ">Resume<" not in page
+    client.post(f"/jobs/{job_id}/pause", data={"csrf_token": token})
+    page = client.get(f"/jobs/{job_id}").text  # no worker holds it: paused at once
+    assert ">Resume<" in page and ">Pause<" not in page
+    client.post(f"/jobs/{job_id}/cancel", data={"csrf_token": token})
+    page = client.get(f"/jobs/{job_id}").text
+    assert "cancelled" in page and ">Cancel<" not in page
+    refused = client.post(f"/jobs/{job_id}/cancel", data={"csrf_token": token})
+    assert refused.status_code == 409 and "already cancelled" in refused.text
+
+
+def test_deploy_filter_toggle_and_delete(client, app, tiny_model):
+    token = admin(client, app)
+    deployed = client.post("/models/deploy", data={"csrf_token": token, "model": tiny_model, "name": "base"},
+                           follow_redirects=False)
+    assert deployed.status_code == 303, deployed.text
+    page = client.get(deployed.headers["location"]).text
+    assert "Deployed: deploy-" in page and "Turn the filter on" in page  # the checkbox was not sent: off
+    deployment_id = re.search(r'action="/deployments/([^/]+)/content-filter"', page).group(1)
+    page = client.post(f"/deployments/{deployment_id}/content-filter",
+                       data={"csrf_token": token, "content_filter": "on"}).text
+    assert "Changed the content filter of base" in page and "Turn the filter off" in page
+    add_user(app, "rita", "reader")
+    reader = TestClient(app)
+    sign_in(reader, "rita", "correct-horse-battery")
+    seen = reader.get("/deployments").text
+    assert "base" in seen and ">Playground<" in seen and ">Delete<" not in seen and "Turn the filter" not in seen
+    page = client.post(f"/deployments/{deployment_id}/delete", data={"csrf_token": token}).text
+    assert "Deleted the deployment base" in page

@@ -62,6 +62,11 @@ def signin(request: Request, username: Annotated[str, Form(max_length=200)],
     from tempering.services.accounts import sign_in
     from tempering.services.projects import projects_of
 
+    _ = render.i18n.gettext_for(None)
+    origin = request.headers.get("origin")
+    if origin and origin != str(request.base_url).rstrip("/"):  # another site posting a sign-in (login CSRF)
+        return page(request, None, "signin.html", status=403, next="/", username_value="",
+                    signin_error=_("This sign-in form was sent from another site."))
     address = request.client.host if request.client else None
     db = request.app.state.db
     try:
@@ -71,7 +76,6 @@ def signin(request: Request, username: Annotated[str, Form(max_length=200)],
             project_id = mine[0][0].id if mine else None
             s.expunge(user)
     except TemperingError as exc:  # wrong password, or locked out: the service's own words
-        _ = render.i18n.gettext_for(None)
         message = (_("Incorrect username or password.") if exc.code == "invalid_credentials"
                    else exc.message)
         return page(request, None, "signin.html", status=429 if exc.code == "sign_in_locked" else 401,

@@ -104,6 +104,24 @@ def delete_deployment(request: Request, caller: PageCaller, deployment_id: str):
     return _deployments_page(request, caller, notice=_("Deleted the deployment %(name)s.", name=name))
 
 
+@router.post("/deployments/{deployment_id}/content-filter")
+def content_filter(request: Request, caller: PageCaller, deployment_id: str,
+                   content_filter: Annotated[str, Form(max_length=8)] = ""):
+    """Turn a deployment's content filter on (the server's default policy) or off
+    (``services.deployments.set_content_filter``, as the API's route)."""
+    from tempering.services.deployments import set_content_filter
+
+    _ = render.gettext_of(request, caller)
+    try:
+        with request.app.state.db.session() as s:
+            row = set_content_filter(s, caller.project_id, deployment_id, content_filter == "on", None,
+                                     request.app.state.settings)
+            name = row.name
+    except TemperingError as exc:
+        return _deployments_page(request, caller, status=400, error=exc.message)
+    return _deployments_page(request, caller, notice=_("Changed the content filter of %(name)s.", name=name))
+
+
 # ---------------------------------------------------------------- playground
 
 

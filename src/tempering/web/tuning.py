@@ -243,7 +243,9 @@ def job_page(request: Request, caller: PageCaller, job_id: str):
 
     _ = render.gettext_of(request, caller)
     statuses = {s: _(s) for s in ("validating_files", "queued", "running", "paused", *TERMINAL)}
-    return page(request, caller, "job.html", job=job, statuses=json.dumps(statuses), events=list(reversed(events)), checkpoints=checkpoints,
+    # what the job's state allows (the service refuses the rest): a paused job resumes, others pause
+    job_actions = [("cancel", _("Cancel")), ("resume", _("Resume")) if job.status == "paused" else ("pause", _("Pause"))]
+    return page(request, caller, "job.html", job=job, statuses=json.dumps(statuses), job_actions=job_actions, events=list(reversed(events)), checkpoints=checkpoints,
                 points=json.dumps(_metric_points(events)), last_seq=events[-1].seq if events else 0,
                 finished=job.status in TERMINAL)
 
@@ -283,13 +285,29 @@ async def job_live(request: Request, caller: PageCaller, job_id: str, after: int
     return EventSourceResponse(stream(), ping=15)
 
 
-@router.post("/jobs/{job_id}/cancel")
-def cancel_job(request: Request, caller: PageCaller, job_id: str):
+def _stop_or_resume(request: Request, caller: Caller, job_id: str, what: str):
+    """Cancel, pause or resume (``services.jobs``, as the API's routes); the job's page again."""
     from tempering.services import jobs
 
     try:
         with request.app.state.db.session() as s:
-            jobs.request_stop(s, jobs.owned_job(s, caller.project_id, job_id), "cancel")
+            job = jobs.owned_job(s, caller.project_id, job_id)
+            jobs.resume_job(s, job) if what == "resume" else jobs.request_stop(s, job, what)
     except TemperingError as exc:
         raise session.PageForbidden(exc.message, 409) from None
     return redirect(f"/jobs/{job_id}")
+
+
+@router.post("/jobs/{job_id}/cancel")
+def cancel_job(request: Request, caller: PageCaller, job_id: str):
+    return _stop_or_resume(request, caller, job_id, "cancel")
+
+
+@router.post("/jobs/{job_id}/pause")
+def pause_job(request: Request, caller: PageCaller, job_id: str):
+    return _stop_or_resume(request, caller, job_id, "pause")
+
+
+@router.post("/jobs/{job_id}/resume")
+def resume_job(request: Request, caller: PageCaller, job_id: str):
+    return _stop_or_resume(request, caller, job_id, "resume")
