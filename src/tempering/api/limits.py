@@ -18,8 +18,8 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tempering.api.deps import CALLER_STATE, authenticate, client_address
-from tempering.web import UPLOAD_FORMS
 from tempering.api.errors import APIError, envelope
+from tempering.web import UPLOAD_FORMS
 
 UPLOAD_PATH = "/v1/files"
 
