@@ -346,3 +346,28 @@ def test_deploy_filter_toggle_and_delete(client, app, tiny_model):
     assert "base" in seen and ">Playground<" in seen and ">Delete<" not in seen and "Turn the filter" not in seen
     page = client.post(f"/deployments/{deployment_id}/delete", data={"csrf_token": token}).text
     assert "Deleted the deployment base" in page
+
+
+@pytest.mark.parametrize("role", ["reader", "ai_developer", "owner"])
+def test_every_page_answers_each_role_as_the_matrix_says(app, role):
+    """Every page of web.PAGES with a project action: allowed → not 403; not allowed → 403 (and a GET page's
+    links and buttons for it are not shown, checked above for the main pages)."""
+    from tempering.services.access import ACTIONS, can
+    from tempering.web import PAGES
+
+    add_user(app, "someone", role)
+    with TestClient(app) as client:
+        token = csrf_of(sign_in(client, "someone", "correct-horse-battery").text)
+        for (method, path), action in sorted(PAGES.items()):
+            if action not in ACTIONS:
+                continue
+            url = re.sub(r"\{[^}]+\}", "nope", path)
+            if method == "GET":
+                response = client.get(url, follow_redirects=False)
+            else:
+                response = client.post(url, data={"csrf_token": token}, follow_redirects=False)
+            if can(role, action):
+                assert response.status_code != 403, (method, path, response.text[:300])
+            else:
+                assert response.status_code == 403, (method, path, response.status_code)
+                assert "does not allow this" in response.text

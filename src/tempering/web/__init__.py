@@ -44,6 +44,7 @@ PAGES: dict[tuple[str, str], str] = {
     ("POST", "/playground/stream"): "deployments.call",
     ("GET", "/members"): "project.read",
     ("POST", "/members"): "members.manage",
+    ("GET", "/audit"): "audit.read",
     ("POST", "/keys"): "keys.self",
     ("POST", "/keys/{key_id}/revoke"): "keys.self",
 }

@@ -76,3 +76,17 @@ def revoke_key(request: Request, caller: PageCaller, key_id: str):
     except TemperingError as exc:
         return _members_page(request, caller, status=404, key_error=exc.message)
     return _members_page(request, caller, notice=_("Revoked the key."))
+
+
+@router.get("/audit")
+def audit_page(request: Request, caller: PageCaller):
+    """The project's audit log, newest first (``services.audit``, as the API's ``audit_logs``)."""
+    from tempering.services import audit
+    from tempering.store.models import User
+
+    with request.app.state.db.session(write=False) as s:
+        rows = audit.events(s, caller.project_id, limit=200)
+        names = {u.id: u.username for u in s.query(User).filter(User.id.in_({e.actor_user_id for e in rows}))}
+        entries = [(e.created_at, e.action, names.get(e.actor_user_id, e.actor_key_id or ""), e.target or "",
+                    e.address or "") for e in rows]
+    return page(request, caller, "audit.html", entries=entries)

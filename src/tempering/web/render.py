@@ -24,8 +24,17 @@ TEMPLATES = Path(__file__).parent / "templates"
 def environment():
     from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-    return Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]),
-                       trim_blocks=True, lstrip_blocks=True)
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]),
+                      trim_blocks=True, lstrip_blocks=True)
+    env.filters["utc"] = _utc
+    return env
+
+
+def _utc(seconds: int | None) -> str:
+    """A stored time (seconds since the epoch) as the pages show it."""
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(seconds, timezone.utc).strftime("%Y-%m-%d %H:%M:%S") if seconds else ""
 
 
 def _user_and_projects(request: Request, caller: Caller | None):
