@@ -262,6 +262,10 @@ def test_static_files_are_the_pinned_ones_and_cached(client):
         assert hashlib.sha256((static / name).read_bytes()).hexdigest() == digest, name
         response = client.get(f"/static/{name}")
         assert response.status_code == 200 and "max-age=86400" in response.headers["cache-control"]
+    axe = Path(__file__).parent / "vendor"  # for the browser test only, never served
+    digest = re.search(r"`([0-9a-f]{64})`", (axe / "README.md").read_text()).group(1)
+    assert hashlib.sha256((axe / "axe.min.js").read_bytes()).hexdigest() == digest
+    assert client.get("/static/axe.min.js").status_code == 404
     assert client.get("/static/VENDORED.md").status_code == 404
     assert client.get("/static/..%2Fsession.py").status_code == 404
 

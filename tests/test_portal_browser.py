@@ -105,8 +105,18 @@ def browser():
         chromium.close()
 
 
+AXE = Path(__file__).parent / "vendor" / "axe.min.js"  # axe-core, vendored for tests (tests/vendor/README.md)
+SERIOUS = """async () => {
+  const result = await axe.run(document, {resultTypes: ["violations"]});
+  return result.violations.filter(v => v.impact === "serious" || v.impact === "critical")
+    .map(v => v.id + " (" + v.impact + "): " + v.nodes.slice(0, 3).map(n => n.target.join(" ")).join(", "));
+}"""
+
+
 @pytest.fixture
 def shots():
+    """``shots(page, name)``: a screenshot of the step, and axe-core's serious or critical violations on the page
+    collected (``shots.violations``) for the test to check at its end."""
     folder = Path(os.environ.get("TEMPERING_TEST_ARTEFACTS", Path(__file__).parent.parent / "test-artefacts"))
     folder = folder / "portal"
     folder.mkdir(parents=True, exist_ok=True)
@@ -114,7 +124,10 @@ def shots():
 
     def shot(page, name: str) -> None:
         page.screenshot(path=str(folder / f"{next(count):02d}-{name}.png"), full_page=True)
+        page.add_script_tag(path=str(AXE))
+        shot.violations += [f"{name}: {v}" for v in page.evaluate(SERIOUS)]
 
+    shot.violations = []
     return shot
 
 
@@ -223,4 +236,5 @@ def test_the_main_flow_in_chromium(portal, browser, shots, tmp_path):
     expect(page.locator("tr", has_text=model)).to_have_count(0)
     shots(page, "deleted")
     assert requests_elsewhere == []  # nothing phones home
+    assert shots.violations == []  # axe-core: no serious or critical accessibility violation on any step
     page.close()
