@@ -180,12 +180,16 @@ def test_new_project_for_hub_admins_and_switch(client, app):
     assert created.status_code == 303
     listed = client.get("/projects").text
     assert "phi-3 demo" in listed
+    hub_made = client.post("/hubs", data={"csrf_token": token, "name": "research"})
+    assert "Created the hub research" in hub_made.text and "New project in hub research" in hub_made.text
     add_user(app, "rita", "reader")
     client.cookies.clear()
     sign_in(client, "rita", "correct-horse-battery")
-    refused = client.post(f"/hubs/{hub}/projects", data={"csrf_token": csrf_of(client.get('/projects').text),
-                                                        "name": "mine"})
+    page = client.get("/projects").text
+    assert "New project" not in page and "New hub" not in page
+    refused = client.post(f"/hubs/{hub}/projects", data={"csrf_token": csrf_of(page), "name": "mine"})
     assert refused.status_code == 403
+    assert client.post("/hubs", data={"csrf_token": csrf_of(page), "name": "mine"}).status_code == 403
 
 
 def test_every_route_has_a_permission_decision(app):
@@ -310,6 +314,36 @@ def test_sign_in_from_another_site_is_refused(client, app):
     response = client.post("/signin", data={"username": "admin", "password": app.state.initial_admin_password},
                            headers={"Origin": "https://evil.example"}, follow_redirects=False)
     assert response.status_code == 403 and "tempering_session" not in response.headers.get("set-cookie", "")
+
+
+def test_job_page_streams_events_and_ends(client, app, tiny_model):
+    key = app.state.initial_api_key
+    headers = {"Authorization": f"Bearer {key}"}
+    file_id = client.post("/v1/files", headers=headers, files={"file": ("t.jsonl", TRAIN)},
+                          data={"purpose": "fine-tune"}).json()["id"]
+    job_id = client.post("/v1/fine_tuning/jobs", headers=headers,
+                         json={"model": tiny_model, "training_file": file_id}).json()["id"]
+    from tempering.store.models import JobEvent
+
+    with app.state.db.session() as s:
+        s.add(JobEvent(job_id=job_id, level="info", type="metrics", message="Step 1/2: training loss=2.5",
+                       data={"step": 1, "train_loss": 2.5}))
+    client.post(f"/v1/fine_tuning/jobs/{job_id}/cancel", headers=headers)
+    admin(client, app)
+    page = client.get(f"/jobs/{job_id}").text
+    assert '"train_loss": 2.5' in page.replace("&#34;", '"')  # the chart's points as of the page load
+    with client.stream("GET", f"/jobs/{job_id}/live") as live:
+        assert live.headers["content-type"].startswith("text/event-stream")
+        body = "".join(live.iter_text())
+    frames = [f for f in body.replace("\r\n", "\n").split("\n\n") if f.strip() and not f.startswith(":")]
+    kinds = [re.search(r"event: (\w+)", f).group(1) for f in frames]
+    assert kinds[-2:] == ["status", "end"] and kinds.count("event") == 3  # created, the step, cancel
+    assert '"point": {"step": 1, "train_loss": 2.5, "valid_loss": null}' in body
+    assert '"status": "cancelled"' in body
+    with client.stream("GET", f"/jobs/{job_id}/live", headers={"Last-Event-ID": "999999"}) as live:
+        assert "event: event" not in "".join(live.iter_text())  # nothing after the last one seen
+    other = TestClient(app)
+    assert other.get(f"/jobs/{job_id}/live", follow_redirects=False).status_code == 303
 
 
 def test_job_actions_follow_its_state(client, app, tiny_model):

@@ -21,6 +21,7 @@ PAGES: dict[tuple[str, str], str] = {
     ("POST", "/locale"): SIGNED_IN,
     ("GET", "/projects"): SIGNED_IN,
     ("POST", "/projects/switch"): SIGNED_IN,  # only to a project the user has a role in (access.project_role)
+    ("POST", "/hubs"): "server.admin",
     ("POST", "/hubs/{hub_id}/projects"): "hub.admin",
     ("GET", "/catalog"): "project.read",
     ("GET", "/data"): "project.read",

@@ -119,7 +119,8 @@ def _projects_page(request: Request, caller: Caller, status: int = 200, **contex
         admin_hubs = [h for h in hubs if caller.is_admin or access.is_hub_admin(s, caller.user_id, h.id)]
         for hub in admin_hubs:
             s.expunge(hub)
-    return page(request, caller, "projects.html", status=status, admin_hubs=admin_hubs, **context)
+    return page(request, caller, "projects.html", status=status, admin_hubs=admin_hubs,
+                may_create_hubs=caller.is_admin, **context)
 
 
 @router.get("/projects")
@@ -140,6 +141,20 @@ def switch_project(request: Request, caller: PageCaller, project_id: Annotated[s
     portal = session.current(request)
     session.write(request, response, session.PortalSession(portal.user_id, portal.epoch, project_id, portal.csrf))
     return response
+
+
+@router.post("/hubs")
+def new_hub(request: Request, caller: PageCaller, name: Annotated[str, Form(max_length=400)]):
+    """A new hub (server administrators; ``services.projects.create_hub``), to create projects in."""
+    from tempering.services import projects
+
+    _ = render.gettext_of(request, caller)
+    try:
+        with request.app.state.db.session() as s:
+            projects.create_hub(s, name, caller)
+    except TemperingError as exc:
+        return _projects_page(request, caller, status=400, hub_error=exc.message)
+    return _projects_page(request, caller, notice=_("Created the hub %(name)s.", name=name.strip()))
 
 
 @router.post("/hubs/{hub_id}/projects")
