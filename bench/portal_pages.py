@@ -47,7 +47,7 @@ def main() -> None:
     csrf = re.search(r'name="csrf_token" value="([^"]+)"', page.text).group(1)
     pages = {"catalog": ("GET", "/catalog", None), "catalog search (htmx fragment)":
              ("GET", "/catalog?q=phi-3", {"HX-Request": "true", "HX-Target": "cards"}),
-             "data files": ("GET", "/data", None), "data file problems": ("GET", f"/data?file={file_ids[0]}", None),
+             "data files": ("GET", "/data", None), "data file report": ("GET", f"/data/{file_ids[0]}", None),
              "jobs": ("GET", "/jobs", None), "job (300 events)": ("GET", f"/jobs/{job_id}", None),
              "models": ("GET", "/models", None), "deployments": ("GET", "/deployments", None),
              "playground": ("GET", "/playground", None), "members & keys": ("GET", "/members", None),

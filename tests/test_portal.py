@@ -409,3 +409,22 @@ def test_every_page_answers_each_role_as_the_matrix_says(app, role):
             else:
                 assert response.status_code == 403, (method, path, response.status_code)
                 assert "does not allow this" in response.text
+
+
+def test_file_page_reports_and_splits_and_converts(client, app):
+    token = admin(client, app)
+    rows = [{"messages": [{"role": "user", "content": f"Is {i} even?"},
+                          {"role": "assistant", "content": ["no", "yes"][i % 2 == 0]}]} for i in range(30)]
+    data = "".join(json.dumps(r) + "\n" for r in rows + rows[:2]).encode()
+    client.post("/data", files={"file": ("even.jsonl", data)}, data={"csrf_token": token})
+    file_id = re.search(r'href="/data/(file-[^"]+)"', client.get("/data").text).group(1)
+    page = client.get(f"/data/{file_id}")
+    assert page.status_code == 200 and "Quality report" in page.text and "Label balance" in page.text
+    assert re.search(r"Exact duplicates</dt><dd>2<", page.text)
+    split = client.post(f"/data/{file_id}/split", data={"csrf_token": token, "validation_fraction": "0.2"})
+    assert "Split into even.train.jsonl and even.validation.jsonl" in split.text
+    converted = client.post(f"/data/{file_id}/convert", data={"csrf_token": token, "to": "classification"})
+    assert "Converted into even.classification.jsonl" in converted.text
+    bad = client.post(f"/data/{file_id}/split", data={"csrf_token": token, "validation_fraction": "half"})
+    assert bad.status_code == 400 and "must be numbers" in bad.text
+    assert client.get("/data/file-nope").status_code == 404

@@ -207,18 +207,8 @@ def data_page(request: Request, caller: Caller, status: int = 200, **context):
 
 
 @router.get("/data")
-def data_files(request: Request, caller: PageCaller, file: str | None = None):
-    problems, shown = None, None
-    if file:
-        from tempering.services.datasets import file_issues
-
-        with request.app.state.db.session(write=False) as s:
-            try:
-                problems = file_issues(s, caller.project_id, request.app.state.store, file)
-                shown = file
-            except TemperingError as exc:
-                return data_page(request, caller, status=404, error=exc.message)
-    return data_page(request, caller, problems=problems, shown=shown)
+def data_files(request: Request, caller: PageCaller):
+    return data_page(request, caller)
 
 
 def store_upload(request: Request, caller: Caller, upload: UploadFile, purpose: str = "fine-tune"):
@@ -258,3 +248,68 @@ def upload_data(request: Request, caller: PageCaller, file: Annotated[UploadFile
                          error=_("%(name)s is not valid training data; every problem is listed below.",
                                  name=row.filename))
     return data_page(request, caller, notice=_("Uploaded %(name)s: ready for fine-tuning.", name=row.filename))
+
+
+def _file_page(request: Request, caller: Caller, file_id: str, status: int = 200, **context):
+    """A data file: every problem with its line, and the quality report (``services.datasets.report``, as
+    ``POST /v1/files/{id}/report`` without a model: no token counts) with its label balance and duplicates."""
+    from tempering.services import datasets
+
+    store = request.app.state.store
+    with request.app.state.db.session(write=False) as s:
+        try:
+            row = datasets.data_file(s, caller.project_id, file_id)
+        except TemperingError as exc:
+            raise session.PageForbidden(exc.message, 404) from None
+        s.expunge(row)
+        problems = datasets.file_issues(s, caller.project_id, store, row.id)
+        try:
+            report = datasets.report(s, caller.project_id, store, row.id)
+        except TemperingError as exc:  # a file that cannot be read as examples has its problems only
+            report, context["report_error"] = None, exc.message
+    labels = []
+    if report is not None and report.labels is not None:
+        most = max(report.labels.counts.values(), default=1)
+        labels = [(label, count, round(100 * count / most)) for label, count in report.labels.counts.items()]
+    return page(request, caller, "file.html", status=status, file=row, problems=problems, report=report,
+                labels=labels, **context)
+
+
+@router.get("/data/{file_id}")
+def data_file_page(request: Request, caller: PageCaller, file_id: str):
+    return _file_page(request, caller, file_id)
+
+
+@router.post("/data/{file_id}/split")
+def split_file(request: Request, caller: PageCaller, file_id: str,
+               validation_fraction: Annotated[str, Form(max_length=16)] = "0.1",
+               seed: Annotated[str, Form(max_length=16)] = "0"):
+    """Split a file into training and validation files (``services.datasets.split``, as the API's)."""
+    from tempering.services.datasets import split
+
+    _ = render.gettext_of(request, caller)
+    try:
+        fraction, seed_value = float(validation_fraction), int(seed or 0)
+        done = split(request.app.state.db, caller.project_id, request.app.state.store, file_id,
+                     validation_fraction=fraction, seed=seed_value)
+    except ValueError:
+        return _file_page(request, caller, file_id, status=400, action_error=_("The fraction and the seed must be "
+                                                                              "numbers."))
+    except TemperingError as exc:
+        return _file_page(request, caller, file_id, status=400, action_error=exc.message)
+    return data_page(request, caller, notice=_("Split into %(train)s and %(validation)s.",
+                                               train=done.train.filename, validation=done.validation.filename))
+
+
+@router.post("/data/{file_id}/convert")
+def convert_file(request: Request, caller: PageCaller, file_id: str,
+                 to: Annotated[str, Form(max_length=32)] = "chat"):
+    """Convert a file to chat JSONL or classification rows (``services.datasets.convert``, as the API's)."""
+    from tempering.services.datasets import convert
+
+    _ = render.gettext_of(request, caller)
+    try:
+        done = convert(request.app.state.db, caller.project_id, request.app.state.store, file_id, to=to)
+    except TemperingError as exc:
+        return _file_page(request, caller, file_id, status=400, action_error=exc.message)
+    return data_page(request, caller, notice=_("Converted into %(name)s.", name=done.file.filename))
