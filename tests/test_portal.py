@@ -286,6 +286,7 @@ def test_playground_names_a_missing_deployment(client, app):
     token = admin(client, app)
     whole = client.post("/playground", data={"csrf_token": token, "deployment": "nope", "message": "hi"})
     assert whole.status_code == 400 and "nope" in whole.text and 'role="alert"' in whole.text
+    assert 'value="hi"' in whole.text or ">hi</textarea>" in whole.text  # what was typed is kept
     streamed = client.post("/playground/stream", data={"csrf_token": token, "deployment": "nope", "message": "hi"})
     assert streamed.headers["content-type"].startswith("text/event-stream")
     assert streamed.text.startswith("event: error\ndata: ") and "nope" in streamed.text

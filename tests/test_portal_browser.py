@@ -205,6 +205,10 @@ def test_the_main_flow_in_chromium(portal, browser, shots, tmp_path):
     model = page.locator("#job-model").inner_text().strip()
     assert model.startswith(f"ft:{PHI3_ID}:web:")
 
+    page.reload()  # the checkpoints, as the finished job has them
+    page.get_by_role("button", name="Deploy checkpoint").first.click()  # an epoch's checkpoint, to compare with
+    expect(page.get_by_role("status")).to_contain_text("Deployed")
+
     rail.get_by_role("link", name="Models", exact=True).click()
     row = page.locator("tr", has_text=model)
     row.get_by_label("Deployment name").fill("web-chat")
@@ -213,23 +217,31 @@ def test_the_main_flow_in_chromium(portal, browser, shots, tmp_path):
     row.get_by_role("button", name="Deploy").click()
     expect(page.get_by_role("status")).to_contain_text("Deployed")
     shots(page, "deployments")
+    rows = page.locator("tbody tr")
+    expect(rows).to_have_count(2)
+    checkpoint_deployment = rows.filter(has_not_text="web-chat").locator("td").first.inner_text().split()[0]
 
     page.locator("tr", has_text="web-chat").get_by_role("link", name="Playground").click()
+    page.get_by_label("Compare with (optional)").select_option(checkpoint_deployment)
     page.get_by_label("Your message").fill("What color is item 3?")
     page.get_by_role("button", name="Send").click()
-    reply = page.get_by_test_id("reply")  # streamed in from /playground/stream
-    expect(reply).to_have_attribute("aria-busy", "false", timeout=120_000)
-    assert reply.inner_text().strip()
-    expect(page.get_by_role("heading", name="Answer")).to_be_visible()
+    replies = page.get_by_test_id("reply")  # streamed in from /playground/stream, side by side
+    expect(replies).to_have_count(2)
+    for i in range(2):
+        expect(replies.nth(i)).to_have_attribute("aria-busy", "false", timeout=120_000)
+        assert replies.nth(i).inner_text().strip()
     shots(page, "playground")
 
     rail.get_by_role("link", name="Models", exact=True).click()
     page.locator("tr", has_text=model).get_by_role("button", name="Delete").click()
-    expect(page.get_by_role("alert")).to_contain_text("web-chat")  # refused: it is deployed
+    refusal = page.get_by_role("alert")
+    expect(refusal).to_contain_text("web-chat")  # refused while deployed, naming every deployment
+    expect(refusal).to_contain_text(checkpoint_deployment)
     shots(page, "delete-refused")
-    rail.get_by_role("link", name="Deployments").click()
-    page.locator("tr", has_text="web-chat").get_by_role("button", name="Delete").click()
-    expect(page.get_by_role("status")).to_contain_text("Deleted the deployment web-chat")
+    for name in ("web-chat", checkpoint_deployment):
+        rail.get_by_role("link", name="Deployments").click()
+        page.locator("tr", has_text=name).get_by_role("button", name="Delete").click()
+        expect(page.get_by_role("status")).to_contain_text(f"Deleted the deployment {name}")
     rail.get_by_role("link", name="Models", exact=True).click()
     page.locator("tr", has_text=model).get_by_role("button", name="Delete").click()
     expect(page.get_by_role("status")).to_contain_text(f"Deleted {model}")

@@ -130,7 +130,8 @@ def _playground(request: Request, caller: Caller, status: int = 200, **context):
 
     with request.app.state.db.session(write=False) as s:
         chat = [(d.name, d.model) for d in list_deployments(s, caller.project_id) if d.task == "chat"]
-    values = {"deployment": "", "system": "", "message": "", "temperature": "0", "max_tokens": "64", **context}
+    values = {"deployment": "", "compare": "", "system": "", "message": "", "temperature": "0", "max_tokens": "64",
+              **context}
     return page(request, caller, "playground.html", status=status, chat_deployments=chat, **values)
 
 
@@ -175,19 +176,23 @@ async def playground_send(request: Request, caller: PageCaller, deployment: Anno
                           message: Annotated[str, Form(max_length=20000)],
                           system: Annotated[str, Form(max_length=20000)] = "",
                           temperature: Annotated[str, Form(max_length=8)] = "0",
-                          max_tokens: Annotated[str, Form(max_length=8)] = "64"):
-    values = {"deployment": deployment, "system": system, "message": message, "temperature": temperature,
-              "max_tokens": max_tokens}
+                          max_tokens: Annotated[str, Form(max_length=8)] = "64",
+                          compare: Annotated[str, Form(max_length=64)] = ""):
+    """The whole answer (of two deployments side by side with ``compare``), for a browser without script."""
+    values = {"deployment": deployment, "compare": compare, "system": system, "message": message,
+              "temperature": temperature, "max_tokens": max_tokens}
     _ = render.gettext_of(request, caller)
     try:
-        reply = "".join([piece async for piece in answer_pieces(request, caller, deployment, system, message,
-                                                                *_choices(temperature, max_tokens))])
+        replies = []
+        for name in [deployment] + ([compare] if compare else []):
+            pieces = answer_pieces(request, caller, name, system, message, *_choices(temperature, max_tokens))
+            replies.append((name, "".join([piece async for piece in pieces])))
     except ValueError:
         return _playground(request, caller, status=400, chat_error=_("Temperature and maximum tokens must be numbers."),
                            **values)
     except TemperingError as exc:
         return _playground(request, caller, status=400, chat_error=exc.message, **values)
-    return _playground(request, caller, reply=reply, **values)
+    return _playground(request, caller, replies=replies, **values)
 
 
 @router.post("/playground/stream")
