@@ -205,7 +205,9 @@ def test_the_main_flow_in_chromium(portal, browser, shots, tmp_path):
     model = page.locator("#job-model").inner_text().strip()
     assert model.startswith(f"ft:{PHI3_ID}:web:")
 
-    page.reload()  # the checkpoints, as the finished job has them
+    page.reload()  # the checkpoints and the evaluation, as the finished job has them
+    expect(page.get_by_role("heading", name="Evaluation: base vs fine-tuned")).to_be_visible()
+    expect(page.locator("section[aria-labelledby=evaluation-title] tbody tr").first).to_contain_text("validation loss")
     page.get_by_role("button", name="Deploy checkpoint").first.click()  # an epoch's checkpoint, to compare with
     expect(page.get_by_role("status")).to_contain_text("Deployed")
 

@@ -42,11 +42,14 @@ def models_page(request: Request, caller: PageCaller):
 @router.post("/models/deploy")
 def deploy(request: Request, caller: PageCaller, model: Annotated[str, Form(max_length=240)],
            name: Annotated[str, Form(max_length=64)] = "",
-           content_filter: Annotated[str, Form(max_length=8)] = ""):
-    """A deployment of the model (``services.deployments.create_deployment``, as the API's)."""
+           content_filter: Annotated[str, Form(max_length=8)] = "",
+           force: Annotated[str, Form(max_length=8)] = ""):
+    """A deployment of the model (``services.deployments.create_deployment``, as the API's: the deploy gate
+    refuses a model its evaluation judged worse than its base unless ``force``)."""
     from tempering.services.deployments import DeploymentSpec, create_deployment
 
-    spec = DeploymentSpec(model=model, name=name.strip() or None, content_filter=content_filter == "on")
+    spec = DeploymentSpec(model=model, name=name.strip() or None, content_filter=content_filter == "on",
+                          force=force == "on")
     try:
         with request.app.state.db.session() as s:
             deployment = create_deployment(s, caller.project_id, spec, request.app.state.settings)

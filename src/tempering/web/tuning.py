@@ -239,15 +239,37 @@ def job_page(request: Request, caller: PageCaller, job_id: str):
         job, events, checkpoints = _job_state(request, caller, job_id)
     except TemperingError as exc:
         raise session.PageForbidden(exc.message, 404) from None
+    from tempering.services.evaluations import of_job
     from tempering.services.jobs import TERMINAL
 
+    with request.app.state.db.session(write=False) as s:
+        evaluation = of_job(s, caller.project_id, job.id)
     _ = render.gettext_of(request, caller)
     statuses = {s: _(s) for s in ("validating_files", "queued", "running", "paused", *TERMINAL)}
     # what the job's state allows (the service refuses the rest): a paused job resumes, others pause
     job_actions = [("cancel", _("Cancel")), ("resume", _("Resume")) if job.status == "paused" else ("pause", _("Pause"))]
-    return page(request, caller, "job.html", job=job, statuses=json.dumps(statuses), job_actions=job_actions, events=list(reversed(events)), checkpoints=checkpoints,
+    return page(request, caller, "job.html", job=job, statuses=json.dumps(statuses), job_actions=job_actions,
+                evaluation=evaluation, comparison=_comparison(evaluation), events=list(reversed(events)), checkpoints=checkpoints,
                 points=json.dumps(_metric_points(events)), last_seq=events[-1].seq if events else 0,
                 finished=job.status in TERMINAL)
+
+
+def _comparison(evaluation) -> list[tuple[str, str, str]]:
+    """The evaluation's metrics as rows: (metric, base, fine-tuned), formatted."""
+    if evaluation is None:
+        return []
+
+    def value(model, path: str) -> str:
+        for part in path.split("."):
+            model = getattr(model, part, None) if model is not None else None
+        return f"{model:.4f}" if isinstance(model, float) else ("" if model is None else str(model))
+
+    paths = [("validation loss", "loss.loss"), ("perplexity", "loss.perplexity"),
+             ("mean token accuracy", "loss.mean_token_accuracy"), ("exact match", "generation.exact_match"),
+             ("ROUGE-L", "generation.text.rouge_l"), ("label accuracy", "generation.labels.accuracy"),
+             ("accuracy", "classification.accuracy")]
+    rows = [(name, value(evaluation.baseline, path), value(evaluation.candidate, path)) for name, path in paths]
+    return [row for row in rows if row[1] or row[2]]
 
 
 @router.get("/jobs/{job_id}/live")
