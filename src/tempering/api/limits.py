@@ -17,6 +17,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tempering.api.deps import CALLER_STATE, authenticate, client_address
 from tempering.api.errors import APIError, envelope
+from tempering.services.audit import ACTOR
 
 UPLOAD_PATH = "/v1/files"
 
@@ -55,6 +56,7 @@ class RequestGuard:
             except APIError as exc:
                 return await _answer(scope, send, exc.status, exc.message, exc.code)
             scope.setdefault("state", {})[CALLER_STATE] = caller
+            ACTOR.set(caller)  # this request's task only: the audit log's actor
         if is_upload(scope):
             return await self.app(scope, receive, send)
         declared = declared_length(scope)

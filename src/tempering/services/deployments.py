@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from tempering.errors import ConflictError, TemperingError, not_found
 from tempering.safety import SafetyPolicy
-from tempering.services import filtering
+from tempering.services import audit, filtering
 from tempering.store.models import Deployment, DeploymentRequest, looks_like_id
 from tempering.store.pages import Page, after_seq
 from tempering.train import refs
@@ -154,6 +154,8 @@ def create_deployment(session, project_id: str, spec: DeploymentSpec, settings) 
                             upstream_model=spec.upstream_model or (target.name if spec.backend == "upstream" else None))
     session.add(deployment)
     session.flush()
+    audit.record(session, "deployment.created", project_id=project_id, target=deployment.id, model=deployment.model,
+                 content_filter=bool(spec.content_filter))
     return deployment
 
 
@@ -196,6 +198,8 @@ def set_content_filter(session, project_id: str, ident: str, content_filter: boo
     deployment.content_filter_policy = set_policy_fields(session, project_id, content_filter, policy, settings,
                                                          task=deployment.task)
     deployment.content_filter = content_filter
+    audit.record(session, "content_filter.updated", project_id=project_id, target=deployment.id,
+                 content_filter=content_filter, policy=deployment.content_filter_policy)
     return deployment
 
 
@@ -206,6 +210,7 @@ def list_deployments(session, project_id: str) -> list[Deployment]:
 def delete_deployment(session, project_id: str, ident: str) -> Deployment:
     deployment = owned_deployment(session, project_id, ident)
     deployment.deleted_at = int(time.time())  # the row stays: its request log outlives it
+    audit.record(session, "deployment.deleted", project_id=project_id, target=deployment.id)
     return deployment
 
 

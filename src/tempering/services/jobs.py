@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 
 from tempering.errors import InvalidStateError, TemperingError, not_found
+from tempering.services import audit
 from tempering.services._files import owned_file
 from tempering.store.models import File, Job, JobCheckpoint, JobEvent, now
 from tempering.store.pages import Page, after_seq, clamp, newest_first
@@ -84,6 +85,7 @@ def create_job(session, project_id: str, store, fields: dict, *, training_file: 
     session.add(job)
     session.flush()
     session.add(JobEvent(job_id=job.id, level="info", message=f"Created fine-tuning job: {job.id}", type="message"))
+    audit.record(session, "job.created", project_id=project_id, target=job.id, model=job.model)
     return job
 
 
@@ -130,6 +132,8 @@ def request_stop(session, job: Job, kind: str) -> Job:
     else:
         job.stop_requested = kind  # the runner stops at the next step and keeps a checkpoint
     session.add(JobEvent(job_id=job.id, level="info", message=f"{kind.capitalize()} requested", type="message"))
+    audit.record(session, "job.cancelled" if kind == "cancel" else "job.paused", project_id=job.project_id,
+                 target=job.id)
     return job
 
 
@@ -138,6 +142,7 @@ def resume_job(session, job: Job) -> Job:
         raise InvalidStateError(f"job {job.id} is {job.status}, not paused", param="fine_tuning_job_id")
     job.status, job.stop_requested, job.worker_id = "queued", None, None
     session.add(JobEvent(job_id=job.id, level="info", message="Resume requested", type="message"))
+    audit.record(session, "job.resumed", project_id=job.project_id, target=job.id)
     return job
 
 
