@@ -117,17 +117,17 @@ def expected(caller: str, method: str, path: str, action: str) -> str:
             return "allowed"  # blocklist names are per project: the same name is another list of their own
         if action in (access.SIGNED_IN,) or path in ("/v1/organization/projects", "/v1/organization/hubs"):
             return "allowed" if method == "GET" else "403"
-        if action == "server.admin":
-            return "403"
-        if "{" in path or action == "hub.admin":
-            return "404" if "{" in path else "403"  # my objects are not theirs; creating in my hub is not theirs
+        if action in ("server.admin", "hub.admin"):
+            return "403"  # their project is in the same hub: they know it, but do not run it
+        if "{" in path:
+            return "404"  # my objects are not theirs
         return "allowed"  # a list of their own project (empty)
     if action == "server.admin":
         return "allowed" if caller == "admin" else "403"
     if action == "hub.admin":
         if caller == "admin":
             return "allowed"
-        return "404" if "{hub_id}" in path else "403"  # a hub they are no member of is not shown
+        return "403"  # a project of theirs is in the hub: they know it, but do not run it
     return "allowed" if access.can(ROLE_OF[caller], action) else "403"
 
 
@@ -246,3 +246,44 @@ def test_sign_in_is_throttled_per_user_with_a_lockout(world):
         with pytest.raises(TemperingError) as unknown:  # an unknown user reads the same as a wrong password
             accounts.sign_in(session, throttle, "nobody", "whatever it is")
         assert unknown.value.code == "invalid_credentials"
+
+
+def test_hub_secrets_are_write_only_and_encrypted_at_rest(world):
+    from sqlalchemy import text
+
+    from tempering.services.secrets import hub_secret
+
+    app, client, keys, ids = world
+    admin = {"Authorization": f"Bearer {keys['admin']}"}
+    base = f"/v1/organization/hubs/{ids['hub_id']}/secrets"
+    assert client.put(f"{base}/safety-key", headers=admin, json={"value": "s3cret-one"}).status_code == 200
+    assert client.put(f"{base}/safety-key", headers=admin, json={"value": "s3cret-two"}).status_code == 200  # rotate
+    listed = client.get(base, headers=admin)
+    assert [s["name"] for s in listed.json()["data"]] == ["safety-key"] and "s3cret" not in listed.text
+    assert client.put(f"{base}/bad name", headers=admin, json={"value": "x"}).status_code in (400, 404)
+    with app.state.db.session() as session:
+        stored = session.execute(text("SELECT ciphertext FROM hub_secrets")).scalar_one()
+        assert "s3cret" not in stored
+        assert hub_secret(session, ids["hub_id"], "safety-key", app.state.cipher) == "s3cret-two"
+    assert client.put(f"{base}/x", headers={"Authorization": f"Bearer {keys['owner']}"},
+                      json={"value": "x"}).status_code == 403  # an Owner of a project is not the hub's admin
+    elsewhere = client.post("/v1/organization/hubs", headers=admin, json={"name": "research"}).json()["id"]
+    assert client.get(f"/v1/organization/hubs/{elsewhere}/secrets",
+                      headers={"Authorization": f"Bearer {keys['owner']}"}).status_code == 404  # not theirs to know
+    assert client.delete(f"{base}/safety-key", headers=admin).status_code == 200
+    assert client.get(base, headers=admin).json()["data"] == []
+
+
+def test_the_audit_log_names_the_actor_of_api_changes(world):
+    app, client, keys, ids = world
+    dev = {"Authorization": f"Bearer {keys['ai_developer']}"}
+    deployment = client.post("/v1/deployments", headers=dev, json={"model": "nonexistent-model"})
+    assert deployment.status_code == 404  # refused: nothing recorded
+    client.patch("/v1/contentsafety/text/blocklists/audited", headers=dev, json={"description": "d"})
+    owner = {"Authorization": f"Bearer {keys['owner']}"}
+    entries = client.get(f"/v1/organization/projects/{ids['project_id']}/audit_logs", headers=owner,
+                         params={"type": "blocklist.updated"}).json()["data"]
+    assert entries[0]["target"] == "audited" and entries[0]["actor"]["api_key_id"]
+    assert entries[0]["actor"]["user_id"] == client.get("/v1/me", headers=dev).json()["user"]["id"]
+    assert not client.get(f"/v1/organization/projects/{ids['project_id']}/audit_logs", headers=owner,
+                          params={"type": "deployment.created"}).json()["data"]

@@ -296,6 +296,7 @@ def set_secret(session: Session, hub: Hub, name: str, value: str, cipher, caller
     if row is None:
         row = HubSecret(hub_id=hub.id, name=name, ciphertext=cipher.encrypt(value))
         session.add(row)
+        session.flush()
     else:
         row.ciphertext, row.updated_at = cipher.encrypt(value), now()
     audit.record(session, "secret.set", caller=caller, project_id=None, hub_id=hub.id, target=name)
