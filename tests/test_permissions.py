@@ -287,3 +287,12 @@ def test_the_audit_log_names_the_actor_of_api_changes(world):
     assert entries[0]["actor"]["user_id"] == client.get("/v1/me", headers=dev).json()["user"]["id"]
     assert not client.get(f"/v1/organization/projects/{ids['project_id']}/audit_logs", headers=owner,
                           params={"type": "deployment.created"}).json()["data"]
+
+
+def test_the_documented_matrix_is_the_matrix():
+    from pathlib import Path
+
+    doc = (Path(__file__).parent.parent / "docs" / "access.md").read_text()
+    for action, (_, covers) in access.ACTIONS.items():
+        cells = " | ".join("yes" if access.can(r, action) else "—" for r in access.ROLES)
+        assert f"| `{action}` | {cells} | {covers} |" in doc, action
