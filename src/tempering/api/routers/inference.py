@@ -57,8 +57,6 @@ def _warn_ignored(body, endpoint: str) -> None:
 def _messages(body: ChatCompletionRequest) -> list[dict]:
     if body.tools or body.tool_choice not in (None, "none"):
         raise APIError(400, "tools and tool_choice are not supported by this server", param="tools")
-    if body.response_format and body.response_format.get("type") not in (None, "text"):
-        raise APIError(400, "only response_format {\"type\": \"text\"} is supported", param="response_format")
     messages = []
     for i, m in enumerate(body.messages):
         if m.role in ("tool", "function"):
@@ -76,6 +74,30 @@ def _messages(body: ChatCompletionRequest) -> list[dict]:
     return messages
 
 
+def response_format(body) -> dict | None:
+    """The constraint a chat request's ``response_format`` asks for (``serve.constrain``), checked up front so
+    a schema the engine cannot enforce is a 400 before anything is queued; None for free text."""
+    wanted = getattr(body, "response_format", None)
+    kind = wanted.get("type") if wanted else None
+    if kind in (None, "text"):
+        return None
+    if kind == "json_object":
+        spec = {"type": "json_object"}
+    elif kind == "json_schema":
+        schema = wanted.get("json_schema")
+        if not isinstance(schema, dict) or not isinstance(schema.get("schema", {}), dict):
+            raise APIError(400, "response_format.json_schema must be an object with a JSON schema in 'schema'",
+                           param="response_format.json_schema")
+        spec = {"type": "json_schema", "schema": schema.get("schema") or {}}
+    else:
+        raise APIError(400, "response_format.type must be 'text', 'json_object' or 'json_schema'",
+                       param="response_format.type")
+    from tempering.serve.constrain import check
+
+    check(spec)  # InvalidConfigError → 400 naming response_format
+    return spec
+
+
 def _params(body, max_tokens: int, choice: int, logprobs: bool, top_logprobs: int) -> SamplingParams:
     temperature = 1.0 if body.temperature is None else body.temperature
     top_p = 1.0 if body.top_p is None else body.top_p
@@ -83,7 +105,7 @@ def _params(body, max_tokens: int, choice: int, logprobs: bool, top_logprobs: in
         temperature, top_p = 0.0, 1.0
     seed = None if body.seed is None else (body.seed + choice) % 2**63  # n choices must differ
     return SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                          logprobs=logprobs, top_logprobs=top_logprobs)
+                          logprobs=logprobs, top_logprobs=top_logprobs, response_format=response_format(body))
 
 
 def _error_event(exc: BaseException) -> str:
