@@ -10,7 +10,7 @@ import typer
 from tempering.cli.common import out, print_json, quiet_libraries, safe
 
 MODEL_HELP = ("A fine-tuned id (ft:…), a checkpoint (<fine-tuned id>@step-<N>, "
-              "<fine-tuned id>:ckpt-step-<N>, or a checkpoint folder), or a catalog id (merged only: a copy "
+              "<fine-tuned id>:ckpt-step-<N>, or a checkpoint folder), or a catalog id (merged or gguf: a copy "
               "of its float weights).")
 FORMAT_HELP = ("peft: the LoRA adapter and tokenizer, for PeftModel.from_pretrained(base, DIR). merged: the "
                "adapter merged into the base weights (safetensors, config, tokenizer), for plain "
