@@ -252,3 +252,25 @@ def test_gguf_export_runs_in_llama_cpp(tiny_model, tiny_model_dir, tmp_path):
         if len(got) == len(want):
             break
     assert got == want
+
+
+def test_gguf_lora_adapter_applies_to_the_base_gguf_as_the_merge_did(tiny_model, tmp_path):
+    """adapter.gguf (llama.cpp's LoRA form) added to the base's GGUF as llama.cpp adds it, W + B·A·alpha/rank,
+    gives the merged GGUF's matrices: names, orientation, the query/key permutation and the scale agree."""
+    from gguf import GGUFReader
+
+    model_id = _tune(tiny_model, tmp_path).model_id
+    tuned = export_model(model_id, "gguf", tmp_path / "tuned", dtype="float32").path
+    base = export_model(tiny_model, "gguf", tmp_path / "base", dtype="float32").path
+    adapter = GGUFReader(tuned / "adapter.gguf")
+    assert adapter.fields["general.type"].contents() == "adapter"
+    alpha = adapter.fields["adapter.lora.alpha"].contents()
+    lora = {t.name: t.data for t in adapter.tensors}
+    base_w = {t.name: t.data for t in GGUFReader(base / "model.gguf").tensors}
+    merged_w = {t.name: t.data for t in GGUFReader(tuned / "model.gguf").tensors}
+    adapted = sorted(name.removesuffix(".lora_a") for name in lora if name.endswith(".lora_a"))
+    assert "blk.0.attn_q.weight" in adapted and "blk.1.attn_k.weight" in adapted
+    for name in adapted:
+        a, b = lora[f"{name}.lora_a"], lora[f"{name}.lora_b"]
+        rebuilt = base_w[name] + (b @ a) * (alpha / a.shape[0])
+        assert abs(rebuilt - merged_w[name]).max() < 1e-5, name

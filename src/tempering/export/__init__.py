@@ -10,7 +10,8 @@ id, a checkpoint, a catalog id) and writes one folder:
   (classification, with ``id2label``/``label2id``). A catalog id exports its float weights as they are;
 - ``gguf``: the adapter merged into the base, as one ``model.gguf`` for llama.cpp, Ollama and LM Studio
   (``export.gguf``: f16 by default, f32, bf16 or q8_0 through ``dtype``), the chat template in its metadata,
-  and an Ollama ``Modelfile`` beside it. Chat models of the Llama and Phi-3 architectures.
+  and an Ollama ``Modelfile`` beside it, and for a fine-tuned model its adapter alone in llama.cpp's LoRA-GGUF
+  form (``adapter.gguf``). Chat models of the Llama and Phi-3 architectures.
 
 Every export also holds ``tempering-export.json`` (what was exported from what). The folder is built beside
 the target and renamed into place, so a crash never leaves a half export that looks whole. Knows nothing
@@ -181,6 +182,10 @@ def _write_gguf(target: Target, folder: Path, file_type: str) -> str:
         model = PeftModel.from_pretrained(model, target.adapter).merge_and_unload()
     write_model_gguf(model, tokenizer, card, folder / "model.gguf", file_type, target.name)
     (folder / "Modelfile").write_text(_modelfile(tokenizer), encoding="utf-8")
+    if target.adapter is not None:  # the adapter alone too, for a base GGUF users already have
+        from tempering.export.gguf import write_lora_gguf
+
+        write_lora_gguf(target.adapter, model.config, folder / "adapter.gguf", file_type, target.name)
     return file_type
 
 

@@ -185,3 +185,52 @@ def _tokenizer_from_hf(writer, tokenizer) -> None:
         writer.add_token_types(types)
         gguf.SpecialVocab(Path(folder), load_merges=model.get("type") == "BPE" and not model.get("byte_fallback"),
                           n_vocab=len(tokens)).add_to_gguf(writer)
+
+
+def write_lora_gguf(adapter: Path, config, path: Path, file_type: str, name: str) -> None:
+    """A PEFT LoRA adapter in llama.cpp's LoRA-GGUF form (``convert_lora_to_gguf.py``'s): ``general.type``
+    adapter, ``adapter.lora.alpha``, and per adapted matrix ``<gguf name>.lora_a`` (rank × in) and ``.lora_b``
+    (out × rank); a Llama query or key's B rows permuted as the matrix itself is. llama.cpp scales by
+    alpha / rank; an rsLoRA adapter's alpha is rescaled to keep its scale."""
+    import gguf
+    from safetensors.numpy import load_file
+
+    settings = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    if settings.get("use_dora") or settings.get("peft_type", "LORA") != "LORA":
+        raise InvalidConfigError("llama.cpp's adapter GGUF holds plain LoRA only (not DoRA)", param="format",
+                                 code="unsupported_format")
+    alpha, rank = float(settings["lora_alpha"]), int(settings["r"])
+    if settings.get("use_rslora"):
+        alpha *= rank ** 0.5  # rsLoRA scales by alpha / sqrt(rank); llama.cpp by alpha / rank
+    arch = architecture(config)
+    names = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, ARCHITECTURES[arch]), config.num_hidden_layers)
+    pairs: dict[str, dict[str, np.ndarray]] = {}
+    for key, value in load_file(adapter / "adapter_model.safetensors").items():
+        if ".lora_A." not in key and ".lora_B." not in key:
+            raise InvalidConfigError(f"the adapter holds {key}, which llama.cpp's LoRA form cannot carry",
+                                     param="format", code="unsupported_format")
+        base = key.replace("base_model.model.", "", 1).replace(".lora_A.weight", ".weight") \
+            .replace(".lora_B.weight", ".weight")
+        pairs.setdefault(base, {})["a" if ".lora_A." in key else "b"] = value.astype(np.float32)
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_type(gguf.GGUFType.ADAPTER)
+    writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+    writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
+    writer.add_name(name)
+    for base, pair in sorted(pairs.items()):
+        mapped = names.get_name(base, try_suffixes=(".weight",))
+        if mapped is None or set(pair) != {"a", "b"}:
+            raise InvalidConfigError(f"GGUF export: cannot place the adapter's {base}", param="format",
+                                     code="unsupported_format")
+        lora_b = pair["b"]
+        if arch == "llama" and base.endswith("q_proj.weight"):
+            lora_b = permute(lora_b, config.num_attention_heads)
+        elif arch == "llama" and base.endswith("k_proj.weight"):
+            lora_b = permute(lora_b, config.num_key_value_heads)
+        for suffix, data in (("lora_a", pair["a"]), ("lora_b", lora_b)):
+            array, kind = encode(data, "f32" if file_type == "q8_0" else file_type)  # ranks are rarely 32-wide
+            writer.add_tensor(f"{mapped}.{suffix}", array, raw_dtype=kind)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
