@@ -65,8 +65,11 @@ def get_file(file_id: str, caller: CallerDep, session: SessionDep) -> FileObject
                                                                                  "format": "binary"}}}}})
 def file_content(file_id: str, request: Request, caller: CallerDep, session: SessionDep):
     row = owned_file(session, caller.project_id, file_id)
-    return FileResponse(request.app.state.store.file_path(row.id), media_type="application/octet-stream",
-                        filename=row.filename)
+    path = request.app.state.store.file_path(row.id)
+    if not path.is_file():  # the row outlived its bytes (a restore without artifacts, a disk lost): say so
+        raise APIError(500, f"the bytes of {row.id} are missing from the artifact store", code="file_missing",
+                       param="file_id")
+    return FileResponse(path, media_type="application/octet-stream", filename=row.filename)
 
 
 @router.delete("/{file_id}", response_model=FileDeleted)
