@@ -36,9 +36,10 @@ class DeploymentCreate(BaseModel):
                                          "beyond it a request is answered 429 (OpenAI's SDK retries those).")
     force: bool = Field(default=False, description="Deploy even when the model's evaluation says it is worse "
                         "than its base model.")
-    backend: Literal["local", "upstream"] = Field(default="local", description="'local': the embedded engine "
-                                                  "(transformers, adapters on a shared base model); 'upstream': "
-                                                  "forward to an OpenAI-compatible server such as vLLM.")
+    backend: Literal["local", "upstream", "llama.cpp"] = Field(
+        default="local", description="'local': the embedded engine (transformers, adapters on a shared base model); "
+        "'upstream': forward to an OpenAI-compatible server such as vLLM; 'llama.cpp': llama.cpp on this server "
+        "(llama-cpp-python installed), from a GGUF export of the model made on first use.")
     upstream_url: str | None = Field(default=None, max_length=500, pattern=r"^https?://",
                                      description="The upstream server's base URL (…/v1), for backend 'upstream'.")
     upstream_model: str | None = Field(default=None, max_length=240, description="The model name the upstream "
@@ -59,7 +60,7 @@ class DeploymentObject(BaseModel):
     content_filter_policy: SafetyPolicy = Field(description="The policy the deployment runs under: its own, or "
                                                 "the server's default.")
     max_concurrent_requests: int
-    backend: Literal["local", "upstream"]
+    backend: Literal["local", "upstream", "llama.cpp"]
     upstream_url: str | None = None
     upstream_model: str | None = None
     status: Literal["succeeded"]

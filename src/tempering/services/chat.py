@@ -242,7 +242,7 @@ class ChatService:
             lists, lists_error = filtering.load_lists(session, project_id, policy)
             facts |= {"policy": policy, "blocklists": tuple(lists), "blocklists_error": lists_error}
         # the model's files may have gone since: a clear 404 then (an upstream holds its own adapters)
-        adapter = refs.resolve(facts["model"]).adapter if facts["backend"] == "local" else None
+        adapter = refs.resolve(facts["model"]).adapter if facts["backend"] != "upstream" else None
         return Served(**facts, adapter=adapter, context_length=get_card(facts["base_model"]).context_length)
 
     async def served(self, project_id: str, model: str, task: str) -> Served:
@@ -257,7 +257,19 @@ class ChatService:
     def engine(self, served: Served):
         if served.backend == "upstream":
             return self.serving.upstream(served.upstream_url, served.upstream_model, self.settings.upstream_api_key)
+        if served.backend == "llama.cpp":
+            return self.serving.llamacpp(served.model, lambda: self._llamacpp(served))
         return self.serving.engine(served.base_model)
+
+    def _llamacpp(self, served: Served):
+        from tempering.serve.llamacpp import LlamaCppEngine
+        from tempering.services.deployments import gguf_of
+
+        tokenizer = self.serving.tokenizer(served.base_model)  # loaded already: the prompt was encoded with it
+        ends = {tokenizer.eos_token_id} | {tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|end|>")
+                                           if t in tokenizer.get_vocab()}
+        return LlamaCppEngine(lambda: gguf_of(served.model, self.settings), tokenizer, ends - {None},
+                              served.context_length, self.settings.serve_threads)
 
     # ---------------------------------------------------------------- prompts
     async def chat_prompt(self, served: Served, messages: list[dict]) -> list[int]:

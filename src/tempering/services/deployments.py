@@ -12,6 +12,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from sqlalchemy import select
@@ -135,9 +136,16 @@ def create_deployment(session, project_id: str, spec: DeploymentSpec, settings) 
     fine_tuned = refs.without_checkpoint(target.name) if target.kind in ("fine-tuned", "checkpoint") else None
     if target.kind == "fine-tuned":
         check_deploy_gate(target.name, spec.force)  # DeployRefusedError → 400 with the numbers
-    if spec.backend == "upstream" and target.task != "chat":
-        raise TemperingError("only chat models can be served by an upstream backend", param="backend",
+    if spec.backend != "local" and target.task != "chat":
+        raise TemperingError(f"only chat models can be served by the {spec.backend} backend", param="backend",
                              code="invalid_value")
+    if spec.backend == "llama.cpp":
+        from tempering.serve.llamacpp import available
+
+        if not available():
+            raise TemperingError("the llama.cpp backend needs llama-cpp-python on this server (pip install "
+                                 "llama-cpp-python; it builds llama.cpp from source)", param="backend",
+                                 code="backend_unavailable")
     policy = set_policy_fields(session, project_id, spec.content_filter, spec.content_filter_policy, settings,
                                task=target.task)
     name = spec.name or target.name
@@ -277,3 +285,14 @@ def request_log(session, project_id: str, ident: str, *, after: str | None, limi
     deployment = owned_deployment(session, project_id, ident)
     query = select(DeploymentRequest).where(DeploymentRequest.deployment_id == deployment.id)
     return after_seq(session, query, DeploymentRequest.seq, after, "req-", limit, "request log entry")
+
+
+def gguf_of(model: str, settings) -> Path:
+    """The GGUF a llama.cpp deployment of ``model`` serves: exported (the adapter merged, f16) on first use
+    into ``$TEMPERING_HOME/gguf``, then kept; several deployments of one model share it."""
+    from tempering.export import default_out, export_model
+
+    folder = settings.root / "gguf" / default_out(model, "gguf").name
+    if not (folder / "model.gguf").is_file():
+        export_model(model, "gguf", folder, force=True)
+    return folder / "model.gguf"
