@@ -77,7 +77,7 @@ def create_app(settings: Settings, *, workers: int = 1) -> FastAPI:
     from tempering.services.chat import ChatService
     from tempering.services.monitoring import Monitor
 
-    monitor = Monitor(db, serving)
+    monitor = Monitor(db, serving, settings)
     app = FastAPI(title="Tempering", version=tempering.__version__, lifespan=lifespan,
                   dependencies=[Depends(authorize)],
                   description="Self-hosted fine-tuning and serving, speaking OpenAI's fine-tuning and chat protocols.")
