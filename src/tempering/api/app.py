@@ -29,6 +29,7 @@ from tempering.api.routers import (
     models,
     moderations,
     organization,
+    usage,
 )
 from tempering.settings import Settings
 from tempering.store.artifacts import ArtifactStore
@@ -101,7 +102,7 @@ def create_app(settings: Settings, *, workers: int = 1) -> FastAPI:
     app.add_middleware(RequestGuard, db=db, max_json_bytes=settings.max_json_bytes)
     for router in (files.router, jobs.router, models.router, evaluations.router, deployments.router,
                    inference.router, datasets.router, catalog.router, exports.router, moderations.router,
-                   blocklists.router, organization.router):
+                   blocklists.router, organization.router, usage.router):
         app.include_router(router)
 
     @app.get("/health", tags=["meta"])
