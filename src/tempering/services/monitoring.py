@@ -130,12 +130,14 @@ class Monitor:
         self._thread.join(timeout=10)
 
     def _usage_rows(self, session, records: list[RequestRecord]) -> list[UsageRecord]:
-        """The usage ledger's rows of a batch of requests: one per request that used tokens, priced once per
-        project and model of the batch, written in the request log's transaction."""
+        """The usage ledger's rows of a batch of requests: one per request that used tokens and did not fail
+        on the server's side (5xx), priced once per project and model of the batch, written in the request
+        log's transaction."""
         prices: dict[tuple[str, str], usage.Prices] = {}
         rows = []
         for r in records:
-            if r.project_id is None or r.base_model is None or not (r.prompt_tokens or r.completion_tokens):
+            if r.project_id is None or r.base_model is None or not (r.prompt_tokens or r.completion_tokens) \
+                    or r.status >= 500:  # the server's failure is not the caller's bill
                 continue
             key = (r.project_id, r.base_model)
             if key not in prices:
