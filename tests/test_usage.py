@@ -15,6 +15,7 @@ import time
 import httpx
 import pytest
 from conftest import TINY_ID, chat_example
+from postgres_fixture import postgres_server_fixture, postgres_url_fixture  # noqa: F401  (the fixtures)
 from test_api import TRAIN, _free_port, _jsonl, _read_key_and_wait
 
 from tempering.settings import Settings, reset_settings
@@ -270,3 +271,78 @@ def test_price_table_falls_back_from_the_hub_to_the_server():
     with pytest.raises(TemperingError) as wrong:
         usage.check_prices({"a": {"training_per_1k_tokens": -1, "per_token": 1}, "b": 3})
     assert wrong.value.param == "settings.prices" and "per_token" in wrong.value.message and "'b'" in wrong.value.message
+
+
+# ---------------------------------------------------------------- the bucketing, on SQLite and PostgreSQL
+
+T0 = 1_700_000_000 - 1_700_000_000 % 3600  # an hour's start
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def ledger_db(request, tmp_path):
+    from tempering.store.db import Database
+
+    url = f"sqlite:///{tmp_path / 'ledger.db'}" if request.param == "sqlite" else request.getfixturevalue("postgres_url")
+    db = Database(url)
+    db.migrate()
+    yield db
+    db.dispose()
+
+
+def _seed_ledger(db) -> str:
+    """Tokens in hours 0 and 1, a job ending in hour 1, a deleted deployment over hours 0-1 (priced 0.01 USD a
+    second when it was deleted) and a live one since 200 s before "now" (priced 1 USD a second today)."""
+    from tempering.store.models import Deployment, Hub, Project, UsageRecord
+
+    with db.session() as session:
+        hub = Hub(name="h", settings={"prices": {"m": {"hosting_per_hour": 3600.0}}})
+        session.add(hub)
+        session.flush()
+        project = Project(name="p", hub_id=hub.id)
+        session.add(project)
+        session.flush()
+        tokens = [(10, "k1", 100, 10, 1.0), (20, "k2", 50, 5, 2.0), (3700, "k1", 7, 1, 4.0)]
+        session.add_all(UsageRecord(project_id=project.id, kind="inference", model="m", key_id=key, created_at=T0 + at,
+                                    started_at=T0 + at, input_tokens=i, output_tokens=o, requests=1, cost=cost)
+                        for at, key, i, o, cost in tokens)
+        session.add(UsageRecord(project_id=project.id, kind="training", model="m", job_id="ftjob-a",
+                                created_at=T0 + 3605, started_at=T0 + 3000, trained_tokens=1000, cost=0.5))
+        session.add(UsageRecord(project_id=project.id, kind="hosting", model="m", deployment_id="deploy-old",
+                                started_at=T0 + 1800, created_at=T0 + 5400, hosting_seconds=3600, cost=36.0))
+        session.add(Deployment(project_id=project.id, name="live", model="m", base_model="m", created_at=T0 + 7000))
+        return project.id
+
+
+def test_buckets_sum_the_ledger(ledger_db):
+    from tempering.services import usage as service
+    from tempering.services.access import Caller
+
+    caller = Caller(project_id=_seed_ledger(ledger_db), role="reader")  # a service account's key: its project
+    ask = {"start_time": T0 + 59, "end_time": T0 + 3 * 3600, "bucket_width": "1h"}
+    with ledger_db.session(write=False) as session:
+        def page(kind, **more):
+            q = service.UsageQuery(**{**ask, **more})
+            if kind == "costs":
+                return service.costs_page(session, caller, q, now=T0 + 7200)
+            return service.usage_page(session, caller, kind, q, now=T0 + 7200)
+
+        completions = page("completions", group_by=["api_key_id"])
+        assert [b["start_time"] for b in completions["data"]] == [T0, T0 + 3600, T0 + 7200]
+        assert [[(r["api_key_id"], r["input_tokens"], r["output_tokens"], r["num_model_requests"])
+                 for r in b["results"]] for b in completions["data"]] == [
+            [("k1", 100, 10, 1), ("k2", 50, 5, 1)], [("k1", 7, 1, 1)], []]
+        training = page("fine_tuning")
+        assert [[(r["trained_tokens"], r["num_jobs"]) for r in b["results"]] for b in training["data"]] == [
+            [], [(1000, 1)], []]
+        hosting = page("hosting", group_by=["model"])
+        assert [[(r["hosting_seconds"], r["num_deployments"], r["model"]) for r in b["results"]]
+                for b in hosting["data"]] == [[(1800, 1, "m")], [(2000, 2, "m")], []]
+        costs = page("costs", group_by=["line_item"])
+        assert [{r["line_item"]: r["amount"]["value"] for r in b["results"]} for b in costs["data"]] == [
+            {"m, inference": 3.0, "m, hosting": 18.0}, {"m, inference": 4.0, "m, training": 0.5, "m, hosting": 218.0},
+            {}]
+        first = page("completions", limit=2)
+        assert len(first["data"]) == 2 and first["has_more"]
+        rest = page("completions", limit=2, page=first["next_page"])
+        assert [b["start_time"] for b in rest["data"]] == [T0 + 7200] and not rest["has_more"]
+        assert page("completions", project_ids=["proj_other"])["data"][0]["results"] == []

@@ -19,7 +19,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, select
+from sqlalchemy import BigInteger, func, literal_column, select
 
 from tempering.errors import TemperingError
 from tempering.services.access import Caller
@@ -120,7 +120,10 @@ def _check_groups(kind: str, group_by: list[str]) -> None:
 
 def _token_sums(session, kinds: tuple[str, ...], projects: list[str], w: Window, q: UsageQuery):
     """Per bucket, project, model, key and kind: the ledger's token rows summed in the database."""
-    bucket = ((UsageRecord.created_at - w.first) // w.width).label("bucket")
+    # the bucket's integers inlined (they are ints): PostgreSQL matches GROUP BY to SELECT only when the two
+    # expressions are identical, which two bound parameters of the same value are not
+    first, width = literal_column(str(int(w.first)), BigInteger), literal_column(str(int(w.width)), BigInteger)
+    bucket = ((UsageRecord.created_at - first) // width).label("bucket")
     query = (select(bucket, UsageRecord.project_id, UsageRecord.model, UsageRecord.key_id, UsageRecord.kind,
                     func.sum(UsageRecord.input_tokens), func.sum(UsageRecord.output_tokens),
                     func.sum(UsageRecord.requests), func.sum(UsageRecord.trained_tokens),
@@ -213,13 +216,13 @@ def usage_page(session, caller: Caller, kind: str, q: UsageQuery, settings=None,
     ledger_kind = "inference" if kind == "completions" else "training"
     for bucket, project_id, model, key_id, _, inp, out, requests, trained, jobs, _ in _token_sums(
             session, (ledger_kind,), projects, w, q):
-        key = (bucket, _group({"project_id": project_id, "model": model, "api_key_id": key_id}, q.group_by))
-        values = sums[key]
-        values["input_tokens"] += inp or 0
-        values["output_tokens"] += out or 0
-        values["num_model_requests"] += requests or 0
-        values["trained_tokens"] += trained or 0
-        values["num_jobs"] += jobs or 0
+        key = (int(bucket), _group({"project_id": project_id, "model": model, "api_key_id": key_id}, q.group_by))
+        values = sums[key]  # PostgreSQL's sums of BIGINT are NUMERIC (Decimal): ints here
+        values["input_tokens"] += int(inp or 0)
+        values["output_tokens"] += int(out or 0)
+        values["num_model_requests"] += int(requests or 0)
+        values["trained_tokens"] += int(trained or 0)
+        values["num_jobs"] += int(jobs or 0)
     if kind == "completions":
         return _page(w, sums, _completions_result)
     return _page(w, sums, _fine_tuning_result)
@@ -259,7 +262,7 @@ def costs_page(session, caller: Caller, q: UsageQuery, settings=None, now: int |
     for bucket, project_id, model, _, kind, *_, cost in _token_sums(session, ("training", "inference"),
                                                                     projects, w, q):
         group = _group({"project_id": project_id, "line_item": line_item(model, kind)}, q.group_by)
-        sums[(bucket, group)]["value"] += cost or 0.0
+        sums[(int(bucket), group)]["value"] += float(cost or 0.0)
     for stay in _stays(session, projects, w, q, now, settings):
         for index, seconds in _spread(stay, w):
             group = _group({"project_id": stay.project_id, "line_item": line_item(stay.model, "hosting")},
