@@ -31,6 +31,7 @@ WIDTHS = {"1m": 60, "1h": 3600, "1d": 86400}
 # bucket_width → (default limit, most buckets a page may hold): OpenAI's
 LIMITS = {"1m": (60, 1440), "1h": (24, 168), "1d": (7, 31)}
 COST_LIMITS = (7, 180)
+LATEST = 10**11  # the latest time a question may name (the year 5138): the database's integers hold it
 GROUPS = {"completions": ("project_id", "model", "api_key_id"), "fine_tuning": ("project_id", "model"),
           "hosting": ("project_id", "model"), "costs": ("project_id", "line_item")}
 KINDS = ("completions", "fine_tuning", "hosting")
@@ -94,13 +95,15 @@ def window(q: UsageQuery, *, costs: bool = False, now: int | None = None) -> Win
     if not 1 <= limit <= most:
         problems.append(("limit", f"limit is 1 to {most} buckets for bucket_width {q.bucket_width}"))
     end = q.end_time if q.end_time is not None else (now or int(time.time()))
-    if q.start_time < 0 or end <= q.start_time:
-        problems.append(("start_time", "start_time is a Unix time in seconds before end_time"))
+    if not 0 <= q.start_time < end <= LATEST:
+        problems.append(("start_time", f"start_time is a Unix time in seconds before end_time (0 to {LATEST})"))
     if problems:
         raise TemperingError("; ".join(p for _, p in problems), param=problems[0][0], code="invalid_value")
     first = q.start_time - q.start_time % width
     if q.page:
         first = _from_cursor(q.page)
+        if not 0 <= first < end or first % width:
+            raise TemperingError("page is not a next_page of this question", param="page", code="invalid_value")
     count = max(0, min(limit, -(-(end - first) // width)))
     after = first + count * width
     return Window(first, width, count, end, _cursor(after) if after < end else None)
