@@ -310,14 +310,20 @@ def _seed_ledger(db) -> str:
         session.add(UsageRecord(project_id=project.id, kind="hosting", model="m", deployment_id="deploy-old",
                                 started_at=T0 + 1800, created_at=T0 + 5400, hosting_seconds=3600, cost=36.0))
         session.add(Deployment(project_id=project.id, name="live", model="m", base_model="m", created_at=T0 + 7000))
-        return project.id
+        other = Project(name="other", hub_id=hub.id)  # the caller has no role here: never counted
+        session.add(other)
+        session.flush()
+        session.add(UsageRecord(project_id=other.id, kind="training", model="m", job_id="ftjob-b",
+                                created_at=T0 + 10, started_at=T0, trained_tokens=99, cost=9.0))
+        return project.id, other.id
 
 
 def test_buckets_sum_the_ledger(ledger_db):
     from tempering.services import usage as service
     from tempering.services.access import Caller
 
-    caller = Caller(project_id=_seed_ledger(ledger_db), role="reader")  # a service account's key: its project
+    mine, other = _seed_ledger(ledger_db)
+    caller = Caller(project_id=mine, role="reader")  # a service account's key: its project alone
     ask = {"start_time": T0 + 59, "end_time": T0 + 3 * 3600, "bucket_width": "1h"}
     with ledger_db.session(write=False) as session:
         def page(kind, **more):
@@ -346,3 +352,4 @@ def test_buckets_sum_the_ledger(ledger_db):
         rest = page("completions", limit=2, page=first["next_page"])
         assert [b["start_time"] for b in rest["data"]] == [T0 + 7200] and not rest["has_more"]
         assert page("completions", project_ids=["proj_other"])["data"][0]["results"] == []
+        assert page("fine_tuning", project_ids=[other])["data"][0]["results"] == []
