@@ -353,3 +353,39 @@ def test_buckets_sum_the_ledger(ledger_db):
         assert [b["start_time"] for b in rest["data"]] == [T0 + 7200] and not rest["has_more"]
         assert page("completions", project_ids=["proj_other"])["data"][0]["results"] == []
         assert page("fine_tuning", project_ids=[other])["data"][0]["results"] == []
+
+
+def test_migration_0007_keeps_the_request_log(tmp_path):
+    """A database at 0006 with a deployment's logged request: after 0007 the request is kept (no key), and the
+    ledger starts empty."""
+    from alembic import command
+    from alembic.config import Config
+    from sqlalchemy import text
+
+    from tempering.store.db import MIGRATIONS, Database, make_engine
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = make_engine(url)
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "0006")
+        connection.execute(text("INSERT INTO projects (id, name, created_at, quotas, status) "
+                                "VALUES ('proj_a', 'a', 1, '{}', 'active')"))
+        connection.execute(text(
+            "INSERT INTO deployments (id, project_id, name, model, base_model, task, content_filter, "
+            "max_concurrent_requests, backend, status, created_at) VALUES ('deploy-a', 'proj_a', 'a', 'm', 'm', "
+            "'chat', true, 8, 'local', 'succeeded', 1)"))
+        connection.execute(text(
+            "INSERT INTO deployment_requests (deployment_id, created_at, endpoint, stream, status, latency_ms, "
+            "prompt_tokens, completion_tokens) VALUES ('deploy-a', 2.0, 'chat.completions', false, 200, 5.0, 3, 4)"))
+    engine.dispose()
+    db = Database(url)
+    db.migrate()
+    with db.engine.connect() as connection:
+        assert connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == "0007"
+        assert connection.execute(text("SELECT prompt_tokens, key_id FROM deployment_requests")).all() == [(3, None)]
+        assert connection.execute(text("SELECT count(*) FROM usage_records")).scalar() == 0
+        assert connection.execute(text("PRAGMA foreign_key_list(deployment_requests)")).all()  # kept
+    db.dispose()

@@ -35,12 +35,11 @@ def upgrade() -> None:
     sa.Column('cost', sa.Float(), nullable=False),
     sa.PrimaryKeyConstraint('seq')
     )
-    with op.batch_alter_table('usage_records', schema=None) as batch_op:
-        batch_op.create_index(batch_op.f('ix_usage_records_created_at'), ['created_at'], unique=False)
-        batch_op.create_index(batch_op.f('ix_usage_records_job_id'), ['job_id'], unique=False)
-        batch_op.create_index(batch_op.f('ix_usage_records_project_id'), ['project_id'], unique=False)
-    with op.batch_alter_table('deployment_requests', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('key_id', sa.String(length=40), nullable=True))
+    # plain CREATE INDEX and ADD COLUMN: no batch copy of a table on SQLite (which would drop its foreign keys)
+    op.create_index(op.f('ix_usage_records_created_at'), 'usage_records', ['created_at'], unique=False)
+    op.create_index(op.f('ix_usage_records_job_id'), 'usage_records', ['job_id'], unique=False)
+    op.create_index(op.f('ix_usage_records_project_id'), 'usage_records', ['project_id'], unique=False)
+    op.add_column('deployment_requests', sa.Column('key_id', sa.String(length=40), nullable=True))
 
 
 def downgrade() -> None:
