@@ -162,3 +162,16 @@ class TemperingClient:
         """A call under ``/v1/organization``; ``params`` with a value become the query string."""
         query = {k: v for k, v in params.items() if v is not None}
         return self._call(method, f"/organization{path}", json=body, params=query or None)
+
+    # -- usage and costs (``tempering usage``) ----------------------------------------------------------------
+
+    def buckets(self, path: str, params: dict) -> list[dict]:
+        """Every bucket of ``/organization/usage/…`` or ``/organization/costs`` from ``params``, page after
+        page."""
+        found, page = [], None
+        while True:
+            answer = self._call("GET", f"/organization/{path}", params={**params, **({"page": page} if page else {})})
+            found += answer["data"]
+            page = answer.get("next_page")
+            if not answer.get("has_more") or not page:
+                return found

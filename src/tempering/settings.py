@@ -33,8 +33,21 @@ class Settings(BaseSettings):
         description="Price in USD per 1,000 trained tokens (tokens per epoch × epochs), per catalog id; '*' "
         "prices any other model. The defaults are indicative internal chargebacks that grow with model "
         "size; put your own in TEMPERING_PRICE_PER_1K_TRAINING_TOKENS as a JSON object (it replaces the "
-        "whole table).",
+        "whole table). A hub's settings.prices override it (docs/usage.md).",
     )
+
+    price_per_hosting_hour: dict[str, float] = Field(
+        default={"smollm2-135m-instruct": 0.02, "phi-3-medium-4k-instruct": 0.6, "*": 0.2},
+        description="Price in USD per hour a deployment exists (creation to deletion), per base model's catalog "
+        "id; '*' prices any other. A hub's settings.prices override it (docs/usage.md).")
+    price_per_1k_input_tokens: dict[str, float] = Field(
+        default={"smollm2-135m-instruct": 0.00002, "phi-3-medium-4k-instruct": 0.0006, "*": 0.0002},
+        description="Price in USD per 1,000 prompt tokens a deployment serves, per base model's catalog id; "
+        "'*' prices any other.")
+    price_per_1k_output_tokens: dict[str, float] = Field(
+        default={"smollm2-135m-instruct": 0.00008, "phi-3-medium-4k-instruct": 0.0024, "*": 0.0008},
+        description="Price in USD per 1,000 generated tokens a deployment serves, per base model's catalog "
+        "id; '*' prices any other.")
 
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL of the database; default: a SQLite file in the home. "

@@ -112,6 +112,11 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", _PROJECT + "/service_accounts/{service_account_id}"): "keys.manage",
     ("DELETE", _PROJECT + "/service_accounts/{service_account_id}"): "keys.manage",
     ("GET", _PROJECT + "/audit_logs"): "audit.read",
+    # usage and costs (routers.usage): over the projects the caller has a role in, decided inside
+    ("GET", _ORG + "/usage/completions"): SIGNED_IN,
+    ("GET", _ORG + "/usage/fine_tuning"): SIGNED_IN,
+    ("GET", _ORG + "/usage/hosting"): SIGNED_IN,
+    ("GET", _ORG + "/costs"): SIGNED_IN,
 }
 
 

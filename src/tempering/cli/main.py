@@ -18,6 +18,7 @@ from tempering.cli import (
     moderate,
     serve,
     tune,
+    usage,
 )
 from tempering.cli.common import ErrorTranslatingGroup
 
@@ -45,6 +46,7 @@ app.command("calibrate")(calibrate.calibrate)
 app.add_typer(access.users, name="users")
 app.add_typer(access.projects, name="projects")
 app.add_typer(access.keys, name="keys")
+app.command("usage")(usage.usage)
 
 
 def main() -> None:

@@ -49,6 +49,8 @@ class Served:
     policy: SafetyPolicy = field(default_factory=lambda: filtering.OFF)  # the deployment's content filter policy (its own or the server's)
     blocklists: tuple = ()  # the policy's blocklists, compiled
     blocklists_error: str | None = None  # a blocklist the policy names that no longer exists
+    project_id: str | None = None  # the caller's project and API key, for the usage ledger
+    key_id: str | None = None
 
 
 @dataclass
@@ -223,7 +225,7 @@ class ChatService:
         self.scorer = None  # the content filter's scorer; None: the process's shared local classifiers
 
     # ---------------------------------------------------------------- the deployment
-    def _lookup(self, project_id: str, model: str) -> Served:
+    def _lookup(self, project_id: str, model: str, key_id: str | None = None) -> Served:
         from tempering.catalog import get_card
         from tempering.services.deployments import find_deployment
         from tempering.train import refs
@@ -243,11 +245,13 @@ class ChatService:
             facts |= {"policy": policy, "blocklists": tuple(lists), "blocklists_error": lists_error}
         # the model's files may have gone since: a clear 404 then (an upstream holds its own adapters)
         adapter = refs.resolve(facts["model"]).adapter if facts["backend"] != "upstream" else None
-        return Served(**facts, adapter=adapter, context_length=get_card(facts["base_model"]).context_length)
+        return Served(**facts, adapter=adapter, context_length=get_card(facts["base_model"]).context_length,
+                      project_id=project_id, key_id=key_id)
 
-    async def served(self, project_id: str, model: str, task: str) -> Served:
-        """The caller's deployment named ``model`` (its name, id, or the model it serves) for ``task``."""
-        served = await asyncio.to_thread(self._lookup, project_id, model)
+    async def served(self, project_id: str, model: str, task: str, key_id: str | None = None) -> Served:
+        """The caller's deployment named ``model`` (its name, id, or the model it serves) for ``task``;
+        ``key_id``: the API key calling, which the request log and the usage ledger record."""
+        served = await asyncio.to_thread(self._lookup, project_id, model, key_id)
         if served.task != task:
             where = "/v1/classifications" if served.task == "classification" else "/v1/chat/completions"
             raise TemperingError(f"{served.model} is a {served.task} model; call {where}", param="model",
@@ -322,7 +326,8 @@ class ChatService:
             deployment_id=served.id, created_at=timer.arrived_wall, endpoint=endpoint,
             adapter=served.model if served.adapter is not None else None, stream=stream, status=status,
             error_code=error_code, latency_ms=latency, ttft_ms=ttft, prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens, filtered=filtered, filtered_categories=filtered_categories))
+            completion_tokens=completion_tokens, filtered=filtered, filtered_categories=filtered_categories,
+            key_id=served.key_id, project_id=served.project_id, base_model=served.base_model))
 
     # ---------------------------------------------------------------- the content filter
     async def check_prompt(self, served: Served, endpoint: str, timer: Timer, check, prompt: list[int], *,

@@ -20,6 +20,7 @@ from sqlalchemy import select
 from tempering.errors import ConflictError, TemperingError, not_found
 from tempering.safety import SafetyPolicy
 from tempering.services import audit, filtering
+from tempering.store import usage
 from tempering.store.models import Deployment, DeploymentRequest, looks_like_id
 from tempering.store.pages import Page, after_seq
 from tempering.train import refs
@@ -215,10 +216,13 @@ def list_deployments(session, project_id: str) -> list[Deployment]:
     return list(session.scalars(live(project_id).order_by(Deployment.created_at, Deployment.id)))
 
 
-def delete_deployment(session, project_id: str, ident: str) -> Deployment:
+def delete_deployment(session, project_id: str, ident: str, settings=None) -> Deployment:
+    """Delete a deployment: the row stays (its request log outlives it) and its hosting time, creation to now,
+    goes to the usage ledger in the same transaction."""
     deployment = owned_deployment(session, project_id, ident)
-    deployment.deleted_at = int(time.time())  # the row stays: its request log outlives it
+    deployment.deleted_at = int(time.time())
     audit.record(session, "deployment.deleted", project_id=project_id, target=deployment.id)
+    usage.charge_hosting(session, deployment, deployment.deleted_at, settings)
     return deployment
 
 

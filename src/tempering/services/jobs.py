@@ -16,6 +16,7 @@ from sqlalchemy import select
 from tempering.errors import InvalidStateError, TemperingError, not_found
 from tempering.services import audit
 from tempering.services._files import owned_file
+from tempering.store import usage
 from tempering.store.models import File, Job, JobCheckpoint, JobEvent, now
 from tempering.store.pages import Page, after_seq, clamp, newest_first
 from tempering.train.config import TuneConfig, parse_config
@@ -93,7 +94,7 @@ def estimate(session, project_id: str, store, fields: dict, *, training_file: st
              validation_file: str | None = None):
     """Tokens × epochs, time and cost of the job these choices would create (nothing is created): the same
     config and checks as ``create_job``, then ``train.estimate.estimate_job`` (the same data loading and split
-    as training; without a seed, seed 0 decides the split)."""
+    as training; without a seed, seed 0 decides the split), priced by the project's table as the ledger is."""
     from tempering.services._files import named
     from tempering.train.estimate import estimate_job  # torch loads here
 
@@ -101,7 +102,8 @@ def estimate(session, project_id: str, store, fields: dict, *, training_file: st
                       training_file=training_file, validation_file=validation_file)
     paths = {store.file_path(row.id): row.filename for row in (plan.training, plan.validation) if row is not None}
     with named(paths):
-        return estimate_job(plan.config)
+        return estimate_job(plan.config, usage.hub_settings(session, project_id))
+
 
 
 def owned_job(session, project_id: str, job_id: str) -> Job:
@@ -129,12 +131,27 @@ def request_stop(session, job: Job, kind: str) -> Job:
         job.status = "cancelled" if kind == "cancel" else "paused"
         if kind == "cancel":
             job.finished_at = now()
+            charge_cancelled(session, job)
     else:
         job.stop_requested = kind  # the runner stops at the next step and keeps a checkpoint
     session.add(JobEvent(job_id=job.id, level="info", message=f"{kind.capitalize()} requested", type="message"))
     audit.record(session, "job.cancelled" if kind == "cancel" else "job.paused", project_id=job.project_id,
                  target=job.id)
     return job
+
+
+def charge_cancelled(session, job: Job, settings=None) -> None:
+    """A job cancelled while no worker holds it (waiting, or paused) pays for the tokens it trained before
+    (a paused job's, or one resumed and queued again); one that never trained pays nothing."""
+    from tempering.train.artifacts import base_model_of
+
+    tokens = usage.trained_so_far(session, job.id)
+    if tokens:
+        try:
+            base = base_model_of(job.model)
+        except (TemperingError, OSError, KeyError, ValueError):  # the parent model is gone: priced as named
+            base = job.model
+        usage.charge_training(session, job, base, tokens, settings)
 
 
 def resume_job(session, job: Job) -> Job:

@@ -14,6 +14,7 @@ from tempering.errors import ConflictError, TemperingError, not_found
 from tempering.services import audit
 from tempering.services.access import Caller, check_role, create_key, project_of, project_role
 from tempering.services.accounts import get_user
+from tempering.store import usage
 from tempering.store.models import (
     ApiKey,
     Hub,
@@ -40,6 +41,8 @@ def _name(value: str, param: str = "name", limit: int = 200) -> str:
 
 def create_hub(session: Session, name: str, caller: Caller, settings: dict | None = None) -> Hub:
     """A new hub; its creator (a server administrator) becomes its admin."""
+    if settings and settings.get("prices") is not None:
+        usage.check_prices(settings["prices"])
     hub = Hub(name=_name(name), settings=dict(settings or {}))
     session.add(hub)
     session.flush()
@@ -73,6 +76,8 @@ def update_hub(session: Session, hub: Hub, caller: Caller, *, name: str | None =
     if name is not None:
         hub.name = _name(name)
     if settings is not None:
+        if settings.get("prices") is not None:
+            usage.check_prices(settings["prices"])
         merged = dict(hub.settings or {})
         for key, value in settings.items():
             if value is None:

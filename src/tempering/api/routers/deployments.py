@@ -99,5 +99,7 @@ def get_deployment(deployment_id: str, request: Request, caller: CallerDep, sess
 
 
 @router.delete("/{deployment_id}", response_model=DeploymentDeleted)
-def delete_deployment(deployment_id: str, caller: CallerDep, session: SessionDep) -> DeploymentDeleted:
-    return DeploymentDeleted(id=service.delete_deployment(session, caller.project_id, deployment_id).id)
+def delete_deployment(deployment_id: str, request: Request, caller: CallerDep,
+                      session: SessionDep) -> DeploymentDeleted:
+    deployment = service.delete_deployment(session, caller.project_id, deployment_id, request.app.state.settings)
+    return DeploymentDeleted(id=deployment.id)

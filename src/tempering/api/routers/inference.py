@@ -200,7 +200,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, caller
         raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
     messages = _messages(body)
     chat = request.app.state.chat
-    served = await chat.served(caller.project_id, body.model, "chat")
+    served = await chat.served(caller.project_id, body.model, "chat", caller.key_id)
     prompt = await chat.chat_prompt(served, messages)
     requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
@@ -222,7 +222,7 @@ async def completions(body: CompletionRequest, request: Request, caller: CallerD
     if body.echo or body.suffix:
         raise APIError(400, "echo and suffix are not supported", param="echo" if body.echo else "suffix")
     chat = request.app.state.chat
-    served = await chat.served(caller.project_id, body.model, "chat")
+    served = await chat.served(caller.project_id, body.model, "chat", caller.key_id)
     prompt = await chat.completion_prompt(served, body.prompt)
     requested = 16 if body.max_tokens is None else body.max_tokens  # OpenAI's default for completions
     budget = token_budget(requested, len(prompt), served.context_length, requested, "max_tokens")
@@ -239,7 +239,7 @@ async def classifications(body: ClassificationRequest, request: Request, caller:
     timer = Timer()
     _warn_ignored(body, "classifications")
     chat = request.app.state.chat
-    served = await chat.served(caller.project_id, body.model, "classification")
+    served = await chat.served(caller.project_id, body.model, "classification", caller.key_id)
     texts = [body.input] if isinstance(body.input, str) else body.input
     results, tokens = await chat.classify(served, timer, texts)
     return ClassificationResponse(model=served.model, usage=Usage(prompt_tokens=tokens, completion_tokens=0,
