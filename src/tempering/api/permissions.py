@@ -112,6 +112,9 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", _PROJECT + "/service_accounts/{service_account_id}"): "keys.manage",
     ("DELETE", _PROJECT + "/service_accounts/{service_account_id}"): "keys.manage",
     ("GET", _PROJECT + "/audit_logs"): "audit.read",
+    ("GET", _PROJECT + "/rate_limits"): "project.read",
+    ("GET", _PROJECT + "/rate_limits/{rate_limit_id}"): "project.read",
+    ("POST", _PROJECT + "/rate_limits/{rate_limit_id}"): "deployments.write",
 }
 
 
