@@ -66,9 +66,7 @@ class DeploymentLimiter:
 
     @staticmethod
     def _items(rpm: int, tpm: int):
-        from limits import RateLimitItemPerMinute
-
-        return RateLimitItemPerMinute(rpm), RateLimitItemPerMinute(tpm)
+        return _per_minute(rpm), _per_minute(tpm)
 
     def _state(self, deployment_id: str, rpm: int, tpm: int) -> RateState:
         requests, tokens = self._items(rpm, tpm)
@@ -118,6 +116,18 @@ class DeploymentLimiter:
 
     def clear(self) -> None:
         self.storage.reset()
+
+
+def _per_minute(amount: int):
+    """A per-minute item whose count is kept under a key without its amount (the library puts the amount in
+    the key), so that changing a deployment's limit keeps what the current minute has used."""
+    from limits import RateLimitItemPerMinute
+
+    class PerMinute(RateLimitItemPerMinute):
+        def key_for(self, *identifiers: str) -> str:
+            return "/".join([self.namespace, *(str(i) for i in identifiers), "per-minute"])
+
+    return PerMinute(amount)
 
 
 def _give_back(storage, key: str, expiry: int, amount: int) -> None:
