@@ -19,15 +19,14 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table('deployments', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('max_requests_per_1_minute', sa.Integer(), nullable=False,
-                                      server_default='1000'))
-        batch_op.add_column(sa.Column('max_tokens_per_1_minute', sa.BigInteger(), nullable=False,
-                                      server_default='200000'))
-    with op.batch_alter_table('jobs', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('estimated_tokens', sa.BigInteger(), nullable=True))
-        batch_op.add_column(sa.Column('claimed_at', sa.BigInteger(), nullable=True))
-        batch_op.add_column(sa.Column('quota_wait', sa.String(length=64), nullable=True))
+    # plain ADD COLUMNs (no batch copy: on SQLite that rebuilds the table and would break foreign keys to it)
+    op.add_column('deployments', sa.Column('max_requests_per_1_minute', sa.Integer(), nullable=False,
+                                           server_default='1000'))
+    op.add_column('deployments', sa.Column('max_tokens_per_1_minute', sa.BigInteger(), nullable=False,
+                                           server_default='200000'))
+    op.add_column('jobs', sa.Column('estimated_tokens', sa.BigInteger(), nullable=True))
+    op.add_column('jobs', sa.Column('claimed_at', sa.BigInteger(), nullable=True))
+    op.add_column('jobs', sa.Column('quota_wait', sa.String(length=64), nullable=True))
     # jobs already claimed count against the day they started
     op.execute("UPDATE jobs SET claimed_at = started_at WHERE started_at IS NOT NULL")
 
