@@ -210,6 +210,9 @@ def set_rate_limit(session, project_id: str, rate_limit_id: str, *, requests: in
         deployment.max_requests_per_1_minute = requests
     if tokens is not None:
         deployment.max_tokens_per_1_minute = tokens
+    audit.record(session, "rate_limit.updated", project_id=project_id, target=deployment.id,
+                 max_requests_per_1_minute=deployment.max_requests_per_1_minute,
+                 max_tokens_per_1_minute=deployment.max_tokens_per_1_minute)
     return deployment
 
 

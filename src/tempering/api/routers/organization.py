@@ -255,12 +255,9 @@ def get_rate_limit(project_id: str, rate_limit_id: str, caller: CallerDep, sessi
 def update_rate_limit(project_id: str, rate_limit_id: str, body: ProjectRateLimitUpdate, caller: CallerDep,
                       session: SessionDep) -> ProjectRateLimit:
     """Change a deployment's requests or tokens per minute; its next request counts against them."""
-    d = deployments.set_rate_limit(session, caller.project_id, rate_limit_id,
-                                   requests=body.max_requests_per_1_minute, tokens=body.max_tokens_per_1_minute)
-    audit.record(session, "rate_limit.updated", caller=caller, project_id=caller.project_id, target=d.id,
-                 max_requests_per_1_minute=d.max_requests_per_1_minute,
-                 max_tokens_per_1_minute=d.max_tokens_per_1_minute)
-    return rate_limit_wire(d)
+    return rate_limit_wire(deployments.set_rate_limit(session, caller.project_id, rate_limit_id,
+                                                      requests=body.max_requests_per_1_minute,
+                                                      tokens=body.max_tokens_per_1_minute))
 
 
 @router.get(PROJECT + "/users", response_model=ListPage[ProjectUser])
