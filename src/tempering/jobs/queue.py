@@ -109,38 +109,44 @@ def _within_quotas(quotas: dict[str, Quotas], now: float):
     return and_(running < _per_project(quotas, "concurrent_jobs"), or_(started, fits_today))
 
 
-def quota_wait_reason(session, job: Job, quotas: Quotas, now: float | None = None) -> tuple[str, str] | None:
-    """The quota that holds a waiting job back and why, in words (None: none does)."""
-    now = time.time() if now is None else now
-    other = aliased(Job)
-    same = and_(other.project_id == job.project_id, other.id != job.id)
-    running = session.scalar(select(func.count(other.id)).where(same, _held(other, now)))
+def quota_wait_reason(job: Job, quotas: Quotas, running: int, used_today: int) -> tuple[str, str] | None:
+    """The quota that holds a waiting job back and why, in words (None: none does), given its project's jobs
+    held by workers and trained tokens counted today."""
     if running >= quotas.concurrent_jobs:
         return "concurrent_jobs", (f"Waiting: the project runs {running} fine-tuning job(s) and its "
                                    f"concurrent_jobs quota is {quotas.concurrent_jobs}; this job starts when one ends")
-    if job.claimed_at is None and job.estimated_tokens is not None:
-        day = int(now // DAY * DAY)
-        used = session.scalar(select(func.coalesce(func.sum(_day_tokens(other)), 0))
-                              .where(same, other.claimed_at >= day, other.status != "failed"))
-        if used + job.estimated_tokens > quotas.trained_tokens_per_day:
-            return "trained_tokens_per_day", (
-                f"Waiting: the job trains about {job.estimated_tokens:,} tokens and the project has used {used:,} "
-                f"of its trained_tokens_per_day quota of {quotas.trained_tokens_per_day:,} today (UTC); it starts "
-                "when the day's quota has room, at the latest after 00:00 UTC")
+    if job.claimed_at is None and job.estimated_tokens is not None \
+            and used_today + job.estimated_tokens > quotas.trained_tokens_per_day:
+        return "trained_tokens_per_day", (
+            f"Waiting: the job trains about {job.estimated_tokens:,} tokens and the project has used {used_today:,} "
+            f"of its trained_tokens_per_day quota of {quotas.trained_tokens_per_day:,} today (UTC); it starts "
+            "when the day's quota has room, at the latest after 00:00 UTC")
     return None
 
 
 def note_quota_waits(db: Database) -> int:
     """Tell each waiting job which of its project's quotas holds it back, as an event, once per quota (the
-    job's ``quota_wait``, cleared when it is claimed); returns how many were told."""
+    job's ``quota_wait``, cleared when it is claimed); returns how many were told. Three reads whatever the
+    queue's length (the waiting jobs, then per project the jobs held and the day's tokens); a write only when
+    there is something new to tell."""
+    now = time.time()
     news: dict[str, tuple[str, str]] = {}
     with db.session(write=False) as session:  # most polls find nothing new: no write lock for them
-        jobs = list(session.scalars(select(Job).where(Job.status.in_(WAITING), Job.worker_id.is_(None))))
-        quotas: dict[str, Quotas] = {}
-        for job in jobs:
-            if job.project_id not in quotas:
-                quotas[job.project_id] = effective_quotas(session, job.project_id)
-            reason = quota_wait_reason(session, job, quotas[job.project_id])
+        jobs = list(session.execute(select(Job.id, Job.project_id, Job.claimed_at, Job.estimated_tokens,
+                                           Job.quota_wait).where(Job.status.in_(WAITING), Job.worker_id.is_(None))))
+        projects = sorted({job.project_id for job in jobs})
+        if not projects:
+            return 0
+        mine = Job.project_id.in_(projects)
+        running = dict(session.execute(select(Job.project_id, func.count(Job.id))
+                                       .where(mine, _held(Job, now)).group_by(Job.project_id)).all())
+        used = dict(session.execute(select(Job.project_id, func.sum(_day_tokens(Job)))
+                                    .where(mine, Job.claimed_at >= int(now // DAY * DAY), Job.status != "failed")
+                                    .group_by(Job.project_id)).all())
+        quotas = {p: effective_quotas(session, p) for p in projects}
+        for job in jobs:  # a waiting job is neither held nor (unclaimed) counted today: the sums are the others'
+            reason = quota_wait_reason(job, quotas[job.project_id], running.get(job.project_id, 0),
+                                       int(used.get(job.project_id) or 0))
             if reason is not None and reason[0] != job.quota_wait:
                 news[job.id] = reason
     if news:

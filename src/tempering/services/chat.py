@@ -73,8 +73,11 @@ class Charge:
     ``x-ratelimit-*`` headers): as admitted, then, once it ended, with its unused tokens given back."""
 
     tokens: int
-    state: RateState
+    state: RateState | None  # None: not counted (the limiter's storage failed)
     settled: bool = False
+
+    def headers(self) -> dict[str, str]:
+        return self.state.headers() if self.state is not None else {}
 
 
 @dataclass(frozen=True)
@@ -319,13 +322,18 @@ class ChatService:
     def admit(self, served: Served, timer: Timer, endpoint: str, stream: bool, tokens: int) -> Charge:
         """Count the request and its ``tokens`` (prompt + max_tokens × n; ``services.ratelimits`` says how)
         against the deployment's requests and tokens per minute; over either it is refused (429 with
-        Retry-After and the ``x-ratelimit-*`` headers) and logged as a 429."""
+        Retry-After and the ``x-ratelimit-*`` headers) and logged as a 429. A limiter storage that cannot be
+        reached (Redis down) lets the request through, without headers, and says so in the server's log."""
         try:
             state = self.limits.admit(served.id, served.name, served.rpm, served.tpm, tokens)
         except RateLimitedError as error:
             self.record(served, endpoint, timer, 429, stream=stream, prompt_tokens=0, completion_tokens=0,
                         error_code=error.code)
             raise
+        except Exception:  # serving does not stop with the limiter's storage
+            log.warning("rate limits of deployment %s not counted: the limiter's storage failed", served.id,
+                        exc_info=True)
+            return Charge(tokens, None, settled=True)
         return Charge(tokens, state)
 
     def settle(self, served: Served, charge: Charge | None, used: int) -> None:

@@ -151,7 +151,7 @@ async def _respond(request: Request, response: Response, served, endpoint: str, 
             whole = await cancel_on_disconnect(request.is_disconnected, collect())
         except asyncio.CancelledError:
             return None  # nobody is listening; the request log says 499
-        response.headers.update(charge.state.headers())
+        response.headers.update(charge.headers())
         return whole
 
     # The first event is awaited before the stream starts: the prompt is checked and the concurrency slot taken
@@ -187,7 +187,7 @@ async def _respond(request: Request, response: Response, served, endpoint: str, 
             await events.aclose()
 
     return StreamingResponse(frames(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **charge.state.headers()})
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **charge.headers()})
 
 
 async def _chain(first: list, rest):
@@ -250,7 +250,7 @@ async def classifications(body: ClassificationRequest, request: Request, respons
     served = await chat.served(caller.project_id, body.model, "classification")
     texts = [body.input] if isinstance(body.input, str) else body.input
     results, tokens, charge = await chat.classify(served, timer, texts)
-    response.headers.update(charge.state.headers())
+    response.headers.update(charge.headers())
     return ClassificationResponse(model=served.model, usage=Usage(prompt_tokens=tokens, completion_tokens=0,
                                                                   total_tokens=tokens),
                                   data=[ClassificationResult(index=i, **r) for i, r in enumerate(results)])
