@@ -114,7 +114,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", _PROJECT + "/audit_logs"): "audit.read",
     ("GET", _PROJECT + "/rate_limits"): "project.read",
     ("GET", _PROJECT + "/rate_limits/{rate_limit_id}"): "project.read",
-    ("POST", _PROJECT + "/rate_limits/{rate_limit_id}"): "deployments.write",
+    ("POST", _PROJECT + "/rate_limits/{rate_limit_id}"): "project.manage",  # Owners, as quotas (docs/access.md)
 }
 
 
