@@ -238,3 +238,28 @@ def test_a_job_over_the_concurrent_jobs_quota_waits_and_starts_when_a_slot_frees
     with app.state.db.session(write=False) as session:
         one, two = session.get(Job, first), session.get(Job, second)
         assert two.claimed_at >= one.finished_at  # it started once the first had ended
+
+
+@pytest.mark.parametrize("storage", ["memory", "redis"])
+def test_unused_tokens_are_given_back_in_either_storage(storage, tmp_path):
+    from tempering.services.ratelimits import DeploymentLimiter
+
+    process = None
+    url = None
+    if storage == "redis":
+        process, port = _redis_server(tmp_path)
+        url = f"redis://127.0.0.1:{port}"
+    try:
+        limiter = DeploymentLimiter(url)
+        assert limiter.admit("d", "d", 10, 1000, 300).remaining_tokens == 700  # prompt + max_tokens × n up front
+        assert limiter.settle("d", 10, 1000, 300, 120).remaining_tokens == 880  # 180 not generated: given back
+        assert limiter.admit("d", "d", 10, 1000, 880).remaining_tokens == 0
+        with pytest.raises(Exception) as refused:
+            limiter.admit("d", "d", 10, 1000, 1)
+        assert refused.value.code == "rate_limit_exceeded" and refused.value.retry_after >= 1
+        assert refused.value.headers["x-ratelimit-remaining-requests"] == "8"  # the refused one is not counted
+        assert limiter.settle("d", 10, 1000, 5000, 0).remaining_tokens <= 1000  # never below an empty window
+    finally:
+        if process is not None:
+            process.terminate()
+            process.wait(timeout=10)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 
 from tempering.errors import RateLimitedError
 
@@ -114,20 +115,22 @@ class DeploymentLimiter:
         *keys, amount = identifiers
         _give_back(self.storage, item.key_for(*keys), item.get_expiry(), amount)
 
-    def clear(self) -> None:
-        self.storage.reset()
 
-
-def _per_minute(amount: int):
-    """A per-minute item whose count is kept under a key without its amount (the library puts the amount in
-    the key), so that changing a deployment's limit keeps what the current minute has used."""
+@lru_cache(maxsize=1)
+def _per_minute_class():
     from limits import RateLimitItemPerMinute
 
     class PerMinute(RateLimitItemPerMinute):
         def key_for(self, *identifiers: str) -> str:
             return "/".join([self.namespace, *(str(i) for i in identifiers), "per-minute"])
 
-    return PerMinute(amount)
+    return PerMinute
+
+
+def _per_minute(amount: int):
+    """A per-minute item whose count is kept under a key without its amount (the library puts the amount in
+    the key), so that changing a deployment's limit keeps what the current minute has used."""
+    return _per_minute_class()(amount)
 
 
 def _give_back(storage, key: str, expiry: int, amount: int) -> None:
