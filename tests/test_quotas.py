@@ -242,6 +242,7 @@ def test_a_job_over_the_concurrent_jobs_quota_waits_and_starts_when_a_slot_frees
 
 @pytest.mark.parametrize("storage", ["memory", "redis"])
 def test_unused_tokens_are_given_back_in_either_storage(storage, tmp_path):
+    from tempering.errors import RateLimitedError
     from tempering.services.ratelimits import DeploymentLimiter
 
     process = None
@@ -254,7 +255,7 @@ def test_unused_tokens_are_given_back_in_either_storage(storage, tmp_path):
         assert limiter.admit("d", "d", 10, 1000, 300).remaining_tokens == 700  # prompt + max_tokens × n up front
         assert limiter.settle("d", 10, 1000, 300, 120).remaining_tokens == 880  # 180 not generated: given back
         assert limiter.admit("d", "d", 10, 1000, 880).remaining_tokens == 0
-        with pytest.raises(Exception) as refused:
+        with pytest.raises(RateLimitedError) as refused:
             limiter.admit("d", "d", 10, 1000, 1)
         assert refused.value.code == "rate_limit_exceeded" and refused.value.retry_after >= 1
         assert refused.value.headers["x-ratelimit-remaining-requests"] == "8"  # the refused one is not counted
