@@ -215,8 +215,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, respon
                           request.app.state.settings.serve_default_max_tokens, param)
     params = [_params(body, budget, i, bool(body.logprobs), body.top_logprobs or 0) for i in range(body.n)]
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return await _respond(request, response, served, "chat.completions", timer, prompt, params, body.stops(), body.stream,
-                          include_usage, ChatShape, messages)
+    return await _respond(request, response, served, "chat.completions", timer, prompt, params, body.stops(),
+                          body.stream, include_usage, ChatShape, messages)
 
 
 @router.post("/completions", response_model=Completion,
@@ -236,8 +236,8 @@ async def completions(body: CompletionRequest, request: Request, response: Respo
     logprobs = body.logprobs is not None
     params = [_params(body, budget, i, logprobs, body.logprobs or 0) for i in range(body.n)]
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return await _respond(request, response, served, "completions", timer, prompt, params, body.stops(), body.stream,
-                          include_usage, CompletionShape, body.prompt)
+    return await _respond(request, response, served, "completions", timer, prompt, params, body.stops(),
+                          body.stream, include_usage, CompletionShape, body.prompt)
 
 
 @router.post("/classifications", response_model=ClassificationResponse)
