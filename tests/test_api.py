@@ -215,7 +215,7 @@ def test_concurrent_claims_never_take_a_job_twice(tempering_home):
     db = Database(get_settings().database)
     db.migrate()
     with db.session() as session:
-        project = Project(name="p")
+        project = Project(name="p", quotas={"concurrent_jobs": 30})  # every job may be held at once
         session.add(project)
         session.flush()
         for i in range(30):

@@ -89,7 +89,7 @@ def world(tmp_path_factory):
         session.add_all([job, evaluation, deployment, blocklist])
         session.flush()
         ids.update(file_id=file.id, job_id=job.id, evaluation_id=evaluation.id, deployment_id=deployment.id,
-                   name="words", model_id=TINY_FT)
+                   name="words", model_id=TINY_FT, rate_limit_id=f"rl-{deployment.id}")
     with TestClient(app) as client:
         yield app, client, keys, ids
 

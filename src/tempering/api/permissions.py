@@ -117,6 +117,9 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", _ORG + "/usage/fine_tuning"): SIGNED_IN,
     ("GET", _ORG + "/usage/hosting"): SIGNED_IN,
     ("GET", _ORG + "/costs"): SIGNED_IN,
+    ("GET", _PROJECT + "/rate_limits"): "project.read",
+    ("GET", _PROJECT + "/rate_limits/{rate_limit_id}"): "project.read",
+    ("POST", _PROJECT + "/rate_limits/{rate_limit_id}"): "project.manage",  # Owners, as quotas (docs/access.md)
 }
 
 

@@ -34,6 +34,12 @@ class DeploymentCreate(BaseModel):
                                                        "filter policy (docs/safety.md); default: the server's.")
     max_concurrent_requests: int = Field(default=8, ge=1, le=256, description="Requests served at once; "
                                          "beyond it a request is answered 429 (OpenAI's SDK retries those).")
+    max_requests_per_1_minute: int = Field(default=1000, ge=1, le=2**40, description="Requests per minute "
+                                           "(a sliding window); beyond it 429 with Retry-After. Default: Azure's "
+                                           "serverless 1,000.")
+    max_tokens_per_1_minute: int = Field(default=200_000, ge=1, le=2**40, description="Tokens per minute (prompt "
+                                         "plus max_tokens × n up front, corrected with the tokens generated; "
+                                         "docs/quotas.md). Default: Azure's serverless 200,000.")
     force: bool = Field(default=False, description="Deploy even when the model's evaluation says it is worse "
                         "than its base model.")
     backend: Literal["local", "upstream", "llama.cpp"] = Field(
@@ -60,6 +66,8 @@ class DeploymentObject(BaseModel):
     content_filter_policy: SafetyPolicy = Field(description="The policy the deployment runs under: its own, or "
                                                 "the server's default.")
     max_concurrent_requests: int
+    max_requests_per_1_minute: int = 1000
+    max_tokens_per_1_minute: int = 200_000
     backend: Literal["local", "upstream", "llama.cpp"]
     upstream_url: str | None = None
     upstream_model: str | None = None

@@ -20,7 +20,7 @@ ACTIONS = ("login.succeeded", "login.failed", "login.locked", "logout", "user.cr
            "service_account.deleted", "member.added", "member.updated", "member.removed", "project.created",
            "project.updated", "project.deleted", "hub.created", "hub.updated", "secret.set", "secret.deleted",
            "job.created", "job.cancelled", "job.paused", "job.resumed", "model.deleted", "deployment.created",
-           "deployment.deleted", "content_filter.updated", "blocklist.updated", "webhook.created",
+           "deployment.deleted", "content_filter.updated", "rate_limit.updated", "blocklist.updated", "webhook.created",
            "webhook.deleted")
 
 

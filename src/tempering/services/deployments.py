@@ -26,6 +26,8 @@ from tempering.store.pages import Page, after_seq
 from tempering.train import refs
 
 MAX_NAME = 240
+DEFAULT_RPM, DEFAULT_TPM = 1_000, 200_000  # Azure's serverless defaults, per deployment
+RATE_LIMIT_PREFIX = "rl-"  # a rate limit's id: "rl-" + its deployment's id (OpenAI's ids read "rl-ada")
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,8 @@ class DeploymentSpec:
     content_filter: bool = True
     content_filter_policy: dict | None = None  # a SafetyPolicy; None: the server's default
     max_concurrent_requests: int = 8
+    max_requests_per_1_minute: int = DEFAULT_RPM
+    max_tokens_per_1_minute: int = DEFAULT_TPM
     force: bool = False
     backend: str = "local"
     upstream_url: str | None = None
@@ -126,7 +130,12 @@ def _target(session, project_id: str, spec: DeploymentSpec) -> refs.Target:
 
 
 def create_deployment(session, project_id: str, spec: DeploymentSpec, settings) -> Deployment:
+    """A new deployment, within the project's deployments quota (429 past it)."""
     from tempering.evaluate import check_deploy_gate
+    from tempering.services.quotas import check_deployment_count
+
+    check_rate_limits(spec.max_requests_per_1_minute, spec.max_tokens_per_1_minute)
+    check_deployment_count(session, project_id)
 
     if spec.max_concurrent_requests > settings.serve_max_concurrent_requests:
         raise TemperingError(f"max_concurrent_requests may be at most {settings.serve_max_concurrent_requests} on "
@@ -159,12 +168,52 @@ def create_deployment(session, project_id: str, spec: DeploymentSpec, settings) 
                             base_model=target.base_model, task=target.task, content_filter=spec.content_filter,
                             content_filter_policy=policy,
                             max_concurrent_requests=spec.max_concurrent_requests, backend=spec.backend,
+                            max_requests_per_1_minute=spec.max_requests_per_1_minute,
+                            max_tokens_per_1_minute=spec.max_tokens_per_1_minute,
                             upstream_url=upstream_url,
                             upstream_model=spec.upstream_model or (target.name if spec.backend == "upstream" else None))
     session.add(deployment)
     session.flush()
     audit.record(session, "deployment.created", project_id=project_id, target=deployment.id, model=deployment.model,
                  content_filter=bool(spec.content_filter))
+    return deployment
+
+
+def check_rate_limits(requests: int | None, tokens: int | None) -> None:
+    """Requests and tokens per minute: whole numbers from 1 (None: unchanged)."""
+    for name, value in (("max_requests_per_1_minute", requests), ("max_tokens_per_1_minute", tokens)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 2**40):
+            raise TemperingError(f"{name} must be a whole number from 1 to {2**40}", param=name, code="invalid_value")
+
+
+def rate_limits(session, project_id: str) -> list[Deployment]:
+    """The project's rate limits: one per live deployment, oldest first."""
+    return list(session.scalars(live(project_id).order_by(Deployment.created_at, Deployment.id)))
+
+
+def rate_limit(session, project_id: str, rate_limit_id: str) -> Deployment:
+    """The deployment a rate limit id (``rl-<deployment id>``) names."""
+    deployment_id = rate_limit_id.removeprefix(RATE_LIMIT_PREFIX)
+    found = None
+    if rate_limit_id.startswith(RATE_LIMIT_PREFIX) and looks_like_id(deployment_id):
+        found = session.scalars(live(project_id).where(Deployment.id == deployment_id)).first()
+    if found is None:
+        raise not_found("rate limit", rate_limit_id[:240], "rate_limit_id")
+    return found
+
+
+def set_rate_limit(session, project_id: str, rate_limit_id: str, *, requests: int | None = None,
+                   tokens: int | None = None) -> Deployment:
+    """Change a deployment's requests and tokens per minute; the next request counts against them."""
+    check_rate_limits(requests, tokens)
+    deployment = rate_limit(session, project_id, rate_limit_id)
+    if requests is not None:
+        deployment.max_requests_per_1_minute = requests
+    if tokens is not None:
+        deployment.max_tokens_per_1_minute = tokens
+    audit.record(session, "rate_limit.updated", project_id=project_id, target=deployment.id,
+                 max_requests_per_1_minute=deployment.max_requests_per_1_minute,
+                 max_tokens_per_1_minute=deployment.max_tokens_per_1_minute)
     return deployment
 
 

@@ -19,6 +19,7 @@ from tempering.services._files import owned_file
 from tempering.store import usage
 from tempering.store.models import File, Job, JobCheckpoint, JobEvent, now
 from tempering.store.pages import Page, after_seq, clamp, newest_first
+from tempering.store.quotas import effective_quotas
 from tempering.train.config import TuneConfig, parse_config
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -77,17 +78,42 @@ def stored_config(config: TuneConfig) -> dict:
 
 def create_job(session, project_id: str, store, fields: dict, *, training_file: str,
                validation_file: str | None = None, metadata: dict | None = None) -> Job:
+    """A queued job (status ``validating_files``) with its estimated trained tokens; refused when that
+    estimate is more than a whole day of the project's ``trained_tokens_per_day`` quota (it could never
+    start). A job that fits a day but not what is left of today waits in the queue (``jobs.queue``)."""
     plan = job_config(session, project_id, store, fields, training_file=training_file,
                       validation_file=validation_file)
     config = plan.config
+    tokens = _estimated_tokens(store, plan)
+    quota = effective_quotas(session, project_id).trained_tokens_per_day
+    if tokens is not None and tokens > quota:
+        raise TemperingError(f"the job would train about {tokens:,} tokens (tokens per epoch × epochs), more than "
+                             f"the project's trained_tokens_per_day quota of {quota:,}, so it could never start; "
+                             "train on less data or fewer epochs, or ask an Owner to raise the quota",
+                             param="training_file", code="quota_exceeded")
     job = Job(project_id=project_id, model=config.model, training_file=plan.training.id,
               validation_file=plan.validation.id if plan.validation else None, suffix=config.suffix,
-              seed=config.seed, config=stored_config(config), user_metadata=metadata, status="validating_files")
+              seed=config.seed, config=stored_config(config), user_metadata=metadata, status="validating_files",
+              estimated_tokens=tokens)
     session.add(job)
     session.flush()
     session.add(JobEvent(job_id=job.id, level="info", message=f"Created fine-tuning job: {job.id}", type="message"))
     audit.record(session, "job.created", project_id=project_id, target=job.id, model=job.model)
     return job
+
+
+def _estimated_tokens(store, plan: JobPlan) -> int | None:
+    """Tokens × epochs of a job about to be created, read as ``estimate`` reads them; None when the data
+    cannot be read (the job then fails in ``validating_files`` naming every problem, as it always has)."""
+    from tempering.services._files import named
+    from tempering.train.estimate import estimate_job  # torch loads here
+
+    paths = {store.file_path(row.id): row.filename for row in (plan.training, plan.validation) if row is not None}
+    try:
+        with named(paths):
+            return estimate_job(plan.config).trained_tokens
+    except Exception:  # noqa: BLE001 - whatever stops the estimate, the runner's checks report it in full
+        return None
 
 
 def estimate(session, project_id: str, store, fields: dict, *, training_file: str,

@@ -207,6 +207,11 @@ class Job(Base):
     lease_expires_at: Mapped[float | None] = mapped_column(nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     stop_requested: Mapped[str | None] = mapped_column(String(16), nullable=True)  # cancel | pause
+    # trained tokens (tokens × epochs) estimated at creation: what the job counts against its project's
+    # trained_tokens_per_day quota until it reports trained_tokens; None when the data could not be read then
+    estimated_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    claimed_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # first claim: its quota day
+    quota_wait: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the quota it waits on, once told
 
 
 class JobEvent(Base):
@@ -250,6 +255,9 @@ class Deployment(Base):
     # the deployment's SafetyPolicy as JSON; null: the server's default policy (settings.content_filter_policy)
     content_filter_policy: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     max_concurrent_requests: Mapped[int] = mapped_column(Integer, default=8)
+    # the rate limits (OpenAI's project rate limit, one per deployment); Azure's serverless defaults
+    max_requests_per_1_minute: Mapped[int] = mapped_column(Integer, default=1000)
+    max_tokens_per_1_minute: Mapped[int] = mapped_column(BigInteger, default=200_000)
     backend: Mapped[str] = mapped_column(String(16), default="local")  # local | upstream
     upstream_url: Mapped[str | None] = mapped_column(String(500), nullable=True)
     upstream_model: Mapped[str | None] = mapped_column(String(240), nullable=True)

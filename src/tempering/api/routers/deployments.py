@@ -31,6 +31,8 @@ def to_wire(d: Deployment, settings, *, warnings: bool = False) -> DeploymentObj
     return DeploymentObject(id=d.id, name=d.name, model=d.model, base_model=d.base_model, task=d.task,
                             content_filter=policy.enabled, content_filter_policy=policy,
                             max_concurrent_requests=d.max_concurrent_requests,
+                            max_requests_per_1_minute=d.max_requests_per_1_minute,
+                            max_tokens_per_1_minute=d.max_tokens_per_1_minute,
                             backend=d.backend, upstream_url=d.upstream_url, upstream_model=d.upstream_model,
                             status=d.status, created_at=d.created_at,
                             warnings=service.gate_warnings(d) if warnings else [])

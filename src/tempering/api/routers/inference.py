@@ -3,7 +3,9 @@
 
 Parsing and rendering only: a request becomes messages and sampling parameters here, the chat service
 (``services.chat``, shared with the portal's playground) serves it, and ``serving_shapes`` renders OpenAI's
-objects. A caller that disconnects stops its generation, streaming or not.
+objects. A caller that disconnects stops its generation, streaming or not. Every answer carries OpenAI's
+``x-ratelimit-*`` headers of the deployment's rate limits (a refused one, 429, also ``Retry-After``); a request
+is counted as its prompt plus ``max_tokens × n`` tokens (``services.ratelimits``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import asyncio
 import logging
 import time
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from tempering.api.errors import ERROR_RESPONSES, APIError
@@ -121,16 +123,19 @@ def _usage(done: Done) -> Usage:
                  total_tokens=done.prompt_tokens + done.completion_tokens)
 
 
-async def _respond(request: Request, served, endpoint: str, timer: Timer, prompt: list[int],
-                   params: list[SamplingParams], stops: list[str], stream: bool, include_usage: bool, shape,
-                   check):
+async def _respond(request: Request, response: Response, served, endpoint: str, timer: Timer,
+                   prompt: list[int], params: list[SamplingParams], stops: list[str], stream: bool,
+                   include_usage: bool, shape, check):
     """A whole response, or a stream of server-sent events, from the chat service's events. ``check`` is what
-    the content filter reads as the prompt."""
+    the content filter reads as the prompt. The request is counted against the deployment's rate limits first:
+    its prompt plus ``max_tokens × n``; a whole response's headers show the count after the unused tokens were
+    given back, a stream's the count as it was admitted."""
     chat = request.app.state.chat
+    charge = chat.admit(served, timer, endpoint, stream, len(prompt) + sum(p.max_tokens for p in params))
     states = [ChoiceState(i, logprobs=[] if p.logprobs else None) for i, p in enumerate(params)]
     ident, created = shape.new_id(), int(time.time())
     events = chat.generate(served, endpoint, timer, prompt, params, stops, stream=stream, states=states,
-                           check=check)
+                           check=check, charge=charge)
 
     if not stream:
         async def collect():
@@ -143,9 +148,11 @@ async def _respond(request: Request, served, endpoint: str, timer: Timer, prompt
                 await events.aclose()
 
         try:
-            return await cancel_on_disconnect(request.is_disconnected, collect())
+            whole = await cancel_on_disconnect(request.is_disconnected, collect())
         except asyncio.CancelledError:
             return None  # nobody is listening; the request log says 499
+        response.headers.update(charge.headers())
+        return whole
 
     # The first event is awaited before the stream starts: the prompt is checked and the concurrency slot taken
     # then, so a filtered or refused request is a plain 400 or 429 (with Retry-After), not a broken stream.
@@ -180,7 +187,7 @@ async def _respond(request: Request, served, endpoint: str, timer: Timer, prompt
             await events.aclose()
 
     return StreamingResponse(frames(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **charge.headers()})
 
 
 async def _chain(first: list, rest):
@@ -193,7 +200,7 @@ async def _chain(first: list, rest):
 @router.post("/chat/completions", response_model=ChatCompletion,
              responses={200: {"content": {"text/event-stream": {}},
                               "description": "A chat completion, or with stream: true a stream of chunks"}})
-async def chat_completions(body: ChatCompletionRequest, request: Request, caller: CallerDep):
+async def chat_completions(body: ChatCompletionRequest, request: Request, response: Response, caller: CallerDep):
     timer = Timer()
     _warn_ignored(body, "chat.completions")
     if body.top_logprobs and not body.logprobs:
@@ -208,14 +215,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, caller
                           request.app.state.settings.serve_default_max_tokens, param)
     params = [_params(body, budget, i, bool(body.logprobs), body.top_logprobs or 0) for i in range(body.n)]
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return await _respond(request, served, "chat.completions", timer, prompt, params, body.stops(), body.stream,
-                          include_usage, ChatShape, messages)
+    return await _respond(request, response, served, "chat.completions", timer, prompt, params, body.stops(),
+                          body.stream, include_usage, ChatShape, messages)
 
 
 @router.post("/completions", response_model=Completion,
              responses={200: {"content": {"text/event-stream": {}},
                               "description": "A completion, or with stream: true a stream of them"}})
-async def completions(body: CompletionRequest, request: Request, caller: CallerDep):
+async def completions(body: CompletionRequest, request: Request, response: Response, caller: CallerDep):
     """OpenAI's legacy completions; the prompt may be token ids (what the upstream backend sends)."""
     timer = Timer()
     _warn_ignored(body, "completions")
@@ -229,19 +236,21 @@ async def completions(body: CompletionRequest, request: Request, caller: CallerD
     logprobs = body.logprobs is not None
     params = [_params(body, budget, i, logprobs, body.logprobs or 0) for i in range(body.n)]
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return await _respond(request, served, "completions", timer, prompt, params, body.stops(), body.stream,
-                          include_usage, CompletionShape, body.prompt)
+    return await _respond(request, response, served, "completions", timer, prompt, params, body.stops(),
+                          body.stream, include_usage, CompletionShape, body.prompt)
 
 
 @router.post("/classifications", response_model=ClassificationResponse)
-async def classifications(body: ClassificationRequest, request: Request, caller: CallerDep) -> ClassificationResponse:
+async def classifications(body: ClassificationRequest, request: Request, response: Response,
+                          caller: CallerDep) -> ClassificationResponse:
     """Tempering's own: the label of each text, with every label's probability, from a classification model."""
     timer = Timer()
     _warn_ignored(body, "classifications")
     chat = request.app.state.chat
     served = await chat.served(caller.project_id, body.model, "classification", caller.key_id)
     texts = [body.input] if isinstance(body.input, str) else body.input
-    results, tokens = await chat.classify(served, timer, texts)
+    results, tokens, charge = await chat.classify(served, timer, texts)
+    response.headers.update(charge.headers())
     return ClassificationResponse(model=served.model, usage=Usage(prompt_tokens=tokens, completion_tokens=0,
                                                                   total_tokens=tokens),
                                   data=[ClassificationResult(index=i, **r) for i, r in enumerate(results)])
