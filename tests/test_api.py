@@ -215,7 +215,7 @@ def test_concurrent_claims_never_take_a_job_twice(tempering_home):
     db = Database(get_settings().database)
     db.migrate()
     with db.session() as session:
-        project = Project(name="p")
+        project = Project(name="p", quotas={"concurrent_jobs": 30})  # every job may be held at once
         session.add(project)
         session.flush()
         for i in range(30):
@@ -305,3 +305,32 @@ def test_one_job_config_through_the_api_the_server_cli_and_the_local_cli(server,
         client.fine_tuning.jobs.create(model=TINY_ID, training_file=api_job.training_file,
                                        hyperparameters={"n_epochs": True})
     assert "n_epochs" in boolean.value.message
+
+
+def test_cli_manages_users_members_and_keys(server, monkeypatch):
+    """`tempering users` on the server's own database; `tempering projects` and `keys` over HTTP."""
+    from typer.testing import CliRunner
+
+    from tempering.cli.main import app
+
+    client, home = server
+    runner = CliRunner()
+    monkeypatch.setenv("TEMPERING_HOME", str(home))
+    reset_settings()
+    created = runner.invoke(app, ["users", "create", "cli-dev"])
+    assert created.exit_code == 0, created.output
+    user_id = created.output.split("(")[1].split(")")[0]
+    monkeypatch.setenv("TEMPERING_SERVER", str(client.base_url))
+    monkeypatch.setenv("TEMPERING_API_KEY", client.api_key)
+    added = runner.invoke(app, ["projects", "add-member", user_id, "--role", "ai_developer"])
+    assert added.exit_code == 0 and "ai_developer" in added.output, added.output
+    listed = runner.invoke(app, ["projects", "members", "--json"])
+    assert {m["username"]: m["role"] for m in json.loads(listed.output)}["cli-dev"] == "ai_developer"
+    key = json.loads(runner.invoke(app, ["keys", "create", "ci", "--role", "reader", "--json"]).output)
+    assert key["value"].startswith("tk-") and key["role"] == "reader"
+    keys = json.loads(runner.invoke(app, ["keys", "list", "--json"]).output)
+    assert key["id"] in {k["id"] for k in keys} and all("value" not in k or k["value"] is None for k in keys)
+    assert runner.invoke(app, ["keys", "revoke", key["id"]]).exit_code == 0
+    refused = runner.invoke(app, ["projects", "list"], env={"TEMPERING_API_KEY": key["value"]})
+    assert refused.exit_code != 0 and "401" in refused.output
+    reset_settings()

@@ -138,7 +138,7 @@ def test_checkpoints_export_by_either_id_form(tiny_model, tmp_path, monkeypatch)
                                _logits(served, tokenizer), atol=1e-4, rtol=1e-4)
 
 
-def test_a_base_model_exports_merged_only(tiny_model, tiny_model_dir, tmp_path):
+def test_a_base_model_exports_its_weights_not_an_adapter(tiny_model, tiny_model_dir, tmp_path):
     result = export_model(tiny_model, "merged", tmp_path / "base")
     copied, original = (load_file(f / "model.safetensors") for f in (result.path, tiny_model_dir))
     assert all(torch.equal(copied[k], original[k]) for k in original)
@@ -166,7 +166,7 @@ def test_refuses_to_overwrite_unless_forced_and_only_an_export(tiny_model, tmp_p
     assert (mine / "notes.txt").read_text() == "keep me"
 
 
-def test_bad_ids_formats_and_gguf_say_what_to_do(tiny_model, tmp_path):
+def test_bad_ids_and_formats_say_what_to_do(tiny_model, tmp_path):
     missing = _cli("ft:tiny-llama::nosuchrun", "--format", "peft", "--out", tmp_path / "a")
     assert missing.exit_code == 1 and "no fine-tuned model" in missing.output
     unknown = _cli("no-such-model", "--format", "merged", "--out", tmp_path / "b")
@@ -174,6 +174,103 @@ def test_bad_ids_formats_and_gguf_say_what_to_do(tiny_model, tmp_path):
     bad = _cli("ft:tiny-llama::x", "--format", "onnx", "--dtype", "int4")
     assert bad.exit_code == 1
     assert "--format must be one of" in bad.output and "--dtype must be one of" in bad.output
-    gguf = _cli("ft:tiny-llama::x", "--format", "gguf")
-    assert gguf.exit_code == 1 and "convert_hf_to_gguf.py" in gguf.output and "--format merged" in gguf.output
+    q8 = _cli("ft:tiny-llama::x", "--format", "merged", "--dtype", "q8_0")
+    assert q8.exit_code == 1 and "--format gguf" in q8.output
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def _gguf_round_trip(folder, reference, tokenizer):
+    """The GGUF read back by transformers' own GGUF loader (independent of our writer: it undoes the rotary
+    permutation and rebuilds the tokenizer from the metadata) computes what ``reference`` computes."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    loaded_tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file="model.gguf")
+    assert loaded_tokenizer(TEXT)["input_ids"] == tokenizer(TEXT)["input_ids"]
+    assert loaded_tokenizer.chat_template == tokenizer.chat_template
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file="model.gguf", dtype=torch.float32).eval()
+    return _logits(loaded, tokenizer), _logits(reference, tokenizer)
+
+
+@pytest.mark.parametrize("dtype,tolerance", [("float32", 1e-4), ("auto", 3e-2), ("q8_0", 0.25)])
+def test_gguf_export_reads_back_as_the_merged_model(tiny_model, tiny_model_dir, tmp_path, dtype, tolerance):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tempering.train.artifacts import resolve_finetuned
+
+    model_id = _tune(tiny_model, tmp_path).model_id
+    result = _cli(model_id, "--format", "gguf", "--dtype", dtype, "--out", tmp_path / "gguf", "--json")
+    assert result.exit_code == 0, result.output
+    folder = tmp_path / "gguf"
+    assert {"model.gguf", "Modelfile", MARKER} <= {p.name for p in folder.iterdir()}
+    assert "FROM ./model.gguf" in (folder / "Modelfile").read_text()
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                                       resolve_finetuned(model_id)[0]).merge_and_unload().eval()
+    got, want = _gguf_round_trip(folder, merged, tokenizer)
+    assert (got - want).abs().max() < tolerance * want.abs().max()
+
+
+def test_gguf_export_of_phi3(tiny_phi3, tiny_phi3_dir, tmp_path):
+    """Phi-3's fused qkv and gate_up projections are written fused, as llama.cpp's phi3 graph reads them."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model_id = _tune(tiny_phi3, tmp_path).model_id
+    folder = export_model(model_id, "gguf", tmp_path / "phi3-gguf", dtype="float32").path
+    from gguf import GGUFReader
+
+    reader = GGUFReader(folder / "model.gguf")
+    assert reader.fields["general.architecture"].contents() == "phi3"
+    assert "blk.0.attn_qkv.weight" in {t.name for t in reader.tensors}
+    from peft import PeftModel
+
+    from tempering.train.artifacts import resolve_finetuned
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_phi3_dir)
+    merged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_phi3_dir),
+                                       resolve_finetuned(model_id)[0]).merge_and_unload().eval()
+    got, want = _gguf_round_trip(folder, merged, tokenizer)
+    assert (got - want).abs().max() < 1e-3 * want.abs().max()
+
+
+def test_gguf_export_runs_in_llama_cpp(tiny_model, tiny_model_dir, tmp_path):
+    """llama.cpp itself (llama-cpp-python, the bench extra) loads the file and its greedy tokens are
+    transformers'; skipped where it is not installed."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = export_model(tiny_model, "gguf", tmp_path / "base-gguf", dtype="float32").path
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    llm = llama_cpp.Llama(str(folder / "model.gguf"), n_ctx=256, n_threads=1, verbose=False, logits_all=False)
+    prompt = tokenizer(TEXT)["input_ids"]
+    with torch.inference_mode():
+        want = model.generate(torch.tensor([prompt]), max_new_tokens=16, do_sample=False)[0, len(prompt):].tolist()
+    got = []
+    for token in llm.generate(prompt, temp=0.0, top_k=1, reset=True):
+        got.append(token)
+        if len(got) == len(want):
+            break
+    assert got == want
+
+
+def test_gguf_lora_adapter_applies_to_the_base_gguf_as_the_merge_did(tiny_model, tmp_path):
+    """adapter.gguf (llama.cpp's LoRA form) added to the base's GGUF as llama.cpp adds it, W + B·A·alpha/rank,
+    gives the merged GGUF's matrices: names, orientation, the query/key permutation and the scale agree."""
+    from gguf import GGUFReader
+
+    model_id = _tune(tiny_model, tmp_path).model_id
+    tuned = export_model(model_id, "gguf", tmp_path / "tuned", dtype="float32").path
+    base = export_model(tiny_model, "gguf", tmp_path / "base", dtype="float32").path
+    adapter = GGUFReader(tuned / "adapter.gguf")
+    assert adapter.fields["general.type"].contents() == "adapter"
+    alpha = adapter.fields["adapter.lora.alpha"].contents()
+    lora = {t.name: t.data for t in adapter.tensors}
+    base_w = {t.name: t.data for t in GGUFReader(base / "model.gguf").tensors}
+    merged_w = {t.name: t.data for t in GGUFReader(tuned / "model.gguf").tensors}
+    adapted = sorted(name.removesuffix(".lora_a") for name in lora if name.endswith(".lora_a"))
+    assert "blk.0.attn_q.weight" in adapted and "blk.1.attn_k.weight" in adapted
+    for name in adapted:
+        a, b = lora[f"{name}.lora_a"], lora[f"{name}.lora_b"]
+        rebuilt = base_w[name] + (b @ a) * (alpha / a.shape[0])
+        assert abs(rebuilt - merged_w[name]).max() < 1e-5, name

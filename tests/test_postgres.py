@@ -47,15 +47,17 @@ def pg_settings(postgres_url, tempering_home, monkeypatch):
     reset_settings()
 
 
-def _seed_jobs(db, count: int, *, priority_job: int | None = None) -> list[str]:
+def _seed_jobs(db, count: int, *, priority_job: int | None = None, quotas: dict | None = None,
+               estimated_tokens: int | None = None) -> list[str]:
     from tempering.store.models import Job, Project
 
     with db.session() as session:
-        project = Project(name="p")
+        project = Project(name="p", quotas=quotas or {"concurrent_jobs": 1000})  # room for every job by default
         session.add(project)
         session.flush()
         jobs = [Job(project_id=project.id, model="m", training_file="file-x", seed=i, config={"i": i},
-                    status="queued", created_at=1000 + i, priority=1 if i == priority_job else 0)
+                    status="queued", created_at=1000 + i, priority=1 if i == priority_job else 0,
+                    estimated_tokens=estimated_tokens)
                 for i in range(count)]
         session.add_all(jobs)
         session.flush()
@@ -108,6 +110,44 @@ CLAIMER = textwrap.dedent("""
         print(job_id, flush=True)
     db.dispose()
 """)
+
+
+def _race(postgres_url, tmp_path, processes: int) -> dict[str, list[str]]:
+    """Start ``processes`` claimer processes together; what each claimed."""
+    go = tmp_path / "go"
+    claimers = [subprocess.Popen([sys.executable, "-c", CLAIMER, postgres_url, f"w{i}", str(go)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(processes)]
+    for claimer in claimers:
+        assert claimer.stdout.readline().strip() == "ready", claimer.stderr.read()
+    go.touch()
+    claimed: dict[str, list[str]] = {}
+    for i, claimer in enumerate(claimers):
+        out, err = claimer.communicate(timeout=60)
+        assert claimer.returncode == 0, err
+        claimed[f"w{i}"] = out.split()
+    return claimed
+
+
+def test_racing_claims_stay_within_the_project_quotas(postgres_url, tmp_path):
+    """The queue's quotas are part of the one claim: four processes racing for twenty jobs of a project allowed
+    three at once take exactly three; with a day's trained tokens for two jobs, two."""
+    from tempering.jobs import queue
+    from tempering.store.db import Database
+
+    db = Database(postgres_url)
+    db.migrate()
+    try:
+        _seed_jobs(db, 20, quotas={"concurrent_jobs": 3})
+        assert sum(len(jobs) for jobs in _race(postgres_url, tmp_path, 4).values()) == 3
+        assert queue.claim(db, "late", 30) is None
+        # another project: 2 × 100 estimated tokens fit its day's 250, a third does not
+        _seed_jobs(db, 20, quotas={"trained_tokens_per_day": 250}, estimated_tokens=100)
+        (tmp_path / "go").unlink()
+        assert sum(len(jobs) for jobs in _race(postgres_url, tmp_path, 4).values()) == 2
+        assert queue.note_quota_waits(db) == 17 + 18  # each waiting job told why, once
+        assert queue.note_quota_waits(db) == 0
+    finally:
+        db.dispose()
 
 
 def test_worker_processes_never_claim_a_job_twice(postgres_url, tmp_path):

@@ -148,3 +148,30 @@ class TemperingClient:
                             yield choice["delta"]["content"]
         except httpx.HTTPError as exc:
             raise ServerError(f"cannot reach the server at {self.http.base_url}: {exc}") from exc
+
+    # -- people and access (the Administration API) --
+
+    def me(self) -> dict:
+        return self._call("GET", "/me")
+
+    def project_id(self, project: str | None) -> str:
+        """The project named (an id), else the key's own."""
+        return project or self.me()["project_id"]
+
+    def organization(self, method: str, path: str, body: dict | None = None, **params) -> dict:
+        """A call under ``/v1/organization``; ``params`` with a value become the query string."""
+        query = {k: v for k, v in params.items() if v is not None}
+        return self._call(method, f"/organization{path}", json=body, params=query or None)
+
+    # -- usage and costs (``tempering usage``) ----------------------------------------------------------------
+
+    def buckets(self, path: str, params: dict) -> list[dict]:
+        """Every bucket of ``/organization/usage/…`` or ``/organization/costs`` from ``params``, page after
+        page."""
+        found, page = [], None
+        while True:
+            answer = self._call("GET", f"/organization/{path}", params={**params, **({"page": page} if page else {})})
+            found += answer["data"]
+            page = answer.get("next_page")
+            if not answer.get("has_more") or not page:
+                return found

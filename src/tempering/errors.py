@@ -96,7 +96,10 @@ class ConflictError(TemperingError):
 
 
 class RateLimitedError(TemperingError):
-    """Over a limit for now; ``retry_after`` says when trying again may succeed."""
+    """Over a limit for now; ``retry_after`` says when trying again may succeed; ``headers`` what the edge
+    adds to its answer (the limits' state: OpenAI's ``x-ratelimit-*``)."""
+
+    headers: dict[str, str] | None = None
 
     code = "too_many_requests"
     kind = "rate_limited"

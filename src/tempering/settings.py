@@ -5,11 +5,12 @@ Everything Tempering writes lives under ``TEMPERING_HOME``; nothing here knows a
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -33,8 +34,21 @@ class Settings(BaseSettings):
         description="Price in USD per 1,000 trained tokens (tokens per epoch × epochs), per catalog id; '*' "
         "prices any other model. The defaults are indicative internal chargebacks that grow with model "
         "size; put your own in TEMPERING_PRICE_PER_1K_TRAINING_TOKENS as a JSON object (it replaces the "
-        "whole table).",
+        "whole table). A hub's settings.prices override it (docs/usage.md).",
     )
+
+    price_per_hosting_hour: dict[str, float] = Field(
+        default={"smollm2-135m-instruct": 0.02, "phi-3-medium-4k-instruct": 0.6, "*": 0.2},
+        description="Price in USD per hour a deployment exists (creation to deletion), per base model's catalog "
+        "id; '*' prices any other. A hub's settings.prices override it (docs/usage.md).")
+    price_per_1k_input_tokens: dict[str, float] = Field(
+        default={"smollm2-135m-instruct": 0.00002, "phi-3-medium-4k-instruct": 0.0006, "*": 0.0002},
+        description="Price in USD per 1,000 prompt tokens a deployment serves, per base model's catalog id; "
+        "'*' prices any other.")
+    price_per_1k_output_tokens: dict[str, float] = Field(
+        default={"smollm2-135m-instruct": 0.00008, "phi-3-medium-4k-instruct": 0.0024, "*": 0.0008},
+        description="Price in USD per 1,000 generated tokens a deployment serves, per base model's catalog "
+        "id; '*' prices any other.")
 
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL of the database; default: a SQLite file in the home. "
@@ -94,9 +108,32 @@ class Settings(BaseSettings):
     secret_key: str | None = Field(
         default=None, description="The server key (a Fernet key; several comma-separated, the first encrypts) "
         "that encrypts hub secrets and signs portal sessions; default: one generated in $TEMPERING_HOME/server.key.")
+    default_quotas: dict[str, int] = Field(
+        default={"concurrent_jobs": 4, "trained_tokens_per_day": 1_000_000_000, "stored_bytes": 100 * 2**30,
+                 "deployments": 32},
+        description="Every project's quotas unless its hub (settings.default_quotas) or the project itself sets "
+        "them (docs/quotas.md): concurrent_jobs (fine-tuning jobs running at once; more wait queued), "
+        "trained_tokens_per_day (tokens × epochs of the jobs started in a UTC day), stored_bytes (the project's "
+        "files), deployments (live deployments). A JSON object; keys left out keep these defaults.")
     rate_limit_url: str | None = Field(
         default=None, description="Storage of rate limits and sign-in throttling (the `limits` library's URL): "
         "default in-process ('memory://'); 'redis://host:6379' to hold the limits across several API processes.")
+
+    @field_validator("default_quotas", mode="before")
+    @classmethod
+    def _quotas(cls, value):
+        try:
+            defaults = cls.model_fields["default_quotas"].default
+            value = {**defaults, **(json.loads(value) if isinstance(value, str) else value)}
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"default_quotas must be a JSON object: {exc}") from None
+        unknown = set(value) - set(defaults)
+        if unknown:
+            raise ValueError(f"unknown quotas {sorted(unknown)}; known: {sorted(defaults)}")
+        bad = {k: v for k, v in value.items() if isinstance(v, bool) or not isinstance(v, int) or v < 0}
+        if bad:
+            raise ValueError(f"quotas are whole numbers from 0: {bad}")
+        return value
 
     @property
     def database(self) -> str:

@@ -29,6 +29,7 @@ from tempering.api.routers import (
     models,
     moderations,
     organization,
+    usage,
 )
 from tempering.settings import Settings
 from tempering.store.artifacts import ArtifactStore
@@ -77,7 +78,7 @@ def create_app(settings: Settings, *, workers: int = 1) -> FastAPI:
     from tempering.services.chat import ChatService
     from tempering.services.monitoring import Monitor
 
-    monitor = Monitor(db, serving)
+    monitor = Monitor(db, serving, settings)
     app = FastAPI(title="Tempering", version=tempering.__version__, lifespan=lifespan,
                   dependencies=[Depends(authorize)],
                   description="Self-hosted fine-tuning and serving, speaking OpenAI's fine-tuning and chat protocols.")
@@ -102,7 +103,7 @@ def create_app(settings: Settings, *, workers: int = 1) -> FastAPI:
                        max_form_upload_bytes=settings.max_upload_bytes + 64 * 1024)
     for router in (files.router, jobs.router, models.router, evaluations.router, deployments.router,
                    inference.router, datasets.router, catalog.router, exports.router, moderations.router,
-                   blocklists.router, organization.router):
+                   blocklists.router, organization.router, usage.router):
         app.include_router(router)
     from tempering import web
 

@@ -5,6 +5,7 @@ AuthenticationError, 404 NotFoundError, 409 ConflictError, 413, 500 InternalServ
 from __future__ import annotations
 
 import logging
+import math
 import re
 
 from fastapi import FastAPI, Request
@@ -75,7 +76,8 @@ def install(app: FastAPI) -> None:
         response = envelope(status, exc.message, error_type(status), exc.param, exc.code,
                             getattr(exc, "innererror", None))
         if exc.retry_after is not None:
-            response.headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+            response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+        response.headers.update(getattr(exc, "headers", None) or {})  # a rate limit's x-ratelimit-* headers
         return response
 
     @app.exception_handler(RequestValidationError)

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tempering.api.deps import CALLER_STATE, authenticate, client_address
 from tempering.api.errors import APIError, envelope
+from tempering.services.audit import ACTOR
 from tempering.web import UPLOAD_FORMS
 
 UPLOAD_PATH = "/v1/files"
@@ -60,6 +61,7 @@ class RequestGuard:
             except APIError as exc:
                 return await _answer(scope, send, exc.status, exc.message, exc.code)
             scope.setdefault("state", {})[CALLER_STATE] = caller
+            ACTOR.set(caller)  # this request's task only: the audit log's actor
         if is_upload(scope):
             return await self.app(scope, receive, send)
         limit = self.form_limit if (scope["method"], scope["path"]) in UPLOAD_FORMS else self.limit

@@ -15,6 +15,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.concurrency import run_in_threadpool
 
 from tempering import web
 from tempering.api.deps import CALLER_STATE, authenticate, client_address
@@ -113,6 +114,14 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", _PROJECT + "/service_accounts/{service_account_id}"): "keys.manage",
     ("DELETE", _PROJECT + "/service_accounts/{service_account_id}"): "keys.manage",
     ("GET", _PROJECT + "/audit_logs"): "audit.read",
+    # usage and costs (routers.usage): over the projects the caller has a role in, decided inside
+    ("GET", _ORG + "/usage/completions"): SIGNED_IN,
+    ("GET", _ORG + "/usage/fine_tuning"): SIGNED_IN,
+    ("GET", _ORG + "/usage/hosting"): SIGNED_IN,
+    ("GET", _ORG + "/costs"): SIGNED_IN,
+    ("GET", _PROJECT + "/rate_limits"): "project.read",
+    ("GET", _PROJECT + "/rate_limits/{rate_limit_id}"): "project.read",
+    ("POST", _PROJECT + "/rate_limits/{rate_limit_id}"): "project.manage",  # Owners, as quotas (docs/access.md)
     **web.PAGES,  # the portal's pages: their caller comes from the session cookie (web.session)
 }
 
@@ -137,33 +146,43 @@ def action_of(request: Request) -> str:
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer tk-…`")
 
 
-def authorize(request: Request,
-              _: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None) -> Caller | None:
+async def authorize(request: Request,
+                    _: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None) -> Caller | None:
     """The caller, allowed the route's action (None on public routes); 401 without a valid key, 403 with a
-    role too low, 404 for a project or hub of the path the caller has no part in."""
+    role too low, 404 for a project or hub of the path the caller has no part in. Runs on the event loop: the
+    common case (the key's own project, already authenticated by the request guard) reads no database."""
     action = action_of(request)
     if action == PUBLIC:
         return None
-    if route_key(request) in web.PAGES:
+    if route_key(request) in web.PAGES:  # a portal page: the caller is the session cookie's, not a key's
+        from tempering.services.audit import ACTOR
         from tempering.web.session import authorize_page
 
-        return authorize_page(request, action)
+        caller = await run_in_threadpool(authorize_page, request, action)
+        ACTOR.set(caller)  # this request's task only: the audit log's actor, as the request guard sets for keys
+        return caller
     caller = request.scope.get("state", {}).get(CALLER_STATE)
     if caller is None:  # an app mounted without the request guard (some tests build it so)
-        caller = authenticate(request.app.state.db, request.headers.get("authorization", ""),
-                              client_address(request.scope))
+        caller = await run_in_threadpool(authenticate, request.app.state.db,
+                                         request.headers.get("authorization", ""), client_address(request.scope))
     project_id = request.path_params.get("project_id")
-    hub_id = request.path_params.get("hub_id")
-    with request.app.state.db.session(write=False) as session:
-        if project_id is not None and project_id != caller.project_id:
-            caller = _in_project(session, caller, project_id)
+    if (project_id is not None and project_id != caller.project_id) or action in access.HUB_ACTIONS:
+        caller = await run_in_threadpool(_decide_in_database, request, caller, action, project_id)
         if action in access.HUB_ACTIONS:
-            _check_hub_action(session, caller, action, hub_id)
             return caller
     if action != SIGNED_IN and not caller.can(action):
         least = access.ROLE_NAMES[access.ACTIONS[action][0]]
         raise APIError(403, f"Your role in this project ({access.ROLE_NAMES.get(caller.role, caller.role)}) "
                             f"does not allow this; it needs {least} or higher.", code="permission_denied")
+    return caller
+
+
+def _decide_in_database(request: Request, caller: Caller, action: str, project_id: str | None) -> Caller:
+    with request.app.state.db.session(write=False) as session:
+        if project_id is not None and project_id != caller.project_id:
+            caller = _in_project(session, caller, project_id)
+        if action in access.HUB_ACTIONS:
+            _check_hub_action(session, caller, action, request.path_params.get("hub_id"))
     return caller
 
 
@@ -199,8 +218,11 @@ def _check_hub_action(session, caller: Caller, action: str, hub_id: str | None) 
 
 
 def _member_of_hub(session, caller: Caller, hub_id: str) -> bool:
-    from tempering.store.models import HubMember
+    """Whether the hub is the caller's to know of: their key's project is in it, or they are its member."""
+    from tempering.store.models import HubMember, Project
 
+    if session.get(Project, caller.project_id).hub_id == hub_id:
+        return True
     return bool(caller.user_id) and session.get(HubMember, (hub_id, caller.user_id)) is not None
 
 

@@ -63,7 +63,10 @@ class ProjectObject(BaseModel):
     created_at: int
     archived_at: int | None = None
     status: str
-    quotas: dict[str, Any] = Field(default_factory=dict)
+    quotas: dict[str, Any] = Field(default_factory=dict, description="The project's own quotas (overrides of its "
+                                   "hub's default_quotas); null in an update removes one")
+    effective_quotas: dict[str, int] | None = Field(default=None, description="The quotas in force: the "
+                                                    "project's, else its hub's, else the server's (docs/quotas.md)")
     role: str | None = Field(default=None, description="The caller's role in the project")
 
 
@@ -202,3 +205,18 @@ class AuditLogEntry(BaseModel):
     actor: dict[str, Any]
     target: str | None
     details: dict[str, Any]
+
+
+class ProjectRateLimit(BaseModel):
+    """OpenAI's project rate limit; here one per deployment (``model``: the name it is called by)."""
+
+    object: Literal["project.rate_limit"] = "project.rate_limit"
+    id: str
+    model: str
+    max_requests_per_1_minute: int
+    max_tokens_per_1_minute: int
+
+
+class ProjectRateLimitUpdate(_Strict):
+    max_requests_per_1_minute: int | None = Field(default=None, ge=1, le=2**40)
+    max_tokens_per_1_minute: int | None = Field(default=None, ge=1, le=2**40)

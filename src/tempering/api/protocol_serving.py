@@ -34,11 +34,18 @@ class DeploymentCreate(BaseModel):
                                                        "filter policy (docs/safety.md); default: the server's.")
     max_concurrent_requests: int = Field(default=8, ge=1, le=256, description="Requests served at once; "
                                          "beyond it a request is answered 429 (OpenAI's SDK retries those).")
+    max_requests_per_1_minute: int = Field(default=1000, ge=1, le=2**40, description="Requests per minute "
+                                           "(a sliding window); beyond it 429 with Retry-After. Default: Azure's "
+                                           "serverless 1,000.")
+    max_tokens_per_1_minute: int = Field(default=200_000, ge=1, le=2**40, description="Tokens per minute (prompt "
+                                         "plus max_tokens × n up front, corrected with the tokens generated; "
+                                         "docs/quotas.md). Default: Azure's serverless 200,000.")
     force: bool = Field(default=False, description="Deploy even when the model's evaluation says it is worse "
                         "than its base model.")
-    backend: Literal["local", "upstream"] = Field(default="local", description="'local': the embedded engine "
-                                                  "(transformers, adapters on a shared base model); 'upstream': "
-                                                  "forward to an OpenAI-compatible server such as vLLM.")
+    backend: Literal["local", "upstream", "llama.cpp"] = Field(
+        default="local", description="'local': the embedded engine (transformers, adapters on a shared base model); "
+        "'upstream': forward to an OpenAI-compatible server such as vLLM; 'llama.cpp': llama.cpp on this server "
+        "(llama-cpp-python installed), from a GGUF export of the model made on first use.")
     upstream_url: str | None = Field(default=None, max_length=500, pattern=r"^https?://",
                                      description="The upstream server's base URL (…/v1), for backend 'upstream'.")
     upstream_model: str | None = Field(default=None, max_length=240, description="The model name the upstream "
@@ -59,7 +66,9 @@ class DeploymentObject(BaseModel):
     content_filter_policy: SafetyPolicy = Field(description="The policy the deployment runs under: its own, or "
                                                 "the server's default.")
     max_concurrent_requests: int
-    backend: Literal["local", "upstream"]
+    max_requests_per_1_minute: int = 1000
+    max_tokens_per_1_minute: int = 200_000
+    backend: Literal["local", "upstream", "llama.cpp"]
     upstream_url: str | None = None
     upstream_model: str | None = None
     status: Literal["succeeded"]

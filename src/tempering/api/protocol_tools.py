@@ -126,16 +126,17 @@ class ExportCreate(BaseModel):
                        "a checkpoint (ft:…@step-N, ft:…:ckpt-step-N).")
     format: Literal["peft", "merged", "gguf"] = Field(description="peft: the LoRA adapter and tokenizer; "
                                                       "merged: the adapter merged into the base weights; gguf: "
-                                                      "refused, naming the llama.cpp commands.")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        default="auto", description="Dtype of merged weights; auto keeps the base's.")
+                                                      "model.gguf (merged) and an Ollama Modelfile.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16", "q8_0"] = Field(
+        default="auto", description="Dtype of merged weights; auto keeps the base's (gguf: f16); q8_0 for gguf "
+        "only.")
 
 
 class ExportObject(BaseModel):
     object: Literal["model.export"] = "model.export"
     model: str
     kind: Literal["fine-tuned", "checkpoint"]
-    format: Literal["peft", "merged"]
+    format: Literal["peft", "merged", "gguf"]
     task: str
     dtype: str | None = None
     files: list[str] = Field(description="The files inside the archive's folder.")

@@ -34,6 +34,9 @@ def deploy(
     max_concurrent: Annotated[int, typer.Option(help="Requests served at once; more are answered 429.")] = 8,
     force: Annotated[bool, typer.Option(help="Deploy even if the model's evaluation says it is worse than its "
                                              "base.")] = False,
+    backend: Annotated[str | None, typer.Option(help="local (the embedded engine, default), llama.cpp (needs "
+                                                     "llama-cpp-python on the server), or upstream (with "
+                                                     "--upstream-url).")] = None,
     upstream_url: Annotated[str | None, typer.Option(help="Serve through an OpenAI-compatible upstream "
                                                           "(vLLM --enable-lora) at this …/v1 URL.")] = None,
     upstream_model: Annotated[str | None, typer.Option(help="The upstream's name for the model (vLLM: the "
@@ -46,6 +49,8 @@ def deploy(
             "force": force}
     if upstream_url:
         body |= {"backend": "upstream", "upstream_url": upstream_url, "upstream_model": upstream_model}
+    if backend:
+        body["backend"] = backend
     created = _client(server, api_key).create_deployment({k: v for k, v in body.items() if v is not None})
     if json_out:
         print_json(created)

@@ -10,12 +10,12 @@ import typer
 from tempering.cli.common import out, print_json, quiet_libraries, safe
 
 MODEL_HELP = ("A fine-tuned id (ft:…), a checkpoint (<fine-tuned id>@step-<N>, "
-              "<fine-tuned id>:ckpt-step-<N>, or a checkpoint folder), or a catalog id (merged only: a copy "
+              "<fine-tuned id>:ckpt-step-<N>, or a checkpoint folder), or a catalog id (merged or gguf: a copy "
               "of its float weights).")
 FORMAT_HELP = ("peft: the LoRA adapter and tokenizer, for PeftModel.from_pretrained(base, DIR). merged: the "
                "adapter merged into the base weights (safetensors, config, tokenizer), for plain "
-               "transformers. gguf: not built in; the error says which llama.cpp command converts a merged "
-               "export.")
+               "transformers. gguf: one model.gguf (adapter merged; f16, or --dtype float32, bfloat16, q8_0) with "
+               "the chat template, and an Ollama Modelfile, for llama.cpp, Ollama and LM Studio.")
 
 _LOADING = {
     ("peft", "chat"): "PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(<base>), '{path}')",
@@ -23,6 +23,7 @@ _LOADING = {
                                 ".from_pretrained(<base>, num_labels=…), '{path}')",
     ("merged", "chat"): "AutoModelForCausalLM.from_pretrained('{path}')",
     ("merged", "classification"): "AutoModelForSequenceClassification.from_pretrained('{path}')",
+    ("gguf", "chat"): "llama-cli -m '{path}/model.gguf', or: ollama create NAME -f '{path}/Modelfile'",
 }
 
 
@@ -33,10 +34,10 @@ def export(
                                                  "./<model id>-<format>.", file_okay=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an earlier export in --out.")] = False,
     dtype: Annotated[str, typer.Option(help="Dtype of merged weights: auto (the base's), float32, bfloat16 "
-                                       "or float16.")] = "auto",
+                                       "or float16; for gguf also q8_0 (auto: f16).")] = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print what was written as JSON.")] = False,
 ) -> None:
-    """Export a fine-tuned model or checkpoint as a PEFT adapter or as merged weights."""
+    """Export a fine-tuned model or checkpoint as a PEFT adapter, as merged weights, or as GGUF."""
     quiet_libraries()
     from tempering.export import export_model
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from tempering.cli import (
+    access,
     blocklists,
     calibrate,
     chat,
@@ -17,6 +18,7 @@ from tempering.cli import (
     moderate,
     serve,
     tune,
+    usage,
 )
 from tempering.cli.common import ErrorTranslatingGroup
 
@@ -41,6 +43,10 @@ app.command("deploy")(deploy.deploy)
 app.add_typer(deploy.app, name="deployments")
 app.command("worker")(serve.worker)
 app.command("calibrate")(calibrate.calibrate)
+app.add_typer(access.users, name="users")
+app.add_typer(access.projects, name="projects")
+app.add_typer(access.keys, name="keys")
+app.command("usage")(usage.usage)
 
 
 def main() -> None:

@@ -127,13 +127,13 @@ def _measure(target: refs.Target, examples: list[list[dict]], generated: list[li
     texts = []
     if generated:
         budget = max_new_tokens if labels is None else _label_budget(chat.tokenizer, labels, max_new_tokens)
-        texts, truncated, generation_cost = measure.answers(chat, generated, budget)
+        texts, truncated, generation_cost = measure.answers(chat, generated, budget, labels)
         cost = cost + generation_cost
         if declared is not None:  # a classification file's labels are the references
             generated = [m[:-1] + [{"role": "assistant", "content": y}] for m, y in zip(generated, declared)]
         evaluation.generation = measure.generation_metrics(texts, generated, labels, truncated)
         if labels is not None and target.kind == "base":
-            evaluation.note = "zero-shot: answers mapped onto the label set"
+            evaluation.note = "zero-shot: answers constrained to the label set"
     _free(chat)
     evaluation.cost = _rounded(cost)
     return evaluation, texts

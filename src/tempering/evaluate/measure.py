@@ -39,12 +39,16 @@ def chat_loss(chat, examples: list[list[dict]]) -> tuple[LossMetrics, Cost]:
     return LossMetrics(**result, n_examples=len(encoded)), cost
 
 
-def answers(chat, examples: list[list[dict]], max_new_tokens: int) -> tuple[list[str], int, Cost]:
-    """Greedy answers through the serving path: (answers, how many hit max_new_tokens, cost)."""
+def answers(chat, examples: list[list[dict]], max_new_tokens: int,
+            labels: list[str] | None = None) -> tuple[list[str], int, Cost]:
+    """Greedy answers through the serving path: (answers, how many hit max_new_tokens, cost). With ``labels``,
+    decoding is constrained to exactly one of them (structured outputs' choice), so no answer names none."""
     from tempering.data.encode import encode_prompt
     from tempering.serve.local import SamplingParams, generate
 
-    params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0)
+    choices = sorted({label.strip() for label in labels or [] if label.strip()})
+    params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0,
+                            response_format={"type": "choice", "choices": choices} if choices else None)
     started = time.perf_counter()
     texts, truncated, prompt_tokens, generated_tokens = [], 0, 0, 0
     for messages in examples:

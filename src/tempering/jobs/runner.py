@@ -26,6 +26,7 @@ from sqlalchemy import select
 from tempering.errors import InvalidDataError, TemperingError
 from tempering.jobs.executors import PARENT_PID
 from tempering.settings import get_settings
+from tempering.store import usage
 from tempering.store.artifacts import ArtifactStore
 from tempering.store.db import Database
 from tempering.store.models import File, Job, JobCheckpoint, JobEvent, new_id, now, run_id_of
@@ -129,13 +130,19 @@ def _stop_poller(db: Database, job_id: str):
     return should_stop
 
 
-def _finish(db: Database, job_id: str, **fields) -> None:
+def _finish(db: Database, job_id: str, *, charge: str | None = None, **fields) -> None:
+    """Set the job's fields; with ``charge`` (its base model) and a status of ``succeeded`` (its
+    ``trained_tokens``) or ``cancelled`` (what it trained so far), the usage ledger's row goes in the same
+    transaction. A failed job is never charged."""
     with db.session() as session:
         job = session.get(Job, job_id)
         for key, value in fields.items():
             setattr(job, key, value)
         if fields.get("status") in ("succeeded", "failed", "cancelled"):
             job.finished_at = now()
+        if charge is not None and job.status in ("succeeded", "cancelled"):
+            tokens = job.trained_tokens if job.status == "succeeded" else usage.trained_so_far(session, job_id)
+            usage.charge_training(session, job, charge, tokens or 0)
 
 
 def _validate(job: Job, config, base: str, recorder: JobRecorder) -> None:
@@ -165,6 +172,7 @@ def run(job_id: str) -> int:
         job = session.get(Job, job_id)
     run_id = run_id_of(job.id)
     recorder = JobRecorder(db, job_id, "")
+    base = None
     try:
         config = tune_config(job, store)
         base = artifacts.base_model_of(job.model)
@@ -178,7 +186,7 @@ def run(job_id: str) -> int:
             kind = session.get(Job, job_id).stop_requested
         status = "paused" if kind == "pause" else "cancelled"
         recorder.event(f"Job {status}: {exc.message}", level="warning")
-        _finish(db, job_id, status=status, stop_requested=None)
+        _finish(db, job_id, status=status, stop_requested=None, charge=base)
         return 0
     except TemperingError as exc:
         param = exc.param or ("training_file" if isinstance(exc, InvalidDataError) else None)
@@ -201,7 +209,7 @@ def run(job_id: str) -> int:
                          purpose="fine-tune-results", bytes=len(csv_bytes),
                          sha256=hashlib.sha256(csv_bytes).hexdigest(), status="processed"))
     _finish(db, job_id, status="succeeded", fine_tuned_model=result.model_id, trained_tokens=result.trained_tokens,
-            result_files=[result_file], hyperparameters=result.hyperparameters.model_dump())
+            result_files=[result_file], hyperparameters=result.hyperparameters.model_dump(), charge=result.base_model)
     recorder.event("The job has successfully completed")
     return 0
 

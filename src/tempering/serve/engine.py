@@ -53,6 +53,7 @@ class _Sequence:
     pending: int = -1  # the last sampled token, not yet in the cache
     cancelled: bool = False
     done: bool = False
+    matcher: object | None = None  # serve.constrain.Matcher: the row's structured-output grammar
 
 
 def _keep_rows(cache: DynamicCache, mask: torch.Tensor, keep: list[int], rows: int) -> torch.Tensor:
@@ -95,6 +96,7 @@ class TransformersEngine:
         self.tokenizer = None
         self.context_length = 0
         self.eos_ids: set[int] = set()
+        self.constrainer = None  # serve.constrain.Constrainer, once loaded
         self.active: list[_Sequence] = []
         # counters read by monitoring
         self.steps = 0
@@ -150,6 +152,9 @@ class TransformersEngine:
         self.device = next(model.parameters()).device
         self.context_length = card.context_length
         self.eos_ids = eos_ids(self.tokenizer, model)
+        from tempering.serve.constrain import Constrainer
+
+        self.constrainer = Constrainer(self.tokenizer, model.get_output_embeddings().weight.shape[0], self.eos_ids)
         self.adapters = AdapterHost(model, self.max_adapters)
 
     @property
@@ -177,6 +182,8 @@ class TransformersEngine:
         seq = _Sequence(list(prompt_ids), params, adapter_name(adapter) if adapter else BASE,
                         Path(adapter) if adapter else None, min(params.max_tokens, room),
                         lambda item: loop.call_soon_threadsafe(out.put_nowait, item))
+        if params.response_format is not None:  # compiled off the loop (the first one builds the token trie)
+            seq.matcher = await asyncio.to_thread(self.constrainer.matcher, params.response_format)
         self._inbox.put(seq)
         try:
             while True:
@@ -380,8 +387,20 @@ class TransformersEngine:
         hand its text to the caller; marks the sequence done at its end."""
 
         params = seq.params
+        if seq.matcher is not None:  # only tokens that keep the output inside its grammar
+            logits = seq.matcher.mask(logits)
+            greedy = int(logits.argmax())
         token = greedy if params.temperature == 0.0 else pick_token(logits.float().cpu(), params, seq.generator)
         logprobs = self._logprobs(logits, token, params.top_logprobs) if params.logprobs else []
+        if seq.matcher is not None and token not in self.eos_ids:
+            seq.matcher.advance(token)
+            if seq.matcher.finished:  # complete: the row ends here, as at the end of a turn
+                seq.produced += 1
+                self.tokens_generated += 1
+                seq.done = True
+                seq.deliver(Chunk(seq.detok.add(token) + seq.detok.flush(), "stop", logprobs, seq.produced,
+                                  tokens=1))
+                return token
         if token in self.eos_ids:
             seq.done = True
             seq.deliver(Chunk(seq.detok.flush(), "stop", completion_tokens=seq.produced))

@@ -32,6 +32,15 @@ class ChatModel:
     model: object
     context_length: int
     eos_ids: set[int] = field(default_factory=set)
+    constrainer: object | None = None  # serve.constrain.Constrainer, made on the first constrained answer
+
+    def matcher(self, spec: dict):
+        if self.constrainer is None:
+            from tempering.serve.constrain import Constrainer
+
+            self.constrainer = Constrainer(self.tokenizer, self.model.get_output_embeddings().weight.shape[0],
+                                           self.eos_ids)
+        return self.constrainer.matcher(spec)
 
 
 def load_chat(target, device: str = "auto") -> ChatModel:
@@ -85,12 +94,14 @@ def generate(chat: ChatModel, messages: list[dict], params: SamplingParams | Non
     cache = DynamicCache(config=chat.model.config)  # filled in place by each forward
     detok = Detokenizer(chat.tokenizer)  # holds text back while a multi-byte character is incomplete
     switch, tokens = rope.switch_length(chat.model), list(prompt)
+    matcher = chat.matcher(params.response_format) if params.response_format is not None else None
     finish = "length"
     for _ in range(budget):
         if switch is not None and len(tokens) == switch + 1:  # LongRoPE: the cache holds short-factor keys
             cache, input_ids = DynamicCache(config=chat.model.config), torch.tensor([tokens], device=device)
         out = chat.model(input_ids=input_ids, cache=cache, use_cache=True)
-        token = pick_token(out.logits[0, -1].cpu(), params, generator)
+        logits = out.logits[0, -1].cpu()
+        token = pick_token(matcher.mask(logits) if matcher else logits, params, generator)
         if token in chat.eos_ids:
             finish = "stop"
             break
@@ -98,6 +109,11 @@ def generate(chat: ChatModel, messages: list[dict], params: SamplingParams | Non
         text = detok.add(token)
         if text:
             yield Chunk(text)
+        if matcher is not None:
+            matcher.advance(token)
+            if matcher.finished:
+                finish = "stop"
+                break
         input_ids = torch.tensor([[token]], device=device)
     yield Chunk(detok.flush(), finish_reason=finish)
 

@@ -4,6 +4,7 @@ can build and read them without loading a model."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from pydantic import BaseModel, Field
 
@@ -18,6 +19,10 @@ class SamplingParams(BaseModel):
     logprobs: bool = Field(default=False, description="Return the log probability of each generated token.")
     top_logprobs: int = Field(default=0, ge=0, le=MAX_TOP_LOGPROBS,
                               description="Also return this many likeliest alternatives at each position.")
+    response_format: dict[str, Any] | None = Field(
+        default=None, description="Constrain the output (serve.constrain): {\"type\": \"json_object\"}, "
+        "{\"type\": \"json_schema\", \"schema\": {...}} or {\"type\": \"choice\", \"choices\": [...]}; "
+        "None: free text.")
 
 
 @dataclass

@@ -19,6 +19,7 @@ class Serving:
         self.max_classifiers = max_classifiers
         self.engines: dict[str, TransformersEngine] = {}
         self.upstreams: dict[tuple[str, str], UpstreamEngine] = {}
+        self.llamacpps: dict[str, object] = {}  # model → serve.llamacpp.LlamaCppEngine
         self._tokenizers: dict[str, object] = {}
         self._classifiers: OrderedDict[str, object] = OrderedDict()
         self._lock = threading.Lock()
@@ -40,6 +41,13 @@ class Serving:
             if key not in self.upstreams:
                 self.upstreams[key] = UpstreamEngine(url, model, api_key=api_key)
             return self.upstreams[key]
+
+    def llamacpp(self, model: str, make):
+        """The llama.cpp engine of a model (``make()`` builds it on first use; it loads on its first request)."""
+        with self._lock:
+            if model not in self.llamacpps:
+                self.llamacpps[model] = make()
+            return self.llamacpps[model]
 
     def tokenizer(self, base_model: str):
         """The base model's tokenizer (blocking on first use: call it from a worker thread)."""
@@ -69,5 +77,5 @@ class Serving:
     async def aclose(self) -> None:
         for engine in list(self.engines.values()):
             engine.stop()
-        for client in list(self.upstreams.values()):
+        for client in [*self.upstreams.values(), *self.llamacpps.values()]:
             await client.aclose()

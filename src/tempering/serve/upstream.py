@@ -53,6 +53,8 @@ class UpstreamEngine:
             body["seed"] = params.seed
         if params.logprobs:
             body["logprobs"] = params.top_logprobs
+        if params.response_format is not None:  # OpenAI's shape: vLLM enforces it on /completions too
+            body["response_format"] = _openai_response_format(params.response_format)
         produced, finish = 0, None
         try:
             async with self.http.stream("POST", "/completions", json=body) as response:
@@ -112,3 +114,11 @@ def _logprobs(data: dict | None) -> list[TokenLogprob]:
     return [TokenLogprob(token, float(lp if lp is not None else 0.0), -1,
                          [TopLogprob(t, float(v), -1) for t, v in (top or {}).items()])
             for token, lp, top in zip(data["tokens"], data["token_logprobs"], tops)]
+
+
+def _openai_response_format(spec: dict) -> dict:
+    if spec["type"] == "json_schema":
+        return {"type": "json_schema", "json_schema": {"name": "output", "schema": spec["schema"], "strict": True}}
+    if spec["type"] == "json_object":
+        return {"type": "json_object"}
+    raise UpstreamError(f"an upstream backend cannot enforce a {spec['type']!r} constraint")

@@ -93,8 +93,12 @@ class FileWriter:
         return new
 
     def register(self, db, project_id: str, purpose: str) -> list[File]:
-        """One row per stored file, in one short write transaction."""
+        """One row per stored file, in one short write transaction; refused (and the bytes removed) past the
+        project's stored_bytes quota."""
+        from tempering.services.quotas import check_stored_bytes
+
         with db.session() as session:
+            check_stored_bytes(session, project_id, sum(f.bytes for f in self.files))
             rows = [File(id=f.id, project_id=project_id, filename=f.filename, purpose=purpose, bytes=f.bytes,
                          sha256=f.sha256, status=f.status, status_details=f.status_details) for f in self.files]
             session.add_all(rows)

@@ -37,7 +37,7 @@ ACTIONS: dict[str, tuple[str, str]] = {
                                    "the playground")),
     "keys.self": ("reader", "list, create and revoke one's own API keys in the project"),
     "data.write": ("ai_developer", "upload, convert, split and delete files"),
-    "jobs.write": ("ai_developer", "create, cancel, pause and resume fine-tuning jobs; estimate them"),
+    "jobs.write": ("ai_developer", "create, cancel, pause and resume fine-tuning jobs"),
     "evaluations.write": ("ai_developer", "run and cancel evaluations"),
     "models.write": ("ai_developer", "delete and export fine-tuned models"),
     "deployments.write": ("ai_developer", ("create and delete deployments; change their content filter; "
@@ -144,21 +144,28 @@ LAST_USED_RESOLUTION = 60  # seconds: a key's last-used time is written at most 
 
 def caller_of_key(session: Session, key: str) -> Caller:
     """The caller an API key acts as; ``Unauthenticated`` if it is unknown, revoked, expired, or its holder no
-    longer has a role in its project."""
-    row = session.scalars(select(ApiKey).where(ApiKey.key_hash == hash_key(key))).first()
-    if row is None or row.revoked:
+    longer has a role in its project. One query: the key with its project, holder, membership and hub role."""
+    from sqlalchemy import and_
+
+    query = (select(ApiKey, Project, User, ProjectMember.role, HubMember.role, ServiceAccount)
+             .join(Project, Project.id == ApiKey.project_id)
+             .outerjoin(User, User.id == ApiKey.user_id)
+             .outerjoin(ProjectMember, and_(ProjectMember.project_id == ApiKey.project_id,
+                                            ProjectMember.user_id == ApiKey.user_id))
+             .outerjoin(HubMember, and_(HubMember.hub_id == Project.hub_id, HubMember.user_id == ApiKey.user_id))
+             .outerjoin(ServiceAccount, ServiceAccount.id == ApiKey.service_account_id)
+             .where(ApiKey.key_hash == hash_key(key)))
+    found = session.execute(query).first()
+    if found is None or found[0].revoked:
         raise Unauthenticated("Incorrect API key provided.")
+    row, project, user, member_role, hub_role, account = found
     if row.expires_at is not None and row.expires_at <= now():
         raise Unauthenticated("This API key has expired.")
-    holder_role, user = None, None
-    if row.user_id is not None:
-        user = session.get(User, row.user_id)
-        holder_role = project_role(session, row.user_id, row.project_id)
-    elif row.service_account_id is not None:
-        account = session.get(ServiceAccount, row.service_account_id)
-        project = session.get(Project, row.project_id)
-        if account is not None and not account.deleted and project is not None and project.status == "active":
-            holder_role = account.role
+    holder_role = None
+    if project.status == "active" and user is not None and not user.disabled:
+        holder_role = "owner" if hub_role == "admin" else member_role
+    elif project.status == "active" and account is not None and not account.deleted:
+        holder_role = account.role
     role = lower(row.role, holder_role)
     if role is None:
         raise Unauthenticated("This API key's holder no longer has a role in its project.")

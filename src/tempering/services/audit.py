@@ -3,10 +3,16 @@ rolled back leaves no entry), readable by a project's Owners; kept when the proj
 
 from __future__ import annotations
 
+from contextvars import ContextVar
+
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from tempering.store.models import AuditEvent
+
+# The caller of the request being served: set by the edge that authenticated it (the API's request guard, the
+# portal's session), so the services record the actor without every function taking the caller.
+ACTOR: ContextVar = ContextVar("tempering_actor", default=None)
 
 # What is recorded (``action``): the issue's list, named as object.verb.
 ACTIONS = ("login.succeeded", "login.failed", "login.locked", "logout", "user.created", "user.password_reset",
@@ -14,7 +20,7 @@ ACTIONS = ("login.succeeded", "login.failed", "login.locked", "logout", "user.cr
            "service_account.deleted", "member.added", "member.updated", "member.removed", "project.created",
            "project.updated", "project.deleted", "hub.created", "hub.updated", "secret.set", "secret.deleted",
            "job.created", "job.cancelled", "job.paused", "job.resumed", "model.deleted", "deployment.created",
-           "deployment.deleted", "content_filter.updated", "blocklist.updated", "webhook.created",
+           "deployment.deleted", "content_filter.updated", "rate_limit.updated", "blocklist.updated", "webhook.created",
            "webhook.deleted")
 
 
@@ -22,7 +28,8 @@ def record(session: Session, action: str, *, caller=None, project_id: str | None
            hub_id: str | None = None, target: str | None = None, user_id: str | None = None,
            address: str | None = None, **details) -> AuditEvent:
     """Add an entry. ``caller`` (a ``services.access.Caller``) supplies the actor, project and address unless
-    they are given; ``details`` is a small JSON object (never a secret)."""
+    they are given (else the request's ``ACTOR``); ``details`` is a small JSON object (never a secret)."""
+    caller = caller if caller is not None else ACTOR.get()
     if action not in ACTIONS:
         raise ValueError(f"unknown audit action {action!r}")
     event = AuditEvent(action=action, target=target, hub_id=hub_id, details=details,

@@ -4,7 +4,9 @@ comes from the REST API or the portal's playground.
 ``ChatService`` finds the caller's deployment, builds the prompt with the training template
 (``data.encode.encode_prompt``, so what is served is what was trained), checks the token budget, holds the
 deployment's concurrency slot, runs the choices in the serving engine (``tempering.serve``), cuts them at stop
-sequences, and hands every request, whatever its outcome, to the request log and the metrics. It yields
+sequences, and hands every request, whatever its outcome, to the request log and the metrics. Before any of
+that a request is counted against the deployment's requests and tokens per minute (``admit``; how tokens are
+counted: ``services.ratelimits``). It yields
 plain events (``PromptChecked``, ``Piece``, ``Finish``, ``Done``); the edges shape them into OpenAI's objects
 or a page. The content filter (``tempering.safety``, under the deployment's policy) is a stage here: the
 prompt is checked before it reaches the engine (a blocked one is refused and logged), and each choice's text
@@ -26,6 +28,7 @@ from tempering.safety import SafetyPolicy
 from tempering.serve.params import SamplingParams, TokenLogprob
 from tempering.services import filtering
 from tempering.services.monitoring import RequestRecord
+from tempering.services.ratelimits import DeploymentLimiter, RateState
 
 log = logging.getLogger(__name__)
 CLIENT_CLOSED = 499  # nginx's status for "the client went away": the request log's word for it
@@ -46,9 +49,13 @@ class Served:
     adapter: Path | None
     max_concurrent: int
     context_length: int
+    rpm: int = 1000  # the deployment's rate limits (requests, tokens per minute)
+    tpm: int = 200_000
     policy: SafetyPolicy = field(default_factory=lambda: filtering.OFF)  # the deployment's content filter policy (its own or the server's)
     blocklists: tuple = ()  # the policy's blocklists, compiled
     blocklists_error: str | None = None  # a blocklist the policy names that no longer exists
+    project_id: str | None = None  # the caller's project and API key, for the usage ledger
+    key_id: str | None = None
 
 
 @dataclass
@@ -60,6 +67,19 @@ class ChoiceState:
     tokens: int = 0
     content_filter_results: dict | None = None  # Azure's annotation of this choice (None: no filter)
     cut: bool = False  # the filter ended this choice
+
+
+@dataclass
+class Charge:
+    """What a request was counted as against its deployment's rate limits, and the limits' state (OpenAI's
+    ``x-ratelimit-*`` headers): as admitted, then, once it ended, with its unused tokens given back."""
+
+    tokens: int
+    state: RateState | None  # None: not counted (the limiter's storage failed)
+    settled: bool = False
+
+    def headers(self) -> dict[str, str]:
+        return self.state.headers() if self.state is not None else {}
 
 
 @dataclass(frozen=True)
@@ -221,9 +241,10 @@ class ChatService:
         self.in_flight: dict[str, int] = {}  # deployment id → requests being served
         self.default_policy = filtering.server_policy(settings)  # for deployments that set none
         self.scorer = None  # the content filter's scorer; None: the process's shared local classifiers
+        self.limits = DeploymentLimiter(settings.rate_limit_url)  # per deployment; Redis: shared by processes
 
     # ---------------------------------------------------------------- the deployment
-    def _lookup(self, project_id: str, model: str) -> Served:
+    def _lookup(self, project_id: str, model: str, key_id: str | None = None) -> Served:
         from tempering.catalog import get_card
         from tempering.services.deployments import find_deployment
         from tempering.train import refs
@@ -236,18 +257,21 @@ class ChatService:
                                     "MODEL`)", param="model", code="model_not_found")
             facts = {"id": d.id, "name": d.name, "model": d.model, "base_model": d.base_model, "task": d.task,
                      "backend": d.backend, "upstream_url": d.upstream_url, "upstream_model": d.upstream_model,
-                     "max_concurrent": d.max_concurrent_requests}
+                     "max_concurrent": d.max_concurrent_requests, "rpm": d.max_requests_per_1_minute,
+                     "tpm": d.max_tokens_per_1_minute}
             policy = filtering.effective_policy(d.content_filter_policy, self.default_policy) \
                 if d.task == "chat" else filtering.OFF
             lists, lists_error = filtering.load_lists(session, project_id, policy)
             facts |= {"policy": policy, "blocklists": tuple(lists), "blocklists_error": lists_error}
         # the model's files may have gone since: a clear 404 then (an upstream holds its own adapters)
-        adapter = refs.resolve(facts["model"]).adapter if facts["backend"] == "local" else None
-        return Served(**facts, adapter=adapter, context_length=get_card(facts["base_model"]).context_length)
+        adapter = refs.resolve(facts["model"]).adapter if facts["backend"] != "upstream" else None
+        return Served(**facts, adapter=adapter, context_length=get_card(facts["base_model"]).context_length,
+                      project_id=project_id, key_id=key_id)
 
-    async def served(self, project_id: str, model: str, task: str) -> Served:
-        """The caller's deployment named ``model`` (its name, id, or the model it serves) for ``task``."""
-        served = await asyncio.to_thread(self._lookup, project_id, model)
+    async def served(self, project_id: str, model: str, task: str, key_id: str | None = None) -> Served:
+        """The caller's deployment named ``model`` (its name, id, or the model it serves) for ``task``;
+        ``key_id``: the API key calling, which the request log and the usage ledger record."""
+        served = await asyncio.to_thread(self._lookup, project_id, model, key_id)
         if served.task != task:
             where = "/v1/classifications" if served.task == "classification" else "/v1/chat/completions"
             raise TemperingError(f"{served.model} is a {served.task} model; call {where}", param="model",
@@ -257,7 +281,19 @@ class ChatService:
     def engine(self, served: Served):
         if served.backend == "upstream":
             return self.serving.upstream(served.upstream_url, served.upstream_model, self.settings.upstream_api_key)
+        if served.backend == "llama.cpp":
+            return self.serving.llamacpp(served.model, lambda: self._llamacpp(served))
         return self.serving.engine(served.base_model)
+
+    def _llamacpp(self, served: Served):
+        from tempering.serve.llamacpp import LlamaCppEngine
+        from tempering.services.deployments import gguf_of
+
+        tokenizer = self.serving.tokenizer(served.base_model)  # loaded already: the prompt was encoded with it
+        ends = {tokenizer.eos_token_id} | {tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|end|>")
+                                           if t in tokenizer.get_vocab()}
+        return LlamaCppEngine(lambda: gguf_of(served.model, self.settings), tokenizer, ends - {None},
+                              served.context_length, self.settings.serve_threads)
 
     # ---------------------------------------------------------------- prompts
     async def chat_prompt(self, served: Served, messages: list[dict]) -> list[int]:
@@ -286,7 +322,35 @@ class ChatService:
             raise TemperingError("the prompt is empty", param="prompt", code="invalid_value")
         return ids
 
-    # ---------------------------------------------------------------- the slot and the log
+    # ---------------------------------------------------------------- rate limits, the slot and the log
+    def admit(self, served: Served, timer: Timer, endpoint: str, stream: bool, tokens: int) -> Charge:
+        """Count the request and its ``tokens`` (prompt + max_tokens × n; ``services.ratelimits`` says how)
+        against the deployment's requests and tokens per minute; over either it is refused (429 with
+        Retry-After and the ``x-ratelimit-*`` headers) and logged as a 429. A limiter storage that cannot be
+        reached (Redis down) lets the request through, without headers, and says so in the server's log."""
+        try:
+            state = self.limits.admit(served.id, served.name, served.rpm, served.tpm, tokens)
+        except RateLimitedError as error:
+            self.record(served, endpoint, timer, 429, stream=stream, prompt_tokens=0, completion_tokens=0,
+                        error_code=error.code)
+            raise
+        except Exception:  # serving does not stop with the limiter's storage
+            log.warning("rate limits of deployment %s not counted: the limiter's storage failed", served.id,
+                        exc_info=True)
+            return Charge(tokens, None, settled=True)
+        return Charge(tokens, state)
+
+    def settle(self, served: Served, charge: Charge | None, used: int) -> None:
+        """The request has ended having used ``used`` tokens (prompt + completion): the rest of its charge is
+        given back to the deployment's tokens per minute."""
+        if charge is None or charge.settled:
+            return
+        charge.settled = True
+        try:
+            charge.state = self.limits.settle(served.id, served.rpm, served.tpm, charge.tokens, used)
+        except Exception:
+            log.warning("could not give back unused tokens of deployment %s", served.id, exc_info=True)
+
     def acquire(self, served: Served, timer: Timer, endpoint: str, stream: bool) -> None:
         """The deployment's concurrency limit: beyond it a request is refused at once (and logged as a 429)."""
         if self.in_flight.get(served.id, 0) >= served.max_concurrent:
@@ -310,7 +374,8 @@ class ChatService:
             deployment_id=served.id, created_at=timer.arrived_wall, endpoint=endpoint,
             adapter=served.model if served.adapter is not None else None, stream=stream, status=status,
             error_code=error_code, latency_ms=latency, ttft_ms=ttft, prompt_tokens=prompt_tokens,
-            completion_tokens=completion_tokens, filtered=filtered, filtered_categories=filtered_categories))
+            completion_tokens=completion_tokens, filtered=filtered, filtered_categories=filtered_categories,
+            key_id=served.key_id, project_id=served.project_id, base_model=served.base_model))
 
     # ---------------------------------------------------------------- the content filter
     async def check_prompt(self, served: Served, endpoint: str, timer: Timer, check, prompt: list[int], *,
@@ -358,13 +423,28 @@ class ChatService:
     # ---------------------------------------------------------------- generation
     async def generate(self, served: Served, endpoint: str, timer: Timer, prompt: list[int],
                        params: list[SamplingParams], stops: list[str], *, stream: bool,
-                       states: list[ChoiceState], check=None
+                       states: list[ChoiceState], check=None, charge: Charge | None = None
                        ) -> AsyncIterator[PromptChecked | Piece | Finish | Done]:
         """Run the request's choices, filling ``states``; yield ``PromptChecked`` (when the deployment filters),
         pieces, ends, then ``Done``. ``check`` is what the content filter reads as the prompt (the messages, or
         the completion prompt); a blocked prompt raises before anything runs. The concurrency slot is held
         until the generator is closed; the request is logged with its real outcome (a caller that goes away is
-        logged as 499 and its generation is cancelled)."""
+        logged as 499 and its generation is cancelled). ``charge`` (``admit``'s) is settled when it ends, with
+        the tokens really used."""
+        events = self._generate(served, endpoint, timer, prompt, params, stops, stream=stream, states=states,
+                                check=check)
+        try:
+            async for event in events:
+                if isinstance(event, Done):
+                    self.settle(served, charge, event.prompt_tokens + event.completion_tokens)
+                yield event
+        finally:
+            await events.aclose()  # releases the concurrency slot and logs the request
+            self.settle(served, charge, len(prompt) + sum(s.tokens for s in states))
+
+    async def _generate(self, served: Served, endpoint: str, timer: Timer, prompt: list[int],
+                        params: list[SamplingParams], stops: list[str], *, stream: bool,
+                        states: list[ChoiceState], check=None) -> AsyncIterator[PromptChecked | Piece | Finish | Done]:
         engine = self.engine(served)
         prompt_results = await self.check_prompt(served, endpoint, timer, check if check is not None else prompt,
                                                  prompt, stream=stream)
@@ -421,25 +501,33 @@ class ChatService:
             out.append(event)
         return out
 
-    async def classify(self, served: Served, timer: Timer, texts: list[str]) -> tuple[list[dict], int]:
-        """Each text's label and probabilities, and the tokens read; logged like a generation."""
+    async def classify(self, served: Served, timer: Timer, texts: list[str]) -> tuple[list[dict], int, Charge]:
+        """Each text's label and probabilities, the tokens read and the request's charge against the rate
+        limits (its texts' tokens, exact: they are encoded before it is counted); logged like a generation."""
         status, code, tokens = 200, None, 0
+
+        def encode():
+            classifier = self.serving.classifier(served.model)
+            with self.serving.classify_lock:  # a fast tokenizer's truncation state is shared
+                return classifier, classifier.encode(texts)
+
+        classifier, ids = await asyncio.to_thread(encode)
+        charge = self.admit(served, timer, "classifications", False, sum(len(i) for i in ids))
         self.acquire(served, timer, "classifications", False)
         try:
             def run():
-                classifier = self.serving.classifier(served.model)
-                with self.serving.classify_lock:  # the tokenizer too: a fast tokenizer's truncation state is shared
-                    ids = classifier.encode(texts)
+                with self.serving.classify_lock:
                     return classifier.classify_ids(ids), sum(len(i) for i in ids)
 
             results, tokens = await asyncio.to_thread(run)
             timer.token()
-            return results, tokens
+            return results, tokens, charge
         except BaseException as exc:
             status, code = outcome(exc)
             raise
         finally:
             self.release(served)
+            self.settle(served, charge, tokens if status == 200 else 0)
             self.record(served, "classifications", timer, status, stream=False, prompt_tokens=tokens,
                         completion_tokens=0, error_code=code)
 

@@ -12,18 +12,22 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 from sqlalchemy import select
 
 from tempering.errors import ConflictError, TemperingError, not_found
 from tempering.safety import SafetyPolicy
-from tempering.services import filtering
+from tempering.services import audit, filtering
+from tempering.store import usage
 from tempering.store.models import Deployment, DeploymentRequest, looks_like_id
 from tempering.store.pages import Page, after_seq
 from tempering.train import refs
 
 MAX_NAME = 240
+DEFAULT_RPM, DEFAULT_TPM = 1_000, 200_000  # Azure's serverless defaults, per deployment
+RATE_LIMIT_PREFIX = "rl-"  # a rate limit's id: "rl-" + its deployment's id (OpenAI's ids read "rl-ada")
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,8 @@ class DeploymentSpec:
     content_filter: bool = True
     content_filter_policy: dict | None = None  # a SafetyPolicy; None: the server's default
     max_concurrent_requests: int = 8
+    max_requests_per_1_minute: int = DEFAULT_RPM
+    max_tokens_per_1_minute: int = DEFAULT_TPM
     force: bool = False
     backend: str = "local"
     upstream_url: str | None = None
@@ -124,7 +130,12 @@ def _target(session, project_id: str, spec: DeploymentSpec) -> refs.Target:
 
 
 def create_deployment(session, project_id: str, spec: DeploymentSpec, settings) -> Deployment:
+    """A new deployment, within the project's deployments quota (429 past it)."""
     from tempering.evaluate import check_deploy_gate
+    from tempering.services.quotas import check_deployment_count
+
+    check_rate_limits(spec.max_requests_per_1_minute, spec.max_tokens_per_1_minute)
+    check_deployment_count(session, project_id)
 
     if spec.max_concurrent_requests > settings.serve_max_concurrent_requests:
         raise TemperingError(f"max_concurrent_requests may be at most {settings.serve_max_concurrent_requests} on "
@@ -135,9 +146,16 @@ def create_deployment(session, project_id: str, spec: DeploymentSpec, settings) 
     fine_tuned = refs.without_checkpoint(target.name) if target.kind in ("fine-tuned", "checkpoint") else None
     if target.kind == "fine-tuned":
         check_deploy_gate(target.name, spec.force)  # DeployRefusedError → 400 with the numbers
-    if spec.backend == "upstream" and target.task != "chat":
-        raise TemperingError("only chat models can be served by an upstream backend", param="backend",
+    if spec.backend != "local" and target.task != "chat":
+        raise TemperingError(f"only chat models can be served by the {spec.backend} backend", param="backend",
                              code="invalid_value")
+    if spec.backend == "llama.cpp":
+        from tempering.serve.llamacpp import available
+
+        if not available():
+            raise TemperingError("the llama.cpp backend needs llama-cpp-python on this server (pip install "
+                                 "llama-cpp-python; it builds llama.cpp from source)", param="backend",
+                                 code="backend_unavailable")
     policy = set_policy_fields(session, project_id, spec.content_filter, spec.content_filter_policy, settings,
                                task=target.task)
     name = spec.name or target.name
@@ -150,10 +168,52 @@ def create_deployment(session, project_id: str, spec: DeploymentSpec, settings) 
                             base_model=target.base_model, task=target.task, content_filter=spec.content_filter,
                             content_filter_policy=policy,
                             max_concurrent_requests=spec.max_concurrent_requests, backend=spec.backend,
+                            max_requests_per_1_minute=spec.max_requests_per_1_minute,
+                            max_tokens_per_1_minute=spec.max_tokens_per_1_minute,
                             upstream_url=upstream_url,
                             upstream_model=spec.upstream_model or (target.name if spec.backend == "upstream" else None))
     session.add(deployment)
     session.flush()
+    audit.record(session, "deployment.created", project_id=project_id, target=deployment.id, model=deployment.model,
+                 content_filter=bool(spec.content_filter))
+    return deployment
+
+
+def check_rate_limits(requests: int | None, tokens: int | None) -> None:
+    """Requests and tokens per minute: whole numbers from 1 (None: unchanged)."""
+    for name, value in (("max_requests_per_1_minute", requests), ("max_tokens_per_1_minute", tokens)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 2**40):
+            raise TemperingError(f"{name} must be a whole number from 1 to {2**40}", param=name, code="invalid_value")
+
+
+def rate_limits(session, project_id: str) -> list[Deployment]:
+    """The project's rate limits: one per live deployment, oldest first."""
+    return list(session.scalars(live(project_id).order_by(Deployment.created_at, Deployment.id)))
+
+
+def rate_limit(session, project_id: str, rate_limit_id: str) -> Deployment:
+    """The deployment a rate limit id (``rl-<deployment id>``) names."""
+    deployment_id = rate_limit_id.removeprefix(RATE_LIMIT_PREFIX)
+    found = None
+    if rate_limit_id.startswith(RATE_LIMIT_PREFIX) and looks_like_id(deployment_id):
+        found = session.scalars(live(project_id).where(Deployment.id == deployment_id)).first()
+    if found is None:
+        raise not_found("rate limit", rate_limit_id[:240], "rate_limit_id")
+    return found
+
+
+def set_rate_limit(session, project_id: str, rate_limit_id: str, *, requests: int | None = None,
+                   tokens: int | None = None) -> Deployment:
+    """Change a deployment's requests and tokens per minute; the next request counts against them."""
+    check_rate_limits(requests, tokens)
+    deployment = rate_limit(session, project_id, rate_limit_id)
+    if requests is not None:
+        deployment.max_requests_per_1_minute = requests
+    if tokens is not None:
+        deployment.max_tokens_per_1_minute = tokens
+    audit.record(session, "rate_limit.updated", project_id=project_id, target=deployment.id,
+                 max_requests_per_1_minute=deployment.max_requests_per_1_minute,
+                 max_tokens_per_1_minute=deployment.max_tokens_per_1_minute)
     return deployment
 
 
@@ -196,6 +256,8 @@ def set_content_filter(session, project_id: str, ident: str, content_filter: boo
     deployment.content_filter_policy = set_policy_fields(session, project_id, content_filter, policy, settings,
                                                          task=deployment.task)
     deployment.content_filter = content_filter
+    audit.record(session, "content_filter.updated", project_id=project_id, target=deployment.id,
+                 content_filter=content_filter, policy=deployment.content_filter_policy)
     return deployment
 
 
@@ -203,9 +265,13 @@ def list_deployments(session, project_id: str) -> list[Deployment]:
     return list(session.scalars(live(project_id).order_by(Deployment.created_at, Deployment.id)))
 
 
-def delete_deployment(session, project_id: str, ident: str) -> Deployment:
+def delete_deployment(session, project_id: str, ident: str, settings=None) -> Deployment:
+    """Delete a deployment: the row stays (its request log outlives it) and its hosting time, creation to now,
+    goes to the usage ledger in the same transaction."""
     deployment = owned_deployment(session, project_id, ident)
-    deployment.deleted_at = int(time.time())  # the row stays: its request log outlives it
+    deployment.deleted_at = int(time.time())
+    audit.record(session, "deployment.deleted", project_id=project_id, target=deployment.id)
+    usage.charge_hosting(session, deployment, deployment.deleted_at, settings)
     return deployment
 
 
@@ -272,3 +338,14 @@ def request_log(session, project_id: str, ident: str, *, after: str | None, limi
     deployment = owned_deployment(session, project_id, ident)
     query = select(DeploymentRequest).where(DeploymentRequest.deployment_id == deployment.id)
     return after_seq(session, query, DeploymentRequest.seq, after, "req-", limit, "request log entry")
+
+
+def gguf_of(model: str, settings) -> Path:
+    """The GGUF a llama.cpp deployment of ``model`` serves: exported (the adapter merged, f16) on first use
+    into ``$TEMPERING_HOME/gguf``, then kept; several deployments of one model share it."""
+    from tempering.export import default_out, export_model
+
+    folder = settings.root / "gguf" / default_out(model, "gguf").name
+    if not (folder / "model.gguf").is_file():
+        export_model(model, "gguf", folder, force=True)
+    return folder / "model.gguf"

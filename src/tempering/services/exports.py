@@ -4,8 +4,8 @@ project (purpose ``fine-tune-results``), so it downloads, lists and deletes like
 
 Names the API accepts: a fine-tuned id of the project (``ft:…``) or one of its checkpoints (``ft:…@step-N``,
 ``ft:…:ckpt-step-N``). Checkpoint folders by path are the CLI's only (a caller must not reach server paths),
-and base models are not copied out (their weights come from their own repository). GGUF is refused with
-``export``'s message naming the llama.cpp commands. The work runs in the caller's thread: a merged export
+and base models are not copied out (their weights come from their own repository). GGUF is the merged model as
+one ``model.gguf`` with an Ollama ``Modelfile``. The work runs in the caller's thread: a merged export
 of a 135M model takes seconds, a 3.8B one minutes (the CLI suits those better).
 
 Takes the ``Database`` rather than a session for the reason ``services.datasets`` gives: no write lock is

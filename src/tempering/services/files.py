@@ -60,14 +60,17 @@ def check_upload(filename: str | None, purpose: str) -> Upload:
 
 def register_upload(db, project_id: str, store, file_id: str, upload: Upload, size: int, sha256: str) -> File:
     """Check the stored bytes (every problem with its line) and add the file's row; an invalid file is kept
-    with status "error" and its problems, so it can be inspected and deleted. Evaluation files may be small."""
+    with status "error" and its problems, so it can be inspected and deleted. Evaluation files may be small.
+    Bytes that would pass the project's stored_bytes quota are removed and refused (413)."""
     from tempering.services.datasets import check_file
+    from tempering.services.quotas import check_stored_bytes
 
     try:
         minimum = 1 if upload.purpose == "evals" else MIN_EXAMPLES
         with _held(store.file_path(file_id)):  # not an orphan, however long the checks take
             status, details = check_file(store.file_path(file_id), upload.filename, minimum)
             with db.session() as session:  # a short write once the bytes are on disk
+                check_stored_bytes(session, project_id, size)  # uploads racing for the last bytes: one wins
                 row = File(id=file_id, project_id=project_id, filename=upload.filename, purpose=upload.purpose,
                            bytes=size, sha256=sha256, status=status, status_details=details)
                 session.add(row)

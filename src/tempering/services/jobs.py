@@ -14,9 +14,12 @@ from dataclasses import dataclass
 from sqlalchemy import select
 
 from tempering.errors import InvalidStateError, TemperingError, not_found
+from tempering.services import audit
 from tempering.services._files import owned_file
+from tempering.store import usage
 from tempering.store.models import File, Job, JobCheckpoint, JobEvent, now
 from tempering.store.pages import Page, after_seq, clamp, newest_first
+from tempering.store.quotas import effective_quotas
 from tempering.train.config import TuneConfig, parse_config
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -75,23 +78,49 @@ def stored_config(config: TuneConfig) -> dict:
 
 def create_job(session, project_id: str, store, fields: dict, *, training_file: str,
                validation_file: str | None = None, metadata: dict | None = None) -> Job:
+    """A queued job (status ``validating_files``) with its estimated trained tokens; refused when that
+    estimate is more than a whole day of the project's ``trained_tokens_per_day`` quota (it could never
+    start). A job that fits a day but not what is left of today waits in the queue (``jobs.queue``)."""
     plan = job_config(session, project_id, store, fields, training_file=training_file,
                       validation_file=validation_file)
     config = plan.config
+    tokens = _estimated_tokens(store, plan)
+    quota = effective_quotas(session, project_id).trained_tokens_per_day
+    if tokens is not None and tokens > quota:
+        raise TemperingError(f"the job would train about {tokens:,} tokens (tokens per epoch × epochs), more than "
+                             f"the project's trained_tokens_per_day quota of {quota:,}, so it could never start; "
+                             "train on less data or fewer epochs, or ask an Owner to raise the quota",
+                             param="training_file", code="quota_exceeded")
     job = Job(project_id=project_id, model=config.model, training_file=plan.training.id,
               validation_file=plan.validation.id if plan.validation else None, suffix=config.suffix,
-              seed=config.seed, config=stored_config(config), user_metadata=metadata, status="validating_files")
+              seed=config.seed, config=stored_config(config), user_metadata=metadata, status="validating_files",
+              estimated_tokens=tokens)
     session.add(job)
     session.flush()
     session.add(JobEvent(job_id=job.id, level="info", message=f"Created fine-tuning job: {job.id}", type="message"))
+    audit.record(session, "job.created", project_id=project_id, target=job.id, model=job.model)
     return job
+
+
+def _estimated_tokens(store, plan: JobPlan) -> int | None:
+    """Tokens × epochs of a job about to be created, read as ``estimate`` reads them; None when the data
+    cannot be read (the job then fails in ``validating_files`` naming every problem, as it always has)."""
+    from tempering.services._files import named
+    from tempering.train.estimate import estimate_job  # torch loads here
+
+    paths = {store.file_path(row.id): row.filename for row in (plan.training, plan.validation) if row is not None}
+    try:
+        with named(paths):
+            return estimate_job(plan.config).trained_tokens
+    except Exception:  # noqa: BLE001 - whatever stops the estimate, the runner's checks report it in full
+        return None
 
 
 def estimate(session, project_id: str, store, fields: dict, *, training_file: str,
              validation_file: str | None = None):
     """Tokens × epochs, time and cost of the job these choices would create (nothing is created): the same
     config and checks as ``create_job``, then ``train.estimate.estimate_job`` (the same data loading and split
-    as training; without a seed, seed 0 decides the split)."""
+    as training; without a seed, seed 0 decides the split), priced by the project's table as the ledger is."""
     from tempering.services._files import named
     from tempering.train.estimate import estimate_job  # torch loads here
 
@@ -99,7 +128,8 @@ def estimate(session, project_id: str, store, fields: dict, *, training_file: st
                       training_file=training_file, validation_file=validation_file)
     paths = {store.file_path(row.id): row.filename for row in (plan.training, plan.validation) if row is not None}
     with named(paths):
-        return estimate_job(plan.config)
+        return estimate_job(plan.config, usage.hub_settings(session, project_id))
+
 
 
 def owned_job(session, project_id: str, job_id: str) -> Job:
@@ -127,10 +157,27 @@ def request_stop(session, job: Job, kind: str) -> Job:
         job.status = "cancelled" if kind == "cancel" else "paused"
         if kind == "cancel":
             job.finished_at = now()
+            charge_cancelled(session, job)
     else:
         job.stop_requested = kind  # the runner stops at the next step and keeps a checkpoint
     session.add(JobEvent(job_id=job.id, level="info", message=f"{kind.capitalize()} requested", type="message"))
+    audit.record(session, "job.cancelled" if kind == "cancel" else "job.paused", project_id=job.project_id,
+                 target=job.id)
     return job
+
+
+def charge_cancelled(session, job: Job, settings=None) -> None:
+    """A job cancelled while no worker holds it (waiting, or paused) pays for the tokens it trained before
+    (a paused job's, or one resumed and queued again); one that never trained pays nothing."""
+    from tempering.train.artifacts import base_model_of
+
+    tokens = usage.trained_so_far(session, job.id)
+    if tokens:
+        try:
+            base = base_model_of(job.model)
+        except (TemperingError, OSError, KeyError, ValueError):  # the parent model is gone: priced as named
+            base = job.model
+        usage.charge_training(session, job, base, tokens, settings)
 
 
 def resume_job(session, job: Job) -> Job:
@@ -138,6 +185,7 @@ def resume_job(session, job: Job) -> Job:
         raise InvalidStateError(f"job {job.id} is {job.status}, not paused", param="fine_tuning_job_id")
     job.status, job.stop_requested, job.worker_id = "queued", None, None
     session.add(JobEvent(job_id=job.id, level="info", message="Resume requested", type="message"))
+    audit.record(session, "job.resumed", project_id=job.project_id, target=job.id)
     return job
 
 

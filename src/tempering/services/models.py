@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 
 from tempering.errors import ConflictError, ModelNotFoundError, TemperingError, not_found
+from tempering.services import audit
 from tempering.store.models import Job, Project
 from tempering.train import refs
 
@@ -116,3 +117,4 @@ def delete_model(session, project_id: str, model_id: str) -> None:
     except ModelNotFoundError:  # its files are already gone: deleting it forgets the name
         pass
     job.fine_tuned_model = None
+    audit.record(session, "model.deleted", project_id=project_id, target=model_id)

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
-from tempering.store.models import DeploymentRequest
+from tempering.store import usage
+from tempering.store.models import DeploymentRequest, UsageRecord
 
 log = logging.getLogger(__name__)
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -33,6 +34,13 @@ class RequestRecord:
     completion_tokens: int
     filtered: str | None = None  # a content filter hit: "prompt" or "completion"
     filtered_categories: list[str] | None = None
+    key_id: str | None = None  # the API key that called
+    project_id: str | None = None  # the deployment's project and base model: the usage ledger's row
+    base_model: str | None = None
+
+    def log_row(self) -> DeploymentRequest:
+        fields = vars(self)
+        return DeploymentRequest(**{k: v for k, v in fields.items() if k not in ("project_id", "base_model")})
 
 
 class _EngineCollector:
@@ -76,8 +84,8 @@ class AggregateView:
 
 
 class Monitor:
-    def __init__(self, db, serving):
-        self.db = db
+    def __init__(self, db, serving, settings=None):
+        self.db, self.settings = db, settings
         self.registry = CollectorRegistry()
         labels = ["deployment", "endpoint"]
         self.requests = Counter("tempering_requests", "Requests served, by HTTP status", labels + ["status"],
@@ -121,6 +129,25 @@ class Monitor:
         self._queue.put(None)
         self._thread.join(timeout=10)
 
+    def _usage_rows(self, session, records: list[RequestRecord]) -> list[UsageRecord]:
+        """The usage ledger's rows of a batch of requests: one per request that used tokens and did not fail
+        on the server's side (5xx), priced once per project and model of the batch, written in the request
+        log's transaction."""
+        prices: dict[tuple[str, str], usage.Prices] = {}
+        rows = []
+        for r in records:
+            if r.project_id is None or r.base_model is None or not (r.prompt_tokens or r.completion_tokens) \
+                    or r.status >= 500:  # the server's failure is not the caller's bill
+                continue
+            key = (r.project_id, r.base_model)
+            if key not in prices:
+                prices[key] = usage.prices_for(session, r.project_id, r.base_model, self.settings)
+            rows.append(usage.inference_row(prices[key], project_id=r.project_id, model=r.base_model,
+                                            deployment_id=r.deployment_id, key_id=r.key_id,
+                                            created_at=r.created_at, input_tokens=r.prompt_tokens,
+                                            output_tokens=r.completion_tokens))
+        return rows
+
     def _write_loop(self) -> None:
         while True:
             first = self._queue.get()
@@ -134,7 +161,8 @@ class Monitor:
             try:
                 if rows:
                     with self.db.session() as session:
-                        session.add_all(DeploymentRequest(**vars(r)) for r in rows)
+                        session.add_all(r.log_row() for r in rows)
+                        session.add_all(self._usage_rows(session, rows))
             except Exception:  # losing log rows must not stop serving
                 log.exception("could not write %d request log rows", len(rows))
             finally:

@@ -14,6 +14,7 @@ from tempering.errors import ConflictError, TemperingError, not_found
 from tempering.services import audit
 from tempering.services.access import Caller, check_role, create_key, project_of, project_role
 from tempering.services.accounts import get_user
+from tempering.store import usage
 from tempering.store.models import (
     ApiKey,
     Hub,
@@ -26,6 +27,7 @@ from tempering.store.models import (
     looks_like_id,
     now,
 )
+from tempering.store.quotas import check_quotas
 
 
 def _name(value: str, param: str = "name", limit: int = 200) -> str:
@@ -38,8 +40,18 @@ def _name(value: str, param: str = "name", limit: int = 200) -> str:
 # -- hubs ---------------------------------------------------------------------------------------------------
 
 
+def _check_hub_settings(settings: dict | None) -> None:
+    """The settings whose shape is known: ``default_quotas`` (the projects' quotas unless they set their own)
+    and ``prices`` (the price table, ``services.usage``)."""
+    if settings and settings.get("default_quotas") is not None:
+        check_quotas(settings["default_quotas"], "settings.default_quotas", allow_null=False)
+    if settings and settings.get("prices") is not None:
+        usage.check_prices(settings["prices"])
+
+
 def create_hub(session: Session, name: str, caller: Caller, settings: dict | None = None) -> Hub:
     """A new hub; its creator (a server administrator) becomes its admin."""
+    _check_hub_settings(settings)
     hub = Hub(name=_name(name), settings=dict(settings or {}))
     session.add(hub)
     session.flush()
@@ -73,6 +85,7 @@ def update_hub(session: Session, hub: Hub, caller: Caller, *, name: str | None =
     if name is not None:
         hub.name = _name(name)
     if settings is not None:
+        _check_hub_settings(settings)
         merged = dict(hub.settings or {})
         for key, value in settings.items():
             if value is None:
@@ -101,7 +114,8 @@ def set_hub_member(session: Session, hub: Hub, user_id: str, role: str) -> None:
 def create_project(session: Session, hub: Hub, name: str, caller: Caller | None = None,
                    quotas: dict | None = None) -> Project:
     """A new project in a hub; the user creating it (a hub admin) is its Owner."""
-    project = Project(hub_id=hub.id, name=_name(name), quotas=dict(quotas or {}))
+    quotas = {k: v for k, v in check_quotas(quotas).items() if v is not None}
+    project = Project(hub_id=hub.id, name=_name(name), quotas=quotas)
     session.add(project)
     session.flush()
     if caller is not None and caller.user_id:
@@ -129,6 +143,7 @@ def update_project(session: Session, project: Project, caller: Caller, *, name: 
     if name is not None:
         project.name = _name(name)
     if quotas is not None:
+        check_quotas(quotas)  # known keys, whole numbers; null removes an override (the hub's default applies)
         merged = dict(project.quotas or {})
         merged.update({k: v for k, v in quotas.items() if v is not None})
         for key in [k for k, v in quotas.items() if v is None]:
@@ -296,6 +311,7 @@ def set_secret(session: Session, hub: Hub, name: str, value: str, cipher, caller
     if row is None:
         row = HubSecret(hub_id=hub.id, name=name, ciphertext=cipher.encrypt(value))
         session.add(row)
+        session.flush()
     else:
         row.ciphertext, row.updated_at = cipher.encrypt(value), now()
     audit.record(session, "secret.set", caller=caller, project_id=None, hub_id=hub.id, target=name)

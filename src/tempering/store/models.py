@@ -7,7 +7,7 @@ import secrets
 import time
 import uuid
 
-from sqlalchemy import JSON, BigInteger, Boolean, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 _ALPHABET = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
@@ -207,6 +207,11 @@ class Job(Base):
     lease_expires_at: Mapped[float | None] = mapped_column(nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     stop_requested: Mapped[str | None] = mapped_column(String(16), nullable=True)  # cancel | pause
+    # trained tokens (tokens × epochs) estimated at creation: what the job counts against its project's
+    # trained_tokens_per_day quota until it reports trained_tokens; None when the data could not be read then
+    estimated_tokens: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    claimed_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # first claim: its quota day
+    quota_wait: Mapped[str | None] = mapped_column(String(64), nullable=True)  # the quota it waits on, once told
 
 
 class JobEvent(Base):
@@ -250,6 +255,9 @@ class Deployment(Base):
     # the deployment's SafetyPolicy as JSON; null: the server's default policy (settings.content_filter_policy)
     content_filter_policy: Mapped[dict | None] = mapped_column(JSON, nullable=True)
     max_concurrent_requests: Mapped[int] = mapped_column(Integer, default=8)
+    # the rate limits (OpenAI's project rate limit, one per deployment); Azure's serverless defaults
+    max_requests_per_1_minute: Mapped[int] = mapped_column(Integer, default=1000)
+    max_tokens_per_1_minute: Mapped[int] = mapped_column(BigInteger, default=200_000)
     backend: Mapped[str] = mapped_column(String(16), default="local")  # local | upstream
     upstream_url: Mapped[str | None] = mapped_column(String(500), nullable=True)
     upstream_model: Mapped[str | None] = mapped_column(String(240), nullable=True)
@@ -275,9 +283,34 @@ class DeploymentRequest(Base):
     ttft_ms: Mapped[float | None] = mapped_column(nullable=True)  # time to the first token (streams and not)
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    key_id: Mapped[str | None] = mapped_column(String(40), nullable=True)  # the API key that called, where one did
     # a content filter hit: "prompt" (refused) or "completion" (an answer cut), and the categories that blocked
     filtered: Mapped[str | None] = mapped_column(String(16), nullable=True)
     filtered_categories: Mapped[list | None] = mapped_column(JSON, nullable=True)
+
+
+class UsageRecord(Base):
+    """One line of the usage ledger, written as the usage happens (``store.usage``): a job's trained tokens
+    when it ends, a deployment's hosting time when it is deleted, a request's input and output tokens when it
+    is logged. ``cost`` is priced with the project's price table at the time; rows outlive their project."""
+
+    __tablename__ = "usage_records"
+    seq: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True,
+                                     autoincrement=True)
+    project_id: Mapped[str] = mapped_column(String(40), index=True)  # no foreign key: kept past deletion
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now, index=True)  # when the usage ended
+    started_at: Mapped[int] = mapped_column(BigInteger, default=now)  # hosting: the deployment's creation
+    kind: Mapped[str] = mapped_column(String(16))  # training | hosting | inference
+    model: Mapped[str] = mapped_column(String(200))  # the base model (catalog id) the price table is keyed by
+    job_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+    deployment_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    key_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    trained_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    input_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    output_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    hosting_seconds: Mapped[int] = mapped_column(BigInteger, default=0)
+    requests: Mapped[int] = mapped_column(Integer, default=0)
+    cost: Mapped[float] = mapped_column(Float, default=0.0)  # USD
 
 
 class Evaluation(Base):

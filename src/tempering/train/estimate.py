@@ -189,9 +189,12 @@ def calibrate(
 # ---------------------------------------------------------------- the estimate
 
 
-def price_per_1k(model: str) -> float:
-    prices = get_settings().price_per_1k_training_tokens
-    return prices.get(model, prices.get("*", 0.0))
+def price_per_1k(model: str, hub_settings: dict | None = None) -> float:
+    """The training price of a base model: a hub's price table over the server's (``store.usage``, the table
+    the usage ledger charges by)."""
+    from tempering.store.usage import price_table
+
+    return price_table(hub_settings, model, get_settings()).training_per_1k_tokens
 
 
 def estimate_seconds(
@@ -209,13 +212,15 @@ def estimate_seconds(
 
 
 def estimate(
-    train: Sequence[list[dict]], *, tokenizer, config, validation: Sequence[list[dict]] = (), seed: int = 0
+    train: Sequence[list[dict]], *, tokenizer, config, validation: Sequence[list[dict]] = (), seed: int = 0,
+    hub_settings: dict | None = None,
 ) -> Estimate:
     """Tokens, time and cost of fine-tuning ``config`` (a ``TuneConfig``) on these examples.
 
     ``train`` and ``validation`` are the chat message lists the job will use, after any split (with no
     validation file, split first: the "auto" epochs depend on the training count). ``tokenizer`` is the
-    base model's. Time is None until ``calibrate`` has measured this model on this device.
+    base model's. Time is None until ``calibrate`` has measured this model on this device. Cost: the price
+    table of ``hub_settings`` (the project's hub) over the server's defaults.
     """
     from tempering.data.encode import encode_chat
     from tempering.hardware import select_placement
@@ -230,7 +235,7 @@ def estimate(
     trained = tokens_per_epoch * hp.n_epochs
     device = device_key(select_placement(config.device))
     calibration = find_calibration(card.id, device)
-    price = price_per_1k(card.id)
+    price = price_per_1k(card.id, hub_settings)
     notes = []
     if calibration is None:
         notes.append(f"no time estimate: run `tempering calibrate --model {card.id}` once on this machine")
@@ -257,9 +262,9 @@ def estimate(
     )
 
 
-def estimate_job(config) -> Estimate:
+def estimate_job(config, hub_settings: dict | None = None) -> Estimate:
     """Tokens, time and cost of ``config`` (a ``TuneConfig``) before it runs: the same validation, loading
-    and split as the job itself (``train.jobdata``)."""
+    and split as the job itself (``train.jobdata``), priced by the hub's table (``hub_settings``)."""
     from tempering.catalog import load_tokenizer
     from tempering.train.artifacts import base_model_of
     from tempering.train.jobdata import load_job_data
@@ -268,4 +273,5 @@ def estimate_job(config) -> Estimate:
     card = get_card(base_model_of(config.model))
     tokenizer = load_tokenizer(card)
     data = load_job_data(config, tokenizer, card.context_length, seed)
-    return estimate(data.train, tokenizer=tokenizer, config=config, validation=data.valid, seed=seed)
+    return estimate(data.train, tokenizer=tokenizer, config=config, validation=data.valid, seed=seed,
+                    hub_settings=hub_settings)

@@ -20,6 +20,7 @@ from tempering.api.protocol_safety import (
     TextBlocklistPatch,
 )
 from tempering.safety import blocklist_store as store
+from tempering.services import audit
 
 router = APIRouter(prefix="/v1/contentsafety/text/blocklists", tags=["content safety"], responses=ERROR_RESPONSES)
 Name = Path(pattern=r"^[0-9A-Za-z._~-]{1,64}$", description="The blocklist's name: 0-9 A-Z a-z . _ ~ -")
@@ -42,6 +43,7 @@ def create_or_update(body: TextBlocklistPatch, session: SessionDep, caller: Call
                      name: str = Name) -> TextBlocklist:
     """Create a blocklist, or update its description (201 when created, 200 when updated)."""
     row, created = store.upsert(session, caller.project_id, name, body.description)
+    audit.record(session, "blocklist.updated", caller=caller, target=name, change="created" if created else "described")
     response.status_code = 201 if created else 200
     return TextBlocklist(blocklistName=row.name, description=row.description)
 
@@ -61,6 +63,7 @@ def get_blocklist(session: SessionDep, caller: CallerDep, name: str = Name) -> T
 @router.delete("/{name}", status_code=204)
 def delete_blocklist(session: SessionDep, caller: CallerDep, name: str = Name) -> Response:
     store.drop(session, _blocklist(session, caller, name))
+    audit.record(session, "blocklist.updated", caller=caller, target=name, change="deleted")
     return Response(status_code=204)
 
 
@@ -70,12 +73,15 @@ def add_items(body: AddOrUpdateBlocklistItems, session: SessionDep, caller: Call
     """Add terms or regular expressions (validated: compiles, at most 500 characters, no empty match); the
     same text again updates its description."""
     rows = store.add_items(session, _blocklist(session, caller, name), [i.model_dump() for i in body.blocklistItems])
+    audit.record(session, "blocklist.updated", caller=caller, target=name, change="items added", count=len(rows))
     return AddOrUpdateBlocklistItemsResult(blocklistItems=[_item(r) for r in rows])
 
 
 @router.post("/{name}:removeBlocklistItems", status_code=204)
 def remove_items(body: RemoveBlocklistItems, session: SessionDep, caller: CallerDep, name: str = Name) -> Response:
     store.remove_items(session, _blocklist(session, caller, name), body.blocklistItemIds)
+    audit.record(session, "blocklist.updated", caller=caller, target=name, change="items removed",
+                 count=len(body.blocklistItemIds))
     return Response(status_code=204)
 
 

@@ -31,6 +31,8 @@ def to_wire(d: Deployment, settings, *, warnings: bool = False) -> DeploymentObj
     return DeploymentObject(id=d.id, name=d.name, model=d.model, base_model=d.base_model, task=d.task,
                             content_filter=policy.enabled, content_filter_policy=policy,
                             max_concurrent_requests=d.max_concurrent_requests,
+                            max_requests_per_1_minute=d.max_requests_per_1_minute,
+                            max_tokens_per_1_minute=d.max_tokens_per_1_minute,
                             backend=d.backend, upstream_url=d.upstream_url, upstream_model=d.upstream_model,
                             status=d.status, created_at=d.created_at,
                             warnings=service.gate_warnings(d) if warnings else [])
@@ -99,5 +101,7 @@ def get_deployment(deployment_id: str, request: Request, caller: CallerDep, sess
 
 
 @router.delete("/{deployment_id}", response_model=DeploymentDeleted)
-def delete_deployment(deployment_id: str, caller: CallerDep, session: SessionDep) -> DeploymentDeleted:
-    return DeploymentDeleted(id=service.delete_deployment(session, caller.project_id, deployment_id).id)
+def delete_deployment(deployment_id: str, request: Request, caller: CallerDep,
+                      session: SessionDep) -> DeploymentDeleted:
+    deployment = service.delete_deployment(session, caller.project_id, deployment_id, request.app.state.settings)
+    return DeploymentDeleted(id=deployment.id)

@@ -14,7 +14,8 @@ from tempering.api.deps import SessionDep
 from tempering.api.errors import ERROR_RESPONSES, APIError
 from tempering.api.permissions import CallerDep
 from tempering.api.protocol import FileDeleted, FileObject, ListPage
-from tempering.services import _files, files
+from tempering.errors import TemperingError
+from tempering.services import _files, files, quotas
 from tempering.store.models import File, new_id
 
 router = APIRouter(prefix="/v1/files", tags=["files"], responses=ERROR_RESPONSES)
@@ -36,9 +37,20 @@ async def upload(request: Request, caller: CallerDep) -> FileObject:
     held against the limit before the body is read; the body is then streamed into the artifact store."""
     limit = request.app.state.settings.max_upload_bytes
     uploads.check_declared_length(request, limit)
+    room, quota = await run_in_threadpool(quotas.stored_bytes_room, request.app.state.db, caller.project_id)
+    if room < limit:  # the project's stored_bytes quota is the tighter bound: refused naming it
+        try:
+            uploads.check_declared_length(request, room)
+        except APIError:
+            raise quotas.stored_bytes_exceeded(None, quota, quota - room) from None
     store = request.app.state.store
     file_id = new_id("file-")
-    got = await uploads.receive_upload(request, store, file_id, limit)
+    try:
+        got = await uploads.receive_upload(request, store, file_id, min(limit, room))
+    except (APIError, TemperingError) as exc:
+        if getattr(exc, "code", None) == "file_too_large" and room < limit:
+            raise quotas.stored_bytes_exceeded(None, quota, quota - room) from None
+        raise
     row = await run_in_threadpool(files.register_upload, request.app.state.db, caller.project_id, store, file_id,
                                   got.upload, got.size, got.sha256)
     if row.status == "error":  # the record stays (status "error") so it can be inspected and deleted
@@ -65,8 +77,11 @@ def get_file(file_id: str, caller: CallerDep, session: SessionDep) -> FileObject
                                                                                  "format": "binary"}}}}})
 def file_content(file_id: str, request: Request, caller: CallerDep, session: SessionDep):
     row = owned_file(session, caller.project_id, file_id)
-    return FileResponse(request.app.state.store.file_path(row.id), media_type="application/octet-stream",
-                        filename=row.filename)
+    path = request.app.state.store.file_path(row.id)
+    if not path.is_file():  # the row outlived its bytes (a restore without artifacts, a disk lost): say so
+        raise APIError(500, f"the bytes of {row.id} are missing from the artifact store", code="file_missing",
+                       param="file_id")
+    return FileResponse(path, media_type="application/octet-stream", filename=row.filename)
 
 
 @router.delete("/{file_id}", response_model=FileDeleted)

@@ -3,7 +3,9 @@
 
 Parsing and rendering only: a request becomes messages and sampling parameters here, the chat service
 (``services.chat``, shared with the portal's playground) serves it, and ``serving_shapes`` renders OpenAI's
-objects. A caller that disconnects stops its generation, streaming or not.
+objects. A caller that disconnects stops its generation, streaming or not. Every answer carries OpenAI's
+``x-ratelimit-*`` headers of the deployment's rate limits (a refused one, 429, also ``Retry-After``); a request
+is counted as its prompt plus ``max_tokens × n`` tokens (``services.ratelimits``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import asyncio
 import logging
 import time
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 
 from tempering.api.errors import ERROR_RESPONSES, APIError
@@ -57,8 +59,6 @@ def _warn_ignored(body, endpoint: str) -> None:
 def _messages(body: ChatCompletionRequest) -> list[dict]:
     if body.tools or body.tool_choice not in (None, "none"):
         raise APIError(400, "tools and tool_choice are not supported by this server", param="tools")
-    if body.response_format and body.response_format.get("type") not in (None, "text"):
-        raise APIError(400, "only response_format {\"type\": \"text\"} is supported", param="response_format")
     messages = []
     for i, m in enumerate(body.messages):
         if m.role in ("tool", "function"):
@@ -76,6 +76,30 @@ def _messages(body: ChatCompletionRequest) -> list[dict]:
     return messages
 
 
+def response_format(body) -> dict | None:
+    """The constraint a chat request's ``response_format`` asks for (``serve.constrain``), checked up front so
+    a schema the engine cannot enforce is a 400 before anything is queued; None for free text."""
+    wanted = getattr(body, "response_format", None)
+    kind = wanted.get("type") if wanted else None
+    if kind in (None, "text"):
+        return None
+    if kind == "json_object":
+        spec = {"type": "json_object"}
+    elif kind == "json_schema":
+        schema = wanted.get("json_schema")
+        if not isinstance(schema, dict) or not isinstance(schema.get("schema", {}), dict):
+            raise APIError(400, "response_format.json_schema must be an object with a JSON schema in 'schema'",
+                           param="response_format.json_schema")
+        spec = {"type": "json_schema", "schema": schema.get("schema") or {}}
+    else:
+        raise APIError(400, "response_format.type must be 'text', 'json_object' or 'json_schema'",
+                       param="response_format.type")
+    from tempering.serve.constrain import check
+
+    check(spec)  # InvalidConfigError → 400 naming response_format
+    return spec
+
+
 def _params(body, max_tokens: int, choice: int, logprobs: bool, top_logprobs: int) -> SamplingParams:
     temperature = 1.0 if body.temperature is None else body.temperature
     top_p = 1.0 if body.top_p is None else body.top_p
@@ -83,7 +107,7 @@ def _params(body, max_tokens: int, choice: int, logprobs: bool, top_logprobs: in
         temperature, top_p = 0.0, 1.0
     seed = None if body.seed is None else (body.seed + choice) % 2**63  # n choices must differ
     return SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                          logprobs=logprobs, top_logprobs=top_logprobs)
+                          logprobs=logprobs, top_logprobs=top_logprobs, response_format=response_format(body))
 
 
 def _error_event(exc: BaseException) -> str:
@@ -99,16 +123,19 @@ def _usage(done: Done) -> Usage:
                  total_tokens=done.prompt_tokens + done.completion_tokens)
 
 
-async def _respond(request: Request, served, endpoint: str, timer: Timer, prompt: list[int],
-                   params: list[SamplingParams], stops: list[str], stream: bool, include_usage: bool, shape,
-                   check):
+async def _respond(request: Request, response: Response, served, endpoint: str, timer: Timer,
+                   prompt: list[int], params: list[SamplingParams], stops: list[str], stream: bool,
+                   include_usage: bool, shape, check):
     """A whole response, or a stream of server-sent events, from the chat service's events. ``check`` is what
-    the content filter reads as the prompt."""
+    the content filter reads as the prompt. The request is counted against the deployment's rate limits first:
+    its prompt plus ``max_tokens × n``; a whole response's headers show the count after the unused tokens were
+    given back, a stream's the count as it was admitted."""
     chat = request.app.state.chat
+    charge = chat.admit(served, timer, endpoint, stream, len(prompt) + sum(p.max_tokens for p in params))
     states = [ChoiceState(i, logprobs=[] if p.logprobs else None) for i, p in enumerate(params)]
     ident, created = shape.new_id(), int(time.time())
     events = chat.generate(served, endpoint, timer, prompt, params, stops, stream=stream, states=states,
-                           check=check)
+                           check=check, charge=charge)
 
     if not stream:
         async def collect():
@@ -121,9 +148,11 @@ async def _respond(request: Request, served, endpoint: str, timer: Timer, prompt
                 await events.aclose()
 
         try:
-            return await cancel_on_disconnect(request.is_disconnected, collect())
+            whole = await cancel_on_disconnect(request.is_disconnected, collect())
         except asyncio.CancelledError:
             return None  # nobody is listening; the request log says 499
+        response.headers.update(charge.headers())
+        return whole
 
     # The first event is awaited before the stream starts: the prompt is checked and the concurrency slot taken
     # then, so a filtered or refused request is a plain 400 or 429 (with Retry-After), not a broken stream.
@@ -158,7 +187,7 @@ async def _respond(request: Request, served, endpoint: str, timer: Timer, prompt
             await events.aclose()
 
     return StreamingResponse(frames(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **charge.headers()})
 
 
 async def _chain(first: list, rest):
@@ -171,14 +200,14 @@ async def _chain(first: list, rest):
 @router.post("/chat/completions", response_model=ChatCompletion,
              responses={200: {"content": {"text/event-stream": {}},
                               "description": "A chat completion, or with stream: true a stream of chunks"}})
-async def chat_completions(body: ChatCompletionRequest, request: Request, caller: CallerDep):
+async def chat_completions(body: ChatCompletionRequest, request: Request, response: Response, caller: CallerDep):
     timer = Timer()
     _warn_ignored(body, "chat.completions")
     if body.top_logprobs and not body.logprobs:
         raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
     messages = _messages(body)
     chat = request.app.state.chat
-    served = await chat.served(caller.project_id, body.model, "chat")
+    served = await chat.served(caller.project_id, body.model, "chat", caller.key_id)
     prompt = await chat.chat_prompt(served, messages)
     requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
@@ -186,40 +215,42 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, caller
                           request.app.state.settings.serve_default_max_tokens, param)
     params = [_params(body, budget, i, bool(body.logprobs), body.top_logprobs or 0) for i in range(body.n)]
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return await _respond(request, served, "chat.completions", timer, prompt, params, body.stops(), body.stream,
-                          include_usage, ChatShape, messages)
+    return await _respond(request, response, served, "chat.completions", timer, prompt, params, body.stops(),
+                          body.stream, include_usage, ChatShape, messages)
 
 
 @router.post("/completions", response_model=Completion,
              responses={200: {"content": {"text/event-stream": {}},
                               "description": "A completion, or with stream: true a stream of them"}})
-async def completions(body: CompletionRequest, request: Request, caller: CallerDep):
+async def completions(body: CompletionRequest, request: Request, response: Response, caller: CallerDep):
     """OpenAI's legacy completions; the prompt may be token ids (what the upstream backend sends)."""
     timer = Timer()
     _warn_ignored(body, "completions")
     if body.echo or body.suffix:
         raise APIError(400, "echo and suffix are not supported", param="echo" if body.echo else "suffix")
     chat = request.app.state.chat
-    served = await chat.served(caller.project_id, body.model, "chat")
+    served = await chat.served(caller.project_id, body.model, "chat", caller.key_id)
     prompt = await chat.completion_prompt(served, body.prompt)
     requested = 16 if body.max_tokens is None else body.max_tokens  # OpenAI's default for completions
     budget = token_budget(requested, len(prompt), served.context_length, requested, "max_tokens")
     logprobs = body.logprobs is not None
     params = [_params(body, budget, i, logprobs, body.logprobs or 0) for i in range(body.n)]
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    return await _respond(request, served, "completions", timer, prompt, params, body.stops(), body.stream,
-                          include_usage, CompletionShape, body.prompt)
+    return await _respond(request, response, served, "completions", timer, prompt, params, body.stops(),
+                          body.stream, include_usage, CompletionShape, body.prompt)
 
 
 @router.post("/classifications", response_model=ClassificationResponse)
-async def classifications(body: ClassificationRequest, request: Request, caller: CallerDep) -> ClassificationResponse:
+async def classifications(body: ClassificationRequest, request: Request, response: Response,
+                          caller: CallerDep) -> ClassificationResponse:
     """Tempering's own: the label of each text, with every label's probability, from a classification model."""
     timer = Timer()
     _warn_ignored(body, "classifications")
     chat = request.app.state.chat
-    served = await chat.served(caller.project_id, body.model, "classification")
+    served = await chat.served(caller.project_id, body.model, "classification", caller.key_id)
     texts = [body.input] if isinstance(body.input, str) else body.input
-    results, tokens = await chat.classify(served, timer, texts)
+    results, tokens, charge = await chat.classify(served, timer, texts)
+    response.headers.update(charge.headers())
     return ClassificationResponse(model=served.model, usage=Usage(prompt_tokens=tokens, completion_tokens=0,
                                                                   total_tokens=tokens),
                                   data=[ClassificationResult(index=i, **r) for i, r in enumerate(results)])

@@ -4,6 +4,7 @@ each route is ``api.permissions``; the rules are ``services.projects`` and ``ser
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -26,6 +27,8 @@ from tempering.api.protocol_access import (
     ProjectApiKey,
     ProjectCreate,
     ProjectObject,
+    ProjectRateLimit,
+    ProjectRateLimitUpdate,
     ProjectUpdate,
     ProjectUser,
     ProjectUserAdd,
@@ -39,9 +42,10 @@ from tempering.api.protocol_access import (
     UserObject,
     UserUpdate,
 )
-from tempering.services import access, accounts, audit
+from tempering.services import access, accounts, audit, deployments
 from tempering.services import projects as service
-from tempering.store.models import ApiKey, Hub, Project, ProjectMember, ServiceAccount, User
+from tempering.store.models import ApiKey, Deployment, Hub, Project, ProjectMember, ServiceAccount, User
+from tempering.store.quotas import effective_quotas
 
 router = APIRouter(tags=["organization"], responses=ERROR_RESPONSES)
 ORG = "/v1/organization"
@@ -52,10 +56,18 @@ def hub_wire(hub: Hub) -> HubObject:
     return HubObject(id=hub.id, name=hub.name, settings=hub.settings or {}, created_at=hub.created_at)
 
 
-def project_wire(project: Project, role: str | None = None) -> ProjectObject:
+def project_wire(project: Project, role: str | None = None, session=None) -> ProjectObject:
+    """The project; with ``session``, also the quotas in force."""
+    effective = asdict(effective_quotas(session, project.id)) if session is not None else None
     return ProjectObject(id=project.id, name=project.name, hub_id=project.hub_id, created_at=project.created_at,
                          status=project.status, archived_at=project.deleted_at, quotas=project.quotas or {},
-                         role=role)
+                         effective_quotas=effective, role=role)
+
+
+def rate_limit_wire(d: Deployment) -> ProjectRateLimit:
+    return ProjectRateLimit(id=deployments.RATE_LIMIT_PREFIX + d.id, model=d.name,
+                            max_requests_per_1_minute=d.max_requests_per_1_minute,
+                            max_tokens_per_1_minute=d.max_tokens_per_1_minute)
 
 
 def user_wire(user: User, password: str | None = None) -> UserObject:
@@ -211,14 +223,41 @@ def create_project(body: ProjectCreate, caller: CallerDep, session: SessionDep) 
 
 @router.get(PROJECT, response_model=ProjectObject)
 def get_project(project_id: str, caller: CallerDep, session: SessionDep) -> ProjectObject:
-    return project_wire(access.project_of(session, caller.project_id), caller.role)
+    return project_wire(access.project_of(session, caller.project_id), caller.role, session)
 
 
 @router.post(PROJECT, response_model=ProjectObject)
 def update_project(project_id: str, body: ProjectUpdate, caller: CallerDep, session: SessionDep) -> ProjectObject:
+    """Rename the project or change its quotas (each key given replaces that quota; null removes the project's
+    own, so its hub's default applies): ``concurrent_jobs``, ``trained_tokens_per_day``, ``stored_bytes``,
+    ``deployments``, whole numbers from 0 (docs/quotas.md)."""
     project = service.update_project(session, access.project_of(session, caller.project_id), caller,
                                      name=body.name, quotas=body.quotas)
-    return project_wire(project, caller.role)
+    session.flush()
+    return project_wire(project, caller.role, session)
+
+
+# -- rate limits (one per deployment) -----------------------------------------------------------------------
+
+
+@router.get(PROJECT + "/rate_limits", response_model=ListPage[ProjectRateLimit])
+def list_rate_limits(project_id: str, caller: CallerDep, session: SessionDep) -> ListPage[ProjectRateLimit]:
+    """The project's rate limits in OpenAI's shape: one per live deployment (``model``: its name)."""
+    return _page([rate_limit_wire(d) for d in deployments.rate_limits(session, caller.project_id)])
+
+
+@router.get(PROJECT + "/rate_limits/{rate_limit_id}", response_model=ProjectRateLimit)
+def get_rate_limit(project_id: str, rate_limit_id: str, caller: CallerDep, session: SessionDep) -> ProjectRateLimit:
+    return rate_limit_wire(deployments.rate_limit(session, caller.project_id, rate_limit_id))
+
+
+@router.post(PROJECT + "/rate_limits/{rate_limit_id}", response_model=ProjectRateLimit)
+def update_rate_limit(project_id: str, rate_limit_id: str, body: ProjectRateLimitUpdate, caller: CallerDep,
+                      session: SessionDep) -> ProjectRateLimit:
+    """Change a deployment's requests or tokens per minute; its next request counts against them."""
+    return rate_limit_wire(deployments.set_rate_limit(session, caller.project_id, rate_limit_id,
+                                                      requests=body.max_requests_per_1_minute,
+                                                      tokens=body.max_tokens_per_1_minute))
 
 
 @router.get(PROJECT + "/users", response_model=ListPage[ProjectUser])

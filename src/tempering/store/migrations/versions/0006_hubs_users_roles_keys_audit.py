@@ -118,22 +118,23 @@ def upgrade() -> None:
     with op.batch_alter_table('hub_secrets', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_hub_secrets_hub_id'), ['hub_id'], unique=False)
 
-    with op.batch_alter_table('projects', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('hub_id', sa.String(length=40), nullable=True))
-        batch_op.add_column(sa.Column('quotas', sa.JSON(), nullable=True))
-        batch_op.add_column(sa.Column('status', sa.String(length=16), nullable=True))
-        batch_op.add_column(sa.Column('deleted_at', sa.BigInteger(), nullable=True))
-        batch_op.create_index(batch_op.f('ix_projects_hub_id'), ['hub_id'], unique=False)
-        batch_op.create_foreign_key('fk_projects_hub_id', 'hubs', ['hub_id'], ['id'])
-    with op.batch_alter_table('api_keys', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('user_id', sa.String(length=40), nullable=True))
-        batch_op.add_column(sa.Column('service_account_id', sa.String(length=40), nullable=True))
-        batch_op.add_column(sa.Column('expires_at', sa.BigInteger(), nullable=True))
-        batch_op.add_column(sa.Column('last_used_at', sa.BigInteger(), nullable=True))
-        batch_op.create_index(batch_op.f('ix_api_keys_user_id'), ['user_id'], unique=False)
-        batch_op.create_foreign_key('fk_api_keys_user_id', 'users', ['user_id'], ['id'])
-        batch_op.create_foreign_key('fk_api_keys_service_account_id', 'service_accounts',
-                                    ['service_account_id'], ['id'])
+    # Plain ADD COLUMNs: SQLite's batch mode would copy and drop ``projects`` to add a foreign key, which its
+    # own foreign keys (files, jobs, ... → projects) forbid. The references are enforced on PostgreSQL.
+    op.add_column('projects', sa.Column('hub_id', sa.String(length=40), nullable=True))
+    op.add_column('projects', sa.Column('quotas', sa.JSON(), nullable=True))
+    op.add_column('projects', sa.Column('status', sa.String(length=16), nullable=True))
+    op.add_column('projects', sa.Column('deleted_at', sa.BigInteger(), nullable=True))
+    op.create_index(op.f('ix_projects_hub_id'), 'projects', ['hub_id'], unique=False)
+    op.add_column('api_keys', sa.Column('user_id', sa.String(length=40), nullable=True))
+    op.add_column('api_keys', sa.Column('service_account_id', sa.String(length=40), nullable=True))
+    op.add_column('api_keys', sa.Column('expires_at', sa.BigInteger(), nullable=True))
+    op.add_column('api_keys', sa.Column('last_used_at', sa.BigInteger(), nullable=True))
+    op.create_index(op.f('ix_api_keys_user_id'), 'api_keys', ['user_id'], unique=False)
+    if op.get_bind().dialect.name != 'sqlite':
+        op.create_foreign_key('fk_projects_hub_id', 'projects', 'hubs', ['hub_id'], ['id'])
+        op.create_foreign_key('fk_api_keys_user_id', 'api_keys', 'users', ['user_id'], ['id'])
+        op.create_foreign_key('fk_api_keys_service_account_id', 'api_keys', 'service_accounts',
+                              ['service_account_id'], ['id'])
     _adopt_existing_data()
 
 

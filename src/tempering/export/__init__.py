@@ -8,8 +8,10 @@ id, a checkpoint, a catalog id) and writes one folder:
 - ``merged``: the adapter merged into the base weights, saved as safetensors with config, generation config
   and tokenizer, for ``AutoModelForCausalLM`` (chat) or ``AutoModelForSequenceClassification``
   (classification, with ``id2label``/``label2id``). A catalog id exports its float weights as they are;
-- ``gguf``: refused, because no maintained PyPI package converts Hugging Face weights to GGUF (the ``gguf``
-  package only reads and writes the file format); the error says which llama.cpp script to run instead.
+- ``gguf``: the adapter merged into the base, as one ``model.gguf`` for llama.cpp, Ollama and LM Studio
+  (``export.gguf``: f16 by default, f32, bf16 or q8_0 through ``dtype``), the chat template in its metadata,
+  and an Ollama ``Modelfile`` beside it, and for a fine-tuned model its adapter alone in llama.cpp's LoRA-GGUF
+  form (``adapter.gguf``). Chat models of the Llama and Phi-3 architectures.
 
 Every export also holds ``tempering-export.json`` (what was exported from what). The folder is built beside
 the target and renamed into place, so a crash never leaves a half export that looks whole. Knows nothing
@@ -30,18 +32,10 @@ from tempering.train import artifacts
 from tempering.train.refs import Target, resolve
 
 FORMATS = ("peft", "merged", "gguf")
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+DTYPES = ("auto", "float32", "bfloat16", "float16", "q8_0")  # q8_0: GGUF only
+GGUF_TYPES = {"auto": "f16", "float16": "f16", "float32": "f32", "bfloat16": "bf16", "q8_0": "q8_0"}
 MARKER = "tempering-export.json"  # written last inside the temp folder; marks a folder --force may replace
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", artifacts.METADATA)
-
-GGUF_REFUSAL = (
-    "GGUF export is not built in: the GGUF converter is llama.cpp's convert_hf_to_gguf.py, which no "
-    "maintained PyPI package ships (the `gguf` package only reads and writes the file format). Export the "
-    "merged model, then convert it with llama.cpp: `tempering export {model} --format merged --out {merged}` "
-    "and `python llama.cpp/convert_hf_to_gguf.py {merged} --outfile model.gguf --outtype f16` (then "
-    "`llama-quantize model.gguf model-q8_0.gguf Q8_0` for a smaller file)."
-)
-
 
 @dataclass(frozen=True)
 class ExportResult:
@@ -74,20 +68,23 @@ def export_model(model: str, fmt: str, out: Path | None = None, *, force: bool =
         problems.append(f"--dtype must be one of {', '.join(DTYPES)} (got {dtype!r})")
     if problems:
         raise InvalidConfigError("; ".join(problems), param="format" if fmt not in FORMATS else "dtype")
-    if fmt == "gguf":
-        merged = default_out(model, "merged")
-        raise InvalidConfigError(GGUF_REFUSAL.format(model=model, merged=merged), param="format",
-                                 code="unsupported_format")
+    if dtype == "q8_0" and fmt != "gguf":
+        raise InvalidConfigError("dtype q8_0 is a GGUF quantization: use it with --format gguf", param="dtype")
     target = resolve(model, allow_paths=allow_paths)
-    if target.kind == "base" and fmt != "merged":
+    if fmt == "gguf" and target.task != "chat":
+        raise InvalidConfigError(f"{target.name} is a {target.task} model: GGUF export is for chat models "
+                                 "(llama.cpp has no classification head); use --format merged", param="format")
+    if target.kind == "base" and fmt == "peft":
         raise InvalidConfigError(f"{target.name} is a base model: it has no adapter to export as {fmt}; "
-                                 "use --format merged for a copy of its weights", param="format")
+                                 "use --format merged or gguf for a copy of its weights", param="format")
     out = _check_out(Path(out) if out is not None else default_out(target.name, fmt), force)
     out.parent.mkdir(parents=True, exist_ok=True)
     with artifacts.atomic_dir(out) as tmp:
         if fmt == "peft":
             dtype_name = None
             _write_peft(target, tmp)
+        elif fmt == "gguf":
+            dtype_name = _write_gguf(target, tmp, GGUF_TYPES[dtype])
         else:
             dtype_name = _write_merged(target, tmp, dtype)
         files = sorted([*(p.name for p in tmp.iterdir()), MARKER])
@@ -165,6 +162,40 @@ def _write_merged(target: Target, folder: Path, dtype: str) -> str:
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return placement.dtype_name
+
+
+def _write_gguf(target: Target, folder: Path, file_type: str) -> str:
+    """``model.gguf`` (the adapter merged, float32 until written) and an Ollama ``Modelfile``; returns the
+    file type."""
+    import torch
+
+    from tempering.catalog import get_card, load_causal_lm, load_tokenizer
+    from tempering.export.gguf import write_model_gguf
+    from tempering.hardware import Placement
+
+    card = get_card(target.base_model)
+    tokenizer = load_tokenizer(card)
+    model = load_causal_lm(card, Placement(torch.device("cpu"), torch.float32))
+    if target.adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, target.adapter).merge_and_unload()
+    write_model_gguf(model, tokenizer, card, folder / "model.gguf", file_type, target.name)
+    (folder / "Modelfile").write_text(_modelfile(tokenizer), encoding="utf-8")
+    if target.adapter is not None:  # the adapter alone too, for a base GGUF users already have
+        from tempering.export.gguf import write_lora_gguf
+
+        write_lora_gguf(target.adapter, model.config, folder / "adapter.gguf", file_type, target.name)
+    return file_type
+
+
+def _modelfile(tokenizer) -> str:
+    """An Ollama Modelfile: the GGUF beside it; Ollama reads the chat template from the file's metadata, and
+    stops at the model's end-of-turn tokens."""
+    stops = {t for t in (tokenizer.eos_token, "<|im_end|>", "<|end|>") if t and t in tokenizer.get_vocab()}
+    lines = ["# ollama create my-model -f Modelfile", "FROM ./model.gguf", "PARAMETER temperature 0.7"]
+    lines += [f'PARAMETER stop "{t}"' for t in sorted(stops)]
+    return "\n".join(lines) + "\n"
 
 
 def _plain_config(model, name: str) -> None:
