@@ -26,6 +26,7 @@ from sqlalchemy import select
 from tempering.errors import InvalidDataError, TemperingError
 from tempering.jobs.executors import PARENT_PID
 from tempering.settings import get_settings
+from tempering.store import webhooks
 from tempering.store.artifacts import ArtifactStore
 from tempering.store.db import Database
 from tempering.store.models import File, Job, JobCheckpoint, JobEvent, new_id, now, run_id_of
@@ -136,6 +137,7 @@ def _finish(db: Database, job_id: str, **fields) -> None:
             setattr(job, key, value)
         if fields.get("status") in ("succeeded", "failed", "cancelled"):
             job.finished_at = now()
+            webhooks.job_finished(session, job)  # committed with the final state, or not at all
 
 
 def _validate(job: Job, config, base: str, recorder: JobRecorder) -> None:

@@ -18,6 +18,7 @@ import threading
 
 from tempering.jobs import queue
 from tempering.jobs.executors import Executor, make_executor
+from tempering.store import webhooks
 from tempering.store.db import Database
 from tempering.store.models import Evaluation, Job, JobEvent, new_id, now
 
@@ -90,6 +91,7 @@ class Worker:
             row = session.get(Evaluation, evaluation_id)
             if row.status in queue.EVALUATION_ACTIVE:  # its runner may have finished it meanwhile
                 row.status, row.finished_at, row.error = status, now(), error
+                webhooks.evaluation_finished(session, row)
 
     def _fail(self, job_id: str, message: str) -> None:
         if queue.table_of(job_id) is Evaluation:
@@ -99,6 +101,7 @@ class Worker:
             job = session.get(Job, job_id)
             job.status, job.finished_at = "failed", now()
             job.error = {"code": "internal_error", "message": message, "param": None}
+            webhooks.job_finished(session, job)
             session.add(JobEvent(job_id=job_id, level="error", message=f"Job failed: {message}", type="message"))
 
 

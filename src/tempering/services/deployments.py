@@ -20,6 +20,7 @@ from sqlalchemy import select
 from tempering.errors import ConflictError, TemperingError, not_found
 from tempering.safety import SafetyPolicy
 from tempering.services import audit, filtering
+from tempering.store import webhooks
 from tempering.store.models import Deployment, DeploymentRequest, looks_like_id
 from tempering.store.pages import Page, after_seq
 from tempering.train import refs
@@ -164,6 +165,7 @@ def create_deployment(session, project_id: str, spec: DeploymentSpec, settings) 
     session.flush()
     audit.record(session, "deployment.created", project_id=project_id, target=deployment.id, model=deployment.model,
                  content_filter=bool(spec.content_filter))
+    webhooks.enqueue(session, project_id, "deployment.created", {"id": deployment.id})
     return deployment
 
 
@@ -219,6 +221,7 @@ def delete_deployment(session, project_id: str, ident: str) -> Deployment:
     deployment = owned_deployment(session, project_id, ident)
     deployment.deleted_at = int(time.time())  # the row stays: its request log outlives it
     audit.record(session, "deployment.deleted", project_id=project_id, target=deployment.id)
+    webhooks.enqueue(session, project_id, "deployment.deleted", {"id": deployment.id})
     return deployment
 
 

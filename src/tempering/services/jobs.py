@@ -16,6 +16,7 @@ from sqlalchemy import select
 from tempering.errors import InvalidStateError, TemperingError, not_found
 from tempering.services import audit
 from tempering.services._files import owned_file
+from tempering.store import webhooks
 from tempering.store.models import File, Job, JobCheckpoint, JobEvent, now
 from tempering.store.pages import Page, after_seq, clamp, newest_first
 from tempering.train.config import TuneConfig, parse_config
@@ -129,6 +130,7 @@ def request_stop(session, job: Job, kind: str) -> Job:
         job.status = "cancelled" if kind == "cancel" else "paused"
         if kind == "cancel":
             job.finished_at = now()
+            webhooks.job_finished(session, job)
     else:
         job.stop_requested = kind  # the runner stops at the next step and keeps a checkpoint
     session.add(JobEvent(job_id=job.id, level="info", message=f"{kind.capitalize()} requested", type="message"))
