@@ -29,6 +29,7 @@ from tempering.api.routers import (
     models,
     moderations,
     organization,
+    webhooks,
 )
 from tempering.settings import Settings
 from tempering.store.artifacts import ArtifactStore
@@ -63,7 +64,10 @@ def create_app(settings: Settings, *, workers: int = 1) -> FastAPI:
         from tempering.jobs.worker import start_pool
 
         pool = start_pool(db, workers, settings.worker_lease_seconds, make_executor(settings)) if workers else []
+        sender = WebhookSender(db, app.state.cipher, settings)
+        sender.start()
         yield
+        sender.stop()
         for worker, _ in pool:
             worker.stop()
         await serving.aclose()
@@ -86,6 +90,7 @@ def create_app(settings: Settings, *, workers: int = 1) -> FastAPI:
     app.state.store = ArtifactStore(settings.artifacts_dir)
     from tempering.services.accounts import SignInThrottle
     from tempering.services.secrets import Cipher
+    from tempering.services.webhooks import Sender as WebhookSender
 
     app.state.cipher = Cipher(settings)  # hub secrets at rest; the portal's session signing key
     app.state.sign_in = SignInThrottle(settings.rate_limit_url)
@@ -101,7 +106,7 @@ def create_app(settings: Settings, *, workers: int = 1) -> FastAPI:
     app.add_middleware(RequestGuard, db=db, max_json_bytes=settings.max_json_bytes)
     for router in (files.router, jobs.router, models.router, evaluations.router, deployments.router,
                    inference.router, datasets.router, catalog.router, exports.router, moderations.router,
-                   blocklists.router, organization.router):
+                   blocklists.router, organization.router, webhooks.router):
         app.include_router(router)
 
     @app.get("/health", tags=["meta"])

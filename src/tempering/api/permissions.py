@@ -112,6 +112,11 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", _PROJECT + "/service_accounts/{service_account_id}"): "keys.manage",
     ("DELETE", _PROJECT + "/service_accounts/{service_account_id}"): "keys.manage",
     ("GET", _PROJECT + "/audit_logs"): "audit.read",
+    ("GET", _PROJECT + "/webhooks"): "project.manage",
+    ("POST", _PROJECT + "/webhooks"): "project.manage",
+    ("GET", _PROJECT + "/webhooks/{webhook_id}"): "project.manage",
+    ("DELETE", _PROJECT + "/webhooks/{webhook_id}"): "project.manage",
+    ("GET", _PROJECT + "/webhooks/{webhook_id}/deliveries"): "project.manage",
 }
 
 

@@ -25,6 +25,7 @@ from tempering.api.protocol_access import (
     PasswordReset,
     ProjectApiKey,
     ProjectCreate,
+    ProjectDeleted,
     ProjectObject,
     ProjectUpdate,
     ProjectUser,
@@ -39,7 +40,7 @@ from tempering.api.protocol_access import (
     UserObject,
     UserUpdate,
 )
-from tempering.services import access, accounts, audit
+from tempering.services import access, accounts, audit, retention
 from tempering.services import projects as service
 from tempering.store.models import ApiKey, Hub, Project, ProjectMember, ServiceAccount, User
 
@@ -219,6 +220,20 @@ def update_project(project_id: str, body: ProjectUpdate, caller: CallerDep, sess
     project = service.update_project(session, access.project_of(session, caller.project_id), caller,
                                      name=body.name, quotas=body.quotas)
     return project_wire(project, caller.role)
+
+
+@router.delete(PROJECT, response_model=ProjectDeleted)
+def delete_project(project_id: str, request: Request, caller: CallerDep, session: SessionDep,
+                   force: Annotated[bool, Query(description="Delete even while a deployment of the project has "
+                                                "served requests in the last 15 minutes")] = False,
+                   ) -> ProjectDeleted:
+    """Delete the project: its files, runs (models and checkpoints), deployments and webhooks go, its unfinished
+    jobs are cancelled; its audit log and usage stay. Every key of the project is refused from then on."""
+    request.app.state.monitor.flush()  # the serving check sees every request answered so far
+    state = request.app.state
+    removed = retention.delete_project(session, caller, access.project_of(session, caller.project_id),
+                                       store=state.store, settings=state.settings, force=force)
+    return ProjectDeleted(id=project_id, removed=removed)
 
 
 @router.get(PROJECT + "/users", response_model=ListPage[ProjectUser])
