@@ -6,7 +6,7 @@ from __future__ import annotations
 import hmac
 import logging
 import sys
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
@@ -47,6 +47,24 @@ def app_from_environment() -> FastAPI:
     return create_app(settings, workers=settings.server_workers)
 
 
+@contextmanager
+def _background(db: Database, settings: Settings, workers: int, cipher):
+    """The app's threads: the job workers and the webhook delivery thread, stopped when the app stops."""
+    from tempering.jobs.executors import make_executor
+    from tempering.jobs.worker import start_pool
+    from tempering.services.webhooks import Sender
+
+    pool = start_pool(db, workers, settings.worker_lease_seconds, make_executor(settings)) if workers else []
+    sender = Sender(db, cipher, settings)
+    sender.start()
+    try:
+        yield
+    finally:
+        sender.stop()
+        for worker, _ in pool:
+            worker.stop()
+
+
 def create_app(settings: Settings, *, workers: int = 1) -> FastAPI:
     db = Database(settings.database)
     db.migrate()
@@ -60,16 +78,8 @@ def create_app(settings: Settings, *, workers: int = 1) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        from tempering.jobs.executors import make_executor
-        from tempering.jobs.worker import start_pool
-
-        pool = start_pool(db, workers, settings.worker_lease_seconds, make_executor(settings)) if workers else []
-        sender = WebhookSender(db, app.state.cipher, settings)
-        sender.start()
-        yield
-        sender.stop()
-        for worker, _ in pool:
-            worker.stop()
+        with _background(db, settings, workers, app.state.cipher):
+            yield
         await serving.aclose()
         monitor.close()
         db.dispose()
@@ -90,7 +100,6 @@ def create_app(settings: Settings, *, workers: int = 1) -> FastAPI:
     app.state.store = ArtifactStore(settings.artifacts_dir)
     from tempering.services.accounts import SignInThrottle
     from tempering.services.secrets import Cipher
-    from tempering.services.webhooks import Sender as WebhookSender
 
     app.state.cipher = Cipher(settings)  # hub secrets at rest; the portal's session signing key
     app.state.sign_in = SignInThrottle(settings.rate_limit_url)
