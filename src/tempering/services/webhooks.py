@@ -62,7 +62,7 @@ def resolve(host: str, port: int) -> list[str]:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError, OSError) as exc:
-        raise OutboundRefused(f"the webhook URL's host {host!r} cannot be resolved ({exc})", param="url") from None
+        raise OutboundRefused(f"the webhook URL's host {host[:80]!r} cannot be resolved ({exc})", param="url") from None
     return list(dict.fromkeys(info[4][0] for info in infos))
 
 
@@ -75,7 +75,7 @@ def check_addresses(host: str, addresses: list[str], allowed_hosts: list[str]) -
         if address.version == 6 and address.ipv4_mapped is not None:
             address = address.ipv4_mapped
         if not address.is_global or address.is_multicast:
-            raise OutboundRefused(f"the webhook URL's host {host!r} resolves to a loopback, private, link-local or "
+            raise OutboundRefused(f"the webhook URL's host {host[:80]!r} resolves to a loopback, private, link-local or "
                                   "reserved address; only hosts the administrator allowed "
                                   "(TEMPERING_WEBHOOK_ALLOWED_HOSTS) may", param="url")
 
@@ -85,8 +85,12 @@ def check_url(url: str, allowed_hosts: list[str], resolver=resolve) -> str:
     if len(url) > 2048 or any(c.isspace() or ord(c) < 32 or c == "\\" for c in url):
         raise OutboundRefused("the webhook URL is over 2048 characters or holds whitespace, a backslash or a "
                               "control character", param="url")
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(url)
+        hostname = parts.hostname
+    except ValueError:  # an unbalanced "[" of an IPv6 literal
+        raise OutboundRefused("the webhook URL cannot be parsed", param="url") from None
+    if parts.scheme not in ("http", "https") or not hostname:
         raise OutboundRefused("the webhook URL must be an https:// URL with a host", param="url")
     if parts.username or parts.password or parts.fragment:
         raise OutboundRefused("the webhook URL may not hold credentials or a fragment", param="url")
@@ -94,7 +98,7 @@ def check_url(url: str, allowed_hosts: list[str], resolver=resolve) -> str:
         port = parts.port
     except ValueError:
         raise OutboundRefused("the webhook URL's port is not a number from 0 to 65535", param="url") from None
-    host = parts.hostname.lower()
+    host = hostname.lower()
     if parts.scheme == "http" and not _allowed(host, allowed_hosts):
         raise OutboundRefused("the webhook URL must be https (plain http only to hosts the administrator "
                               "allowed: TEMPERING_WEBHOOK_ALLOWED_HOSTS)", param="url")
@@ -266,9 +270,14 @@ class Sender:
             delivery = session.get(WebhookDelivery, delivery_id)
             hook = session.get(Webhook, delivery.webhook_id)
             live = hook is not None and hook.deleted_at is None
-            url, secret = (hook.url, self.cipher.decrypt(hook.secret_ciphertext)) if live else (None, None)
+            url, ciphertext = (hook.url, hook.secret_ciphertext) if live else (None, None)
         if not live:
             self._record(delivery_id, None, "the webhook was deleted", 0.0, dropped=True)
+            return
+        try:
+            secret = self.cipher.decrypt(ciphertext)
+        except TemperingError as exc:  # the server key changed: a failed try, not a delivery stuck forever
+            self._record(delivery_id, None, exc.message, 0.0)
             return
         body = json.dumps(delivery.payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         timestamp = int(time.time())
