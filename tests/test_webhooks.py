@@ -229,25 +229,46 @@ def test_the_address_is_checked_again_at_send_time_and_pinned(receiver, monkeypa
     assert _verify(secret, request)["data"] == {"id": "deploy-y"}
 
 
-def test_job_final_states_send_fine_tuning_events(allowed, receiver):
+def test_job_and_evaluation_final_states_send_openai_events(allowed, receiver):
     from tempering.jobs.runner import _finish
-    from tempering.store.models import Job
+    from tempering.store.models import Evaluation, Job
 
     app = _app()
     with _client(app) as client:
         hooks = _hooks(client)
         project_id = client.get("/v1/me").json()["project_id"]
         secret = client.post(hooks, json={"url": receiver.url("/jobs"), "events": [
-            "fine_tuning.job.succeeded", "fine_tuning.job.cancelled"]}).json()["secret"]
+            "fine_tuning.job.succeeded", "fine_tuning.job.cancelled", "eval.run.canceled"]}).json()["secret"]
         with app.state.db.session() as session:
-            for job_id in ("ftjob-hookdone", "ftjob-hookwait"):
+            for job_id in ("ftjob-hookdone", "ftjob-hookwait", "ftjob-hookfail"):
                 session.add(Job(id=job_id, project_id=project_id, model=BASE, training_file="file-x", seed=1,
                                 config={}, status="queued"))
+            session.add(Evaluation(id="eval-hooked", project_id=project_id, model=BASE, data_file="file-x",
+                                   status="queued"))
         _finish(app.state.db, "ftjob-hookdone", status="running")  # not final: no event
         _finish(app.state.db, "ftjob-hookdone", status="succeeded", fine_tuned_model="ft:x")
+        _finish(app.state.db, "ftjob-hookfail", status="failed")  # not subscribed: no event
         assert client.post("/v1/fine_tuning/jobs/ftjob-hookwait/cancel").status_code == 200
-        payloads = [_verify(secret, r) for r in receiver.wait_for(2, "/jobs")]
+        assert client.post("/v1/evaluations/eval-hooked/cancel").status_code == 200
+        payloads = [_verify(secret, r) for r in receiver.wait_for(3, "/jobs")]
         assert sorted((p["type"], p["data"]["id"]) for p in payloads) == [
-            ("fine_tuning.job.cancelled", "ftjob-hookwait"), ("fine_tuning.job.succeeded", "ftjob-hookdone")]
+            ("eval.run.canceled", "eval-hooked"), ("fine_tuning.job.cancelled", "ftjob-hookwait"),
+            ("fine_tuning.job.succeeded", "ftjob-hookdone")]
         time.sleep(0.2)
-        assert len(receiver.requests) == 2
+        assert len(receiver.requests) == 3
+
+
+def test_only_owners_manage_webhooks():
+    from tempering.services.projects import project_key
+
+    app = _app()
+    with _client(app) as client:
+        hooks = _hooks(client)
+        with app.state.db.session() as session:
+            keys = {role: project_key(session, client.get("/v1/me").json()["project_id"], role, role)
+                    for role in ("reader", "ai_developer")}
+        for key in keys.values():
+            other = TestClient(app, headers={"Authorization": f"Bearer {key}"})
+            assert other.get(hooks).status_code == 403
+            response = other.post(hooks, json={"url": "https://93.184.215.14/h", "events": ["deployment.created"]})
+            assert response.status_code == 403 and response.json()["error"]["code"] == "permission_denied"
