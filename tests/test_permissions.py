@@ -46,6 +46,7 @@ def world(tmp_path_factory):
         Job,
         Project,
         ProjectMember,
+        Webhook,
         now,
     )
 
@@ -86,10 +87,12 @@ def world(tmp_path_factory):
         evaluation = Evaluation(project_id=project.id, model="tiny-llama", data_file=file.id, status="queued")
         deployment = Deployment(project_id=project.id, name="perm", model="tiny-llama", base_model="tiny-llama")
         blocklist = ContentBlocklist(project_id=project.id, name="words")
-        session.add_all([job, evaluation, deployment, blocklist])
+        webhook = Webhook(project_id=project.id, url="https://93.184.215.14/hook", events=["deployment.created"],
+                          secret_ciphertext=app.state.cipher.encrypt("whsec_AAAA"))
+        session.add_all([job, evaluation, deployment, blocklist, webhook])
         session.flush()
         ids.update(file_id=file.id, job_id=job.id, evaluation_id=evaluation.id, deployment_id=deployment.id,
-                   name="words", model_id=TINY_FT, rate_limit_id=f"rl-{deployment.id}")
+                   name="words", model_id=TINY_FT, rate_limit_id=f"rl-{deployment.id}", webhook_id=webhook.id)
     with TestClient(app) as client:
         yield app, client, keys, ids
 

@@ -98,6 +98,19 @@ class Settings(BaseSettings):
         default_factory=list, description="The OpenAI-compatible servers deployments may forward to (JSON list "
         "of base URLs, e.g. [\"http://vllm.internal:8000/v1\"]); an upstream deployment must name one of them "
         "exactly. Empty: no upstream deployments.")
+    webhook_allowed_hosts: list[str] = Field(
+        default_factory=list, description="Hosts (names or IP addresses, JSON list) webhooks may reach over "
+        "plain http and at loopback, private or link-local addresses; every other webhook URL must be https to "
+        "a public address.")
+    webhook_max_attempts: int = Field(default=8, ge=1, le=30, description="Tries of one webhook delivery "
+                                      "before it is marked failed.")
+    webhook_backoff_seconds: float = Field(
+        default=30.0, gt=0, description="Wait after a webhook delivery's first failed try; doubled after each "
+        "further one (30 s, 1 min, 2 min, … by default), at most 6 hours.")
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=120, description="How long one webhook "
+                                           "delivery waits for the receiver's answer.")
+    webhook_poll_seconds: float = Field(default=1.0, gt=0, le=60, description="How often the delivery thread "
+                                        "looks for due webhook deliveries.")
     serve_max_concurrent_requests: int = Field(
         default=64, ge=1, le=1024, description="The most concurrent requests a deployment may be given.")
     content_filter_policy: dict[str, Any] | None = Field(

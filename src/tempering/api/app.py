@@ -6,7 +6,7 @@ from __future__ import annotations
 import hmac
 import logging
 import sys
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import Response
@@ -30,6 +30,7 @@ from tempering.api.routers import (
     moderations,
     organization,
     usage,
+    webhooks,
 )
 from tempering.settings import Settings
 from tempering.store.artifacts import ArtifactStore
@@ -47,6 +48,24 @@ def app_from_environment() -> FastAPI:
     return create_app(settings, workers=settings.server_workers)
 
 
+@contextmanager
+def _background(db: Database, settings: Settings, workers: int, cipher):
+    """The app's threads: the job workers and the webhook delivery thread, stopped when the app stops."""
+    from tempering.jobs.executors import make_executor
+    from tempering.jobs.worker import start_pool
+    from tempering.services.webhooks import Sender
+
+    pool = start_pool(db, workers, settings.worker_lease_seconds, make_executor(settings)) if workers else []
+    sender = Sender(db, cipher, settings)
+    sender.start()
+    try:
+        yield
+    finally:
+        sender.stop()
+        for worker, _ in pool:
+            worker.stop()
+
+
 def create_app(settings: Settings, *, workers: int = 1) -> FastAPI:
     db = Database(settings.database)
     db.migrate()
@@ -60,13 +79,8 @@ def create_app(settings: Settings, *, workers: int = 1) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        from tempering.jobs.executors import make_executor
-        from tempering.jobs.worker import start_pool
-
-        pool = start_pool(db, workers, settings.worker_lease_seconds, make_executor(settings)) if workers else []
-        yield
-        for worker, _ in pool:
-            worker.stop()
+        with _background(db, settings, workers, app.state.cipher):
+            yield
         await serving.aclose()
         monitor.close()
         db.dispose()
@@ -103,7 +117,7 @@ def create_app(settings: Settings, *, workers: int = 1) -> FastAPI:
                        max_form_upload_bytes=settings.max_upload_bytes + 64 * 1024)
     for router in (files.router, jobs.router, models.router, evaluations.router, deployments.router,
                    inference.router, datasets.router, catalog.router, exports.router, moderations.router,
-                   blocklists.router, organization.router, usage.router):
+                   blocklists.router, organization.router, usage.router, webhooks.router):
         app.include_router(router)
     from tempering import web
 

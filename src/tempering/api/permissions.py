@@ -122,6 +122,11 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", _PROJECT + "/rate_limits"): "project.read",
     ("GET", _PROJECT + "/rate_limits/{rate_limit_id}"): "project.read",
     ("POST", _PROJECT + "/rate_limits/{rate_limit_id}"): "project.manage",  # Owners, as quotas (docs/access.md)
+    ("GET", _PROJECT + "/webhooks"): "project.manage",
+    ("POST", _PROJECT + "/webhooks"): "project.manage",
+    ("GET", _PROJECT + "/webhooks/{webhook_id}"): "project.manage",
+    ("DELETE", _PROJECT + "/webhooks/{webhook_id}"): "project.manage",
+    ("GET", _PROJECT + "/webhooks/{webhook_id}/deliveries"): "project.manage",
     **web.PAGES,  # the portal's pages: their caller comes from the session cookie (web.session)
 }
 

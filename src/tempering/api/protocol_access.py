@@ -74,6 +74,8 @@ class ProjectDeleted(BaseModel):
     object: Literal["organization.project.deleted"] = "organization.project.deleted"
     id: str
     deleted: bool = True
+    removed: dict[str, int] = Field(default_factory=dict, description="What went with it, by kind: files, runs, "
+                                    "jobs and evaluations cancelled, deployments, webhooks")
 
 
 class ProjectUserAdd(_Strict):

@@ -13,6 +13,7 @@ import logging
 
 from tempering.errors import InvalidDataError, TemperingError
 from tempering.settings import get_settings
+from tempering.store import webhooks
 from tempering.store.artifacts import ArtifactStore
 from tempering.store.db import Database
 from tempering.store.models import Evaluation, File, now
@@ -31,6 +32,7 @@ def _finish(db: Database, evaluation_id: str, **fields) -> None:
         for key, value in fields.items():
             setattr(row, key, value)
         row.finished_at = now()
+        webhooks.evaluation_finished(session, row)  # committed with the final state, or not at all
 
 
 def _start(db: Database, evaluation_id: str) -> tuple[Evaluation, str] | None:
@@ -40,6 +42,7 @@ def _start(db: Database, evaluation_id: str) -> tuple[Evaluation, str] | None:
         upload = session.get(File, row.data_file)
         if row.stop_requested == "cancel":
             row.status, row.finished_at = "cancelled", now()
+            webhooks.evaluation_finished(session, row)
             return None
         row.status, row.started_at = "running", row.started_at or now()
         return row, upload.filename if upload is not None else row.data_file

@@ -26,7 +26,7 @@ from sqlalchemy import select
 from tempering.errors import InvalidDataError, TemperingError
 from tempering.jobs.executors import PARENT_PID
 from tempering.settings import get_settings
-from tempering.store import usage
+from tempering.store import usage, webhooks
 from tempering.store.artifacts import ArtifactStore
 from tempering.store.db import Database
 from tempering.store.models import File, Job, JobCheckpoint, JobEvent, new_id, now, run_id_of
@@ -140,6 +140,7 @@ def _finish(db: Database, job_id: str, *, charge: str | None = None, **fields) -
             setattr(job, key, value)
         if fields.get("status") in ("succeeded", "failed", "cancelled"):
             job.finished_at = now()
+            webhooks.job_finished(session, job)  # committed with the final state, or not at all
         if charge is not None and job.status in ("succeeded", "cancelled"):
             tokens = job.trained_tokens if job.status == "succeeded" else usage.trained_so_far(session, job_id)
             usage.charge_training(session, job, charge, tokens or 0)

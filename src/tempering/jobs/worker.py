@@ -18,8 +18,9 @@ import threading
 
 from tempering.jobs import queue
 from tempering.jobs.executors import Executor, make_executor
+from tempering.store import webhooks
 from tempering.store.db import Database
-from tempering.store.models import Evaluation, Job, JobEvent, new_id, now
+from tempering.store.models import Evaluation, Job, JobEvent, Project, new_id, now, run_id_of
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,8 @@ class Worker:
                 self._finish_evaluation(job_id, "cancelled")
             else:
                 self._fail(job_id, self.executor.describe(handle, code))
+        if job is not None and not evaluation:
+            remove_run_of_deleted_project(self.db, job)
         return True
 
     def _finish_evaluation(self, evaluation_id: str, status: str, error: dict | None = None) -> None:
@@ -91,6 +94,7 @@ class Worker:
             row = session.get(Evaluation, evaluation_id)
             if row.status in queue.EVALUATION_ACTIVE:  # its runner may have finished it meanwhile
                 row.status, row.finished_at, row.error = status, now(), error
+                webhooks.evaluation_finished(session, row)
 
     def _fail(self, job_id: str, message: str) -> None:
         if queue.table_of(job_id) is Evaluation:
@@ -100,7 +104,20 @@ class Worker:
             job = session.get(Job, job_id)
             job.status, job.finished_at = "failed", now()
             job.error = {"code": "internal_error", "message": message, "param": None}
+            webhooks.job_finished(session, job)
             session.add(JobEvent(job_id=job_id, level="error", message=f"Job failed: {message}", type="message"))
+
+
+def remove_run_of_deleted_project(db: Database, job: Job) -> None:
+    """A job whose project was deleted while it ran: the checkpoint its runner kept on the way out goes too."""
+    import shutil
+
+    from tempering.train.artifacts import run_dir
+
+    with db.session(write=False) as session:
+        project = session.get(Project, job.project_id)
+    if project is not None and project.status == "deleted":
+        shutil.rmtree(run_dir(run_id_of(job.id)), ignore_errors=True)
 
 
 def start_pool(db: Database, count: int, lease_seconds: float,

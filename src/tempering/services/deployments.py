@@ -20,7 +20,7 @@ from sqlalchemy import select
 from tempering.errors import ConflictError, TemperingError, not_found
 from tempering.safety import SafetyPolicy
 from tempering.services import audit, filtering
-from tempering.store import usage
+from tempering.store import usage, webhooks
 from tempering.store.models import Deployment, DeploymentRequest, looks_like_id
 from tempering.store.pages import Page, after_seq
 from tempering.train import refs
@@ -176,6 +176,7 @@ def create_deployment(session, project_id: str, spec: DeploymentSpec, settings) 
     session.flush()
     audit.record(session, "deployment.created", project_id=project_id, target=deployment.id, model=deployment.model,
                  content_filter=bool(spec.content_filter))
+    webhooks.enqueue(session, project_id, "deployment.created", {"id": deployment.id})
     return deployment
 
 
@@ -272,6 +273,7 @@ def delete_deployment(session, project_id: str, ident: str, settings=None) -> De
     deployment.deleted_at = int(time.time())
     audit.record(session, "deployment.deleted", project_id=project_id, target=deployment.id)
     usage.charge_hosting(session, deployment, deployment.deleted_at, settings)
+    webhooks.enqueue(session, project_id, "deployment.deleted", {"id": deployment.id})
     return deployment
 
 

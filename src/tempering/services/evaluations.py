@@ -9,6 +9,7 @@ from sqlalchemy import select
 
 from tempering.errors import InvalidStateError, TemperingError, not_found
 from tempering.services._files import owned_file
+from tempering.store import webhooks
 from tempering.store.models import Evaluation, looks_like_id, now
 from tempering.store.pages import Page, newest_first
 
@@ -84,6 +85,7 @@ def cancel_evaluation(session, project_id: str, evaluation_id: str) -> Evaluatio
         raise InvalidStateError(f"evaluation {row.id} already {row.status}", param="evaluation_id")
     if row.status == "queued" and row.worker_id is None:
         row.status, row.finished_at = "cancelled", now()
+        webhooks.evaluation_finished(session, row)
     else:
         row.stop_requested = "cancel"
     return row

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from tempering.errors import InvalidStateError, TemperingError, not_found
 from tempering.services import audit
 from tempering.services._files import owned_file
-from tempering.store import usage
+from tempering.store import usage, webhooks
 from tempering.store.models import File, Job, JobCheckpoint, JobEvent, now
 from tempering.store.pages import Page, after_seq, clamp, newest_first
 from tempering.store.quotas import effective_quotas
@@ -158,6 +158,7 @@ def request_stop(session, job: Job, kind: str) -> Job:
         if kind == "cancel":
             job.finished_at = now()
             charge_cancelled(session, job)
+            webhooks.job_finished(session, job)
     else:
         job.stop_requested = kind  # the runner stops at the next step and keeps a checkpoint
     session.add(JobEvent(job_id=job.id, level="info", message=f"{kind.capitalize()} requested", type="message"))

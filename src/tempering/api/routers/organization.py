@@ -26,6 +26,7 @@ from tempering.api.protocol_access import (
     PasswordReset,
     ProjectApiKey,
     ProjectCreate,
+    ProjectDeleted,
     ProjectObject,
     ProjectRateLimit,
     ProjectRateLimitUpdate,
@@ -42,7 +43,7 @@ from tempering.api.protocol_access import (
     UserObject,
     UserUpdate,
 )
-from tempering.services import access, accounts, audit, deployments
+from tempering.services import access, accounts, audit, deployments, retention
 from tempering.services import projects as service
 from tempering.store.models import ApiKey, Deployment, Hub, Project, ProjectMember, ServiceAccount, User
 from tempering.store.quotas import effective_quotas
@@ -258,6 +259,20 @@ def update_rate_limit(project_id: str, rate_limit_id: str, body: ProjectRateLimi
     return rate_limit_wire(deployments.set_rate_limit(session, caller.project_id, rate_limit_id,
                                                       requests=body.max_requests_per_1_minute,
                                                       tokens=body.max_tokens_per_1_minute))
+
+
+@router.delete(PROJECT, response_model=ProjectDeleted)
+def delete_project(project_id: str, request: Request, caller: CallerDep, session: SessionDep,
+                   force: Annotated[bool, Query(description="Delete even while a deployment of the project has "
+                                                "served requests in the last 15 minutes")] = False,
+                   ) -> ProjectDeleted:
+    """Delete the project: its files, runs (models and checkpoints), deployments and webhooks go, its unfinished
+    jobs are cancelled; its audit log and usage stay. Every key of the project is refused from then on."""
+    request.app.state.monitor.flush()  # the serving check sees every request answered so far
+    state = request.app.state
+    removed = retention.delete_project(session, caller, access.project_of(session, caller.project_id),
+                                       store=state.store, settings=state.settings, force=force)
+    return ProjectDeleted(id=project_id, removed=removed)
 
 
 @router.get(PROJECT + "/users", response_model=ListPage[ProjectUser])
