@@ -429,3 +429,9 @@ def test_file_page_reports_and_splits_and_converts(client, app):
     bad = client.post(f"/data/{file_id}/split", data={"csrf_token": token, "validation_fraction": "half"})
     assert bad.status_code == 400 and "must be numbers" in bad.text
     assert client.get("/data/file-nope").status_code == 404
+
+
+def test_usage_page_shows_the_projects_ledger(client, app):
+    admin(client, app)
+    page = client.get("/usage")
+    assert page.status_code == 200 and "Usage &amp; cost" in page.text and "0.0000 USD in all" in page.text

@@ -205,6 +205,10 @@ def test_the_main_flow_in_chromium(portal, browser, shots, tmp_path):
     model = page.locator("#job-model").inner_text().strip()
     assert model.startswith(f"ft:{PHI3_ID}:web:")
 
+    rail.get_by_role("link", name="Usage & cost").click()  # the ledger has the job's trained tokens
+    expect(page.locator("tbody tr", has_text=f"{PHI3_ID}, training")).to_have_count(1)
+    shots(page, "usage")
+    page.go_back()
     page.reload()  # the checkpoints and the evaluation, as the finished job has them
     expect(page.get_by_role("heading", name="Evaluation: base vs fine-tuned")).to_be_visible()
     expect(page.locator("section[aria-labelledby=evaluation-title] tbody tr").first).to_contain_text("validation loss")

@@ -49,6 +49,7 @@ PAGES: dict[tuple[str, str], str] = {
     ("GET", "/members"): "project.read",
     ("POST", "/members"): "members.manage",
     ("GET", "/audit"): "audit.read",
+    ("GET", "/usage"): "project.read",
     ("POST", "/keys"): "keys.self",
     ("POST", "/keys/{key_id}/revoke"): "keys.self",
 }

@@ -90,3 +90,36 @@ def audit_page(request: Request, caller: PageCaller):
         entries = [(e.created_at, e.action, names.get(e.actor_user_id, e.actor_key_id or ""), e.target or "",
                     e.address or "") for e in rows]
     return page(request, caller, "audit.html", entries=entries)
+
+
+USAGE_DAYS = 7
+
+
+@router.get("/usage")
+def usage_page(request: Request, caller: PageCaller):
+    """The current project's last seven days: costs by line item, trained tokens and chat tokens by model, per
+    day (``services.usage``, the ledger behind ``/v1/organization/usage`` and ``/costs``)."""
+    import time
+
+    from tempering.services import usage
+
+    day = 86400
+    start = (int(time.time()) // day - (USAGE_DAYS - 1)) * day
+
+    def query(group_by: list[str]) -> usage.UsageQuery:
+        return usage.UsageQuery(start_time=start, bucket_width="1d", project_ids=[caller.project_id],
+                                group_by=group_by, limit=USAGE_DAYS)
+
+    settings = request.app.state.settings
+    with request.app.state.db.session(write=False) as s:
+        costs = usage.costs_page(s, caller, query(["line_item"]), settings)
+        tuning = usage.usage_page(s, caller, "fine_tuning", query(["model"]), settings)
+        chat = usage.usage_page(s, caller, "completions", query(["model"]), settings)
+    rows = []
+    for cost, tuned, used in zip(costs["data"], tuning["data"], chat["data"], strict=True):
+        day_rows = [(r["line_item"], f"{r['amount']['value']:.4f}", "", "") for r in cost["results"]]
+        day_rows += [(r["model"], "", r["trained_tokens"], "") for r in tuned["results"]]
+        day_rows += [(r["model"], "", "", f"{r['input_tokens']} / {r['output_tokens']}") for r in used["results"]]
+        rows += [(cost["start_time"], *row) for row in day_rows]
+    total = sum(r["amount"]["value"] for bucket in costs["data"] for r in bucket["results"])
+    return page(request, caller, "usage.html", rows=rows, total=f"{total:.4f}", days=USAGE_DAYS)
