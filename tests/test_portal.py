@@ -435,3 +435,17 @@ def test_usage_page_shows_the_projects_ledger(client, app):
     admin(client, app)
     page = client.get("/usage")
     assert page.status_code == 200 and "Usage &amp; cost" in page.text and "0.0000 USD in all" in page.text
+
+
+def test_owners_change_and_remove_members_and_keep_an_owner(client, app):
+    add_user(app, "newbie", "reader")
+    token = admin(client, app)
+    page = client.get("/members").text
+    ids = dict((name, uid) for uid, name in re.findall(r'action="/members/([^/"]+)" class="inline">\s*<input[^>]*>\s*'
+                                                         r'<label for="role-\d+">Role of ([^<]+)<', page))
+    changed = client.post(f"/members/{ids['newbie']}", data={"csrf_token": token, "role": "ai_developer"})
+    assert "Changed the role of newbie" in changed.text
+    last_owner = client.post(f"/members/{ids['admin']}", data={"csrf_token": token, "role": "reader"})
+    assert last_owner.status_code == 400 and "at least one Owner" in last_owner.text
+    removed = client.post(f"/members/{ids['newbie']}/remove", data={"csrf_token": token})
+    assert "Removed the member" in removed.text and "<td>newbie</td>" not in removed.text

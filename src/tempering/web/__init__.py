@@ -48,6 +48,8 @@ PAGES: dict[tuple[str, str], str] = {
     ("POST", "/playground/stream"): "deployments.call",
     ("GET", "/members"): "project.read",
     ("POST", "/members"): "members.manage",
+    ("POST", "/members/{user_id}"): "members.manage",
+    ("POST", "/members/{user_id}/remove"): "members.manage",
     ("GET", "/audit"): "audit.read",
     ("GET", "/usage"): "project.read",
     ("POST", "/keys"): "keys.self",

@@ -22,7 +22,8 @@ def _members_page(request: Request, caller: Caller, status: int = 200, **context
     from tempering.services import projects
 
     with request.app.state.db.session(write=False) as s:
-        people = [(u.username, access.ROLE_NAMES.get(m.role, m.role)) for u, m in projects.members(s, caller.project_id)]
+        people = [(u.id, u.username, m.role, access.ROLE_NAMES.get(m.role, m.role))
+                  for u, m in projects.members(s, caller.project_id)]
         keys = [(k.id, k.name, k.prefix, access.ROLE_NAMES.get(k.role, k.role), k.last_used_at)
                 for k in projects.visible_keys(s, caller)]
     roles = [(role, access.ROLE_NAMES[role]) for role in access.ROLES]
@@ -51,6 +52,34 @@ def add_member(request: Request, caller: PageCaller, username: Annotated[str, Fo
     except TemperingError as exc:
         return _members_page(request, caller, status=400, member_error=exc.message)
     return _members_page(request, caller, notice=_("Added %(name)s.", name=username.strip()))
+
+
+@router.post("/members/{user_id}")
+def change_member(request: Request, caller: PageCaller, user_id: str, role: Annotated[str, Form(max_length=32)]):
+    """A member's new role (``services.projects.change_member``: a project keeps an Owner)."""
+    from tempering.services import projects
+
+    _ = render.gettext_of(request, caller)
+    try:
+        with request.app.state.db.session() as s:
+            user, _row = projects.change_member(s, caller, user_id, role)
+            name = user.username
+    except TemperingError as exc:
+        return _members_page(request, caller, status=400, member_error=exc.message)
+    return _members_page(request, caller, notice=_("Changed the role of %(name)s.", name=name))
+
+
+@router.post("/members/{user_id}/remove")
+def remove_member(request: Request, caller: PageCaller, user_id: str):
+    from tempering.services import projects
+
+    _ = render.gettext_of(request, caller)
+    try:
+        with request.app.state.db.session() as s:
+            projects.remove_member(s, caller, user_id)
+    except TemperingError as exc:
+        return _members_page(request, caller, status=400, member_error=exc.message)
+    return _members_page(request, caller, notice=_("Removed the member."))
 
 
 @router.post("/keys")
