@@ -114,8 +114,11 @@ def test_form_posts_need_the_csrf_token(client, app):
 
 def test_upload_with_errors_lists_every_problem_with_its_line(client, app):
     token = admin(client, app)
-    response = client.post("/data", files={"file": ("bad.jsonl", BAD)}, data={"csrf_token": token})
-    assert response.status_code == 400 and "not valid training data" in response.text
+    posted = client.post("/data", files={"file": ("bad.jsonl", BAD)}, data={"csrf_token": token},
+                         follow_redirects=False)
+    assert posted.status_code == 303  # then the file's page: a reload uploads nothing again
+    response = client.get(posted.headers["location"])
+    assert "not valid training data" in response.text
     rows = re.findall(r"<tr><td>(\d+)</td><td>", response.text)
     assert set(rows) == {"21", "22"}, rows  # the answerless example and the line that is not JSON
 

@@ -234,20 +234,12 @@ def store_upload(request: Request, caller: Caller, upload: UploadFile, purpose: 
 @router.post("/data")
 def upload_data(request: Request, caller: PageCaller, file: Annotated[UploadFile, File()],
                 purpose: Annotated[str, Form(max_length=16)] = "fine-tune"):
-    from tempering.services.datasets import file_issues
-
+    """Store and check an upload, then show the file's page (post, redirect, get: a reload uploads nothing)."""
     try:
         row = store_upload(request, caller, file, purpose)
     except TemperingError as exc:
         return data_page(request, caller, status=400, error=exc.message)
-    _ = render.gettext_of(request, caller)
-    if row.status == "error":
-        with request.app.state.db.session(write=False) as s:
-            problems = file_issues(s, caller.project_id, request.app.state.store, row.id)
-        return data_page(request, caller, status=400, problems=problems, shown=row.id,
-                         error=_("%(name)s is not valid training data; every problem is listed below.",
-                                 name=row.filename))
-    return data_page(request, caller, notice=_("Uploaded %(name)s: ready for fine-tuning.", name=row.filename))
+    return redirect(f"/data/{row.id}?uploaded=1")
 
 
 def _file_page(request: Request, caller: Caller, file_id: str, status: int = 200, **context):
@@ -267,6 +259,13 @@ def _file_page(request: Request, caller: Caller, file_id: str, status: int = 200
             report = datasets.report(s, caller.project_id, store, row.id)
         except TemperingError as exc:  # a file that cannot be read as examples has its problems only
             report, context["report_error"] = None, exc.message
+    if context.pop("uploaded", False):
+        _ = render.gettext_of(request, caller)
+        if row.status == "error":
+            context["error"] = _("%(name)s is not valid training data; every problem is listed below.",
+                                 name=row.filename)
+        else:
+            context["notice"] = _("Uploaded %(name)s: ready for fine-tuning.", name=row.filename)
     labels = []
     if report is not None and report.labels is not None:
         most = max(report.labels.counts.values(), default=1)
@@ -276,8 +275,8 @@ def _file_page(request: Request, caller: Caller, file_id: str, status: int = 200
 
 
 @router.get("/data/{file_id}")
-def data_file_page(request: Request, caller: PageCaller, file_id: str):
-    return _file_page(request, caller, file_id)
+def data_file_page(request: Request, caller: PageCaller, file_id: str, uploaded: bool = False):
+    return _file_page(request, caller, file_id, uploaded=uploaded)
 
 
 @router.post("/data/{file_id}/split")
