@@ -452,3 +452,12 @@ def test_owners_change_and_remove_members_and_keep_an_owner(client, app):
     assert last_owner.status_code == 400 and "at least one Owner" in last_owner.text
     removed = client.post(f"/members/{ids['newbie']}/remove", data={"csrf_token": token})
     assert "Removed the member" in removed.text and "<td>newbie</td>" not in removed.text
+
+
+def test_a_refusal_is_in_the_users_language(client, app):
+    add_user(app, "rita", "reader")
+    token = csrf_of(sign_in(client, "rita", "correct-horse-battery").text)
+    client.post("/locale", data={"csrf_token": token, "locale": "id"})
+    refused = client.get("/fine-tune", params={"model": "x"})
+    assert refused.status_code == 403
+    assert "Peran Anda di proyek ini (Pembaca) tidak mengizinkan ini; diperlukan Pengembang AI" in refused.text

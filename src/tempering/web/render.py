@@ -116,4 +116,7 @@ def install_handlers(app) -> None:
 
     @app.exception_handler(session.PageForbidden)
     async def _forbidden(request: Request, exc: session.PageForbidden):
-        return page(request, None, "error.html", status=exc.status, message=exc.message)
+        caller = request.scope.get("state", {}).get(session.CALLER) or session.caller_of(request)
+        _ = gettext_of(request, caller)
+        values = {k: _(v) for k, v in exc.values.items()}  # role names are msgids too
+        return page(request, caller, "error.html", status=exc.status, message=_(exc.message, **values))

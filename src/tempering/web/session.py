@@ -40,10 +40,12 @@ class CsrfRefused(Exception):
 
 
 class PageForbidden(Exception):
-    """The caller's role does not allow a page's action."""
+    """The caller's role does not allow a page's action (or a page's object is not there). ``message`` is a
+    gettext msgid the error page translates, with ``%(name)s`` placeholders filled from ``values``; a core
+    error's own message passes through as it is."""
 
-    def __init__(self, message: str, status: int = 403):
-        self.message, self.status = message, status
+    def __init__(self, message: str, status: int = 403, **values):
+        self.message, self.status, self.values = message, status, values
 
 
 @dataclass(frozen=True)
@@ -149,8 +151,8 @@ def authorize_page(request: Request, action: str) -> Caller:
         if not caller.project_id:
             raise SignInRequired("/projects", direct=True)
         least = access.ROLE_NAMES[access.ACTIONS[action][0]]
-        raise PageForbidden(f"Your role in this project ({access.ROLE_NAMES.get(caller.role, caller.role)}) "
-                            f"does not allow this; it needs {least} or higher.")
+        raise PageForbidden("Your role in this project (%(role)s) does not allow this; it needs %(least)s or "
+                            "higher.", role=access.ROLE_NAMES.get(caller.role, caller.role), least=least)
     request.scope["state"][CALLER] = caller
     return caller
 
