@@ -461,3 +461,21 @@ def test_a_refusal_is_in_the_users_language(client, app):
     refused = client.get("/fine-tune", params={"model": "x"})
     assert refused.status_code == 403
     assert "Peran Anda di proyek ini (Pembaca) tidak mengizinkan ini; diperlukan Pengembang AI" in refused.text
+
+
+def test_every_portal_string_has_an_indonesian_translation():
+    from pathlib import Path
+
+    from babel.messages.extract import extract_from_dir
+    from babel.messages.pofile import read_po
+
+    import tempering.web
+
+    web = Path(tempering.web.__file__).parent
+    methods = [("**.py", "python"), ("templates/**.html", "jinja2")]
+    ids = {message if isinstance(message, str) else message[0]
+           for _, _, message, _, _ in extract_from_dir(str(web), methods)}
+    with (web / "locale" / "id" / "LC_MESSAGES" / "messages.po").open("rb") as po:
+        catalog = read_po(po)
+    missing = sorted(m for m in ids if not (catalog.get(m) and catalog.get(m).string))
+    assert not missing, f"untranslated (pybabel extract, then pybabel update; docs/portal.md): {missing}"

@@ -18,6 +18,7 @@ from starlette.requests import Request
 
 from tempering.services import access
 from tempering.services.access import Caller
+from tempering.web.i18n import N_
 
 COOKIE = "tempering_session"
 MAX_AGE = 12 * 3600  # seconds a sign-in lasts
@@ -144,15 +145,15 @@ def authorize_page(request: Request, action: str) -> Caller:
         hub_id = request.path_params.get("hub_id", "")
         with request.app.state.db.session(write=False) as db:
             if not (caller.is_admin or (action == "hub.admin" and access.is_hub_admin(db, caller.user_id, hub_id))):
-                raise PageForbidden("Only an admin of this hub may do this.")
+                raise PageForbidden(N_("Only an admin of this hub may do this."))
         request.scope["state"][CALLER] = caller
         return caller
     if not caller.can(action):
         if not caller.project_id:
             raise SignInRequired("/projects", direct=True)
         least = access.ROLE_NAMES[access.ACTIONS[action][0]]
-        raise PageForbidden("Your role in this project (%(role)s) does not allow this; it needs %(least)s or "
-                            "higher.", role=access.ROLE_NAMES.get(caller.role, caller.role), least=least)
+        raise PageForbidden(N_("Your role in this project (%(role)s) does not allow this; it needs %(least)s or "
+                               "higher."), role=access.ROLE_NAMES.get(caller.role, caller.role), least=least)
     request.scope["state"][CALLER] = caller
     return caller
 
