@@ -444,8 +444,9 @@ def test_owners_change_and_remove_members_and_keep_an_owner(client, app):
     add_user(app, "newbie", "reader")
     token = admin(client, app)
     page = client.get("/members").text
-    ids = dict((name, uid) for uid, name in re.findall(r'action="/members/([^/"]+)" class="inline">\s*<input[^>]*>\s*'
-                                                         r'<label for="role-\d+">Role of ([^<]+)<', page))
+    found = re.findall(r'action="/members/([^/"]+)" class="inline">\s*<input[^>]*>\s*<label for="role-\d+">Role of '
+                       r'([^<]+)<', page)
+    ids = {name: uid for uid, name in found}
     changed = client.post(f"/members/{ids['newbie']}", data={"csrf_token": token, "role": "ai_developer"})
     assert "Changed the role of newbie" in changed.text
     last_owner = client.post(f"/members/{ids['admin']}", data={"csrf_token": token, "role": "reader"})
