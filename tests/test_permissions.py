@@ -111,8 +111,12 @@ ROLE_OF = {"admin": "owner", "owner": "owner", "ai_developer": "ai_developer", "
 
 def expected(caller: str, method: str, path: str, action: str) -> str:
     """'allowed', or the status a refusal must have."""
+    from tempering.web import PAGES
+
     if action == access.PUBLIC:
         return "allowed"
+    if (method, path) in PAGES:
+        return "refused"  # a portal page acts for the session cookie's user, never a key's (tests/test_portal.py)
     if caller in ("none", "revoked", "expired"):
         return "401" if path.startswith("/v1") else "refused"
     if caller == "other_project":

@@ -113,11 +113,15 @@ def create_app(settings: Settings, *, workers: int = 1) -> FastAPI:
     app.state.monitor = monitor
     app.state.chat = ChatService(db, serving, monitor, settings)  # the serving path the API and portal share
     errors.install(app)
-    app.add_middleware(RequestGuard, db=db, max_json_bytes=settings.max_json_bytes)
+    app.add_middleware(RequestGuard, db=db, max_json_bytes=settings.max_json_bytes,
+                       max_form_upload_bytes=settings.max_upload_bytes + 64 * 1024)
     for router in (files.router, jobs.router, models.router, evaluations.router, deployments.router,
                    inference.router, datasets.router, catalog.router, exports.router, moderations.router,
                    blocklists.router, organization.router, usage.router, webhooks.router):
         app.include_router(router)
+    from tempering import web
+
+    web.mount(app)  # the portal's pages, under the same permission dependency (web.PAGES)
 
     @app.get("/health", tags=["meta"])
     def health() -> dict:

@@ -5,7 +5,9 @@ answered 401 with its body unread (FastAPI would otherwise parse a body before r
 checks the key). Bodies are then capped: a body declared (``Content-Length``) larger than ``max_json_bytes``
 is refused 413 at once; one sent chunked is counted as it is read and cut off with 413 at the limit. The
 upload route is exempt from the JSON cap only: it streams its multipart body into the artifact store under
-the upload limit (``api.uploads``). A pure ASGI middleware, so nothing is buffered on its way through.
+the upload limit (``api.uploads``). The portal's forms that carry a data file (``web.UPLOAD_FORMS``) are
+capped at the upload limit instead, counted the same way. A pure ASGI middleware, so nothing is buffered on
+its way through.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tempering.api.deps import CALLER_STATE, authenticate, client_address
 from tempering.api.errors import APIError, envelope
 from tempering.services.audit import ACTOR
+from tempering.web import UPLOAD_FORMS
 
 UPLOAD_PATH = "/v1/files"
 
@@ -43,8 +46,10 @@ def is_upload(scope: Scope) -> bool:
 
 
 class RequestGuard:
-    def __init__(self, app: ASGIApp, *, db, max_json_bytes: int):
+    def __init__(self, app: ASGIApp, *, db, max_json_bytes: int, max_form_upload_bytes: int | None = None):
         self.app, self.db, self.limit = app, db, max_json_bytes
+        # the portal's upload forms (web.UPLOAD_FORMS) carry a data file: the upload limit plus framing
+        self.form_limit = max(max_form_upload_bytes or max_json_bytes, max_json_bytes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -59,9 +64,10 @@ class RequestGuard:
             ACTOR.set(caller)  # this request's task only: the audit log's actor
         if is_upload(scope):
             return await self.app(scope, receive, send)
+        limit = self.form_limit if (scope["method"], scope["path"]) in UPLOAD_FORMS else self.limit
         declared = declared_length(scope)
-        if declared is not None and declared > self.limit:
-            return await _answer(scope, send, 413, BodyTooLarge(self.limit).detail, "request_too_large")
+        if declared is not None and declared > limit:
+            return await _answer(scope, send, 413, BodyTooLarge(limit).detail, "request_too_large")
 
         received = 0
         started = False
@@ -71,8 +77,8 @@ class RequestGuard:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.limit:
-                    raise BodyTooLarge(self.limit)
+                if received > limit:
+                    raise BodyTooLarge(limit)
             return message
 
         async def watched(message: Message) -> None:

@@ -1,5 +1,6 @@
 """The API's one permission decision: every route names an action of ``services.access.ACTIONS`` here, and the
-``authorize`` dependency (on the whole app) checks the caller's role against it before the handler runs.
+``authorize`` dependency (on the whole app) checks the caller's role against it before the handler runs. The portal's pages
+are listed in ``web.PAGES`` (merged here); their caller comes from the session cookie, not a key.
 
 A route missing from ``ROUTES`` is refused (500, ``no_permission_decision``) rather than served:
 ``tests/test_permissions.py`` walks ``app.routes`` so none can be added without a decision. Routes under
@@ -16,6 +17,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
+from tempering import web
 from tempering.api.deps import CALLER_STATE, authenticate, client_address
 from tempering.api.errors import APIError
 from tempering.services import access
@@ -125,6 +127,7 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", _PROJECT + "/webhooks/{webhook_id}"): "project.manage",
     ("DELETE", _PROJECT + "/webhooks/{webhook_id}"): "project.manage",
     ("GET", _PROJECT + "/webhooks/{webhook_id}/deliveries"): "project.manage",
+    **web.PAGES,  # the portal's pages: their caller comes from the session cookie (web.session)
 }
 
 
@@ -156,6 +159,13 @@ async def authorize(request: Request,
     action = action_of(request)
     if action == PUBLIC:
         return None
+    if route_key(request) in web.PAGES:  # a portal page: the caller is the session cookie's, not a key's
+        from tempering.services.audit import ACTOR
+        from tempering.web.session import authorize_page
+
+        caller = await run_in_threadpool(authorize_page, request, action)
+        ACTOR.set(caller)  # this request's task only: the audit log's actor, as the request guard sets for keys
+        return caller
     caller = request.scope.get("state", {}).get(CALLER_STATE)
     if caller is None:  # an app mounted without the request guard (some tests build it so)
         caller = await run_in_threadpool(authenticate, request.app.state.db,

@@ -64,6 +64,28 @@ def check_file(path: Path, filename: str, min_examples: int = MIN_EXAMPLES) -> t
     return "error", _problems(report.errors)
 
 
+def file_issues(session: Session, project_id: str, store, file_id: str) -> list:
+    """Every problem of a project's data file with its line (``data.validate.Issue``), as the upload's checks
+    found them (``check_file``'s summary keeps the first few): the portal's validation table."""
+    from tempering.data.validate import Issue
+
+    row = data_file(session, project_id, file_id)
+    path = store.file_path(row.id)
+    minimum = 1 if row.purpose == "evals" else MIN_EXAMPLES
+    try:
+        try:
+            report = validate_any(path, min_examples=minimum)
+        except TemperingError:
+            report = validate_any(path, "chat", min_examples=minimum)
+    except TemperingError as exc:
+        return [Issue(line=None, code=exc.code or "invalid_file", message=exc.message.replace(str(path),
+                                                                                            row.filename))]
+    except (RecursionError, MemoryError, ValueError, UnicodeError, OSError) as exc:
+        return [Issue(line=None, code="unreadable", message=f"{row.filename} could not be read as training data "
+                                                            f"({type(exc).__name__})")]
+    return list(report.errors) + list(report.warnings)
+
+
 def _problems(issues) -> str:
     problems = [f"line {i.line}: {i.message} [{i.code}]" if i.line else f"{i.message} [{i.code}]" for i in issues]
     more = f"; and {len(problems) - SHOWN_PROBLEMS} more" if len(problems) > SHOWN_PROBLEMS else ""

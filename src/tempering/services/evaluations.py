@@ -89,3 +89,21 @@ def cancel_evaluation(session, project_id: str, evaluation_id: str) -> Evaluatio
     else:
         row.stop_requested = "cancel"
     return row
+
+
+def of_job(session, project_id: str, job_id: str):
+    """The evaluation a fine-tuning job wrote after training (base vs fine-tuned, ``evaluation.json`` in its run
+    folder); None while it has none (not finished, evaluation off, or its files gone)."""
+    from tempering.errors import ModelNotFoundError
+    from tempering.evaluate.report import read_report
+    from tempering.services.jobs import owned_job
+    from tempering.train import artifacts
+
+    job = owned_job(session, project_id, job_id)
+    if not job.fine_tuned_model:
+        return None
+    try:
+        folder, _ = artifacts.resolve_finetuned(job.fine_tuned_model)
+    except ModelNotFoundError:
+        return None
+    return read_report(folder.parent)
