@@ -79,6 +79,9 @@ def main() -> None:
                   f"{result.base_valid_loss:.4f}. Model: {result.model_id}. "
                   f"Total {time.perf_counter() - started:.0f} s.")
     console.print(f"Chat with it: tempering chat {result.model_id}")
+    console.print("Or in the web portal: run [bold].venv/bin/tempering serve[/], open [bold]http://127.0.0.1:8000/[/] "
+                  "and sign in as admin with the password it prints at its first start (its Models page lists "
+                  "this model; deploy it and open the playground).")
     raise SystemExit(0 if better else 1)
 
 
