@@ -282,14 +282,14 @@ class ChatService:
         if served.backend == "upstream":
             return self.serving.upstream(served.upstream_url, served.upstream_model, self.settings.upstream_api_key)
         if served.backend == "llama.cpp":
-            return self.serving.llamacpp(served.model, lambda: self._llamacpp(served))
+            tokenizer = self.serving.tokenizer(served.base_model)  # loaded already: the prompt was encoded with it
+            return self.serving.llamacpp(served.model, lambda: self._llamacpp(served, tokenizer))
         return self.serving.engine(served.base_model)
 
-    def _llamacpp(self, served: Served):
+    def _llamacpp(self, served: Served, tokenizer):
         from tempering.serve.llamacpp import LlamaCppEngine
         from tempering.services.deployments import gguf_of
 
-        tokenizer = self.serving.tokenizer(served.base_model)  # loaded already: the prompt was encoded with it
         ends = {tokenizer.eos_token_id} | {tokenizer.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|end|>")
                                            if t in tokenizer.get_vocab()}
         return LlamaCppEngine(lambda: gguf_of(served.model, self.settings), tokenizer, ends - {None},
