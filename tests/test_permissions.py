@@ -303,3 +303,12 @@ def test_the_documented_matrix_is_the_matrix():
     for action, (_, covers) in access.ACTIONS.items():
         cells = " | ".join("yes" if access.can(r, action) else "—" for r in access.ROLES)
         assert f"| `{action}` | {cells} | {covers} |" in doc, action
+
+
+def test_project_names_are_unique_in_a_hub(world):
+    app, client, keys, ids = world
+    admin = {"Authorization": f"Bearer {keys['admin']}"}
+    first = client.post("/v1/organization/projects", headers=admin, json={"name": "twins"})
+    assert first.status_code == 200 and first.json()["role"] == "owner"
+    again = client.post("/v1/organization/projects", headers=admin, json={"name": "twins"})
+    assert again.status_code == 409 and again.json()["error"]["param"] == "name"

@@ -386,6 +386,9 @@ def test_deploy_filter_toggle_and_delete(client, app, tiny_model):
     sign_in(reader, "rita", "correct-horse-battery")
     seen = reader.get("/deployments").text
     assert "base" in seen and ">Playground<" in seen and ">Delete<" not in seen and "Turn the filter" not in seen
+    detail = reader.get(f"/deployments/{deployment_id}")
+    assert detail.status_code == 200 and "Pricing and terms" in detail.text and "Request log" in detail.text
+    assert 'base_url="http://testserver/v1"' in detail.text and "Base model licence" in detail.text
     page = client.post(f"/deployments/{deployment_id}/delete", data={"csrf_token": token}).text
     assert "Deleted the deployment base" in page
 

@@ -113,9 +113,15 @@ def set_hub_member(session: Session, hub: Hub, user_id: str, role: str) -> None:
 
 def create_project(session: Session, hub: Hub, name: str, caller: Caller | None = None,
                    quotas: dict | None = None) -> Project:
-    """A new project in a hub; the user creating it (a hub admin) is its Owner."""
+    """A new project in a hub; the user creating it (a hub admin) is its Owner. Names are unique among the
+    hub's live projects."""
     quotas = {k: v for k, v in check_quotas(quotas).items() if v is not None}
-    project = Project(hub_id=hub.id, name=_name(name), quotas=quotas)
+    name = _name(name)
+    taken = session.scalars(select(Project.id).where(Project.hub_id == hub.id).where(Project.status == "active")
+                            .where(Project.name == name)).first()
+    if taken is not None:
+        raise ConflictError(f"the hub already has a project named '{name}'", param="name", code="project_exists")
+    project = Project(hub_id=hub.id, name=name, quotas=quotas)
     session.add(project)
     session.flush()
     if caller is not None and caller.user_id:

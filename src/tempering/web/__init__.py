@@ -41,6 +41,7 @@ PAGES: dict[tuple[str, str], str] = {
     ("POST", "/models/deploy"): "deployments.write",
     ("POST", "/models/delete"): "models.write",
     ("GET", "/deployments"): "project.read",
+    ("GET", "/deployments/{deployment_id}"): "project.read",
     ("POST", "/deployments/{deployment_id}/delete"): "deployments.write",
     ("POST", "/deployments/{deployment_id}/content-filter"): "deployments.write",
     ("GET", "/playground"): "deployments.call",

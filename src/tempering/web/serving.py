@@ -93,6 +93,45 @@ def deployments_page(request: Request, caller: PageCaller, created: str = ""):
     return _deployments_page(request, caller, notice=notice, created=created[:40])
 
 
+@router.get("/deployments/{deployment_id}")
+def deployment_page(request: Request, caller: PageCaller, deployment_id: str):
+    """One deployment: how to call it, its metrics and latency over its last requests, its request log, its
+    prices (the project's price table) and the base model's licence."""
+    from tempering.catalog import get_card
+    from tempering.services import deployments as service
+    from tempering.store.usage import hosting_cost, prices_for
+
+    _ = render.gettext_of(request, caller)
+    try:
+        with request.app.state.db.session(write=False) as s:
+            d = service.owned_deployment(s, caller.project_id, deployment_id)
+            s.expunge(d)
+            numbers = service.metrics(s, caller.project_id, d.id)
+            log = service.request_log(s, caller.project_id, d.id, after=None, limit=50).rows
+            for row in log:
+                s.expunge(row)
+            prices = prices_for(s, caller.project_id, d.base_model)
+    except TemperingError as exc:
+        return _deployments_page(request, caller, status=404, error=exc.message)
+    import time
+
+    hosted = (d.deleted_at or time.time()) - d.created_at
+    latencies = [r.latency_ms for r in reversed(log) if r.status < 400]
+    return page(request, caller, "deployment.html", deployment=d, metrics=numbers, log=log, prices=prices,
+                hosted_hours=hosted / 3600, hosted_cost=hosting_cost(hosted, prices),
+                licence=get_card(d.base_model).license, sparkline=_sparkline(latencies),
+                base_url=str(request.base_url).rstrip("/"))
+
+
+def _sparkline(values: list[float], width: int = 480, height: int = 80) -> str:
+    """SVG points of a latency line (oldest left), scaled to the slowest: drawn by the server, no script."""
+    if len(values) < 2:
+        return ""
+    top = max(values) or 1.0
+    step = width / (len(values) - 1)
+    return " ".join(f"{i * step:.1f},{height - v / top * (height - 4):.1f}" for i, v in enumerate(values))
+
+
 @router.post("/deployments/{deployment_id}/delete")
 def delete_deployment(request: Request, caller: PageCaller, deployment_id: str):
     from tempering.services.deployments import delete_deployment as delete
