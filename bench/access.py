@@ -8,8 +8,9 @@ routes that do nothing: ``GET /bench/noop`` (public: no key looked up, no permis
 allowed by ``api.permissions.authorize``: everything every /v1 route pays). Both pass through the same
 middleware, so the difference of their median latencies, measured alternately over one keep-alive connection,
 is what access control adds per request. Rate limiting is measured in the same run as the per-request cost of
-the limiter the serving routes call (requests and tokens per minute of a deployment, ``limits`` with in-process
-storage, and with ``--redis`` a ``redis-server`` this script starts on a free port).
+the limiter the serving routes call (``services.ratelimits``: a deployment's requests and tokens per minute
+admitted up front and settled after, ``limits`` with in-process storage, and with ``--redis`` a
+``redis-server`` this script starts on a free port).
 
 Prints a table: what | median | p90 (microseconds), and the overheads.
 """
@@ -92,16 +93,16 @@ def time_requests(base: str, key: str, n: int) -> dict[str, list[float]]:
 
 
 def time_limiter(url: str, n: int) -> list[float]:
-    """One request's limiter work on a serving route: a request hit and a token hit (moving window)."""
-    from limits import RateLimitItemPerMinute, storage, strategies
+    """One serving request's limiter work, as the chat service does it (``services.ratelimits``): admitted
+    against the deployment's requests and tokens per minute, then settled with the tokens it really used."""
+    from tempering.services.ratelimits import DeploymentLimiter
 
-    limiter = strategies.MovingWindowRateLimiter(storage.storage_from_string(url))
-    rpm, tpm = RateLimitItemPerMinute(10**9), RateLimitItemPerMinute(10**12)
+    limiter = DeploymentLimiter(url)
     out = []
-    for i in range(n):
+    for _ in range(n):
         start = time.perf_counter()
-        limiter.hit(rpm, "deployment", "bench")
-        limiter.hit(tpm, "deployment-tokens", "bench", cost=100)
+        limiter.admit("deploy-bench", "bench", 10**9, 10**12, 300)
+        limiter.settle("deploy-bench", 10**9, 10**12, 300, 120)
         out.append((time.perf_counter() - start) * 1e6)
     return out
 
@@ -151,7 +152,7 @@ def main() -> int:
     print(row("GET /bench/noop (public)", samples["public"]))
     print(row("GET /v1/bench/noop (key + permission)", samples["authenticated"]))
     for name, values in limiter.items():
-        print(row(f"rate limiter, requests + tokens ({name})", values))
+        print(row(f"rate limiter, admit + settle ({name})", values))
     auth = statistics.median(samples["authenticated"]) - statistics.median(samples["public"])
     print(f"authentication + permission check: {auth:.0f} us per request (median difference)")
     for name, values in limiter.items():

@@ -256,3 +256,76 @@ def test_the_main_flow_in_chromium(portal, browser, shots, tmp_path):
     assert requests_elsewhere == []  # nothing phones home
     assert shots.violations == []  # axe-core: no serious or critical accessibility violation on any step
     page.close()
+
+
+@pytest.fixture(scope="module")
+def embedded_portal(tmp_path_factory):
+    """A live server (one worker) in a fresh home: the catalog's embedded default is the model to tune."""
+    home = tmp_path_factory.mktemp("portal-embedded-home")
+    port = _free_port()
+    env = {**os.environ, "TEMPERING_HOME": str(home), "TEMPERING_WORKER_LEASE_SECONDS": "30",
+           "OMP_NUM_THREADS": str(os.cpu_count() or 1)}  # a real model: every core
+    process = subprocess.Popen([sys.executable, "-m", "tempering.cli.main", "serve", "--port", str(port)],  # noqa: S603 - our own CLI, fixed arguments
+                               env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        password = _start(process, port)
+        yield f"http://127.0.0.1:{port}", password
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def test_the_main_flow_on_the_embedded_model(embedded_portal, browser, tmp_path):
+    """The same flow on SmolLM2-135M-Instruct, the embedded default: search → Fine-tune → wizard → Submit →
+    Completed → Deploy → the playground answers in words → Delete."""
+    expect = playwright_api.expect
+    base, password = embedded_portal
+    page = browser.new_page()
+    page.set_default_timeout(30_000)
+    rail = page.get_by_role("navigation", name="Main")
+    page.goto(base + "/signin")
+    page.get_by_label("Username").fill("admin")
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+    cards = page.locator("article.model-card")
+    page.get_by_label("Search models").fill("smollm2")
+    cards.filter(has_text="smollm2-135m-instruct").get_by_role("link", name="Fine-tune").click()
+    page.get_by_label("Model suffix").fill("e2e")
+    page.get_by_role("button", name="Next").click()
+    good = tmp_path / "good.jsonl"
+    good.write_text(GOOD, encoding="utf-8")
+    page.get_by_label("Chat completion").check()
+    page.get_by_label("Or upload a new file").set_input_files(str(good))
+    page.get_by_role("button", name="Next").click()
+    page.get_by_label("Split automatically from the training data").check()
+    page.get_by_role("button", name="Next").click()
+    page.get_by_label("Number of epochs").fill("1")
+    page.get_by_role("button", name="Next").click()
+    expect(page.get_by_text("Trained tokens")).to_be_visible()
+    page.get_by_role("button", name="Submit").click()
+    expect(page.locator("#job-status")).to_have_text("succeeded", timeout=600_000)
+    model = page.locator("#job-model").inner_text().strip()
+    assert model.startswith("ft:smollm2-135m-instruct:e2e:")
+
+    rail.get_by_role("link", name="Models", exact=True).click()
+    row = page.locator("tr", has_text=model)
+    row.get_by_label("Deployment name").fill("smol")
+    row.get_by_role("button", name="Deploy").click()
+    expect(page.get_by_role("status")).to_contain_text("Deployed")
+    page.locator("tr", has_text="smol").get_by_role("link", name="Playground").click()
+    page.get_by_label("Your message").fill("What color is item 3?")
+    page.get_by_role("button", name="Send").click()
+    reply = page.get_by_test_id("reply").first
+    expect(reply).to_have_attribute("aria-busy", "false", timeout=180_000)
+    assert re.search(r"[A-Za-z]{2,}", reply.inner_text())  # a real model answers in words
+
+    rail.get_by_role("link", name="Deployments").click()
+    page.locator("tr", has_text="smol").get_by_role("button", name="Delete").click()
+    expect(page.get_by_role("status")).to_contain_text("Deleted the deployment smol")
+    rail.get_by_role("link", name="Models", exact=True).click()
+    page.locator("tr", has_text=model).get_by_role("button", name="Delete").click()
+    expect(page.get_by_role("status")).to_contain_text(f"Deleted {model}")
+    page.close()

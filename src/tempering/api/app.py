@@ -69,13 +69,7 @@ def _background(db: Database, settings: Settings, workers: int, cipher):
 def create_app(settings: Settings, *, workers: int = 1) -> FastAPI:
     db = Database(settings.database)
     db.migrate()
-    first = ensure_admin_key(db)
-    if first.admin_password:
-        print(f"Created the admin user 'admin' with the password (shown once, store it now): "
-              f"{first.admin_password}", file=sys.stderr, flush=True)
-    if first.admin_key:
-        print(f"Created the admin API key (shown once, store it now): {first.admin_key}", file=sys.stderr,
-              flush=True)
+    first = _first_start(db)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -123,6 +117,24 @@ def create_app(settings: Settings, *, workers: int = 1) -> FastAPI:
 
     web.mount(app)  # the portal's pages, under the same permission dependency (web.PAGES)
 
+    _meta_routes(app, settings, monitor)
+    return app
+
+
+def _first_start(db):
+    """What the server's first start creates (``accounts.bootstrap``), printed once on standard error."""
+    first = ensure_admin_key(db)
+    if first.admin_password:
+        print(f"Created the admin user 'admin' with the password (shown once, store it now): "
+              f"{first.admin_password}", file=sys.stderr, flush=True)
+    if first.admin_key:
+        print(f"Created the admin API key (shown once, store it now): {first.admin_key}", file=sys.stderr,
+              flush=True)
+    return first
+
+
+def _meta_routes(app: FastAPI, settings: Settings, monitor) -> None:
+    """``/health`` and ``/metrics`` (public routes; /metrics has its own scrape token)."""
     @app.get("/health", tags=["meta"])
     def health() -> dict:
         return {"status": "ok", "version": tempering.__version__}
@@ -145,5 +157,3 @@ def create_app(settings: Settings, *, workers: int = 1) -> FastAPI:
             raise errors.APIError(401, "/metrics needs the scrape token: 'Authorization: Bearer TOKEN'.",
                                   code="invalid_api_key")
         return Response(generate_latest(monitor.registry), media_type=CONTENT_TYPE_LATEST)
-
-    return app
