@@ -96,9 +96,11 @@ def portal(tiny_phi3_dir, tmp_path_factory):
             process.kill()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """One headless Chromium for the session."""
+    """One headless Chromium for the browser tests (they are all in this module). Module-scoped, not
+    session-scoped: Playwright's sync API holds a running event loop on the main thread while it is open, and
+    later tests that call ``asyncio.run`` would fail."""
     with playwright_api.sync_playwright() as p:
         chromium = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=["--no-sandbox"])
         yield chromium

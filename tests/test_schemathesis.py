@@ -263,6 +263,14 @@ def test_stateful_sequences_have_no_server_errors(api_schema):
         for hook in seeded.get_all_by_name(name):
             schema.hooks.register_hook_with_name(hook, name)
     calls: list[tuple[str, int]] = []
+    # State carries over between scenarios, and hypothesis replays them: calls whose answer depends on what an
+    # earlier scenario did make its generation inconsistent (FlakyStrategyDefinition). Those are the calls that
+    # change who the run itself is (revoking its own key, deleting or demoting its project or user) and the
+    # creations of uniquely named objects (a project or user name taken the second time: 409). They stay in
+    # the positive and negative runs above.
+    schema = schema.exclude(method=["DELETE", "POST"], path_regex=r"^/v1/organization/(projects(/\{project_id\}"
+                            r"(/api_keys/\{key_id\}|/users/\{user_id\})?)?|users(/\{user_id\})?"
+                            r"|hubs/\{hub_id\}/projects)$")
 
     class Machine(schema.as_state_machine()):
         def get_call_kwargs(self, case):
