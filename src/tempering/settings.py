@@ -87,10 +87,11 @@ class Settings(BaseSettings):
                                           "model's context).")
     serve_threads: int | None = Field(default=None, ge=1, description="CPU threads for the serving engines "
                                       "(default: torch's choice).")
-    serve_quantize: Literal["none", "int8"] = Field(
+    serve_quantize: Literal["none", "int8", "int4"] = Field(
         default="none", description="Weights of served base models: 'none' keeps the model's dtype (float32 on "
         "a CPU); 'int8' stores the linear layers as int8 per channel, about 3x faster decoding on a CPU, with "
-        "slightly different answers (docs/serving.md). Adapters stay float.")
+        "slightly different answers; 'int4' as int4 in groups of 32 (half int8's bytes; answers differ more) "
+        "(docs/serving.md). Adapters stay float.")
     upstream_api_key: str | None = Field(default=None, description="Bearer key sent to upstream "
                                          "(OpenAI-compatible) backends of deployments; only ever sent to the "
                                          "allowed upstream URLs.")

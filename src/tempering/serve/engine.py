@@ -141,10 +141,10 @@ class TransformersEngine:
         card = get_card(self.base_model)
         self.tokenizer = load_tokenizer(card)
         model = load_causal_lm(card, select_placement(self.device_request)).eval()
-        if self.quantize == "int8":
-            from tempering.serve.quantize import quantize_int8
+        if self.quantize in ("int8", "int4"):
+            from tempering.serve import quantize
 
-            quantize_int8(model)
+            getattr(quantize, f"quantize_{self.quantize}")(model)
         from tempering.serve import rope
 
         rope.per_row(model)  # LongRoPE: a long row must not switch its neighbours to the long factors
