@@ -76,6 +76,12 @@ class Constrainer:
         self._ll = None
         self._lock = threading.Lock()
 
+    @classmethod
+    def for_model(cls, tokenizer, model, eos_ids: set[int]) -> Constrainer:
+        """The constrainer of a loaded causal LM: its vocabulary is the output embedding's rows (which may pass
+        the tokenizer's length, as Phi-3's 32,064 rows for 32,011 tokens)."""
+        return cls(tokenizer, model.get_output_embeddings().weight.shape[0], eos_ids)
+
     def _llguidance_tokenizer(self):
         with self._lock:
             if self._ll is None:

@@ -1,13 +1,44 @@
-"""Decoding pieces shared by the serving engine and the plain decode loop of ``serve.local``: incremental
-detokenization, a model's end-of-sequence ids, and picking the next token from logits. Knows nothing about
+"""Decoding pieces shared by the serving engines (``serve.engine``, ``serve.llamacpp``) and the plain decode loop
+of ``serve.local``: incremental detokenization, a model's end-of-sequence ids, picking the next token from
+logits, and the hand-off of chunks from a decoding thread to the caller's event loop. Knows nothing about
 batching, adapters or HTTP.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
 import torch
 
-from tempering.serve.params import SamplingParams
+from tempering.serve.params import Chunk, SamplingParams
+
+
+class Handoff:
+    """Chunks from a decoding thread to the caller's event loop, in order. Made on the caller's loop;
+    ``deliver`` (thread-safe) takes a ``Chunk`` or an exception, ``stream`` yields the chunks up to the one with
+    a finish reason and raises a delivered exception."""
+
+    def __init__(self):
+        self._loop = asyncio.get_running_loop()
+        self._queue: asyncio.Queue = asyncio.Queue()
+
+    def deliver(self, item: Chunk | BaseException) -> None:
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, item)
+
+    async def stream(self, on_close: Callable[[], None]) -> AsyncIterator[Chunk]:
+        """The chunks; ``on_close`` runs however the stream ends (the answer ended, it failed, or the caller
+        stopped reading), so the decoding side can let the sequence go."""
+        try:
+            while True:
+                item = await self._queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if item.finish_reason is not None:
+                    return
+        finally:
+            on_close()
 
 
 class Detokenizer:

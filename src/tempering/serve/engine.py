@@ -20,6 +20,7 @@ import queue
 import threading
 from collections import deque
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from transformers import DynamicCache
 
 from tempering.errors import InvalidConfigError, TemperingError
 from tempering.serve.adapters import BASE, AdapterHost, adapter_name
-from tempering.serve.decode import Detokenizer, eos_ids, pick_token
+from tempering.serve.decode import Detokenizer, Handoff, eos_ids, pick_token
 from tempering.serve.params import Chunk, SamplingParams, TokenLogprob, TopLogprob
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,7 @@ class TransformersEngine:
         self.eos_ids = eos_ids(self.tokenizer, model)
         from tempering.serve.constrain import Constrainer
 
-        self.constrainer = Constrainer(self.tokenizer, model.get_output_embeddings().weight.shape[0], self.eos_ids)
+        self.constrainer = Constrainer.for_model(self.tokenizer, model, self.eos_ids)
         self.adapters = AdapterHost(model, self.max_adapters)
 
     @property
@@ -167,7 +168,6 @@ class TransformersEngine:
     async def generate(self, prompt_ids: list[int], params: SamplingParams,
                        adapter: Path | None = None) -> AsyncIterator[Chunk]:
         """Stream the continuation of ``prompt_ids`` under ``adapter`` (a PEFT folder; None: the base)."""
-        loop = asyncio.get_running_loop()
         if not self._ready.is_set():
             await asyncio.to_thread(self.wait_ready)
         elif self._load_error is not None:
@@ -178,23 +178,19 @@ class TransformersEngine:
         if room < 1:
             raise InvalidConfigError(f"the prompt is {len(prompt_ids)} tokens; the model's context is "
                                      f"{self.context_length}", param="messages")
-        out: asyncio.Queue = asyncio.Queue()
+        handoff = Handoff()
         seq = _Sequence(list(prompt_ids), params, adapter_name(adapter) if adapter else BASE,
-                        Path(adapter) if adapter else None, min(params.max_tokens, room),
-                        lambda item: loop.call_soon_threadsafe(out.put_nowait, item))
+                        Path(adapter) if adapter else None, min(params.max_tokens, room), handoff.deliver)
         if params.response_format is not None:  # compiled off the loop (the first one builds the token trie)
             seq.matcher = await asyncio.to_thread(self.constrainer.matcher, params.response_format)
         self._inbox.put(seq)
-        try:
-            while True:
-                item = await out.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if item.finish_reason is not None:
-                    return
-        finally:
-            seq.cancelled = True  # the caller stopped reading (or the answer ended): leave the batch
+
+        def leave() -> None:  # the caller stopped reading (or the answer ended): leave the batch
+            seq.cancelled = True
+
+        async with aclosing(handoff.stream(on_close=leave)) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     # -- the decode loop (engine thread) -----------------------------------------------------------------------
 

@@ -10,13 +10,13 @@ structured outputs and log-probabilities stay the embedded engine's.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from pathlib import Path
 
 from tempering.errors import InvalidConfigError, TemperingError
-from tempering.serve.decode import Detokenizer
+from tempering.serve.decode import Detokenizer, Handoff
 from tempering.serve.params import Chunk, SamplingParams
 
 
@@ -54,24 +54,13 @@ class LlamaCppEngine:
         if room < 1:
             raise InvalidConfigError(f"the prompt is {len(prompt_ids)} tokens; this deployment's context is "
                                      f"{self.context_length}", param="messages")
-        loop, out = asyncio.get_running_loop(), asyncio.Queue()
-        cancelled = threading.Event()
-        def deliver(item) -> None:
-            loop.call_soon_threadsafe(out.put_nowait, item)
-
+        handoff, cancelled = Handoff(), threading.Event()
         worker = threading.Thread(target=self._decode, args=(list(prompt_ids), params, min(params.max_tokens, room),
-                                                             deliver, cancelled), daemon=True)
+                                                             handoff.deliver, cancelled), daemon=True)
         worker.start()
-        try:
-            while True:
-                item = await out.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if item.finish_reason is not None:
-                    return
-        finally:
-            cancelled.set()
+        async with aclosing(handoff.stream(on_close=cancelled.set)) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     def _decode(self, prompt: list[int], params: SamplingParams, budget: int, deliver, cancelled) -> None:
         try:

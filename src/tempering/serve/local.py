@@ -38,8 +38,7 @@ class ChatModel:
         if self.constrainer is None:
             from tempering.serve.constrain import Constrainer
 
-            self.constrainer = Constrainer(self.tokenizer, self.model.get_output_embeddings().weight.shape[0],
-                                           self.eos_ids)
+            self.constrainer = Constrainer.for_model(self.tokenizer, self.model, self.eos_ids)
         return self.constrainer.matcher(spec)
 
 
