@@ -4,25 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import socket
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import openai
 import pytest
 from conftest import TINY_ID, chat_example
+from live_server import live_server, register_model
 
 from tempering.settings import reset_settings
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _jsonl(rows) -> bytes:
@@ -37,51 +29,10 @@ TRAIN = _jsonl([chat_example(f"What color is item {i}?", f"Item {i} is {['red', 
 def server(tiny_model_dir, tmp_path_factory):
     """A live ``tempering serve`` (one worker) on a free loopback port, with the tiny model registered."""
     home = tmp_path_factory.mktemp("server-home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TEMPERING_HOME", str(home))
-        reset_settings()
-        from tempering.catalog import register_local_path
-
-        register_local_path(TINY_ID, tiny_model_dir)
-    reset_settings()
-    port = _free_port()
-    env = {**os.environ, "TEMPERING_HOME": str(home), "TEMPERING_WORKER_LEASE_SECONDS": "10"}
-    process = subprocess.Popen([sys.executable, "-m", "tempering.cli.main", "serve", "--port", str(port)],
-                               env=env, stderr=subprocess.PIPE, text=True)
-    key = _read_key_and_wait(process, port)
-    assert key, "the server printed no admin key"
-    base = f"http://127.0.0.1:{port}/v1"
-    yield openai.OpenAI(base_url=base, api_key=key, max_retries=0), home
-    process.terminate()
-    process.wait(timeout=30)
-
-
-def _read_key_and_wait(process, port: int, timeout: float = 60) -> str | None:
-    """The admin key the server prints on its first start (None on later starts), once it accepts
-    connections; its stderr is drained in the background all along (the key is printed before the
-    server binds its port, so it has been read once a connection succeeds)."""
-    lines: list[str] = []
-
-    def drain():
-        for line in process.stderr:
-            lines.append(line)
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the server exited with {process.returncode}: {''.join(lines)[-2000:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        except OSError:
-            time.sleep(0.1)
-            continue
-        time.sleep(0.2)  # the key's line, written before the bind, reaches the reader
-        keys = [m.group(1) for m in (re.search(r"(tk-\S+)", line) for line in lines) if m]
-        return keys[-1] if keys else None
-    process.kill()  # never leave a server behind a failed start
-    raise AssertionError("the server never accepted connections")
+    register_model(home, TINY_ID, tiny_model_dir)
+    with live_server(home) as (url, key):
+        assert key, "the server printed no admin key"
+        yield openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0), home
 
 
 def _wait(client, job_id: str, timeout: float = 180):

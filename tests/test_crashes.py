@@ -22,9 +22,9 @@ from pathlib import Path
 import httpx
 import pytest
 from conftest import TINY_ID
+from live_server import free_port, register_model
 from test_workers import TRAIN, Cluster, _wait
 
-from tempering.settings import reset_settings
 from tempering.store.models import run_id_of
 
 pytestmark = pytest.mark.e2e
@@ -36,17 +36,9 @@ HYPERPARAMETERS = {"n_epochs": 3, "batch_size": 2}
 @pytest.fixture
 def faulty(tiny_model_dir, tmp_path):
     """A cluster (``test_workers.Cluster``) whose runners load the fault injector, with its fault folder."""
-    from test_api import _free_port
-
-    from tempering.catalog import register_local_path
-
     home = tmp_path / "cluster-home"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TEMPERING_HOME", str(home))
-        reset_settings()
-        register_local_path(TINY_ID, tiny_model_dir)
-    reset_settings()
-    cluster = Cluster(home, _free_port())
+    register_model(home, TINY_ID, tiny_model_dir)
+    cluster = Cluster(home, free_port())
     fault = tmp_path / "fault"
     fault.mkdir()
     path = os.pathsep.join(p for p in (str(FAULTS), os.environ.get("PYTHONPATH")) if p)

@@ -12,9 +12,8 @@ import httpx
 import openai
 import pytest
 from conftest import TINY_ID, chat_example
-from test_api import _free_port, _jsonl, _read_key_and_wait, _wait
-
-from tempering.settings import reset_settings
+from live_server import free_port, register_model, wait_until_serving
+from test_api import _jsonl, _wait
 
 QUESTION = [{"role": "user", "content": "What color is item 3?"}]
 GREEDY = {"temperature": 0, "max_tokens": 12}
@@ -25,17 +24,11 @@ def _start(home, port: int, extra_env: dict | None = None):
            "TEMPERING_SERVE_THREADS": "1", **(extra_env or {})}
     process = subprocess.Popen([sys.executable, "-m", "tempering.cli.main", "serve", "--port", str(port)],
                                env=env, stderr=subprocess.PIPE, text=True)
-    return process, _read_key_and_wait(process, port)
+    return process, wait_until_serving(process, port)
 
 
 def _register_tiny(home, tiny_model_dir):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TEMPERING_HOME", str(home))
-        reset_settings()
-        from tempering.catalog import register_local_path
-
-        register_local_path(TINY_ID, tiny_model_dir)
-    reset_settings()
+    register_model(home, TINY_ID, tiny_model_dir)
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +37,7 @@ def served(tiny_model_dir, tmp_path_factory):
     the base and both fine-tuned models."""
     home = tmp_path_factory.mktemp("deploy-home")
     _register_tiny(home, tiny_model_dir)
-    port = _free_port()
+    port = free_port()
     process, key = _start(home, port)
     base_url = f"http://127.0.0.1:{port}/v1"
     client = openai.OpenAI(base_url=base_url, api_key=key, max_retries=0)
@@ -185,7 +178,7 @@ def test_upstream_backend_forwards_to_an_openai_compatible_server(served, tiny_m
     /v1/completions) answers exactly what the first answers."""
     home = tmp_path / "front"
     _register_tiny(home, tiny_model_dir)  # the tokenizer and chat template only; no adapter files here
-    port = _free_port()
+    port = free_port()
     process, key = _start(home, port, {"TEMPERING_UPSTREAM_API_KEY": served["key"],
                                        "TEMPERING_UPSTREAM_ALLOWED_URLS": json.dumps([served["base_url"]])})
     try:
@@ -207,7 +200,7 @@ def test_upstream_backend_forwards_to_an_openai_compatible_server(served, tiny_m
 def test_deployments_survive_a_restart(tiny_model_dir, tmp_path):
     home = tmp_path / "home"
     _register_tiny(home, tiny_model_dir)
-    port = _free_port()
+    port = free_port()
     process, key = _start(home, port)
     try:
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key, max_retries=0)

@@ -18,7 +18,8 @@ import time
 import httpx
 import pytest
 from conftest import TINY_ID, chat_example
-from test_api import _free_port, _jsonl
+from live_server import free_port
+from test_api import _jsonl
 from test_deployments import _register_tiny, _start
 
 from tempering.settings import Settings, reset_settings
@@ -355,7 +356,7 @@ def live(tiny_model_dir, tmp_path_factory):
     home = tmp_path_factory.mktemp("hardening-live")
     tmpdir = tmp_path_factory.mktemp("hardening-tmpdir")
     _register_tiny(home, tiny_model_dir)
-    port = _free_port()
+    port = free_port()
     process, key = _start(home, port, {"TMPDIR": str(tmpdir), "TEMP": str(tmpdir), "TMP": str(tmpdir),
                                        "TEMPERING_SERVER_WORKERS": "0",
                                        "TEMPERING_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT)})

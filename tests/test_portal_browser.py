@@ -16,16 +16,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from tempering.settings import reset_settings
 from tests.conftest import PHI3_ID, chat_example
+from tests.live_server import ADMIN_PASSWORD, live_server, register_model
 
 CHROMIUM = Path("/usr/bin/chromium")
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
@@ -37,63 +33,14 @@ GOOD = "".join(json.dumps(chat_example(f"What color is item {i}?", f"Item {i} is
 BAD = GOOD + '{"messages": [{"role": "user", "content": "no answer"}]}\nnot json\n'
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _start(process, port: int, timeout: float = 90) -> str:
-    """The admin password the server prints at its first start, once it accepts connections (stderr is
-    drained in the background all along)."""
-    import socket
-
-    lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(process.stderr), daemon=True).start()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"the server exited with {process.returncode}: {''.join(lines)[-2000:]}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        except OSError:
-            time.sleep(0.1)
-            continue
-        time.sleep(0.2)
-        found = [m.group(1) for m in (re.search(r"admin user 'admin' with the password .*: (\S+)", line)
-                                      for line in lines) if m]
-        assert found, "the server printed no admin password"
-        return found[-1]
-    process.kill()
-    raise AssertionError("the server never accepted connections")
-
-
 @pytest.fixture(scope="module")
 def portal(tiny_phi3_dir, tmp_path_factory):
     """A live server (one worker) with the tiny Phi-3 registered as phi-3-mini-4k-instruct."""
     home = tmp_path_factory.mktemp("portal-home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TEMPERING_HOME", str(home))
-        reset_settings()
-        from tempering.catalog import register_local_path
-
-        register_local_path(PHI3_ID, tiny_phi3_dir)
-    reset_settings()
-    port = _free_port()
-    env = {**os.environ, "TEMPERING_HOME": str(home), "TEMPERING_WORKER_LEASE_SECONDS": "10"}
-    process = subprocess.Popen([sys.executable, "-m", "tempering.cli.main", "serve", "--port", str(port)],  # noqa: S603 - our own CLI, fixed arguments
-                               env=env, stderr=subprocess.PIPE, text=True)
-    try:
-        password = _start(process, port)
-        yield f"http://127.0.0.1:{port}", password
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    register_model(home, PHI3_ID, tiny_phi3_dir)
+    with live_server(home, secret=ADMIN_PASSWORD, timeout=90) as (url, password):
+        assert password, "the server printed no admin password"
+        yield url, password
 
 
 @pytest.fixture(scope="module")
@@ -270,20 +217,11 @@ def test_the_main_flow_in_chromium(portal, browser, shots, tmp_path):
 def embedded_portal(tmp_path_factory):
     """A live server (one worker) in a fresh home: the catalog's embedded default is the model to tune."""
     home = tmp_path_factory.mktemp("portal-embedded-home")
-    port = _free_port()
-    env = {**os.environ, "TEMPERING_HOME": str(home), "TEMPERING_WORKER_LEASE_SECONDS": "30",
+    env = {"TEMPERING_WORKER_LEASE_SECONDS": "30",
            "OMP_NUM_THREADS": str(os.cpu_count() or 1)}  # a real model: every core
-    process = subprocess.Popen([sys.executable, "-m", "tempering.cli.main", "serve", "--port", str(port)],  # noqa: S603 - our own CLI, fixed arguments
-                               env=env, stderr=subprocess.PIPE, text=True)
-    try:
-        password = _start(process, port)
-        yield f"http://127.0.0.1:{port}", password
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    with live_server(home, env=env, secret=ADMIN_PASSWORD, timeout=90) as (url, password):
+        assert password, "the server printed no admin password"
+        yield url, password
 
 
 def test_the_main_flow_on_the_embedded_model(embedded_portal, browser, tmp_path):

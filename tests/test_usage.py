@@ -15,10 +15,11 @@ import time
 import httpx
 import pytest
 from conftest import TINY_ID, chat_example
+from live_server import live_server, register_model
 from postgres_fixture import postgres_server_fixture, postgres_url_fixture  # noqa: F401  (the fixtures)
-from test_api import TRAIN, _free_port, _jsonl, _read_key_and_wait
+from test_api import TRAIN, _jsonl
 
-from tempering.settings import Settings, reset_settings
+from tempering.settings import Settings
 from tempering.store import usage
 
 PRICES = {"training_per_1k_tokens": 0.5, "hosting_per_hour": 36.0, "input_per_1k_tokens": 0.1,
@@ -82,26 +83,11 @@ def _chat(base_url: str, key: str, model: str) -> dict:
 @pytest.fixture(scope="module")
 def foundry(tiny_model_dir, tmp_path_factory):
     home = tmp_path_factory.mktemp("usage-home")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TEMPERING_HOME", str(home))
-        reset_settings()
-        from tempering.catalog import register_local_path
-
-        register_local_path(TINY_ID, tiny_model_dir)
-    reset_settings()
-    port = _free_port()
-    env = {**os.environ, "TEMPERING_HOME": str(home), "TEMPERING_WORKER_LEASE_SECONDS": "10",
-           "TEMPERING_SERVE_THREADS": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "tempering.cli.main", "serve", "--port", str(port)],
-                               env=env, stderr=subprocess.PIPE, text=True)
-    try:
-        key = _read_key_and_wait(process, port)
-        base_url = f"http://127.0.0.1:{port}/v1"
+    register_model(home, TINY_ID, tiny_model_dir)
+    with live_server(home, env={"TEMPERING_SERVE_THREADS": "1"}) as (url, key):
+        base_url = f"{url}/v1"
         http = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=120)
         yield _set_up(http, home, base_url, key)
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def _set_up(http, home, base_url: str, key: str) -> dict:

@@ -15,9 +15,9 @@ import openai
 import pytest
 import torch
 from conftest import TINY_ID, chat_example
+from live_server import free_port, register_model, wait_until_serving
 from safetensors.torch import load_file
 
-from tempering.settings import reset_settings
 from tempering.store.models import run_id_of
 
 TRAIN = "".join(json.dumps(chat_example(f"Name number {i}.", f"Number {i} is {i * 11}.")) + "\n"
@@ -34,12 +34,10 @@ class Cluster:
         self.key = None
 
     def start_server(self) -> openai.OpenAI:
-        from test_api import _read_key_and_wait
-
         self.server = subprocess.Popen([sys.executable, "-m", "tempering.cli.main", "serve", "--port",
                                         str(self.port), "--workers", "0"], env=self.env, stderr=subprocess.PIPE,
                                        text=True)
-        key = _read_key_and_wait(self.server, self.port)
+        key = wait_until_serving(self.server, self.port)
         self.key = self.key or key  # printed on the first start only
         return openai.OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key=self.key, max_retries=2)
 
@@ -50,17 +48,9 @@ class Cluster:
 
 @pytest.fixture
 def cluster(tiny_model_dir, tmp_path):
-    from test_api import _free_port
-
-    from tempering.catalog import register_local_path
-
     home = tmp_path / "cluster-home"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("TEMPERING_HOME", str(home))
-        reset_settings()
-        register_local_path(TINY_ID, tiny_model_dir)
-    reset_settings()
-    c = Cluster(home, _free_port())
+    register_model(home, TINY_ID, tiny_model_dir)
+    c = Cluster(home, free_port())
     yield c
     if c.server and c.server.poll() is None:
         c.server.kill()
