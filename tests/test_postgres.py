@@ -131,8 +131,11 @@ def _race(postgres_url, tmp_path, processes: int) -> dict[str, list[str]]:
 def test_racing_claims_stay_within_the_project_quotas(postgres_url, tmp_path):
     """The queue's quotas are part of the one claim: four processes racing for twenty jobs of a project allowed
     three at once take exactly three; with a day's trained tokens for two jobs, two."""
+    from sqlalchemy import func, select
+
     from tempering.jobs import queue
     from tempering.store.db import Database
+    from tempering.store.models import Job, JobEvent
 
     db = Database(postgres_url)
     db.migrate()
@@ -144,8 +147,11 @@ def test_racing_claims_stay_within_the_project_quotas(postgres_url, tmp_path):
         _seed_jobs(db, 20, quotas={"trained_tokens_per_day": 250}, estimated_tokens=100)
         (tmp_path / "go").unlink()
         assert sum(len(jobs) for jobs in _race(postgres_url, tmp_path, 4).values()) == 2
-        assert queue.note_quota_waits(db) == 17 + 18  # each waiting job told why, once
-        assert queue.note_quota_waits(db) == 0
+        assert queue.claim(db, "late", 30) is None
+        with db.session(write=False) as session:  # each waiting job told why by the claims, once
+            told = session.scalars(select(JobEvent.job_id).where(JobEvent.message.startswith("Waiting:"))).all()
+            assert len(told) == len(set(told)) == 17 + 18
+            assert session.scalar(select(func.count(Job.id)).where(Job.quota_wait.is_not(None))) == 17 + 18
     finally:
         db.dispose()
 

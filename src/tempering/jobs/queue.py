@@ -11,7 +11,9 @@ day (the jobs first claimed that day count with their trained tokens, or their e
 failed jobs count nothing). The quotas are part of the one claim statement, so two workers never both take
 the last slot: SQLite runs the claim under its write lock; PostgreSQL first locks the rows of the projects
 involved, so concurrent claims for one project run one after the other and each counts what the other took.
-``note_quota_waits`` tells a waiting job why, once per reason, as an event.
+The claim also tells each job it leaves waiting on a quota why (its project at ``concurrent_jobs``, or its
+estimate past what is left of today's tokens), once per quota, as an event, in the claim's own transaction:
+the claim that takes a project's last slot tells the project's other waiting jobs at once.
 """
 
 from __future__ import annotations
@@ -71,7 +73,10 @@ def claim(db: Database, worker_id: str, lease_seconds: float, table: Work = Job)
                      .limit(1).with_for_update(skip_locked=True).scalar_subquery())
         statement = (update(table).where(table.id == candidate, claimable).values(**values)
                      .returning(table.id).execution_options(synchronize_session=False))
-        return session.execute(statement).scalar_one_or_none()
+        claimed = session.execute(statement).scalar_one_or_none()
+        if table is Job:  # counted after the claim: the job it took holds its project's slot
+            _tell(session, _quota_news(session, now, quotas))
+        return claimed
 
 
 def _waiting_projects(session, claimable, *, lock: bool = False) -> dict[str, Quotas]:
@@ -124,39 +129,37 @@ def quota_wait_reason(job: Job, quotas: Quotas, running: int, used_today: int) -
     return None
 
 
-def note_quota_waits(db: Database) -> int:
-    """Tell each waiting job which of its project's quotas holds it back, as an event, once per quota (the
-    job's ``quota_wait``, cleared when it is claimed); returns how many were told. Three reads whatever the
-    queue's length (the waiting jobs, then per project the jobs held and the day's tokens); a write only when
-    there is something new to tell."""
-    now = time.time()
-    news: dict[str, tuple[str, str]] = {}
-    with db.session(write=False) as session:  # most polls find nothing new: no write lock for them
-        jobs = list(session.execute(select(Job.id, Job.project_id, Job.claimed_at, Job.estimated_tokens,
-                                           Job.quota_wait).where(Job.status.in_(WAITING), Job.worker_id.is_(None))))
-        projects = sorted({job.project_id for job in jobs})
-        if not projects:
-            return 0
-        mine = Job.project_id.in_(projects)
-        running = dict(session.execute(select(Job.project_id, func.count(Job.id))
-                                       .where(mine, _held(Job, now)).group_by(Job.project_id)).all())
-        used = dict(session.execute(select(Job.project_id, func.sum(_day_tokens(Job)))
-                                    .where(mine, Job.claimed_at >= int(now // DAY * DAY), Job.status != "failed")
-                                    .group_by(Job.project_id)).all())
-        quotas = {p: effective_quotas(session, p) for p in projects}
-        for job in jobs:  # a waiting job is neither held nor (unclaimed) counted today: the sums are the others'
-            reason = quota_wait_reason(job, quotas[job.project_id], running.get(job.project_id, 0),
-                                       int(used.get(job.project_id) or 0))
-            if reason is not None and reason[0] != job.quota_wait:
-                news[job.id] = reason
-    if news:
-        with db.session() as session:
-            for job_id, (quota, message) in news.items():
-                job = session.get(Job, job_id)
-                if job is not None and job.worker_id is None and job.status in WAITING:
-                    job.quota_wait = quota
-                    session.add(JobEvent(job_id=job_id, level="info", message=message, type="message"))
-    return len(news)
+def _quota_news(session, now: float, quotas: dict[str, Quotas]) -> dict[str, tuple[str, str]]:
+    """What to tell the waiting jobs of the projects of ``quotas``: job id → (quota, message) for each held back
+    by a quota other than the one it was last told. Three reads whatever the queue's length (the waiting jobs,
+    then per project the jobs held and the day's tokens)."""
+    mine = Job.project_id.in_(list(quotas))
+    jobs = list(session.execute(select(Job.id, Job.project_id, Job.claimed_at, Job.estimated_tokens, Job.quota_wait)
+                                .where(mine, Job.status.in_(WAITING), Job.worker_id.is_(None))))
+    if not jobs:
+        return {}
+    running = dict(session.execute(select(Job.project_id, func.count(Job.id))
+                                   .where(mine, _held(Job, now)).group_by(Job.project_id)).all())
+    used = dict(session.execute(select(Job.project_id, func.sum(_day_tokens(Job)))
+                                .where(mine, Job.claimed_at >= int(now // DAY * DAY), Job.status != "failed")
+                                .group_by(Job.project_id)).all())
+    news = {}
+    for job in jobs:  # a waiting job is neither held nor (unclaimed) counted today: the sums are the others'
+        reason = quota_wait_reason(job, quotas[job.project_id], running.get(job.project_id, 0),
+                                   int(used.get(job.project_id) or 0))
+        if reason is not None and reason[0] != job.quota_wait:
+            news[job.id] = reason
+    return news
+
+
+def _tell(session, news: dict[str, tuple[str, str]]) -> None:
+    """Record each waiting job's quota and tell it why, as an event (the job's ``quota_wait``, cleared when it
+    is claimed, keeps it to once per quota)."""
+    for job_id, (quota, message) in news.items():
+        job = session.get(Job, job_id)
+        if job is not None and job.worker_id is None and job.status in WAITING:
+            job.quota_wait = quota
+            session.add(JobEvent(job_id=job_id, level="info", message=message, type="message"))
 
 
 def heartbeat(db: Database, job_id: str, worker_id: str, lease_seconds: float) -> bool:

@@ -50,8 +50,7 @@ class Worker:
             if (work_id := queue.claim(self.db, self.id, self.lease, table)) is not None:
                 self._jobs_first = table is Evaluation  # the other kind goes first next time
                 return work_id
-        queue.note_quota_waits(self.db)  # jobs left waiting by their project's quotas are told why
-        return None
+        return None  # jobs left waiting by their project's quotas were told why by the claim
 
     def run_once(self) -> bool:
         """Claim and run one job or evaluation; False when there was none."""
