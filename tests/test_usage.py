@@ -339,6 +339,14 @@ def test_buckets_sum_the_ledger(ledger_db):
         assert [b["start_time"] for b in rest["data"]] == [T0 + 7200] and not rest["has_more"]
         assert page("completions", project_ids=["proj_other"])["data"][0]["results"] == []
         assert page("fine_tuning", project_ids=[other])["data"][0]["results"] == []
+        # without end_time: up to now, this second included (the ledger's times are whole seconds): the job charged
+        # at T0 + 3605 counts when asked within that same second
+        now = T0 + 3605
+        tuned = service.usage_page(session, caller, "fine_tuning", service.UsageQuery(T0, bucket_width="1h"), now=now)
+        assert [[r["trained_tokens"] for r in b["results"]] for b in tuned["data"]] == [[], [1000]]
+        costs = service.costs_page(session, caller, service.UsageQuery(T0, bucket_width="1h", group_by=["line_item"]),
+                                   now=now)["data"]
+        assert "m, training" in {r["line_item"] for r in costs[1]["results"]}
 
 
 def test_migration_0007_keeps_the_request_log(tmp_path):

@@ -94,7 +94,9 @@ def window(q: UsageQuery, *, costs: bool = False, now: int | None = None) -> Win
     limit = default if q.limit is None else q.limit
     if not 1 <= limit <= most:
         problems.append(("limit", f"limit is 1 to {most} buckets for bucket_width {q.bucket_width}"))
-    end = q.end_time if q.end_time is not None else (now or int(time.time()))
+    # end_time is exclusive; by default the current second is in: the ledger's times are whole seconds (rounded
+    # down), so a job charged a moment ago, within this second, must count
+    end = q.end_time if q.end_time is not None else (now or int(time.time())) + 1
     if not 0 <= q.start_time < end <= LATEST:
         problems.append(("start_time", f"start_time is a Unix time in seconds before end_time (0 to {LATEST})"))
     if problems:

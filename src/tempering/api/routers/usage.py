@@ -21,7 +21,8 @@ router = APIRouter(tags=["usage"], responses=ERROR_RESPONSES)
 ORG = "/v1/organization"
 
 StartTime = Annotated[int, Query(description="Start of the range, Unix seconds (inclusive).")]
-EndTime = Annotated[int | None, Query(description="End of the range, Unix seconds (exclusive); default now.")]
+EndTime = Annotated[int | None, Query(description="End of the range, Unix seconds (exclusive); default: "
+                                               "now (the current second included).")]
 Width = Annotated[str, Query(description="Width of each bucket: 1m, 1h or 1d.")]
 Limit = Annotated[int | None, Query(description="Buckets per page (1m: 60, up to 1440; 1h: 24, up to 168; "
                                                 "1d: 7, up to 31; costs: 7, up to 180).")]
