@@ -3,12 +3,16 @@ choosing and pruning them; the requests' validation with the field named; permis
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 import time
 
 import pytest
 from conftest import TINY_ID
-from test_api import TRAIN
+from test_api import TRAIN, server  # noqa: F401  (the live server fixture: one worker, the tiny model)
 
 SPACE = [{"path": "hyperparameters.learning_rate_multiplier", "type": "float", "low": 0.0001, "high": 5.0,
           "log": True},
@@ -85,6 +89,16 @@ def test_a_sweep_runs_its_trials_as_jobs_prunes_a_bad_one_and_keeps_the_best(api
     job = client.get(f"/v1/fine_tuning/jobs/{first_job}", headers=mine).json()
     assert job["hyperparameters"]["n_epochs"] == 2 and job["metadata"]["sweep_id"] == sweep["id"]
 
+    # a server restart in between: the sweep's state is in the database alone, and a new process's worker
+    # (its driver) carries on from the rows
+    from fastapi.testclient import TestClient
+
+    from tempering.api.app import create_app
+    from tempering.settings import get_settings
+
+    app.state.db.dispose()
+    app = create_app(get_settings(), workers=0)
+    client = TestClient(app)
     done = _run_worker_until(app, client, mine, sweep["id"])
     assert done["status"] == "succeeded", done
     trials = done["trials"]
@@ -101,3 +115,139 @@ def test_a_sweep_runs_its_trials_as_jobs_prunes_a_bad_one_and_keeps_the_best(api
     assert any(e["message"] == "Cancel requested" for e in events)
     listed = client.get("/v1/fine_tuning/sweeps", headers=mine).json()["data"]
     assert [s["id"] for s in listed] == [sweep["id"]]
+
+
+BAD = [
+    ({"search_space": [{"path": "hyperparameters.nope", "type": "float", "low": 0.1, "high": 1}]},
+     "search_space[0].path", "not a field of the job config"),
+    ({"search_space": [{"path": "lora", "type": "categorical", "choices": [1]}]},
+     "search_space[0].path", "group of fields"),
+    ({"search_space": [{"path": "model", "type": "categorical", "choices": ["x"]}]},
+     "search_space[0].path", "cannot be searched"),
+    ({"search_space": [{"path": "hyperparameters.learning_rate_multiplier", "type": "float", "low": 2, "high": 1}]},
+     "search_space[0].high", "must not be below low"),
+    ({"search_space": [{"path": "hyperparameters.learning_rate_multiplier", "type": "float", "low": 0, "high": 1,
+                        "log": True}]}, "search_space[0].low", "log-scale"),
+    ({"search_space": [{"path": "hyperparameters.learning_rate_multiplier", "type": "float", "low": 1,
+                        "high": 20}]}, "search_space[0].high", "learning_rate_multiplier must be > 0 and <= 10"),
+    ({"search_space": [{"path": "hyperparameters.n_epochs", "type": "int", "low": 1, "high": 2},
+                       {"path": "lora.rank", "type": "categorical", "choices": [8, 0]}]},
+     "search_space[1].choices[1]", "lora.rank"),
+    ({"search_space": [{"path": "lora.rank", "type": "int"}]}, "search_space[0].low", "needs low"),
+    ({"search_space": []}, "search_space", "at least one parameter"),
+    ({"n_trials": 51}, "n_trials", "50"),
+    ({"n_trials": 2, "initial_trials": [{"lora.rank": 8}, {"lora.rank": 16}, {"lora.rank": 32}]},
+     "initial_trials", "more than n_trials"),
+    ({"initial_trials": [{"lora.alpha": 8}]}, "initial_trials[0]", "not in the search space"),
+]
+
+
+def test_bad_sweeps_are_refused_naming_the_field(api):
+    from tempering.store.models import Job, Sweep
+
+    app, client, mine, _, file_id = api
+    for change, param, words in BAD:
+        error = _error(client.post("/v1/fine_tuning/sweeps", headers=mine,
+                                   json={**BASE, "training_file": file_id, **change}), 400)
+        assert error["param"] == param and words in error["message"], (change, error)
+    with app.state.db.session(write=False) as session:  # nothing half-written
+        assert session.query(Sweep).count() == 0 and session.query(Job).count() == 0
+
+
+def test_a_whole_bad_space_is_reported_at_once(api):
+    _, client, mine, _, file_id = api
+    space = [{"path": "hyperparameters.nope", "type": "float", "low": 0.1, "high": 1},
+             {"path": "lora.rank", "type": "int", "low": 8, "high": 4}]
+    error = _error(client.post("/v1/fine_tuning/sweeps", headers=mine,
+                               json={**BASE, "training_file": file_id, "search_space": space}), 400)
+    assert "search_space[0].path" in error["message"] and "search_space[1].high" in error["message"]
+
+
+def test_the_default_space_and_seeded_choices(api):
+    """Without a space the sweep searches learning-rate multiplier, epochs and LoRA rank; the same seed picks
+    the same first trial, another seed another."""
+    _, client, mine, _, file_id = api
+
+    def first_trial(seed):
+        body = {**BASE, "seed": seed, "training_file": file_id, "n_trials": 2}
+        sweep = client.post("/v1/fine_tuning/sweeps", headers=mine, json=body).json()
+        return sweep, sweep["trials"][0]["parameters"]
+
+    sweep, params = first_trial(11)
+    assert [s["path"] for s in sweep["search_space"]] == ["hyperparameters.learning_rate_multiplier",
+                                                         "hyperparameters.n_epochs", "lora.rank"]
+    assert set(params) == {s["path"] for s in sweep["search_space"]}
+    assert 0.2 <= params["hyperparameters.learning_rate_multiplier"] <= 5 and params["lora.rank"] in (8, 16, 32)
+    job = client.get(f"/v1/fine_tuning/jobs/{sweep['trials'][0]['fine_tuning_job_id']}", headers=mine).json()
+    assert job["hyperparameters"]["n_epochs"] == params["hyperparameters.n_epochs"] and job["seed"] == 11
+    assert first_trial(11)[1] == params and first_trial(12)[1] != params
+    cancelled = client.post(f"/v1/fine_tuning/sweeps/{sweep['id']}/cancel", headers=mine).json()
+    assert cancelled["status"] == "cancelled" and cancelled["trials"][0]["state"] == "cancelled"
+    assert client.get(f"/v1/fine_tuning/jobs/{job['id']}", headers=mine).json()["status"] == "cancelled"
+    assert _error(client.post(f"/v1/fine_tuning/sweeps/{sweep['id']}/cancel", headers=mine), 400)["code"] == \
+        "invalid_state"
+
+
+def test_readers_cannot_create_sweeps_and_other_projects_cannot_see_them(api):
+    from tempering.services.projects import project_key
+    from tempering.store.models import Project
+
+    app, client, mine, theirs, file_id = api
+    with app.state.db.session() as session:
+        project = session.query(Project).filter(Project.name == "default").one()
+        reader = {"Authorization": f"Bearer {project_key(session, project.id, 'reader', 'reader')}"}
+    body = {**BASE, "training_file": file_id, "n_trials": 2}
+    assert _error(client.post("/v1/fine_tuning/sweeps", headers=reader, json=body), 403)
+    sweep = client.post("/v1/fine_tuning/sweeps", headers=mine, json=body).json()
+    assert client.get(f"/v1/fine_tuning/sweeps/{sweep['id']}", headers=reader).status_code == 200
+    assert _error(client.post(f"/v1/fine_tuning/sweeps/{sweep['id']}/cancel", headers=reader), 403)
+    for method, path in (("GET", ""), ("POST", "/cancel")):
+        error = _error(client.request(method, f"/v1/fine_tuning/sweeps/{sweep['id']}{path}", headers=theirs), 404)
+        assert error["param"] == "sweep_id"
+    assert client.get("/v1/fine_tuning/sweeps", headers=theirs).json()["data"] == []
+    # their files are not ours to sweep over either
+    assert _error(client.post("/v1/fine_tuning/sweeps", headers=theirs, json=body), 404)["param"] == "training_file"
+
+
+def test_a_trial_counts_against_the_daily_token_quota(api):
+    from tempering.store.models import Project
+
+    app, client, mine, _, file_id = api
+    with app.state.db.session() as session:
+        session.query(Project).filter(Project.name == "default").one().quotas = {"trained_tokens_per_day": 2000}
+    space = [{"path": "hyperparameters.n_epochs", "type": "int", "low": 1, "high": 50}]
+    error = _error(client.post("/v1/fine_tuning/sweeps", headers=mine,
+                               json={**BASE, "training_file": file_id, "search_space": space}), 400)
+    assert error["code"] == "quota_exceeded" and error["param"] == "search_space"
+
+
+def test_the_cli_runs_a_sweep_on_the_server_and_prints_the_best_model(server, tmp_path):  # noqa: F811
+    client, _ = server
+    train = tmp_path / "train.jsonl"
+    train.write_bytes(TRAIN)
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps([{"path": "lora.rank", "type": "categorical", "choices": [4, 8]}]))
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"evaluate": False, "hyperparameters": {"n_epochs": 1, "batch_size": 4}}))
+    env = {**os.environ, "TEMPERING_SERVER": str(client.base_url), "TEMPERING_API_KEY": client.api_key,
+           "TEMPERING_HOME": str(tmp_path / "client-home")}  # nothing local: the server's workers train
+    cli = [sys.executable, "-m", "tempering.cli.main"]
+    done = subprocess.run([*cli, "sweep", train, "--model", TINY_ID, "--trials", "1", "--space", space,
+                           "--config", config, "--seed", "5", "--no-pruning"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Created sweep sweep-" in done.stderr and "complete" in done.stderr and "★" in done.stderr
+    model = done.stdout.strip()
+    assert model.startswith(f"ft:{TINY_ID}:")
+    shown = subprocess.run([*cli, "sweeps", "list", "--json"], env=env, capture_output=True, text=True, timeout=60)
+    sweep = json.loads(shown.stdout)[0]
+    assert sweep["status"] == "succeeded" and sweep["fine_tuned_model"] == model
+    assert [t["parameters"]["lora.rank"] in (4, 8) for t in sweep["trials"]] == [True]
+
+    space.write_text(json.dumps([{"path": "lora.rnak", "type": "categorical", "choices": [4]}]))
+    bad = subprocess.run([*cli, "sweep", train, "--model", TINY_ID, "--space", space], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "search_space[0].path" in bad.stderr and "lora.rnak" in bad.stderr
+    alone = subprocess.run([*cli, "sweep", train], env={**env, "TEMPERING_SERVER": ""}, capture_output=True,
+                           text=True, timeout=60)
+    assert alone.returncode == 1 and "--server" in alone.stderr
