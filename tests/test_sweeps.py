@@ -221,6 +221,11 @@ def test_a_trial_counts_against_the_daily_token_quota(api):
     assert error["code"] == "quota_exceeded" and error["param"] == "search_space"
 
 
+def _cli(*args, env: dict, timeout: float = 60) -> subprocess.CompletedProcess:
+    argv = [sys.executable, "-m", "tempering.cli.main", *map(str, args)]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout, check=False)  # noqa: S603
+
+
 def test_the_cli_runs_a_sweep_on_the_server_and_prints_the_best_model(server, tmp_path):  # noqa: F811
     client, _ = server
     train = tmp_path / "train.jsonl"
@@ -231,23 +236,67 @@ def test_the_cli_runs_a_sweep_on_the_server_and_prints_the_best_model(server, tm
     config.write_text(json.dumps({"evaluate": False, "hyperparameters": {"n_epochs": 1, "batch_size": 4}}))
     env = {**os.environ, "TEMPERING_SERVER": str(client.base_url), "TEMPERING_API_KEY": client.api_key,
            "TEMPERING_HOME": str(tmp_path / "client-home")}  # nothing local: the server's workers train
-    cli = [sys.executable, "-m", "tempering.cli.main"]
-    done = subprocess.run([*cli, "sweep", train, "--model", TINY_ID, "--trials", "1", "--space", space,
-                           "--config", config, "--seed", "5", "--no-pruning"],
-                          env=env, capture_output=True, text=True, timeout=300)
+    done = _cli("sweep", train, "--model", TINY_ID, "--trials", "1", "--space", space, "--config", config,
+                "--seed", "5", "--no-pruning", env=env, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "Created sweep sweep-" in done.stderr and "complete" in done.stderr and "★" in done.stderr
     model = done.stdout.strip()
     assert model.startswith(f"ft:{TINY_ID}:")
-    shown = subprocess.run([*cli, "sweeps", "list", "--json"], env=env, capture_output=True, text=True, timeout=60)
+    shown = _cli("sweeps", "list", "--json", env=env)
     sweep = json.loads(shown.stdout)[0]
     assert sweep["status"] == "succeeded" and sweep["fine_tuned_model"] == model
     assert [t["parameters"]["lora.rank"] in (4, 8) for t in sweep["trials"]] == [True]
 
     space.write_text(json.dumps([{"path": "lora.rnak", "type": "categorical", "choices": [4]}]))
-    bad = subprocess.run([*cli, "sweep", train, "--model", TINY_ID, "--space", space], env=env,
-                         capture_output=True, text=True, timeout=60)
+    bad = _cli("sweep", train, "--model", TINY_ID, "--space", space, env=env)
     assert bad.returncode == 1 and "search_space[0].path" in bad.stderr and "lora.rnak" in bad.stderr
-    alone = subprocess.run([*cli, "sweep", train], env={**env, "TEMPERING_SERVER": ""}, capture_output=True,
-                           text=True, timeout=60)
+    alone = _cli("sweep", train, env={**env, "TEMPERING_SERVER": ""})
     assert alone.returncode == 1 and "--server" in alone.stderr
+
+
+def test_the_portal_shows_a_sweeps_trials_side_by_side_with_the_best_marked(api):
+    from test_portal import admin, csrf_of
+
+    from tempering.store.models import Job, Project, Sweep, SweepTrial
+
+    app, client, _, _, file_id = api
+    with app.state.db.session() as s:
+        project_id = s.query(Project).filter(Project.name == "default").one().id
+        sweep = Sweep(project_id=project_id, model=TINY_ID, training_file=file_id, seed=1, config={},
+                      search_space=SPACE, objective={"metric": "valid_loss"}, pruning={}, n_trials=3,
+                      status="running", best_trial=None)
+        s.add(sweep)
+        s.flush()
+        for number, (state, value, lr) in enumerate([("complete", 1.25, 3.0), ("pruned", None, 0.0001),
+                                                     ("running", None, 1.5)]):
+            job = Job(project_id=project_id, model=TINY_ID, training_file=file_id, seed=1, config={},
+                      status="succeeded" if state == "complete" else "running",
+                      fine_tuned_model=f"ft:{TINY_ID}::t{number}" if state == "complete" else None)
+            s.add(job)
+            s.flush()
+            s.add(SweepTrial(sweep_id=sweep.id, number=number, job_id=job.id, state=state, value=value,
+                             params={"hyperparameters.learning_rate_multiplier": lr, "hyperparameters.n_epochs": 2},
+                             intermediate={"1": 1.5, "2": 1.25} if state == "complete" else {"1": 9.0}))
+        sweep_id = sweep.id
+    with client:
+        admin(client, app)
+        listed = client.get("/jobs")
+        assert f'href="/sweeps/{sweep_id}"' in listed.text and "1/3" not in listed.text and "3/3" in listed.text
+        shown = client.get(f"/sweeps/{sweep_id}")
+        assert shown.status_code == 200
+        rows = shown.text.split('<table id="trials">')[1].split("</table>")[0].split("<tr")[2:]
+        assert len(rows) == 3 and "★" not in shown.text  # running: no best yet
+        assert "pruned" in rows[1] and "0.0001" in rows[1] and "9.0000" in rows[1]
+        assert "hyperparameters.learning_rate_multiplier" in shown.text and "1.2500" in rows[0]
+        with app.state.db.session() as s:
+            s.get(Sweep, sweep_id).best_trial = 0
+            s.get(Sweep, sweep_id).status = "succeeded"
+        shown = client.get(f"/sweeps/{sweep_id}")
+        best = shown.text.split('<tr class="best">')[1].split("</tr>")[0]
+        assert "★" in best and f"ft:{TINY_ID}::t0" in best and "Cancel sweep" not in shown.text
+        with app.state.db.session() as s:
+            s.get(Sweep, sweep_id).status = "running"
+        page = client.get(f"/sweeps/{sweep_id}")
+        cancelled = client.post(f"/sweeps/{sweep_id}/cancel", data={"csrf_token": csrf_of(page.text)})
+        assert cancelled.status_code == 200 and "chip-cancelled" in cancelled.text
+        assert client.get("/sweeps/sweep-nope").status_code == 404
