@@ -139,6 +139,10 @@ BAD = [
     ({"n_trials": 2, "initial_trials": [{"lora.rank": 8}, {"lora.rank": 16}, {"lora.rank": 32}]},
      "initial_trials", "more than n_trials"),
     ({"initial_trials": [{"lora.alpha": 8}]}, "initial_trials[0]", "not in the search space"),
+    ({"initial_trials": [{"lora.rank": 12}]}, "initial_trials[0]", "lora.rank=12 is outside"),
+    ({"search_space": [{"path": "hyperparameters.learning_rate_multiplier", "type": "float", "low": 0.5,
+                        "high": 2}], "initial_trials": [{"hyperparameters.learning_rate_multiplier": 3.0}]},
+     "initial_trials[0]", "outside its range"),
 ]
 
 

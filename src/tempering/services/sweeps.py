@@ -102,8 +102,8 @@ def _most_epochs(space: list[ParameterSpec], config) -> int | None:
     for spec in space:
         if spec.path == "hyperparameters.n_epochs" and spec.type != "categorical":
             return int(spec.high)
-        if spec.path == "hyperparameters.n_epochs":
-            return max(int(c) for c in spec.choices if isinstance(c, int))
+        if spec.path == "hyperparameters.n_epochs":  # choices: whole numbers, or "auto" (not known yet)
+            return max((c for c in spec.choices if isinstance(c, int)), default=None)
     epochs = config.hyperparameters.n_epochs
     return epochs if isinstance(epochs, int) else None
 

@@ -196,17 +196,33 @@ def check_initial_trials(trials: list[dict], space: list[ParameterSpec], base: d
     paths = {spec.path for spec in space}
     from tempering.train.config import parse_config
 
+    specs = {spec.path: spec for spec in space}
     for index, params in enumerate(trials):
         unknown = sorted(set(params) - paths)
         if unknown:
             problems[f"initial_trials[{index}]"] = (f"{', '.join(unknown)} is not in the search space "
                                                     f"({', '.join(sorted(paths))})")
             continue
+        outside = [f"{path}={value!r} is outside its range or choices" for path, value in params.items()
+                   if not _within(specs[path], value)]
+        if outside:
+            problems[f"initial_trials[{index}]"] = "; ".join(outside)
+            continue
         try:
             parse_config(apply(base, params))
         except InvalidConfigError as exc:
             problems[f"initial_trials[{index}]"] = exc.message
     _raise(problems)
+
+
+def _within(spec: ParameterSpec, value) -> bool:
+    """Whether a fixed value is one the spec could produce (the optimiser only models those)."""
+    if spec.type == "categorical":
+        return any(type(value) is type(choice) and value == choice for choice in spec.choices or [])
+    if isinstance(value, bool) or not isinstance(value, int | float) or (spec.type == "int" and
+                                                                         not isinstance(value, int)):
+        return False
+    return spec.low <= value <= spec.high
 
 
 def _raise(problems: dict[str, str]) -> None:
