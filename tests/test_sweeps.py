@@ -304,3 +304,56 @@ def test_the_portal_shows_a_sweeps_trials_side_by_side_with_the_best_marked(api)
         cancelled = client.post(f"/sweeps/{sweep_id}/cancel", data={"csrf_token": csrf_of(page.text)})
         assert cancelled.status_code == 200 and "chip-cancelled" in cancelled.text
         assert client.get("/sweeps/sweep-nope").status_code == 404
+
+
+def _finish_job(db, job_id: str, status: str, losses: list[float]) -> None:
+    """What a worker's runner records: per-epoch checkpoints with their validation loss, then the end."""
+    from tempering.store.models import Job, JobCheckpoint
+
+    with db.session() as s:
+        for epoch, loss in enumerate(losses, start=1):
+            s.add(JobCheckpoint(job_id=job_id, step_number=5 * epoch, metrics={"valid_loss": loss},
+                                fine_tuned_model_checkpoint=f"x:ckpt-step-{5 * epoch}"))
+        job = s.get(Job, job_id)
+        job.status, job.fine_tuned_model = status, (f"ft:{TINY_ID}::{job_id[-6:]}" if status == "succeeded" else None)
+
+
+def test_the_driver_settles_trials_from_their_jobs_and_fails_the_sweep_when_a_trial_cannot_start(api):
+    """No training: jobs are ended by hand as a runner would, and the driver (as a worker calls it) moves on —
+    the next trial asked, a diverged one failed, then the sweep failed naming why the next could not start."""
+    from tempering.services.sweeps import advance_sweeps
+    from tempering.store.models import File
+
+    app, client, mine, _, file_id = api
+    db = app.state.db
+    body = {**BASE, "training_file": file_id, "n_trials": 3, "pruning": {"enabled": False},
+            "search_space": [{"path": "lora.rank", "type": "categorical", "choices": [4, 8]}]}
+    sweep = client.post("/v1/fine_tuning/sweeps", headers=mine, json=body).json()
+    url = f"/v1/fine_tuning/sweeps/{sweep['id']}"
+    _finish_job(db, sweep["trials"][0]["fine_tuning_job_id"], "succeeded", [2.0, 1.5])
+    assert advance_sweeps(db) == 1
+    now = client.get(url, headers=mine).json()
+    assert [t["state"] for t in now["trials"]] == ["complete", "running"] and now["trials"][0]["objective"] == 1.5
+    _finish_job(db, now["trials"][1]["fine_tuning_job_id"], "succeeded", [float("nan")])  # diverged
+    with db.session() as s:
+        s.get(File, file_id).deleted = True  # the data is gone: the third trial cannot be created
+    advance_sweeps(db)
+    done = client.get(url, headers=mine).json()
+    assert [t["state"] for t in done["trials"]] == ["complete", "failed"]
+    assert done["status"] == "failed" and done["error"]["param"] == "training_file"
+    assert "trial 2 could not start" in done["error"]["message"]
+    assert advance_sweeps(db) == 0  # a finished sweep is left alone
+
+
+def test_a_sweep_whose_trials_all_fail_says_so(api):
+    from tempering.services.sweeps import advance_sweeps
+
+    app, client, mine, _, file_id = api
+    body = {**BASE, "training_file": file_id, "n_trials": 1,
+            "search_space": [{"path": "lora.rank", "type": "categorical", "choices": [4]}]}
+    sweep = client.post("/v1/fine_tuning/sweeps", headers=mine, json=body).json()
+    _finish_job(app.state.db, sweep["trials"][0]["fine_tuning_job_id"], "failed", [])
+    advance_sweeps(app.state.db)
+    done = client.get(f"/v1/fine_tuning/sweeps/{sweep['id']}", headers=mine).json()
+    assert done["status"] == "failed" and done["error"]["code"] == "no_trial_completed"
+    assert "1 failed" in done["error"]["message"] and done["fine_tuned_model"] is None
