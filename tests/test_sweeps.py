@@ -20,9 +20,16 @@ SPACE = [{"path": "hyperparameters.learning_rate_multiplier", "type": "float", "
 BASE = {"model": TINY_ID, "seed": 3, "evaluate": False, "hyperparameters": {"batch_size": 4}}
 
 
+try:  # a throwaway PostgreSQL server for the driver's test there (skipped without its binaries)
+    from postgres_fixture import postgres_server_fixture, postgres_url_fixture  # noqa: F401
+except ImportError:
+    pass
+
+
 @pytest.fixture
-def api(tempering_home, tiny_model):
-    """The app without workers (the test runs its own), its admin key, another project's key, a file."""
+def api(tempering_home, tiny_model, request):
+    """The app without workers (the test runs its own), its admin key, another project's key, a file. On
+    PostgreSQL when the test is marked so (``@pytest.mark.parametrize("api", ["postgresql"], indirect=True)``)."""
     from fastapi.testclient import TestClient
 
     from tempering.api.app import create_app
@@ -30,6 +37,15 @@ def api(tempering_home, tiny_model):
     from tempering.settings import get_settings
     from tempering.store.models import Project
 
+    if getattr(request, "param", "sqlite") == "postgresql":
+        try:
+            url = request.getfixturevalue("postgres_url")
+        except pytest.FixtureLookupError:
+            pytest.skip("no PostgreSQL helper (tests/postgres_fixture.py)")
+        request.getfixturevalue("monkeypatch").setenv("TEMPERING_DATABASE_URL", url)
+        from tempering.settings import reset_settings
+
+        reset_settings()
     app = create_app(get_settings(), workers=0)
     client = TestClient(app)
     mine = {"Authorization": f"Bearer {app.state.initial_api_key}"}
@@ -318,6 +334,7 @@ def _finish_job(db, job_id: str, status: str, losses: list[float]) -> None:
         job.status, job.fine_tuned_model = status, (f"ft:{TINY_ID}::{job_id[-6:]}" if status == "succeeded" else None)
 
 
+@pytest.mark.parametrize("api", ["sqlite", "postgresql"], indirect=True)
 def test_the_driver_settles_trials_from_their_jobs_and_fails_the_sweep_when_a_trial_cannot_start(api):
     """No training: jobs are ended by hand as a runner would, and the driver (as a worker calls it) moves on —
     the next trial asked, a diverged one failed, then the sweep failed naming why the next could not start."""
@@ -334,7 +351,7 @@ def test_the_driver_settles_trials_from_their_jobs_and_fails_the_sweep_when_a_tr
     assert advance_sweeps(db) == 1
     now = client.get(url, headers=mine).json()
     assert [t["state"] for t in now["trials"]] == ["complete", "running"] and now["trials"][0]["objective"] == 1.5
-    _finish_job(db, now["trials"][1]["fine_tuning_job_id"], "succeeded", [float("nan")])  # diverged
+    _finish_job(db, now["trials"][1]["fine_tuning_job_id"], "succeeded", [])  # no validation value
     with db.session() as s:
         s.get(File, file_id).deleted = True  # the data is gone: the third trial cannot be created
     advance_sweeps(db)
@@ -357,3 +374,24 @@ def test_a_sweep_whose_trials_all_fail_says_so(api):
     done = client.get(f"/v1/fine_tuning/sweeps/{sweep['id']}", headers=mine).json()
     assert done["status"] == "failed" and done["error"]["code"] == "no_trial_completed"
     assert "1 failed" in done["error"]["message"] and done["fine_tuned_model"] is None
+
+
+def test_a_diverged_trial_is_pruned_at_once_and_its_job_asked_to_stop(api):
+    from tempering.services.sweeps import advance_sweeps
+    from tempering.store.models import Job, JobCheckpoint
+
+    app, client, mine, _, file_id = api
+    body = {**BASE, "training_file": file_id, "n_trials": 1,
+            "search_space": [{"path": "lora.rank", "type": "categorical", "choices": [4]}]}
+    sweep = client.post("/v1/fine_tuning/sweeps", headers=mine, json=body).json()
+    job_id = sweep["trials"][0]["fine_tuning_job_id"]
+    with app.state.db.session() as s:  # running on a worker, its first epoch's loss not a number (SQLite keeps NaN)
+        s.get(Job, job_id).status, s.get(Job, job_id).worker_id = "running", "w"
+        s.add(JobCheckpoint(job_id=job_id, step_number=5, metrics={"valid_loss": float("nan")},
+                            fine_tuned_model_checkpoint="x:ckpt-step-5"))
+    advance_sweeps(app.state.db)
+    done = client.get(f"/v1/fine_tuning/sweeps/{sweep['id']}", headers=mine).json()
+    assert done["trials"][0]["state"] == "pruned" and done["trials"][0]["intermediate_values"] == {"1": None}
+    assert done["status"] == "failed" and "1 pruned" in done["error"]["message"]
+    with app.state.db.session(write=False) as s:
+        assert s.get(Job, job_id).stop_requested == "cancel"  # the runner stops at its next step

@@ -48,8 +48,9 @@ class SweepTrialObject(BaseModel):
     fine_tuning_job_id: str
     parameters: dict[str, Any]
     objective: float | None = None
-    intermediate_values: dict[str, float] = Field(default_factory=dict, description="The objective's metric "
-                                                  "after each epoch (epoch → value).")
+    intermediate_values: dict[str, float | None] = Field(
+        default_factory=dict, description="The objective's metric after each epoch (epoch → value; null where it "
+        "was not finite: the loss diverged).")
     job_status: str | None = None
     fine_tuned_model: str | None = None
     created_at: int

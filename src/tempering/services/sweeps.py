@@ -233,12 +233,14 @@ def advance(session, sweep: Sweep, store) -> None:
         _finish(sweep, trials, jobs)
 
 
-def curve(session, job_id: str, metric: str) -> dict[str, float]:
-    """The job's ``metric`` at each epoch, from its per-epoch checkpoints: epoch (1, 2, … as text) → value."""
+def curve(session, job_id: str, metric: str) -> dict[str, float | None]:
+    """The job's ``metric`` at each epoch, from its per-epoch checkpoints: epoch (1, 2, … as text) → value;
+    None for a value that is not finite (a diverged loss: JSON, and PostgreSQL's json, have no NaN)."""
     rows = session.execute(select(JobCheckpoint.step_number, JobCheckpoint.metrics)
                            .where(JobCheckpoint.job_id == job_id).order_by(JobCheckpoint.step_number)).all()
-    by_step = {step: metrics.get(metric) for step, metrics in rows}  # a resumed run's repeat counts once
-    return {str(epoch): value for epoch, value in enumerate(by_step.values(), start=1) if value is not None}
+    by_step = {step: metrics.get(metric) for step, metrics in rows if metric in metrics}  # a resumed run's repeat
+    return {str(epoch): value if isinstance(value, int | float) and math.isfinite(value) else None
+            for epoch, value in enumerate(by_step.values(), start=1)}
 
 
 def _settle(trial: SweepTrial, job: Job) -> None:
@@ -248,7 +250,7 @@ def _settle(trial: SweepTrial, job: Job) -> None:
         return
     values = list(trial.intermediate.values())
     value = values[-1] if values else None
-    if value is None or not math.isfinite(value):  # no validation set, or the loss diverged
+    if value is None:  # no validation set, or the loss diverged
         trial.state = "failed"
     else:
         trial.state, trial.value = "complete", float(value)
@@ -269,7 +271,7 @@ def _replay(optuna, sweep: Sweep, trials: list[SweepTrial]):
             live[trial.number] = asked
         else:
             for epoch, value in trial.intermediate.items():
-                if value is not None and math.isfinite(value):
+                if value is not None:
                     asked.report(value, int(epoch))
             _tell(optuna, study, asked, trial)
     return study, live
@@ -284,12 +286,12 @@ def _tell(optuna, study, asked, trial: SweepTrial) -> None:
         study.tell(asked, state=State.PRUNED if trial.state == "pruned" else State.FAIL)
 
 
-def _report_and_judge(sweep: Sweep, asked, intermediate: dict[str, float]) -> bool:
+def _report_and_judge(sweep: Sweep, asked, intermediate: dict[str, float | None]) -> bool:
     """Report a running trial's curve so far, epoch by epoch, and whether the pruner stops it at any of them
-    (a non-finite value — a diverged loss — prunes at once)."""
+    (a value that was not finite — a diverged loss — prunes at once)."""
     enabled = Pruning(**sweep.pruning).enabled
     for epoch, value in intermediate.items():
-        if not math.isfinite(value):
+        if value is None:
             return enabled
         asked.report(value, int(epoch))
         if enabled and asked.should_prune():

@@ -437,6 +437,6 @@ class SweepTrial(Base):
     params: Mapped[dict] = mapped_column(JSON)  # config path → value
     state: Mapped[str] = mapped_column(String(16))  # running | complete | pruned | failed | cancelled
     value: Mapped[float | None] = mapped_column(Float, nullable=True)  # the objective, once complete
-    intermediate: Mapped[dict] = mapped_column(JSON, default=dict)  # epoch (as text) → the metric then
+    intermediate: Mapped[dict] = mapped_column(JSON, default=dict)  # epoch (as text) → the metric then (null: not finite)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
     finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
