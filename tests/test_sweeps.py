@@ -347,10 +347,16 @@ def test_the_driver_settles_trials_from_their_jobs_and_fails_the_sweep_when_a_tr
             "search_space": [{"path": "lora.rank", "type": "categorical", "choices": [4, 8]}]}
     sweep = client.post("/v1/fine_tuning/sweeps", headers=mine, json=body).json()
     url = f"/v1/fine_tuning/sweeps/{sweep['id']}"
-    _finish_job(db, sweep["trials"][0]["fine_tuning_job_id"], "succeeded", [2.0, 1.5])
+    _finish_job(db, sweep["trials"][0]["fine_tuning_job_id"], "succeeded", [2.0, 1.5, 1.7])
+    from tempering.store.models import JobEvent
+
+    with db.session() as s:  # the job kept epoch 2's checkpoint as its model (best-checkpoint selection)
+        s.add(JobEvent(job_id=sweep["trials"][0]["fine_tuning_job_id"], level="info", type="message",
+                       message="Kept the checkpoint of epoch 2", data={"best_epoch": 2, "best_step": 10}))
     assert advance_sweeps(db) == 1
     now = client.get(url, headers=mine).json()
     assert [t["state"] for t in now["trials"]] == ["complete", "running"] and now["trials"][0]["objective"] == 1.5
+    assert now["trials"][0]["intermediate_values"] == {"1": 2.0, "2": 1.5, "3": 1.7}
     _finish_job(db, now["trials"][1]["fine_tuning_job_id"], "succeeded", [])  # no validation value
     with db.session() as s:
         s.get(File, file_id).deleted = True  # the data is gone: the third trial cannot be created

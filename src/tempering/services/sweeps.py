@@ -31,7 +31,7 @@ from sqlalchemy import select
 from tempering.errors import InvalidStateError, TemperingError, not_found
 from tempering.services import audit
 from tempering.services import jobs as job_service
-from tempering.store.models import Job, JobCheckpoint, Sweep, SweepTrial, looks_like_id, now
+from tempering.store.models import Job, JobCheckpoint, JobEvent, Sweep, SweepTrial, looks_like_id, now
 from tempering.store.pages import Page, newest_first
 from tempering.store.quotas import effective_quotas
 from tempering.train.sweep import (
@@ -214,7 +214,7 @@ def advance(session, sweep: Sweep, store) -> None:
             study.tell(live[trial.number], state=optuna.trial.TrialState.PRUNED)
             _cancel_job(session, job)
         elif job.status in JOB_TERMINAL:
-            _settle(trial, job)
+            _settle(trial, job, objective_of(session, job, metric))
             _tell(optuna, study, live[trial.number], trial)
     running = sum(t.state == "running" for t in trials)
     try:
@@ -233,23 +233,37 @@ def advance(session, sweep: Sweep, store) -> None:
         _finish(sweep, trials, jobs)
 
 
-def curve(session, job_id: str, metric: str) -> dict[str, float | None]:
-    """The job's ``metric`` at each epoch, from its per-epoch checkpoints: epoch (1, 2, … as text) → value;
-    None for a value that is not finite (a diverged loss: JSON, and PostgreSQL's json, have no NaN)."""
+def _by_step(session, job_id: str, metric: str) -> dict[int, float | None]:
+    """The job's ``metric`` at each per-epoch checkpoint, by step (a resumed run's repeat counts once); None
+    for a value that is not finite (a diverged loss: JSON, and PostgreSQL's json, have no NaN)."""
     rows = session.execute(select(JobCheckpoint.step_number, JobCheckpoint.metrics)
                            .where(JobCheckpoint.job_id == job_id).order_by(JobCheckpoint.step_number)).all()
-    by_step = {step: metrics.get(metric) for step, metrics in rows if metric in metrics}  # a resumed run's repeat
-    return {str(epoch): value if isinstance(value, int | float) and math.isfinite(value) else None
-            for epoch, value in enumerate(by_step.values(), start=1)}
+    return {step: (value if isinstance(value := metrics.get(metric), int | float) and math.isfinite(value)
+                   else None) for step, metrics in rows if metric in metrics}
 
 
-def _settle(trial: SweepTrial, job: Job) -> None:
+def curve(session, job_id: str, metric: str) -> dict[str, float | None]:
+    """The job's ``metric`` at each epoch, from its per-epoch checkpoints: epoch (1, 2, … as text) → value."""
+    return {str(epoch): value for epoch, value in enumerate(_by_step(session, job_id, metric).values(), start=1)}
+
+
+def objective_of(session, job: Job, metric: str) -> float | None:
+    """A finished job's score: ``metric`` at the checkpoint its model is — the epoch a best-checkpoint event
+    (``best_step`` in its data) names, else the last epoch's."""
+    by_step = _by_step(session, job.id, metric)
+    events = session.scalars(select(JobEvent.data).where(JobEvent.job_id == job.id, JobEvent.type == "message",
+                                                         JobEvent.data.is_not(None)).order_by(JobEvent.seq.desc()))
+    kept = next((data["best_step"] for data in events if isinstance(data, dict) and "best_step" in data), None)
+    if kept in by_step:
+        return by_step[kept]
+    return list(by_step.values())[-1] if by_step else None
+
+
+def _settle(trial: SweepTrial, job: Job, value: float | None) -> None:
     trial.finished_at = now()
     if job.status != "succeeded":
         trial.state = "failed" if job.status == "failed" else "cancelled"
         return
-    values = list(trial.intermediate.values())
-    value = values[-1] if values else None
     if value is None:  # no validation set, or the loss diverged
         trial.state = "failed"
     else:

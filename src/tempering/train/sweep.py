@@ -60,9 +60,9 @@ class Objective(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     metric: Literal["valid_loss", "valid_mean_token_accuracy"] = Field(
-        default="valid_loss", description="The trial's score: its job's validation metric at its last epoch "
-        "(for classification, valid_mean_token_accuracy is the accuracy). valid_loss is minimized, "
-        "valid_mean_token_accuracy maximized.")
+        default="valid_loss", description="The trial's score: its job's validation metric at the epoch its model "
+        "is (the kept best checkpoint's, else the last epoch's; for classification, valid_mean_token_accuracy is "
+        "the accuracy). valid_loss is minimized, valid_mean_token_accuracy maximized.")
 
     @property
     def direction(self) -> str:
