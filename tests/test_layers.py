@@ -12,7 +12,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 TORCH_FREE = ["tempering.api.app", "tempering.api.protocol", "tempering.api.protocol_serving",
-              "tempering.api.protocol_evaluations", "tempering.api.protocol_tools", "tempering.train.config", "tempering.train.refs",
+              "tempering.api.protocol_evaluations", "tempering.api.protocol_tools", "tempering.api.protocol_sweeps",
+              "tempering.train.sweep", "tempering.train.config", "tempering.train.refs",
               "tempering.train.jobdata", "tempering.serve.params", "tempering.cli.main"]
 
 

@@ -46,6 +46,7 @@ def world(tmp_path_factory):
         Job,
         Project,
         ProjectMember,
+        Sweep,
         Webhook,
         now,
     )
@@ -89,9 +90,11 @@ def world(tmp_path_factory):
         blocklist = ContentBlocklist(project_id=project.id, name="words")
         webhook = Webhook(project_id=project.id, url="https://93.184.215.14/hook", events=["deployment.created"],
                           secret_ciphertext=app.state.cipher.encrypt("whsec_AAAA"))
-        session.add_all([job, evaluation, deployment, blocklist, webhook])
+        sweep = Sweep(project_id=project.id, model="tiny-llama", training_file=file.id, seed=1, config={},
+                      search_space=[], objective={}, pruning={}, n_trials=1, status="succeeded")
+        session.add_all([job, evaluation, deployment, blocklist, webhook, sweep])
         session.flush()
-        ids.update(file_id=file.id, job_id=job.id, evaluation_id=evaluation.id, deployment_id=deployment.id,
+        ids.update(file_id=file.id, job_id=job.id, sweep_id=sweep.id, evaluation_id=evaluation.id, deployment_id=deployment.id,
                    name="words", model_id=TINY_FT, rate_limit_id=f"rl-{deployment.id}", webhook_id=webhook.id)
     with TestClient(app) as client:
         yield app, client, keys, ids

@@ -97,8 +97,18 @@ def test_a_project_idle_for_15_minutes_is_deleted_without_force_and_only_by_an_o
     assert reader.delete(base).status_code == 403
     hooks = owner.post(f"{base}/webhooks", json={"url": "https://93.184.215.14/h", "events": ["deployment.deleted"]})
     assert hooks.status_code == 200
+    from tempering.store.models import Sweep
+
+    with app.state.db.session() as session:  # a running sweep: its trials are the jobs cancelled below
+        sweep = Sweep(project_id=_project["id"], model=BASE, training_file="file-x", seed=1, config={},
+                      search_space=[], objective={}, pruning={}, n_trials=3, status="running")
+        session.add(sweep)
+        session.flush()
+        sweep_id = sweep.id
     deleted = owner.delete(base)
     assert deleted.status_code == 200, deleted.text
+    with app.state.db.session(write=False) as session:  # no driver advances it again
+        assert session.get(Sweep, sweep_id).status == "cancelled"
     assert deleted.json()["removed"]["webhooks"] == 1 and deleted.json()["removed"]["deployments"] == 1
     from tempering.store.models import WebhookDelivery
 

@@ -81,6 +81,20 @@ class TemperingClient:
                 return
             time.sleep(poll_seconds)
 
+    # -- sweeps (``tempering sweep`` / ``sweeps``) ------------------------------------------------------------
+
+    def create_sweep(self, body: dict) -> dict:
+        return self._call("POST", "/fine_tuning/sweeps", json=body)
+
+    def sweep(self, sweep_id: str) -> dict:
+        return self._call("GET", f"/fine_tuning/sweeps/{sweep_id}")
+
+    def sweeps(self) -> list[dict]:
+        return self._call("GET", "/fine_tuning/sweeps", params={"limit": 100})["data"]
+
+    def cancel_sweep(self, sweep_id: str) -> dict:
+        return self._call("POST", f"/fine_tuning/sweeps/{sweep_id}/cancel")
+
     def models(self) -> list[dict]:
         return self._call("GET", "/models")["data"]
 

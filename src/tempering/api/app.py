@@ -29,6 +29,7 @@ from tempering.api.routers import (
     models,
     moderations,
     organization,
+    sweeps,
     usage,
     webhooks,
 )
@@ -53,9 +54,11 @@ def _background(db: Database, settings: Settings, workers: int, cipher):
     """The app's threads: the job workers and the webhook delivery thread, stopped when the app stops."""
     from tempering.jobs.executors import make_executor
     from tempering.jobs.worker import start_pool
+    from tempering.services.sweeps import advance_sweeps
     from tempering.services.webhooks import Sender
 
-    pool = start_pool(db, workers, settings.worker_lease_seconds, make_executor(settings)) if workers else []
+    pool = start_pool(db, workers, settings.worker_lease_seconds, make_executor(settings),
+                      between_jobs=advance_sweeps) if workers else []
     sender = Sender(db, cipher, settings)
     sender.start()
     try:
@@ -111,7 +114,7 @@ def create_app(settings: Settings, *, workers: int = 1) -> FastAPI:
                        max_form_upload_bytes=settings.max_upload_bytes + 64 * 1024)
     for router in (files.router, jobs.router, models.router, evaluations.router, deployments.router,
                    inference.router, datasets.router, catalog.router, exports.router, moderations.router,
-                   blocklists.router, organization.router, usage.router, webhooks.router):
+                   blocklists.router, organization.router, usage.router, webhooks.router, sweeps.router):
         app.include_router(router)
     from tempering import web
 

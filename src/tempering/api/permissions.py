@@ -52,6 +52,10 @@ ROUTES: dict[tuple[str, str], str] = {
     ("GET", "/v1/fine_tuning/jobs/{job_id}/events"): "project.read",
     ("GET", "/v1/fine_tuning/jobs/{job_id}/checkpoints"): "project.read",
     ("POST", "/v1/fine_tuning/estimates"): "project.read",
+    ("POST", "/v1/fine_tuning/sweeps"): "jobs.write",  # its trials are jobs: the same action creates them
+    ("GET", "/v1/fine_tuning/sweeps"): "project.read",
+    ("GET", "/v1/fine_tuning/sweeps/{sweep_id}"): "project.read",
+    ("POST", "/v1/fine_tuning/sweeps/{sweep_id}/cancel"): "jobs.write",
     ("GET", "/v1/models"): "project.read",
     ("GET", "/v1/models/{model_id:path}"): "project.read",
     ("DELETE", "/v1/models/{model_id:path}"): "models.write",

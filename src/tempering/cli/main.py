@@ -17,6 +17,7 @@ from tempering.cli import (
     models,
     moderate,
     serve,
+    sweep,
     tune,
     usage,
 )
@@ -32,6 +33,8 @@ app = typer.Typer(
 app.add_typer(models.app, name="models")
 app.add_typer(data.app, name="data")
 app.command("tune")(tune.tune)
+app.command("sweep")(sweep.sweep)
+app.add_typer(sweep.app, name="sweeps")
 app.command("chat")(chat.chat)
 app.command("classify")(classify.classify)
 app.command("moderate")(moderate.moderate)

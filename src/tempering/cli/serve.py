@@ -32,8 +32,9 @@ def serve(
 
 
 def worker() -> None:
-    """Run a job worker in the foreground (claims queued jobs from the database)."""
+    """Run a job worker in the foreground (claims queued jobs from the database and advances sweeps)."""
     from tempering.jobs.worker import Worker
+    from tempering.services.sweeps import advance_sweeps
     from tempering.settings import get_settings
     from tempering.store.db import Database
 
@@ -41,7 +42,7 @@ def worker() -> None:
     settings = get_settings()
     db = Database(settings.database)
     db.migrate()
-    w = Worker(db, lease_seconds=settings.worker_lease_seconds)
+    w = Worker(db, lease_seconds=settings.worker_lease_seconds, between_jobs=advance_sweeps)
     err.print(f"worker {w.id} polling {settings.database}")
     try:
         w.run_forever()

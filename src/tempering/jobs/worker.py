@@ -7,6 +7,12 @@ longer ours (the lease expired and another worker took it over), the job's proce
 that ends without recording an outcome fails its job with an internal error, unless the job was taken
 over. A cancelled evaluation's process is killed at the next heartbeat (a job stops itself between steps).
 ``stop()`` ends the loop after the current job.
+
+``between_jobs`` (a function of the database) is what the worker does besides running jobs: the API and
+``tempering worker`` pass ``services.sweeps.advance_sweeps``, so sweeps are advanced by whichever workers are
+alive — while they wait for work, between the heartbeats of the job they run, and after each job. It is called
+at most once per ``poll`` seconds, and its errors are logged, never fatal to the worker. (This layer cannot
+import services; the edges hand the function in.)
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ import logging
 import os
 import socket
 import threading
+import time
+from collections.abc import Callable
 
 from tempering.jobs import queue
 from tempering.jobs.executors import Executor, make_executor
@@ -27,8 +35,11 @@ log = logging.getLogger(__name__)
 
 class Worker:
     def __init__(self, db: Database, *, lease_seconds: float = 30.0, poll_seconds: float = 0.5,
-                 worker_id: str | None = None, executor: Executor | None = None):
+                 worker_id: str | None = None, executor: Executor | None = None,
+                 between_jobs: Callable[[Database], object] | None = None):
         self.db = db
+        self.between_jobs = between_jobs
+        self._last_between = 0.0
         self.executor = executor or make_executor()
         self.lease = lease_seconds
         self.poll = poll_seconds
@@ -43,7 +54,18 @@ class Worker:
     def run_forever(self) -> None:
         while not self._stop.is_set():
             if not self.run_once():
+                self.tick()
                 self._stop.wait(self.poll)
+
+    def tick(self) -> None:
+        """Run ``between_jobs`` unless it ran less than ``poll`` seconds ago."""
+        if self.between_jobs is None or time.monotonic() - self._last_between < self.poll:
+            return
+        self._last_between = time.monotonic()
+        try:
+            self.between_jobs(self.db)
+        except Exception:  # the worker's own work goes on
+            log.exception("worker %s: between-jobs work failed", self.id)
 
     def _claim(self) -> str | None:
         for table in (Job, Evaluation) if self._jobs_first else (Evaluation, Job):
@@ -69,6 +91,7 @@ class Worker:
         evaluation = queue.table_of(job_id) is Evaluation
         while (code := self.executor.wait(handle, self.lease / 3)) is None:
             ours = queue.heartbeat(self.db, job_id, self.id, self.lease)
+            self.tick()
             if not ours:
                 log.warning("lost the lease on %s; stopping its process", job_id)
                 self.executor.kill(handle)
@@ -86,6 +109,8 @@ class Worker:
                 self._fail(job_id, self.executor.describe(handle, code))
         if job is not None and not evaluation:
             remove_run_of_deleted_project(self.db, job)
+        self._last_between = 0.0  # a job ended: its sweep, if any, moves on now
+        self.tick()
         return True
 
     def _finish_evaluation(self, evaluation_id: str, status: str, error: dict | None = None) -> None:
@@ -119,13 +144,13 @@ def remove_run_of_deleted_project(db: Database, job: Job) -> None:
         shutil.rmtree(run_dir(run_id_of(job.id)), ignore_errors=True)
 
 
-def start_pool(db: Database, count: int, lease_seconds: float,
-               executor: Executor | None = None) -> list[tuple[Worker, threading.Thread]]:
+def start_pool(db: Database, count: int, lease_seconds: float, executor: Executor | None = None,
+               between_jobs: Callable[[Database], object] | None = None) -> list[tuple[Worker, threading.Thread]]:
     """``count`` workers on daemon threads sharing one executor (default: the one the settings name)."""
     pool = []
     executor = executor or make_executor()
     for _ in range(count):
-        worker = Worker(db, lease_seconds=lease_seconds, executor=executor)
+        worker = Worker(db, lease_seconds=lease_seconds, executor=executor, between_jobs=between_jobs)
         thread = threading.Thread(target=worker.run_forever, name=f"worker-{worker.id}", daemon=True)
         thread.start()
         pool.append((worker, thread))

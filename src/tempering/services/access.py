@@ -37,7 +37,7 @@ ACTIONS: dict[str, tuple[str, str]] = {
                                    "the playground")),
     "keys.self": ("reader", "list, create and revoke one's own API keys in the project"),
     "data.write": ("ai_developer", "upload, convert, split and delete files"),
-    "jobs.write": ("ai_developer", "create, cancel, pause and resume fine-tuning jobs"),
+    "jobs.write": ("ai_developer", "create, cancel, pause and resume fine-tuning jobs and sweeps"),
     "evaluations.write": ("ai_developer", "run and cancel evaluations"),
     "models.write": ("ai_developer", "delete and export fine-tuned models"),
     "deployments.write": ("ai_developer", ("create and delete deployments; change their content filter; "

@@ -19,7 +19,7 @@ ACTIONS = ("login.succeeded", "login.failed", "login.locked", "logout", "user.cr
            "user.updated", "api_key.created", "api_key.revoked", "service_account.created",
            "service_account.deleted", "member.added", "member.updated", "member.removed", "project.created",
            "project.updated", "project.deleted", "hub.created", "hub.updated", "secret.set", "secret.deleted",
-           "job.created", "job.cancelled", "job.paused", "job.resumed", "model.deleted", "deployment.created",
+           "job.created", "job.cancelled", "sweep.created", "sweep.cancelled", "job.paused", "job.resumed", "model.deleted", "deployment.created",
            "deployment.deleted", "content_filter.updated", "rate_limit.updated", "blocklist.updated", "webhook.created",
            "webhook.deleted")
 

@@ -77,14 +77,17 @@ def stored_config(config: TuneConfig) -> dict:
 
 
 def create_job(session, project_id: str, store, fields: dict, *, training_file: str,
-               validation_file: str | None = None, metadata: dict | None = None) -> Job:
+               validation_file: str | None = None, metadata: dict | None = None,
+               estimated_tokens: int | None = None) -> Job:
     """A queued job (status ``validating_files``) with its estimated trained tokens; refused when that
     estimate is more than a whole day of the project's ``trained_tokens_per_day`` quota (it could never
-    start). A job that fits a day but not what is left of today waits in the queue (``jobs.queue``)."""
+    start). A job that fits a day but not what is left of today waits in the queue (``jobs.queue``).
+    ``estimated_tokens``: the estimate when the caller knows it already (a sweep's trial: its epochs × the
+    sweep's tokens per epoch), so the data is not read again."""
     plan = job_config(session, project_id, store, fields, training_file=training_file,
                       validation_file=validation_file)
     config = plan.config
-    tokens = _estimated_tokens(store, plan)
+    tokens = estimated_tokens if estimated_tokens is not None else _estimated_tokens(store, plan)
     quota = effective_quotas(session, project_id).trained_tokens_per_day
     if tokens is not None and tokens > quota:
         raise TemperingError(f"the job would train about {tokens:,} tokens (tokens per epoch × epochs), more than "

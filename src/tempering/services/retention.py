@@ -30,6 +30,7 @@ from tempering.store.models import (
     File,
     Job,
     Project,
+    Sweep,
     Webhook,
     now,
     run_id_of,
@@ -63,6 +64,9 @@ def delete_project(session, caller, project: Project, *, store, settings, force:
         deployment.deleted_at = now()
         removed["deployments"] += 1
     removed["evaluations_cancelled"] = _cancel_evaluations(session, project.id)
+    active = select(Sweep).where(Sweep.project_id == project.id, Sweep.status.in_(("queued", "running")))
+    for sweep in session.scalars(active):
+        sweep.status, sweep.finished_at = "cancelled", now()  # its trials are jobs: cancelled below
     runs = []
     for job in session.scalars(select(Job).where(Job.project_id == project.id)):
         if job.status in UNFINISHED:

@@ -395,3 +395,48 @@ class WebhookDelivery(Base):
     attempt_log: Mapped[list] = mapped_column(JSON, default=list)
     created_at: Mapped[int] = mapped_column(BigInteger, default=now)
     delivered_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class Sweep(Base):
+    """A hyperparameter sweep: ``n_trials`` child fine-tuning jobs over a search space, chosen and pruned by
+    Optuna (``services.sweeps``). Its whole state is here and in ``sweep_trials``: whoever advances it next
+    (any worker, after a restart too) rebuilds the study from these rows."""
+
+    __tablename__ = "sweeps"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("sweep-", 16, _LOWER))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id"), index=True)
+    model: Mapped[str] = mapped_column(String(200))
+    training_file: Mapped[str] = mapped_column(String(40))
+    validation_file: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    suffix: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    seed: Mapped[int] = mapped_column(BigInteger)  # the sampler's and every trial job's
+    config: Mapped[dict] = mapped_column(JSON)  # the base job config (as Job.config: no file paths)
+    search_space: Mapped[list] = mapped_column(JSON)  # ParameterSpec dicts
+    objective: Mapped[dict] = mapped_column(JSON)
+    pruning: Mapped[dict] = mapped_column(JSON)
+    initial_trials: Mapped[list] = mapped_column(JSON, default=list)  # parameter sets run first, in order
+    n_trials: Mapped[int] = mapped_column(Integer)
+    max_concurrent_trials: Mapped[int] = mapped_column(Integer, default=1)
+    tokens_per_epoch: Mapped[int | None] = mapped_column(BigInteger, nullable=True)  # a trial's estimate basis
+    user_metadata: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)  # queued | running | succeeded | failed | cancelled
+    best_trial: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    fine_tuned_model: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    error: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now, index=True)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class SweepTrial(Base):
+    """One trial of a sweep: its parameters, its child job, and what became of it."""
+
+    __tablename__ = "sweep_trials"
+    sweep_id: Mapped[str] = mapped_column(ForeignKey("sweeps.id"), primary_key=True)
+    number: Mapped[int] = mapped_column(Integer, primary_key=True)  # Optuna's trial number, from 0
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
+    params: Mapped[dict] = mapped_column(JSON)  # config path → value
+    state: Mapped[str] = mapped_column(String(16))  # running | complete | pruned | failed | cancelled
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)  # the objective, once complete
+    intermediate: Mapped[dict] = mapped_column(JSON, default=dict)  # epoch (as text) → the metric then (null: not finite)
+    created_at: Mapped[int] = mapped_column(BigInteger, default=now)
+    finished_at: Mapped[int | None] = mapped_column(BigInteger, nullable=True)

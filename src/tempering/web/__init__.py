@@ -37,6 +37,8 @@ PAGES: dict[tuple[str, str], str] = {
     ("POST", "/jobs/{job_id}/cancel"): "jobs.write",
     ("POST", "/jobs/{job_id}/pause"): "jobs.write",
     ("POST", "/jobs/{job_id}/resume"): "jobs.write",
+    ("GET", "/sweeps/{sweep_id}"): "project.read",
+    ("POST", "/sweeps/{sweep_id}/cancel"): "jobs.write",
     ("GET", "/models"): "project.read",
     ("POST", "/models/deploy"): "deployments.write",
     ("POST", "/models/delete"): "models.write",
@@ -64,9 +66,9 @@ UPLOAD_FORMS = {("POST", "/data"), ("POST", "/fine-tune")}
 
 def mount(app) -> None:
     """Add the portal's pages and its error pages (sign-in redirect, CSRF refusal, forbidden) to the app."""
-    from tempering.web import management, pages, serving, tuning
+    from tempering.web import management, pages, serving, sweeps, tuning
     from tempering.web.render import install_handlers
 
-    for module in (pages, tuning, serving, management):
+    for module in (pages, tuning, sweeps, serving, management):
         app.include_router(module.router)
     install_handlers(app)

@@ -19,12 +19,12 @@ def N_(message: str) -> str:
     return message
 
 
-# Values the pages show through ``_()`` that no literal in a template names: role names, job and file statuses,
-# weights states, report verdicts and levels, evaluation metrics. Listed so ``pybabel extract`` keeps them.
+# Values the pages show through ``_()`` that no literal in a template names: role names, job, sweep, trial and
+# file statuses, weights states, report verdicts and levels, evaluation metrics. Listed so ``pybabel extract`` keeps them.
 SHOWN_VALUES = (
     N_("Reader"), N_("AI Developer"), N_("Owner"),
     N_("validating_files"), N_("queued"), N_("running"), N_("paused"), N_("succeeded"), N_("failed"),
-    N_("cancelled"), N_("processed"), N_("error"),
+    N_("cancelled"), N_("processed"), N_("error"), N_("complete"), N_("pruned"),
     N_("present on this server"), N_("embedded (prepared on first use)"), N_("not on this server"),
     N_("ready"), N_("review"), N_("blocked"), N_("warning"), N_("info"),
     N_("validation loss"), N_("perplexity"), N_("mean token accuracy"), N_("exact match"), N_("ROUGE-L"),

@@ -191,12 +191,14 @@ def _submit(request: Request, caller: Caller, state: dict):
 @router.get("/jobs")
 def jobs_page(request: Request, caller: PageCaller):
     from tempering.services import jobs
+    from tempering.web.sweeps import sweep_rows
 
     with request.app.state.db.session(write=False) as s:
         rows = jobs.list_jobs(s, caller.project_id, after=None, limit=100).rows
         for row in rows:
             s.expunge(row)
-    return page(request, caller, "jobs.html", jobs=rows)
+        sweeps = sweep_rows(s, caller.project_id)
+    return page(request, caller, "jobs.html", jobs=rows, sweeps=sweeps)
 
 
 def _point(event) -> dict | None:
