@@ -11,7 +11,6 @@ environment to give subprocesses.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
 import socket

@@ -163,6 +163,9 @@ def restore(settings: Settings, source: Path, *, force: bool = False) -> dict:
     _refuse_non_empty(settings, force)
     root = settings.root
     root.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(source / "home.tar") as tar:  # every member checked before anything is written
+        for member in tar.getmembers():
+            tarfile.data_filter(member, str(root))  # refuses absolute paths, '..' and links out of the home
     sqlite = _sqlite_path(settings.database)
     if summary["database"] == "sqlite":
         if sqlite is None:
@@ -187,5 +190,5 @@ def restore(settings: Settings, source: Path, *, force: bool = False) -> dict:
         _run(["pg_restore", "--clean", "--if-exists", "--no-owner", f"--dbname={libpq}",
               str(source / "database.pgdump")], env)
     with tarfile.open(source / "home.tar") as tar:
-        tar.extractall(root, filter="data")  # refuses absolute paths, '..' and links out of the home
+        tar.extractall(root, filter="data")
     return summary
