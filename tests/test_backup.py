@@ -11,10 +11,11 @@ import shutil
 import tarfile
 
 import pytest
+from postgres_fixture import postgres_server_fixture, postgres_url_fixture  # noqa: F401  (the fixtures)
 from sqlalchemy import select
 
 from tempering.errors import InvalidConfigError, TemperingError
-from tempering.settings import get_settings
+from tempering.settings import get_settings, reset_settings
 from tempering.store.backup import backup, restore
 from tempering.store.db import Database
 from tempering.store.models import Project
@@ -39,6 +40,15 @@ def _platform(home):
     return settings
 
 
+def _project_name(settings) -> str:
+    db = Database(settings.database)
+    try:
+        with db.session(write=False) as session:
+            return session.scalars(select(Project.name).where(Project.id == "proj-backup")).one()
+    finally:
+        db.dispose()
+
+
 def test_backup_and_restore_of_a_home(tempering_home, tmp_path):
     settings = _platform(tempering_home)
     out = tmp_path / "backup"
@@ -59,10 +69,7 @@ def test_backup_and_restore_of_a_home(tempering_home, tmp_path):
     assert (tempering_home / "server.key").read_text() == "secret\n"
     assert not (tempering_home / "models").exists()
     assert not (tempering_home / "artifacts" / "files" / ".file-x.123.tmp").exists()
-    db = Database(settings.database)
-    with db.session(write=False) as session:
-        assert session.scalars(select(Project.name).where(Project.id == "proj-backup")).one() == "kept"
-    db.dispose()
+    assert _project_name(settings) == "kept"
 
 
 def test_restore_refuses_a_tar_that_writes_outside_the_home_and_a_foreign_folder(tempering_home, tmp_path):
@@ -82,3 +89,29 @@ def test_restore_refuses_a_tar_that_writes_outside_the_home_and_a_foreign_folder
     (out / "backup.json").write_text(json.dumps({"format": "something-else"}))
     with pytest.raises(TemperingError, match="not a tempering-backup"):
         restore(settings, out)
+
+
+def test_backup_and_restore_through_postgresql(postgres_server, postgres_url, tempering_home, tmp_path, monkeypatch):
+    if shutil.which("pg_dump") is None or shutil.which("pg_restore") is None:
+        pytest.skip("pg_dump/pg_restore are not installed (postgresql-client)")
+    monkeypatch.setenv("TEMPERING_DATABASE_URL", postgres_url)
+    reset_settings()
+    summary = backup(_platform(tempering_home), tmp_path / "backup")
+    assert summary["database"] == "postgresql" and (tmp_path / "backup" / "database.pgdump").stat().st_size > 0
+
+    name = "t_restored_" + tmp_path.name[-12:].replace("-", "_").lower()
+    with postgres_server.admin_connection() as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    try:
+        monkeypatch.setenv("TEMPERING_DATABASE_URL", postgres_server.url(name))
+        monkeypatch.setenv("TEMPERING_HOME", str(tmp_path / "new-home"))
+        reset_settings()
+        restore(get_settings(), tmp_path / "backup")
+        assert _project_name(get_settings()) == "kept"
+        assert (tmp_path / "new-home" / "runs" / "r1" / "model" / "tempering.json").is_file()
+        shutil.rmtree(tmp_path / "new-home")
+        with pytest.raises(InvalidConfigError, match="PostgreSQL database's tables"):  # it holds a platform now
+            restore(get_settings(), tmp_path / "backup")
+    finally:
+        with postgres_server.admin_connection() as connection:
+            connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
