@@ -232,6 +232,13 @@ def test_a_killed_job_is_taken_over_on_another_machine_from_the_bucket(platform,
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
 
+    from tempering.train import artifacts
+
+    _switch_home(monkeypatch, tmp_path / "lister")  # another machine lists the bucket's models …
+    listed = {m["id"] for m in artifacts.list_finetuned()}
+    assert {resumed.fine_tuned_model, reference.fine_tuned_model} <= listed
+    assert not (tmp_path / "lister" / "runs").exists()  # … reading their metadata, caching no adapter
+
 
 def _chat_through_a_deployment(http: httpx.Client, model: str, name: str) -> dict:
     created = http.post("/deployments", json={"model": model, "name": name})

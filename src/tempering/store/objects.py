@@ -296,10 +296,11 @@ def remove(path: Path, *, folder: bool) -> None:
 
 def pull(path: Path) -> bool:
     """Make sure a file under the home is here, downloading it when the store has it; whether it is here."""
-    if path.is_file():
-        _touch(path)
-        return True
     store = shared_store()
+    if path.is_file():
+        if store is not None:
+            _touch(path)  # recently used: the cache evicts it last
+        return True
     if store is None:
         return False
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -317,10 +318,11 @@ def pull(path: Path) -> bool:
 def pull_folder(folder: Path, marker: str) -> bool:
     """Make sure a complete folder is here: local with its marker, or downloaded whole from the store once
     the store holds its marker (files into a temp folder, renamed into place). Whether it is here."""
-    if (folder / marker).is_file():
-        _touch(folder)
-        return True
     store = shared_store()
+    if (folder / marker).is_file():
+        if store is not None:
+            _touch(folder)
+        return True
     if store is None:
         return False
     prefix = home_key(folder) + "/"
@@ -350,17 +352,32 @@ def pull_folder(folder: Path, marker: str) -> bool:
 
 
 def remote_markers(prefix: Path, marker: str) -> list[str]:
-    """Names of the folders directly under ``prefix`` whose marker the store holds (e.g. checkpoints)."""
+    """Names of the folders directly under ``prefix`` whose marker the store holds (e.g. checkpoints); the
+    marker may be a path inside them (``model/tempering.json``)."""
     store = shared_store()
     if store is None:
         return []
     base = home_key(prefix) + "/"
     names = []
     for info in store.list(base):
-        parts = info.key[len(base):].split("/")
+        parts = info.key[len(base):].split("/", 1)
         if len(parts) == 2 and parts[1] == marker:
             names.append(parts[0])
     return sorted(names)
+
+
+def fetch_bytes(path: Path) -> bytes | None:
+    """A small file's bytes: from the home, or read from the store without caching it; None if neither has it."""
+    if path.is_file():
+        return path.read_bytes()
+    store = shared_store()
+    if store is None:
+        return None
+    tmp = _scratch() / f"fetch-{os.getpid()}-{threading.get_ident()}"
+    try:
+        return tmp.read_bytes() if store.get_file(home_key(path), tmp) else None
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _touch(path: Path) -> None:

@@ -153,12 +153,12 @@ def base_model_of(model_id: str) -> str:
 
 def list_finetuned() -> list[dict]:
     runs = get_settings().runs_dir
-    for name in objects.remote_markers(runs, RUN_FILE):  # runs trained elsewhere: their final models, if any
-        objects.pull_folder(runs / name / "model", METADATA)
+    here = {p.parent.parent.name for p in runs.glob(f"*/model/{METADATA}")} if runs.exists() else set()
+    shared = objects.remote_markers(runs, f"model/{METADATA}")  # trained elsewhere: metadata read, not cached
     found = []
-    for meta_path in sorted(runs.glob(f"*/model/{METADATA}")) if runs.exists() else []:
-        with contextlib.suppress(OSError, json.JSONDecodeError):
-            found.append(json.loads(meta_path.read_text(encoding="utf-8")))
+    for name in sorted(here | set(shared)):
+        with contextlib.suppress(OSError, json.JSONDecodeError, TypeError):
+            found.append(json.loads(objects.fetch_bytes(runs / name / "model" / METADATA)))
     return found
 
 
