@@ -181,7 +181,7 @@ def platform(s3_server, tiny_model_dir, tmp_path_factory):
         _, client, _ = p.server(p.home("server-home"))
         file_id = client.files.create(file=("t.jsonl", TRAIN), purpose="fine-tune").id
         params = {"model": TINY_ID, "training_file": file_id, "seed": 8, "suffix": "shared",
-                  "hyperparameters": {"n_epochs": 3, "batch_size": 1, "learning_rate_multiplier": 3.0}}
+                  "hyperparameters": {"n_epochs": 6, "batch_size": 1, "learning_rate_multiplier": 3.0}}
         job = client.fine_tuning.jobs.create(**params)
         first = p.worker(p.home("worker-1"))
         deadline = time.monotonic() + 180
