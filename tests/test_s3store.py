@@ -97,6 +97,13 @@ def test_uploads_are_shared_and_the_cache_is_bounded(s3_env, tempering_home, tmp
 
     worker.delete("file-1")
     assert objects.shared_store().head("artifacts/files/file-1") is None
+    from pydantic import ValidationError
+
+    from tempering.settings import Settings
+
+    with pytest.raises(ValidationError, match="artifacts_url must be"):
+        Settings(artifacts_url="https://bucket.example.com/x")
+    assert Settings(artifacts_url="").artifacts_url is None
     with pytest.raises(objects.ArtifactStoreError, match="names no bucket"):
         objects.open_store("s3:///nobucket")
     with pytest.raises(objects.ArtifactStoreError, match="must be s3://"):

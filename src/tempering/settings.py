@@ -142,6 +142,16 @@ class Settings(BaseSettings):
         default=None, description="Storage of rate limits and sign-in throttling (the `limits` library's URL): "
         "default in-process ('memory://'); 'redis://host:6379' to hold the limits across several API processes.")
 
+    @field_validator("artifacts_url")
+    @classmethod
+    def _artifacts_url(cls, value):
+        if value is None or value == "":
+            return None
+        scheme, _, rest = value.partition("://")
+        if scheme not in ("s3", "file") or not rest.strip("/"):
+            raise ValueError(f"artifacts_url must be s3://bucket/prefix or file:///folder, not {value[:200]!r}")
+        return value
+
     @field_validator("default_quotas", mode="before")
     @classmethod
     def _quotas(cls, value):
