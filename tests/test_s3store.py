@@ -71,6 +71,30 @@ def test_folders_are_published_marker_last_and_pulled_only_when_complete(s3_env,
     assert not (tmp_path / "m.json").exists()
 
 
+def test_a_mounted_folder_is_a_shared_store_too(tempering_home, tmp_path, monkeypatch):
+    """``file:///…``: the same interface on a mounted share (no S3 server needed)."""
+    share = tmp_path / "share"
+    monkeypatch.setenv("TEMPERING_ARTIFACTS_URL", share.as_uri())
+    reset_settings()
+    model = get_settings().runs_dir / "r1" / "model"
+    model.mkdir(parents=True)
+    (model / "adapter_model.safetensors").write_bytes(b"weights")
+    (model / "tempering.json").write_text('{"id": "ft:x::r1"}')
+    objects.publish_folder(model, "tempering.json")
+    assert (share / "runs" / "r1" / "model" / "tempering.json").is_file()
+    assert [o.key for o in objects.shared_store().list("runs/r1/")] == [
+        "runs/r1/model/adapter_model.safetensors", "runs/r1/model/tempering.json"]
+    with pytest.raises(objects.ArtifactStoreError, match="not an artifact key"):
+        objects.shared_store().head("runs/../../etc/passwd")
+
+    _switch_home(monkeypatch, tmp_path / "elsewhere")
+    pulled = get_settings().runs_dir / "r1" / "model"
+    assert objects.pull_folder(pulled, "tempering.json")
+    assert (pulled / "adapter_model.safetensors").read_bytes() == b"weights"
+    objects.remove(get_settings().runs_dir / "r1", folder=True)
+    assert not objects.shared_store().list("runs/")
+
+
 def test_uploads_are_shared_and_the_cache_is_bounded(s3_env, tempering_home, tmp_path, monkeypatch):
     from tempering.store.artifacts import ArtifactStore
 
