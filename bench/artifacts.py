@@ -118,6 +118,57 @@ def checkpoint_overhead(home: Path, repeat: int) -> dict[str, list[float]]:
     return {"write": write, "publish": publish, "pull": pull}
 
 
+def job_overhead(work: Path, s3_env: dict) -> None:
+    """A real job (SmolLM2-135M, 16 examples, batch 4, 2 epochs, a checkpoint every step: 8 checkpoints and the
+    final model), on the home alone and then with the bucket; the time spent publishing is summed by wrapping
+    ``store.objects``' publishers."""
+    import json as jsonlib
+
+    from tempering.settings import reset_settings
+    from tempering.store import objects
+    from tempering.train import tune
+    from tempering.train.config import TuneConfig
+
+    rows = [{"messages": [{"role": "user", "content": f"Spell the number {i}."},
+                          {"role": "assistant", "content": f"The number {i} is spelled {i * 7}."}]} for i in range(20)]
+    (work / "train.jsonl").write_text("".join(jsonlib.dumps(r) + "\n" for r in rows[:16]))
+    (work / "valid.jsonl").write_text("".join(jsonlib.dumps(r) + "\n" for r in rows[16:]))
+    spent = {"seconds": 0.0, "calls": 0}
+
+    def timed(fn):
+        def wrapper(*args, **kwargs):
+            began = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent["seconds"] += time.perf_counter() - began
+                spent["calls"] += 1
+        return wrapper
+
+    objects.publish, objects.publish_folder = timed(objects.publish), timed(objects.publish_folder)
+    config = TuneConfig(model="smollm2-135m-instruct", training_file=work / "train.jsonl",
+                        validation_file=work / "valid.jsonl", seed=1, checkpoint_every_steps=1, evaluate=False,
+                        hyperparameters={"n_epochs": 2, "batch_size": 4})
+    saved = {k: os.environ.pop(k) for k in list(s3_env)}
+    reset_settings()
+    tune(config)  # once to convert the embedded model, untimed
+    for label, env in (("local home", {}), ("S3 (obstore)", s3_env)) * 2:  # alternated: the machine's load varies
+        os.environ.update(env)
+        reset_settings()
+        spent.update(seconds=0.0, calls=0)
+        began = time.perf_counter()
+        result = tune(config)
+        total = time.perf_counter() - began
+        folder = Path(result.run_dir) / "checkpoints"
+        size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) / max(len(list(folder.iterdir())), 1)
+        print(f"job on {label}: {total:.2f} s in all; publishing {spent['seconds']:.3f} s in {spent['calls']} calls "
+              f"({spent['seconds'] / total:.1%} of the job); a checkpoint is {size / 1e6:.1f} MB")
+        for key in env:
+            os.environ.pop(key)
+    os.environ.update(saved)
+    reset_settings()
+
+
 CLIENT_SCRIPT = r"""
 import json, sys, time
 sys.path.append(sys.argv[1])
@@ -155,13 +206,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--mb", type=int, default=200)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--job", action="store_true", help="also time a real SmolLM2-135M job, home vs bucket")
     parser.add_argument("--clients", nargs="*", default=[], help="folders holding boto3 or s3fs (pip --target)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="tempering-bench-"))
     weed, server = None, None
     try:
         (work / "s3").mkdir()
-        weed, server = start_seaweedfs(work / "s3")
+        weed, server = start_seaweedfs(work / "s3", volumes=400)  # 25 GB: the runs overwrite 200 MB many times
         os.environ.update(server.env("bench"))
         os.environ["TEMPERING_HOME"] = str(work / "home")
         from tempering.settings import reset_settings
@@ -181,6 +233,8 @@ def main() -> None:
             times = other_client(name, folder, server, path, args.repeat)
             print(f"S3 ({name}) upload {_mbps(size, statistics.median(times['up']))}  {_best(times['up'])}")
             print(f"S3 ({name}) download {_mbps(size, statistics.median(times['down']))}  {_best(times['down'])}")
+        if args.job:
+            job_overhead(work, server.env("bench-job"))
         ckpt = checkpoint_overhead(work / "home", max(args.repeat, 5))
         total = sum(CHECKPOINT_FILES.values())
         print(f"checkpoint ({total / 1e6:.1f} MB, {len(CHECKPOINT_FILES) + 1} files): local write {_best(ckpt['write'])}; "

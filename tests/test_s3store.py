@@ -128,6 +128,9 @@ def test_uploads_are_shared_and_the_cache_is_bounded(s3_env, tempering_home, tmp
     with pytest.raises(ValidationError, match="artifacts_url must be"):
         Settings(artifacts_url="https://bucket.example.com/x")
     assert Settings(artifacts_url="").artifacts_url is None
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")  # a refusal names the store and the key
+    with pytest.raises(objects.ArtifactStoreError, match=r"s3://tempering-test/t-\w+ failed to store x/y: "):
+        objects.open_store(s3_env["TEMPERING_ARTIFACTS_URL"]).put_bytes("x/y", b"1")
     with pytest.raises(objects.ArtifactStoreError, match="names no bucket"):
         objects.open_store("s3:///nobucket")
     with pytest.raises(objects.ArtifactStoreError, match="must be s3://"):

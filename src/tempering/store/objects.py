@@ -20,6 +20,7 @@ Knows nothing of torch, models, runs or HTTP: callers say which paths and which 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -156,6 +157,18 @@ class LocalObjects(ObjectStore):
             self._path(key).unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def _s3_errors(url: str, action: str, key: str):
+    """obstore's errors (after its own retries) as an ``ArtifactStoreError`` naming the store and the key."""
+    from obstore.exceptions import BaseError
+
+    try:
+        yield
+    except BaseError as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise ArtifactStoreError(f"the artifact store {url} failed to {action} {key}: {first}") from None
+
+
 class S3Objects(ObjectStore):
     """S3-compatible object storage through obstore (Rust's object_store: multipart uploads, retries)."""
 
@@ -177,7 +190,7 @@ class S3Objects(ObjectStore):
         import obstore
 
         digest = sha256 or _sha256(path)
-        with path.open("rb") as fh:
+        with path.open("rb") as fh, _s3_errors(self.url, "store", key):
             obstore.put(self._store, check_key(key), fh, attributes={SHA_ATTRIBUTE: digest},
                         chunk_size=CHUNK, max_concurrency=8)
 
@@ -185,12 +198,13 @@ class S3Objects(ObjectStore):
         import obstore
 
         try:
-            result = obstore.get(self._store, check_key(key))
+            with _s3_errors(self.url, "read", key):
+                result = obstore.get(self._store, check_key(key))
         except FileNotFoundError:
             return False
         expected = result.attributes.get(SHA_ATTRIBUTE)
         digest = hashlib.sha256()
-        with dest.open("wb") as fh:
+        with dest.open("wb") as fh, _s3_errors(self.url, "read", key):
             for chunk in result.stream(min_chunk_size=CHUNK):
                 digest.update(chunk)
                 fh.write(chunk)
@@ -204,7 +218,8 @@ class S3Objects(ObjectStore):
         import obstore
 
         try:
-            meta = obstore.head(self._store, check_key(key))
+            with _s3_errors(self.url, "look up", key):
+                meta = obstore.head(self._store, check_key(key))
         except FileNotFoundError:
             return None
         return ObjectInfo(key, meta["size"], meta.get("e_tag"))
@@ -213,16 +228,18 @@ class S3Objects(ObjectStore):
         import obstore
 
         found = []
-        for batch in obstore.list(self._store, prefix=prefix or None, chunk_size=1000):
-            found += [ObjectInfo(m["path"], m["size"], m.get("e_tag")) for m in batch
-                      if m["path"].startswith(prefix)]
+        with _s3_errors(self.url, "list", prefix or "/"):
+            for batch in obstore.list(self._store, prefix=prefix or None, chunk_size=1000):
+                found += [ObjectInfo(m["path"], m["size"], m.get("e_tag")) for m in batch
+                          if m["path"].startswith(prefix)]
         return sorted(found, key=lambda o: o.key)
 
     def delete(self, keys: list[str]) -> None:
         import obstore
 
         for start in range(0, len(keys), 1000):
-            obstore.delete(self._store, [check_key(k) for k in keys[start:start + 1000]])
+            with _s3_errors(self.url, "delete", keys[start]):
+                obstore.delete(self._store, [check_key(k) for k in keys[start:start + 1000]])
 
 
 def open_store(url: str) -> ObjectStore:

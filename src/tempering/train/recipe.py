@@ -303,7 +303,8 @@ def tune(config: TuneConfig, *, on_event: EventSink | None = None, resume: bool 
         s.write_run(status="cancelled")
         raise
     except BaseException:
-        with contextlib.suppress(OSError):  # a full disk: the error that got us here is the one to report
+        # a full disk or an unreachable artifact store: the error that got us here is the one to report
+        with contextlib.suppress(OSError, objects.ArtifactStoreError):
             s.write_run(status="failed")
         raise
     final = evaluate(s.model, s.valid, s.make_batch, s.loss_fn, world=s.world)
