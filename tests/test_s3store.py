@@ -286,12 +286,13 @@ def _chat_through_a_deployment(http: httpx.Client, model: str, name: str) -> dic
 def test_a_server_with_an_empty_home_serves_a_model_trained_elsewhere(platform):
     p, resumed = platform["platform"], platform["resumed"]
     env = p.home("empty-server-home")
+    home = Path(env["TEMPERING_HOME"])
+    assert not (home / "runs").exists() and not (home / "artifacts").exists()  # only the base model registered
     _, client, http = p.server(env)
     answer = _chat_through_a_deployment(http, resumed.fine_tuned_model, "shared-elsewhere")
     assert answer["model"] == resumed.fine_tuned_model and answer["choices"][0]["message"]["content"]
     results = client.files.content(resumed.result_files[0]).text  # written by the worker, read from the bucket
     assert results.startswith("step,train_loss")
-    home = Path(env["TEMPERING_HOME"])
     assert (home / "runs" / run_id_of(resumed.id) / "model" / "adapter_model.safetensors").is_file()  # cached
 
 
