@@ -11,8 +11,8 @@ is a no-op. Set (``s3://bucket/prefix``, or ``file:///mnt/shared`` for a mounted
 is a working copy and a cache. Writers still write locally (temp folder, rename) and then *publish* at
 well-defined points: a folder's files first and its completion marker object last, so a reader that sees
 the marker sees a whole checkpoint or model. Readers *pull* what they miss: a folder only once its marker
-is in the store, into a temp folder renamed into place. Every object carries its sha256 (an object
-attribute), checked on download. Pulled folders and files form a cache bounded by
+is in the store, into a temp folder renamed into place. On S3 every object carries its sha256 (an object
+attribute, ``x-amz-meta-sha256``), checked on download. Pulled folders and files form a cache bounded by
 ``TEMPERING_ARTIFACTS_CACHE_BYTES``, the least recently used evicted first (only what the store holds).
 
 Knows nothing of torch, models, runs or HTTP: callers say which paths and which marker.
