@@ -36,8 +36,10 @@ def test_resource_rule():
 def test_job_environment_passes_home_and_database_but_no_keys(tmp_path):
     settings = Settings(home=tmp_path)
     env = job_environment(settings, {"TEMPERING_EXECUTOR": "ray", "TEMPERING_API_KEY": "tk-x", "HF_HOME": "/hf",
-                                     "TEMPERING_MAX_UPLOAD_BYTES": "5", "PATH": "/bin"})
+                                     "TEMPERING_MAX_UPLOAD_BYTES": "5", "PATH": "/bin",
+                                     "AWS_ENDPOINT_URL": "http://s3.internal:8333"})
     assert env == {"TEMPERING_HOME": str(tmp_path.resolve()), "HF_HOME": "/hf", "TEMPERING_MAX_UPLOAD_BYTES": "5",
+                   "AWS_ENDPOINT_URL": "http://s3.internal:8333",
                    "TEMPERING_DATABASE_URL": f"sqlite:///{tmp_path.resolve() / 'tempering.db'}"}
 
 

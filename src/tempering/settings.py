@@ -53,6 +53,15 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL of the database; default: a SQLite file in the home. "
         "PostgreSQL: postgresql+psycopg://user:password@host/db.")
+    artifacts_url: str | None = Field(
+        default=None, description="Where artifacts (uploads, checkpoints, fine-tuned models, evaluation reports, "
+        "exports) are shared between machines: 's3://bucket/prefix' for S3-compatible object storage (endpoint and "
+        "credentials from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION), or "
+        "'file:///mnt/share' for a mounted folder. Unset: the home holds them (docs/scale-out.md).")
+    artifacts_cache_bytes: int = Field(
+        default=20 * 2**30, ge=0, description="With artifacts_url set: the most bytes of pulled and published "
+        "artifacts this home keeps as a cache (least recently used evicted first; base model weights are not "
+        "counted).")
     max_upload_bytes: int = Field(default=512 * 1024 * 1024, ge=1, description="Largest accepted upload "
                                   "(the file's bytes); a larger declared Content-Length is refused before reading.")
     max_json_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="Largest request body of every "
@@ -132,6 +141,16 @@ class Settings(BaseSettings):
     rate_limit_url: str | None = Field(
         default=None, description="Storage of rate limits and sign-in throttling (the `limits` library's URL): "
         "default in-process ('memory://'); 'redis://host:6379' to hold the limits across several API processes.")
+
+    @field_validator("artifacts_url")
+    @classmethod
+    def _artifacts_url(cls, value):
+        if value is None or value == "":
+            return None
+        scheme, _, rest = value.partition("://")
+        if scheme not in ("s3", "file") or not rest.strip("/"):
+            raise ValueError(f"artifacts_url must be s3://bucket/prefix or file:///folder, not {value[:200]!r}")
+        return value
 
     @field_validator("default_quotas", mode="before")
     @classmethod

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 
 from tempering.api.errors import APIError
@@ -155,7 +156,8 @@ async def receive_upload(request: Request, store, file_id: str, limit: int) -> R
             purpose = files.check_purpose(form.purpose.decode("utf-8"))
         except UnicodeDecodeError:
             raise _bad("purpose is not UTF-8", "purpose") from None
-        size, sha256 = form.writer.commit()
+        # off the event loop: with a shared artifact store, committing uploads the file (multipart)
+        size, sha256 = await run_in_threadpool(form.writer.commit)
         return Received(files.Upload(form.filename, purpose), size, sha256)
     except MultipartParseError as exc:
         raise _bad(f"the multipart body is malformed: {str(exc)[:200]}") from None

@@ -6,6 +6,7 @@ import typer
 
 from tempering.cli import (
     access,
+    backup,
     blocklists,
     calibrate,
     chat,
@@ -50,6 +51,8 @@ app.add_typer(access.users, name="users")
 app.add_typer(access.projects, name="projects")
 app.add_typer(access.keys, name="keys")
 app.command("usage")(usage.usage)
+app.command("backup")(backup.backup)
+app.command("restore")(backup.restore)
 
 
 def main() -> None:

@@ -22,6 +22,8 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
+from tempering.store import objects
+
 REPORT_FILE = "evaluation.json"
 METRIC_TOLERANCE = 0.02  # 2 points of accuracy / ROUGE-L: one example in 50 moves accuracy by exactly this
 LOSS_TOLERANCE = 0.01  # 1 % of the baseline's validation loss
@@ -212,11 +214,12 @@ def write_report(run_folder: Path, report: EvaluationReport) -> Path:
 
     path = run_folder / REPORT_FILE
     write_json_atomic(path, report.model_dump(mode="json"))
+    objects.publish(path)
     return path
 
 
 def read_report(run_folder: Path) -> EvaluationReport | None:
     path = run_folder / REPORT_FILE
-    if not path.is_file():
+    if not objects.pull(path):  # from a shared artifact store when this home lacks it
         return None
     return EvaluationReport.model_validate(json.loads(path.read_text(encoding="utf-8")))

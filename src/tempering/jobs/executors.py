@@ -35,8 +35,10 @@ LARGE_MODEL_PARAMETERS = 1_000_000_000  # from here on, "auto" asks for a GPU wh
 PARAMETERS_PER_CPU = 500_000_000  # CPU training: one core per 500M parameters, 1 to MAX_CPUS
 MAX_CPUS = 8
 GPU_TASK_CPUS = 2  # tokenizing and batching beside a GPU
-# environment the job's process needs besides TEMPERING_HOME and TEMPERING_DATABASE_URL (always passed)
-PASSED_PREFIXES = ("TEMPERING_", "HF_")
+# environment the job's process needs besides TEMPERING_HOME and TEMPERING_DATABASE_URL (always passed);
+# AWS_* configures a shared artifact store (TEMPERING_ARTIFACTS_URL=s3://…): endpoint, region and, unless the
+# nodes have credentials of their own (an instance role), the keys, which then travel like the database URL
+PASSED_PREFIXES = ("TEMPERING_", "HF_", "AWS_")
 PASSED_NAMES = ("TRANSFORMERS_OFFLINE", "TOKENIZERS_PARALLELISM")
 NOT_PASSED = ("TEMPERING_EXECUTOR", "TEMPERING_API_KEY", "TEMPERING_SERVER")
 PARENT_PID = "TEMPERING_RUNNER_PARENT_PID"  # the worker that started a local runner (it checks it is alive)

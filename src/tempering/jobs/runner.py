@@ -205,6 +205,7 @@ def run(job_id: str) -> int:
     result_file = new_id("file-")
     csv_bytes = (artifacts.run_dir(run_id) / "results.csv").read_bytes()
     (results / result_file).write_bytes(csv_bytes)
+    store.publish(result_file)
     with db.session() as session:
         session.add(File(id=result_file, project_id=job.project_id, filename="step_metrics.csv",
                          purpose="fine-tune-results", bytes=len(csv_bytes),

@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 from tempering.jobs import queue
 from tempering.jobs.executors import Executor, make_executor
-from tempering.store import webhooks
+from tempering.store import objects, webhooks
 from tempering.store.db import Database
 from tempering.store.models import Evaluation, Job, JobEvent, Project, new_id, now, run_id_of
 
@@ -142,6 +142,7 @@ def remove_run_of_deleted_project(db: Database, job: Job) -> None:
         project = session.get(Project, job.project_id)
     if project is not None and project.status == "deleted":
         shutil.rmtree(run_dir(run_id_of(job.id)), ignore_errors=True)
+        objects.remove(run_dir(run_id_of(job.id)), folder=True)  # and from a shared artifact store
 
 
 def start_pool(db: Database, count: int, lease_seconds: float, executor: Executor | None = None,

@@ -85,11 +85,12 @@ class FileWriter:
     def store_file(self, built: Path, filename: str) -> NewFile:
         """Move ``built`` (a path under ``scratch``) into the store under a new file id."""
         file_id = new_id("file-")
-        target = self.store.file_path(file_id)
+        target = self.store.local_path(file_id)
         size, digest = built.stat().st_size, sha256_file(built)
         os.replace(built, target)
         new = NewFile(file_id, filename[-MAX_FILENAME:], size, digest)
-        self.files.append(new)
+        self.files.append(new)  # from here an error removes it, locally and from the shared store
+        self.store.publish(file_id)
         return new
 
     def register(self, db, project_id: str, purpose: str) -> list[File]:

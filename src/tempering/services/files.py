@@ -157,8 +157,10 @@ def sweep_orphans(db, store, grace_seconds: float = ORPHAN_GRACE_SECONDS) -> lis
             continue
         if path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
-        else:
+        elif path.name.startswith("."):
             path.unlink(missing_ok=True)
+        else:
+            store.delete(path.name)  # its copy in a shared artifact store too
         removed.append(path.name)
     if removed:
         log.warning("removed %d file(s) left by a crash: %s", len(removed), ", ".join(removed[:10]))

@@ -14,6 +14,7 @@ from sqlalchemy import select
 
 from tempering.errors import ConflictError, ModelNotFoundError, TemperingError, not_found
 from tempering.services import audit
+from tempering.store import objects
 from tempering.store.models import Job, Project
 from tempering.train import refs
 
@@ -114,6 +115,7 @@ def delete_model(session, project_id: str, model_id: str) -> None:
     try:
         folder, _ = artifacts.resolve_finetuned(model_id)
         shutil.rmtree(folder, ignore_errors=True)
+        objects.remove(folder, folder=True)  # and from a shared artifact store
     except ModelNotFoundError:  # its files are already gone: deleting it forgets the name
         pass
     job.fine_tuned_model = None

@@ -23,6 +23,7 @@ from tempering.errors import ConflictError
 from tempering.services import audit, webhooks
 from tempering.services.deployments import live
 from tempering.services.jobs import request_stop
+from tempering.store import objects
 from tempering.store.models import (
     Deployment,
     DeploymentRequest,
@@ -103,3 +104,4 @@ def _remove(store, file_ids: list[str], runs_dir, run_ids: list[str]) -> None:
         store.delete(file_id)
     for run_id in run_ids:
         shutil.rmtree(runs_dir / run_id, ignore_errors=True)
+        objects.remove(runs_dir / run_id, folder=True)  # and from a shared artifact store

@@ -1,7 +1,9 @@
-"""The artifact store: uploaded files on disk under server-generated ids, written atomically.
+"""Uploaded files under server-generated ids, written atomically, shared through the artifact store.
 
 A user-supplied filename is metadata only, never part of a path. Uploads are pushed to a temp file beside
-their final path (never the system temp folder) with a size limit and a running sha256, then renamed into place.
+their final path (never the system temp folder) with a size limit and a running sha256, then renamed into place
+and, with a shared artifact store (``store.objects``), uploaded to it (multipart, with the sha256) before
+``commit`` returns. ``file_path`` pulls a file this home does not hold from the shared store.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from tempering.errors import TemperingError
+from tempering.store import objects
 
 
 class UploadTooLarge(TemperingError):
@@ -42,7 +45,13 @@ class UploadWriter:
         self._fh.close()
         os.replace(self.tmp, self.target)
         self._done = True
-        return self.size, self._digest.hexdigest()
+        digest = self._digest.hexdigest()
+        try:
+            objects.publish(self.target, digest)
+        except BaseException:
+            self.target.unlink(missing_ok=True)  # not shared, so not stored: the caller registers nothing
+            raise
+        return self.size, digest
 
     def abort(self) -> None:
         if not self._done:
@@ -56,14 +65,25 @@ class ArtifactStore:
         self.root = root
         (root / "files").mkdir(parents=True, exist_ok=True)
 
-    def file_path(self, file_id: str) -> Path:
+    def local_path(self, file_id: str) -> Path:
+        """Where the file's bytes are (or go) in this home."""
         if not file_id.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"bad file id {file_id!r}")
         return self.root / "files" / file_id
 
+    def file_path(self, file_id: str) -> Path:
+        """The file's local path, pulled from the shared artifact store when this home lacks it."""
+        path = self.local_path(file_id)
+        objects.pull(path)
+        return path
+
+    def publish(self, file_id: str) -> None:
+        """Share a file put in place by other means than ``open_upload`` (a built export, a results file)."""
+        objects.publish(self.local_path(file_id))
+
     def open_upload(self, file_id: str, limit: int) -> UploadWriter:
         """A writer for the file's bytes, pushed as they arrive; ``commit`` renames it into place."""
-        return UploadWriter(self.file_path(file_id), limit)
+        return UploadWriter(self.local_path(file_id), limit)
 
     async def save_stream(self, file_id: str, chunks: AsyncIterator[bytes], limit: int) -> tuple[int, str]:
         """Write the chunks to the file's path; returns (bytes, sha256). Nothing is left on failure."""
@@ -76,4 +96,6 @@ class ArtifactStore:
             writer.abort()
 
     def delete(self, file_id: str) -> None:
-        self.file_path(file_id).unlink(missing_ok=True)
+        path = self.local_path(file_id)
+        path.unlink(missing_ok=True)
+        objects.remove(path, folder=False)

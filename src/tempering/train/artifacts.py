@@ -9,7 +9,11 @@ One folder per run under ``TEMPERING_HOME/runs/<short id>/``::
     model/              the final PEFT adapter + tempering.json, written atomically at the end
 
 Fine-tuned model ids look like ``ft:<base id>:<suffix>:<short id>`` (the suffix may be empty, as in
-OpenAI's ids). Imports no torch.
+OpenAI's ids). With a shared artifact store (``store.objects``, ``TEMPERING_ARTIFACTS_URL``) the run folder is
+this machine's working copy: ``publish_run`` shares run.json, events, results and the evaluation report (at
+every checkpoint and at the end), the final model is published files first and ``tempering.json`` last, and
+the readers here (``resolve_finetuned``, ``list_finetuned``, ``read_run``) pull what this home lacks.
+Imports no torch.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 
 from tempering.errors import ModelNotFoundError
 from tempering.settings import get_settings
+from tempering.store import objects
 
 METADATA = "tempering.json"
 RUN_FILE = "run.json"  # the run's config, resolved hyperparameters, data hashes and status
@@ -40,6 +45,7 @@ RESULT_COLUMNS = [
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz0123456789"
 _RUN_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 CHECKPOINT_MARKER = "COMPLETE"  # a checkpoint folder without it is incomplete (``train.checkpoint`` writes it)
+RUN_LOGS = (RUN_FILE, "events.jsonl", "results.csv", "evaluation.json")  # a run's own files, shared as they change
 
 
 def new_short_id() -> str:
@@ -132,7 +138,7 @@ def resolve_finetuned(model_id: str) -> tuple[Path, dict]:
         )
     folder = run_dir(parts[3]) / "model"
     meta_path = folder / METADATA
-    if not meta_path.is_file():
+    if not objects.pull_folder(folder, METADATA):
         raise ModelNotFoundError(f"no fine-tuned model {model_id!r}", param="model")
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     if meta.get("id") != model_id:
@@ -147,14 +153,26 @@ def base_model_of(model_id: str) -> str:
 
 def list_finetuned() -> list[dict]:
     runs = get_settings().runs_dir
+    here = {p.parent.parent.name for p in runs.glob(f"*/model/{METADATA}")} if runs.exists() else set()
+    shared = objects.remote_markers(runs, f"model/{METADATA}")  # trained elsewhere: metadata read, not cached
     found = []
-    for meta_path in sorted(runs.glob(f"*/model/{METADATA}")) if runs.exists() else []:
-        with contextlib.suppress(OSError, json.JSONDecodeError):
-            found.append(json.loads(meta_path.read_text(encoding="utf-8")))
+    for name in sorted(here | set(shared)):
+        with contextlib.suppress(OSError, json.JSONDecodeError, TypeError):
+            found.append(json.loads(objects.fetch_bytes(runs / name / "model" / METADATA)))
     return found
 
 
+def publish_run(folder: Path) -> None:
+    """Share the run's own files (run.json, events, results, evaluation report) with a shared artifact store."""
+    for name in RUN_LOGS:
+        objects.publish(folder / name)
+
+
 def read_run(folder: Path) -> dict | None:
+    """The run's ``run.json``; a run this home lacks is pulled (its own files) from a shared artifact store."""
+    if not (folder / RUN_FILE).is_file() and objects.pull(folder / RUN_FILE):
+        for name in RUN_LOGS[1:]:
+            objects.pull(folder / name)
     with contextlib.suppress(OSError, json.JSONDecodeError):
         return json.loads((folder / RUN_FILE).read_text(encoding="utf-8"))
     return None

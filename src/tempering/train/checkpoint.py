@@ -20,7 +20,13 @@ checkpoint that is incomplete or does not match the model and optimizer it is re
 file, bad JSON, unknown or missing tensors, wrong shapes) raises ``CheckpointError`` naming the file before
 anything is changed. ``latest_checkpoint`` ignores any folder without the marker, so a half-written one is
 skipped and resume continues from the previous complete one; ``discard_partial`` removes the temp folders a
-killed process left behind. Knows nothing about the training loop.
+killed process left behind.
+
+With a shared artifact store (``store.objects``) a checkpoint is published once complete: the run's own files
+(run.json, events, results) first, then the checkpoint's files, then its ``COMPLETE`` object last, so a reader on
+another machine never trusts a partial one. ``latest_checkpoint`` then also looks in the store and pulls a newer
+complete checkpoint than this home holds (a job taken over from a worker on another machine). Knows nothing
+about the training loop.
 """
 
 from __future__ import annotations
@@ -37,7 +43,8 @@ import numpy as np
 import torch
 
 from tempering.errors import TemperingError
-from tempering.train.artifacts import atomic_dir
+from tempering.store import objects
+from tempering.train.artifacts import atomic_dir, publish_run
 
 COMPLETE = "COMPLETE"
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -74,6 +81,8 @@ def save_checkpoint(run_folder: Path, *, model, optimizer, scheduler, step: int,
             "step": step, "epoch": epoch, "batches_done": batches_done, "epoch_sums": dict(epoch_sums)})
         (tmp / "metrics.json").write_text(json.dumps({"step": step, **metrics}, indent=2))
         (tmp / COMPLETE).write_text("ok\n")
+    publish_run(run_folder)  # the results up to this step, before the checkpoint a reader would trust
+    objects.publish_folder(target, COMPLETE)
     return target
 
 
@@ -365,7 +374,13 @@ def list_checkpoints(run_folder: Path) -> list[Path]:
 
 
 def latest_checkpoint(run_folder: Path) -> Path | None:
+    """The newest complete checkpoint, here or (pulled from there) in a shared artifact store."""
     complete = list_checkpoints(run_folder)
+    shared = objects.remote_markers(run_folder / "checkpoints", COMPLETE)
+    newer = [name for name in shared if not complete or name > complete[-1].name]
+    for name in reversed(newer):
+        if objects.pull_folder(run_folder / "checkpoints" / name, COMPLETE):
+            return run_folder / "checkpoints" / name
     return complete[-1] if complete else None
 
 

@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 
 from tempering.catalog import DEFAULT_MODEL_ID, get_card
 from tempering.settings import get_settings
+from tempering.store import objects
 
 # Evaluation is a forward pass only: about a third of a training step's work per token.
 EVAL_COST = 1 / 3
@@ -167,6 +168,7 @@ def calibrate(
     run_dir = Path(result.run_dir)
     if run_dir.parent == get_settings().runs_dir:  # the timing job is not a model anyone asked for
         shutil.rmtree(run_dir, ignore_errors=True)
+        objects.remove(run_dir, folder=True)  # and from a shared artifact store
     fit_seconds = marks["last_epoch"] - marks["started"]
     calibration = Calibration(
         model=card.id,

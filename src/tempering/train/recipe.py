@@ -24,6 +24,7 @@ from tempering.data import EncodedExample, encode_chat
 from tempering.errors import InvalidConfigError, InvalidDataError
 from tempering.fileio import sha256_file
 from tempering.hardware import select_placement
+from tempering.store import objects
 from tempering.train import artifacts
 from tempering.train.batching import collate
 from tempering.train.checkpoint import discard_partial, latest_checkpoint
@@ -96,6 +97,7 @@ class Setup:
             "parent_model": self.parent, "hyperparameters": self.hp.model_dump(), "data_sha256": self.data_sha256,
         }
         artifacts.write_json_atomic(self.folder / artifacts.RUN_FILE, {**run, **fields})
+        objects.publish(self.folder / artifacts.RUN_FILE)
 
     def emit(self, message: str, *, type: str = "message", level: str = "info", **data) -> None:
         if not self.world.is_main:
@@ -223,6 +225,7 @@ def _save_model(s: Setup, model_id: str, metadata: dict) -> Path:
     with artifacts.atomic_dir(target) as tmp:
         s.model.save_pretrained(tmp)
         artifacts.write_json_atomic(tmp / artifacts.METADATA, metadata)
+    objects.publish_folder(target, artifacts.METADATA)  # the adapter first, its metadata (the marker) last
     return target
 
 
@@ -300,7 +303,8 @@ def tune(config: TuneConfig, *, on_event: EventSink | None = None, resume: bool 
         s.write_run(status="cancelled")
         raise
     except BaseException:
-        with contextlib.suppress(OSError):  # a full disk: the error that got us here is the one to report
+        # a full disk or an unreachable artifact store: the error that got us here is the one to report
+        with contextlib.suppress(OSError, objects.ArtifactStoreError):
             s.write_run(status="failed")
         raise
     final = evaluate(s.model, s.valid, s.make_batch, s.loss_fn, world=s.world)
@@ -336,6 +340,8 @@ def tune(config: TuneConfig, *, on_event: EventSink | None = None, resume: bool 
 
     s.write_run(status="succeeded", model_id=model_id)
     s.emit(f"New fine-tuned model {model_id}", type="succeeded", model_id=model_id, output_dir=str(output))
+    if s.world.is_main:
+        artifacts.publish_run(s.folder)  # events, results and the evaluation report, as they ended
     return TuneResult(
         model_id=model_id, base_model=s.base_model, output_dir=str(output), run_dir=str(s.folder),
         trained_tokens=trained_tokens, seconds=round(seconds, 2), train_loss=fitted["train_loss"],

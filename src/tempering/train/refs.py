@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tempering.errors import ModelNotFoundError
+from tempering.store import objects
 from tempering.train import artifacts
 
 _CHECKPOINT = re.compile(r"^(?P<model>ft:[^@]+?)(?:@step-|:ckpt-step-)(?P<step>\d{1,12})$")
@@ -84,6 +85,7 @@ def _run_facts(run_folder: Path) -> tuple[str, str, str, list[str] | None]:
     if run is None:
         raise ModelNotFoundError(f"no run {run_folder.name!r}", param="model")
     meta_path = run_folder / "model" / artifacts.METADATA
+    objects.pull_folder(meta_path.parent, artifacts.METADATA)
     meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
     model_id = artifacts.model_id_for(run["base_model"], run["config"].get("suffix"), run_folder.name)
     return model_id, run["base_model"], run["config"].get("task", "chat"), meta.get("labels")
@@ -111,6 +113,7 @@ def resolve(name: str, *, allow_paths: bool = False) -> Target:
     ref = parse(name)
     if ref.kind == "checkpoint":
         folder = artifacts.run_dir(ref.run_id) / "checkpoints" / f"step-{ref.step:06d}"
+        objects.pull_folder(folder, artifacts.CHECKPOINT_MARKER)  # from a shared artifact store if not here
         target = _checkpoint_target(folder, name)
         if target.name != checkpoint_name(ref.model, ref.step):  # the run exists but under another id
             raise ModelNotFoundError(f"no checkpoint {name!r}", param="model")
