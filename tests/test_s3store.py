@@ -168,13 +168,13 @@ class Platform:
         return {**self.env, "TEMPERING_HOME": str(home)}
 
     def server(self, env: dict) -> tuple[subprocess.Popen, openai.OpenAI, httpx.Client]:
-        from test_api import _free_port, _read_key_and_wait
+        from live_server import free_port, wait_until_serving
 
-        port = _free_port()
+        port = free_port()
         process = subprocess.Popen([sys.executable, "-m", "tempering.cli.main", "serve", "--port", str(port),  # noqa: S603
                                     "--workers", "0"], env=env, stderr=subprocess.PIPE, text=True)
         self.processes.append(process)
-        self.key = _read_key_and_wait(process, port) or self.key  # printed by the first start only
+        self.key = wait_until_serving(process, port) or self.key  # printed by the first start only
         base = f"http://127.0.0.1:{port}/v1"
         return (process, openai.OpenAI(base_url=base, api_key=self.key, max_retries=2),
                 httpx.Client(base_url=base, headers={"Authorization": f"Bearer {self.key}"}, timeout=120))
