@@ -3,7 +3,8 @@ and read without running code from the file.
 
 A checkpoint folder ``checkpoints/step-<N>/`` holds::
 
-    adapter_config.json, adapter_model.safetensors   the PEFT adapter (``save_pretrained``)
+    adapter_config.json, adapter_model.safetensors   the PEFT adapter (``save_pretrained``), or
+    model.safetensors                                the whole model's weights (adapter full; ``weights``)
     training_state.safetensors                       every tensor of the training state: optimizer state
                                                      (``optimizer.state.<param index>.<name>``) and RNG
                                                      states as uint8 (``rng.torch``, ``rng.cuda.<i>``,
@@ -37,6 +38,7 @@ import numpy as np
 import torch
 
 from tempering.errors import TemperingError
+from tempering.train import weights
 from tempering.train.artifacts import atomic_dir
 
 COMPLETE = "COMPLETE"
@@ -69,7 +71,7 @@ def save_checkpoint(run_folder: Path, *, model, optimizer, scheduler, step: int,
     target = run_folder / "checkpoints" / f"step-{step:06d}"
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(target) as tmp:
-        model.save_pretrained(tmp)
+        weights.save(model, tmp)  # the adapter, or (adapter full) the whole model's model.safetensors
         write_training_state(tmp, optimizer=optimizer, scheduler=scheduler, position={
             "step": step, "epoch": epoch, "batches_done": batches_done, "epoch_sums": dict(epoch_sums)})
         (tmp / "metrics.json").write_text(json.dumps({"step": step, **metrics}, indent=2))
@@ -212,27 +214,27 @@ def _decode(value, tensors: dict):
 def restore_checkpoint(folder: Path, *, model, optimizer, scheduler) -> TrainingState:
     """Load adapter, optimizer, scheduler and RNG states from ``folder`` into the live objects and return
     the data position. Everything is checked against the live objects before any of them changes."""
-    from peft import get_peft_model_state_dict, set_peft_model_state_dict
     from safetensors.torch import load_file
 
     problem = _Problem(folder)
     state, _ = read_training_state(folder)
     position = _position(state["position"], problem)
+    name = ADAPTER_FILE if weights.is_peft(model) else weights.FULL_WEIGHTS
     try:
-        adapter = load_file(folder / ADAPTER_FILE)
+        adapter = load_file(folder / name)
     except FileNotFoundError:
-        raise problem(ADAPTER_FILE, "missing") from None
+        raise problem(name, "missing") from None
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own errors for a corrupt header
-        raise problem(ADAPTER_FILE, f"not a readable safetensors file ({exc})") from None
-    expected = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
+        raise problem(name, f"not a readable safetensors file ({exc})") from None
+    expected = {k: tuple(v.shape) for k, v in weights.trainable_state(model).items()}
     found = {k: tuple(v.shape) for k, v in adapter.items()}
     if found != expected:
-        raise problem(ADAPTER_FILE, f"does not match this run's adapter: {_difference(found, expected)}")
+        raise problem(name, f"does not match this run's model: {_difference(found, expected)}")
     _check_optimizer(state["optimizer"], optimizer, problem)
     _check_same_keys(state["scheduler"], scheduler.state_dict(), "scheduler", problem)
     rng = _rng(state["rng"], problem)
 
-    set_peft_model_state_dict(model, adapter)
+    weights.set_trainable_state(model, adapter)
     try:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
