@@ -156,7 +156,7 @@ class JobOptions(BaseModel):
     @classmethod
     def _lora_needs_adapter(cls, v, info: ValidationInfo):
         if info.data.get("adapter") == "full" and v != LoraSettings():
-            raise ValueError("LoRA settings apply to adapter lora or dora; adapter full trains every weight and "
+            raise ValueError("LoRA settings apply to adapter lora or dora, and adapter full trains every weight and "
                              "takes none (remove lora, or choose adapter lora or dora)")
         return v
 
@@ -164,7 +164,7 @@ class JobOptions(BaseModel):
     @classmethod
     def _metric_fits_task(cls, v, info: ValidationInfo):
         if v == "macro_f1" and info.data.get("task", "chat") == "chat":
-            raise ValueError("macro_f1 is a classification metric; a chat job selects by loss or accuracy "
+            raise ValueError("macro_f1 is a classification metric, and a chat job selects by loss or accuracy "
                              "(or auto: loss)")
         return v
 
