@@ -61,6 +61,20 @@ def test_valid_combinations_pass_and_full_lowers_the_learning_rate(tmp_path):
     assert parse_config({"training_file": "t", "task": "classification"}).resolved_patience() == 2
 
 
+def test_the_options_travel_from_the_cli_through_the_api_body_into_the_same_config(tmp_path):
+    from tempering.api.protocol import JobCreate
+    from tempering.cli.tune import remote_body
+
+    config = parse_config({"training_file": tmp_path / "t.jsonl", "adapter": "dora", "optimizer": "adafactor",
+                           "label_smoothing": 0.2, "early_stopping": 3, "selection_metric": "accuracy"})
+    body = {**remote_body(config), "training_file": "file-1"}
+    again = parse_config({**JobCreate.model_validate(body).config_fields(), "training_file": tmp_path / "t.jsonl"})
+    assert again == config
+    with pytest.raises(Exception, match="lora") as caught:
+        JobCreate.model_validate({**body, "adapter": "full", "lora": {"rank": 4}})  # refused by the API's body too
+    assert caught.value.errors()[0]["loc"] == ("lora",)
+
+
 @pytest.mark.parametrize("name", ["adamw", "sgd", "adafactor"])
 def test_each_optimizer_steps_and_its_state_survives_a_checkpoint(name, tmp_path):
     from tempering.train.checkpoint import read_training_state, write_training_state

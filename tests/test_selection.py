@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import chat_example, write_jsonl
 
 from tempering.train import TuneConfig, tune
 from tempering.train.artifacts import resolve_finetuned
 from tempering.train.selection import Scored, Selection, rebuild
-
-from conftest import chat_example, write_jsonl
 
 
 def _selection(metric: str, values: list[float], patience: int = 0) -> Selection:
