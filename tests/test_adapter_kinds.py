@@ -218,3 +218,29 @@ def test_full_classification_job_on_phi3_classifies(tiny_phi3, tmp_path):
     [prediction] = load_classifier_model(result.model_id).classify(["alpha number 3"])
     assert prediction["label"] in {"alpha", "beta"}
     assert result.selection["metric"] == "macro_f1"
+
+
+def test_a_cancelled_full_adafactor_run_resumes_exactly(tiny_model, qa_file):
+    """A full model's checkpoint (every weight, Adafactor's factored state) restores exactly: the resumed run
+    ends where an uninterrupted one ends."""
+    from safetensors.torch import load_file
+
+    from tempering.train.fit import RunCancelled
+
+    def config():
+        return _config(qa_file, tiny_model, adapter="full", optimizer="adafactor", label_smoothing=0.1,
+                       hyperparameters={"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 10.0})
+
+    reference = tune(config())
+    steps = []
+    with pytest.raises(RunCancelled, match="cancelled at step 7"):
+        tune(config(), on_event=lambda e: steps.append(e["data"].get("step")),
+             should_stop=lambda: max((s for s in steps if s), default=0) >= 7)
+    resumed = tune(config(), resume=True)
+    a = load_file(resolve_finetuned(resumed.model_id)[0] / FULL_WEIGHTS)
+    b = load_file(resolve_finetuned(reference.model_id)[0] / FULL_WEIGHTS)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    assert [e["value"] for e in resumed.selection["epochs"]] == pytest.approx(
+        [e["value"] for e in reference.selection["epochs"]], rel=1e-5)  # the history rebuilt from checkpoints

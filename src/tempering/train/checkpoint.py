@@ -297,9 +297,21 @@ def _check_optimizer(saved, optimizer, problem: _Problem) -> None:
         if type(index) is not int or not 0 <= index < len(params) or not isinstance(entries, dict):
             raise problem(STATE_JSON, f"malformed: optimizer state for parameter {index}, of {len(params)}")
         for name, value in entries.items():
-            if isinstance(value, torch.Tensor) and value.dim() and value.shape != params[index].shape:
+            shape = _state_shape(name, params[index].shape)
+            if isinstance(value, torch.Tensor) and value.dim() and value.shape != shape:
                 raise problem(STATE_TENSORS, f"from another model: optimizer.state.{index}.{name} has shape "
-                              f"{list(value.shape)}, its parameter {list(params[index].shape)}")
+                              f"{list(value.shape)}, expected {list(shape)} for its parameter "
+                              f"{list(params[index].shape)}")
+
+
+def _state_shape(name: str, param: torch.Size) -> torch.Size:
+    """The shape an optimizer keeps a state tensor in: the parameter's, except Adafactor's factored second
+    moments of a matrix (one value per row, one per column)."""
+    if name == "exp_avg_sq_row" and len(param) >= 2:
+        return param[:-1]
+    if name == "exp_avg_sq_col" and len(param) >= 2:
+        return param[:-2] + param[-1:]
+    return param
 
 
 def _check_same_keys(saved, live: dict, what: str, problem: _Problem) -> None:
