@@ -244,3 +244,59 @@ def test_a_cancelled_full_adafactor_run_resumes_exactly(tiny_model, qa_file):
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
     assert [e["value"] for e in resumed.selection["epochs"]] == pytest.approx(
         [e["value"] for e in reference.selection["epochs"]], rel=1e-5)  # the history rebuilt from checkpoints
+
+
+def test_a_full_job_through_the_api_is_deployed_chatted_with_and_deleted_like_an_adapter(tiny_model, qa_file):
+    """The API's job creation takes adapter full; its model (and a checkpoint) deploy, answer through the serving
+    path as the local loader does, refuse deletion while deployed, and delete with their files."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from tempering.api.app import create_app
+    from tempering.serve.local import complete, load_chat_model
+    from tempering.serve.params import SamplingParams
+    from tempering.settings import get_settings
+
+    app = create_app(get_settings(), workers=1)
+    with TestClient(app, headers={"Authorization": f"Bearer {app.state.initial_api_key}"}) as http:
+        file_id = http.post("/v1/files", files={"file": ("qa.jsonl", qa_file.read_bytes())},
+                            data={"purpose": "fine-tune"}).json()["id"]
+        refused = http.post("/v1/fine_tuning/jobs", json={"model": tiny_model, "training_file": file_id,
+                                                          "adapter": "full", "lora": {"rank": 4}})
+        assert refused.status_code == 400 and refused.json()["error"]["param"] == "lora"
+        job = http.post("/v1/fine_tuning/jobs", json={
+            "model": tiny_model, "training_file": file_id, "seed": 3, "adapter": "full", "optimizer": "sgd",
+            "evaluate": False, "method": {"type": "supervised", "supervised": {"hyperparameters": {
+                "n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 10}}}}).json()
+        deadline = time.monotonic() + 240
+        while (job := http.get(f"/v1/fine_tuning/jobs/{job['id']}").json())["status"] not in (
+                "succeeded", "failed", "cancelled"):
+            assert time.monotonic() < deadline, job
+            time.sleep(0.5)
+        assert job["status"] == "succeeded", job
+        model = job["fine_tuned_model"]
+        folder, _ = resolve_finetuned(model)
+        assert (folder / FULL_WEIGHTS).is_file()
+        checkpoints = http.get(f"/v1/fine_tuning/jobs/{job['id']}/checkpoints").json()["data"]
+        assert len(checkpoints) == 2 and all("valid_loss" in c["metrics"] for c in checkpoints)
+        events = http.get(f"/v1/fine_tuning/jobs/{job['id']}/events", params={"limit": 100}).json()["data"]
+        assert any("Kept the checkpoint of epoch" in e["message"] for e in events)
+
+        for name, target in (("full", model), ("full-ckpt", checkpoints[0]["fine_tuned_model_checkpoint"])):
+            assert http.post("/v1/deployments", json={"model": target, "name": name}).status_code == 200
+        answer = http.post("/v1/chat/completions", json={"model": "full", "messages": [
+            {"role": "user", "content": "What color is item 3?"}], "temperature": 0, "max_tokens": 8})
+        assert answer.status_code == 200, answer.text
+        local = complete(load_chat_model(model), [{"role": "user", "content": "What color is item 3?"}],
+                         SamplingParams(max_tokens=8, temperature=0))
+        assert answer.json()["choices"][0]["message"]["content"] == local
+        assert http.post("/v1/chat/completions", json={"model": "full-ckpt", "messages": [
+            {"role": "user", "content": "hi"}], "max_tokens": 4}).status_code == 200
+
+        guarded = http.delete(f"/v1/models/{model}")
+        assert guarded.status_code == 409 and guarded.json()["error"]["code"] == "model_has_deployments"
+        for d in http.get("/v1/deployments").json()["data"]:
+            assert http.delete(f"/v1/deployments/{d['id']}").status_code == 200
+        assert http.delete(f"/v1/models/{model}").status_code == 200
+        assert not folder.exists()
