@@ -112,6 +112,11 @@ def test_a_job_whose_validation_worsens_keeps_the_best_epoch_and_records_it(tiny
     [selected] = [c for c in report.checkpoints if c.selected]
     assert selected.step == selection["best_step"] and selected.selection_value == pytest.approx(losses[0])
 
+    from tempering.evaluate import evaluate_file  # an on-demand evaluation of the model says the same
+
+    on_demand = evaluate_file(result.model_id, conflicting[1], compare=None, max_examples=4)
+    assert on_demand.selection.checkpoint == selection["checkpoint"]
+
 
 def test_classification_stops_early_by_default_and_charges_only_the_epochs_trained(tiny_model, conflicting,
                                                                                     tokenizer):
