@@ -104,6 +104,8 @@ def test_interactive_chat_keeps_history_until_exit(tiny_model):
     (("tune", "{qa}", "--model", "no-such-model"), "unknown model 'no-such-model'"),
     (("tune", "{qa}", "--epochs", "0"), "hyperparameters.n_epochs"),
     (("tune", "{qa}", "--suffix", "bad suffix"), "suffix"),
+    (("tune", "{qa}", "--adapter", "full", "--lora-rank", "8"), "lora: Value error, LoRA settings apply"),
+    (("tune", "{qa}", "--optimizer", "lion", "--early-stopping", "soon"), "optimizer: Input should be"),
     (("chat", "ft:tiny-llama::nothere", "hi"), "no fine-tuned model"),
 ])
 def test_errors_are_one_clear_line_and_exit_1(args, needle, qa_file):

@@ -212,6 +212,7 @@ def test_wizard_creates_the_job_the_api_creates(client, app, tiny_model):
     file_id = client.post("/v1/files", headers=headers, files={"file": ("t.jsonl", TRAIN)},
                           data={"purpose": "fine-tune"}).json()["id"]
     body = {"model": tiny_model, "training_file": file_id, "suffix": "same", "seed": 7, "validation_fraction": 0.2,
+            "adapter": "dora", "optimizer": "sgd", "label_smoothing": 0.1, "early_stopping": 1,
             "method": {"type": "supervised", "supervised": {"hyperparameters": {
                 "n_epochs": 2, "batch_size_multiplier": 2.0, "learning_rate_multiplier": 0.5}}}}
     api_job = client.post("/v1/fine_tuning/jobs", headers=headers, json=body)
@@ -225,7 +226,8 @@ def test_wizard_creates_the_job_the_api_creates(client, app, tiny_model):
              ("data", {"task": "chat", "training_file": file_id}),
              ("validation", {"validation": "split", "validation_fraction": "0.2"}),
              ("hyperparameters", {"n_epochs": "2", "batch_size_multiplier": "2", "learning_rate_multiplier": "0.5",
-                                  "seed": "7"})]
+                                  "seed": "7", "adapter": "dora", "optimizer": "sgd", "label_smoothing": "0.1",
+                                  "early_stopping": "1"})]
     for step, values in steps:
         state.update(values)
         response = client.post("/fine-tune", data={**state, "step": step, "go": "next"})
@@ -239,6 +241,7 @@ def test_wizard_creates_the_job_the_api_creates(client, app, tiny_model):
 
     with app.state.db.session(write=False) as s:
         assert s.get(Job, portal_job_id).config == s.get(Job, api_job.json()["id"]).config
+        assert s.get(Job, portal_job_id).config["adapter"] == "dora"
     page = client.get(f"/jobs/{portal_job_id}")
     assert page.status_code == 200 and 'id="loss-chart"' in page.text and ">Cancel<" in page.text
 
@@ -254,6 +257,12 @@ def test_wizard_shows_every_problem_beside_its_field(client, app, tiny_model):
     assert response.status_code == 400
     assert re.search(r'id="n_epochs-error"[^>]*>[^<]*between 1 and 50', response.text)
     assert 'id="learning_rate_multiplier-error"' in response.text
+    full = client.post("/fine-tune", data={**state, "n_epochs": "2", "learning_rate_multiplier": "auto",
+                                           "adapter": "full", "lora_rank": "8", "label_smoothing": "0.9",
+                                           "step": "hyperparameters", "go": "next"})
+    assert full.status_code == 400 and "<details open>" in full.text  # the advanced options, opened
+    assert re.search(r'id="lora_rank-error"[^>]*>[^<]*adapter full trains every weight', full.text)
+    assert re.search(r'id="label_smoothing-error"[^>]*>[^<]*less than or equal to 0.5', full.text)
 
 
 def test_static_files_are_the_pinned_ones_and_cached(client):

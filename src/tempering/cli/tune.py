@@ -124,6 +124,11 @@ def _given(**values) -> dict:
     return {k: v for k, v in values.items() if v is not None}
 
 
+def _patience(text: str | None):
+    """--early-stopping: a number of epochs, or auto; anything else goes to the config to be refused by name."""
+    return int(text) if text is not None and text.strip().lstrip("-").isdigit() else text
+
+
 def _help(field: str, model=TuneConfig) -> str:
     """The option's help is the config field's description: written once, in ``train.config``."""
     return model.model_fields[field].description
@@ -153,6 +158,11 @@ def tune(
     lora_target: Annotated[list[str] | None, typer.Option(help=_help("target_modules", LoraSettings)
                                                           + " Repeat for several.")] = None,
     max_seq_length: Annotated[int | None, typer.Option(help=_help("max_seq_length"))] = None,
+    adapter: Annotated[str | None, typer.Option(help=_help("adapter") + " Default: lora.")] = None,
+    optimizer: Annotated[str | None, typer.Option(help=_help("optimizer"))] = None,
+    label_smoothing: Annotated[float | None, typer.Option(help=_help("label_smoothing"))] = None,
+    selection_metric: Annotated[str | None, typer.Option(help=_help("selection_metric"))] = None,
+    early_stopping: Annotated[str | None, typer.Option(help=_help("early_stopping"))] = None,
     warmup_ratio: Annotated[float | None, typer.Option(help=_help("warmup_ratio"))] = None,
     weight_decay: Annotated[float | None, typer.Option(help=_help("weight_decay"))] = None,
     checkpoint_every: Annotated[int | None, typer.Option(help=_help("checkpoint_every_steps"))] = None,
@@ -170,7 +180,7 @@ def tune(
     as_json: Annotated[bool, typer.Option("--json", help="End with one JSON object describing the result.")]
     = False,
 ) -> None:
-    """LoRA fine-tune a model; prints the new fine-tuned model id."""
+    """Fine-tune a model (LoRA, DoRA or every weight); prints the new fine-tuned model id."""
     quiet_libraries()
     hyperparameters = _given(n_epochs=epochs, batch_size=batch_size, batch_size_multiplier=batch_size_multiplier,
                              learning_rate_multiplier=learning_rate_multiplier)
@@ -183,7 +193,9 @@ def tune(
                  data_format=data_format, text_column=text_column, label_column=label_column, suffix=suffix,
                  seed=seed, checkpoint_every_steps=checkpoint_every, max_seq_length=max_seq_length, device=device,
                  evaluate=evaluate, warmup_ratio=warmup_ratio, weight_decay=weight_decay,
-                 eval_max_examples=eval_max_examples, eval_answers=eval_answers),
+                 eval_max_examples=eval_max_examples, eval_answers=eval_answers, adapter=adapter,
+                 optimizer=optimizer, label_smoothing=label_smoothing, selection_metric=selection_metric,
+                 early_stopping=_patience(early_stopping)),
         **({"hyperparameters": hyperparameters} if hyperparameters else {}),
         **({"lora": lora} if lora else {}),
     })
@@ -215,5 +227,7 @@ def _print_result(result, as_json: bool) -> None:
     if result.classification:
         c = result.classification
         err.print(f"Validation accuracy {c['accuracy']:.4f}, macro-F1 {c['macro_f1']:.4f} on {c['n']} examples")
+    if result.selection:
+        err.print(f"Kept {result.selection['checkpoint']}: {safe(result.selection['reason'])}")
     err.print(f"{result.trained_tokens:,} trained tokens in {result.seconds:.1f} s; saved to {result.output_dir}")
     out.print(result.model_id)

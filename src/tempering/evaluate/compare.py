@@ -224,6 +224,21 @@ def evaluate_file(model: str, data: str | Path, *, compare: str | None = "base",
     messages = [messages[i] for i in usable]
     labels = [labels[i] for i in usable] if labels else None
     training = training_answers_of(train_data, None, text_column, label_column) if train_data else None
-    return evaluate_examples(candidate, baseline, messages, data=str(data), declared_labels=labels,
-                             answers=answers, training_answers=training, max_examples=max_examples,
-                             max_new_tokens=max_new_tokens, device=device)
+    report = evaluate_examples(candidate, baseline, messages, data=str(data), declared_labels=labels,
+                               answers=answers, training_answers=training, max_examples=max_examples,
+                               max_new_tokens=max_new_tokens, device=device)
+    report.selection = _selection_of(candidate)
+    return report
+
+
+def _selection_of(target):
+    """A fine-tuned model's best-checkpoint selection, as its job recorded it (None for anything else)."""
+    import json
+
+    from tempering.evaluate.report import Selection
+    from tempering.train.artifacts import METADATA
+
+    if target.kind != "fine-tuned" or target.adapter is None or not (target.adapter / METADATA).is_file():
+        return None
+    recorded = json.loads((target.adapter / METADATA).read_text(encoding="utf-8")).get("selection")
+    return Selection(**recorded) if recorded else None

@@ -17,16 +17,14 @@ from __future__ import annotations
 import json
 
 from tempering.evaluate.compare import evaluate_examples, training_answers_of
-from tempering.evaluate.report import CheckpointLoss, EvaluationReport, LossMetrics, write_report
+from tempering.evaluate.report import CheckpointLoss, EvaluationReport, LossMetrics, Selection, write_report
 from tempering.train import refs
 
 
 def checkpoint_losses(s, model_id: str) -> list[CheckpointLoss]:
     """Each complete checkpoint's validation loss: from its metrics.json (per-epoch checkpoints have it),
     else scored by loading its adapter into the run's model, which is put back as it was afterwards."""
-    from peft import get_peft_model_state_dict, set_peft_model_state_dict
-    from safetensors.torch import load_file
-
+    from tempering.train import weights
     from tempering.train.checkpoint import list_checkpoints
     from tempering.train.loss import evaluate
 
@@ -38,12 +36,14 @@ def checkpoint_losses(s, model_id: str) -> list[CheckpointLoss]:
                   "mean_token_accuracy": metrics.get("valid_mean_token_accuracy")}
         if result["loss"] is None and s.valid:
             if final_state is None:
-                final_state = {k: v.detach().clone() for k, v in get_peft_model_state_dict(s.model).items()}
-            set_peft_model_state_dict(s.model, load_file(folder / "adapter_model.safetensors"))
+                final_state = {k: v.detach().clone() for k, v in weights.trainable_state(s.model).items()}
+            weights.load_trainable(s.model, folder)
             result = evaluate(s.model, s.valid, s.make_batch, s.loss_fn)
-        rows.append(CheckpointLoss(checkpoint=refs.checkpoint_name(model_id, step), step=step, **result))
+        kept = (s.selection or {}).get("best_step")
+        rows.append(CheckpointLoss(checkpoint=refs.checkpoint_name(model_id, step), step=step, **result,
+                                   selection_value=metrics.get("selection_value"), selected=step == kept))
     if final_state is not None:
-        set_peft_model_state_dict(s.model, final_state)
+        weights.set_trainable_state(s.model, final_state)
     return rows
 
 
@@ -66,6 +66,7 @@ def evaluate_job(s, *, model_id: str, base: dict, final: dict, valid_messages: l
         data=f"validation set of run {s.short_id} ({n} examples)", declared_labels=valid_labels,
         answers=config.eval_answers, training_answers=training, max_examples=config.eval_max_examples,
         device=config.device, losses=losses, checkpoints=checkpoint_losses(s, model_id))
+    report.selection = Selection(**s.selection) if s.selection else None
     if s.task == "chat":
         report.safety = red_team(s, model_id)
     write_report(s.folder, report)

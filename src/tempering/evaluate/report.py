@@ -107,6 +107,27 @@ class CheckpointLoss(BaseModel):
     loss: float | None
     perplexity: float | None = None
     mean_token_accuracy: float | None = None
+    selection_value: float | None = Field(default=None, description="The epoch's score on the job's selection "
+                                          "metric (per-epoch checkpoints only).")
+    selected: bool = Field(default=False, description="Whether this checkpoint is the one kept as the model.")
+
+
+class Selection(BaseModel):
+    """Which epoch's checkpoint the job kept as its fine-tuned model, and why (``train.selection``)."""
+
+    metric: str
+    mode: Literal["min", "max"]
+    best_epoch: int
+    best_step: int
+    best_value: float
+    last_epoch: int
+    last_value: float
+    checkpoint: str = Field(description="The kept checkpoint's id (<fine-tuned id>:ckpt-step-N).")
+    early_stopped: bool
+    patience: int
+    planned_epochs: int
+    epochs: list[dict] = Field(default_factory=list)
+    reason: str
 
 
 class Sample(BaseModel):
@@ -159,6 +180,7 @@ class EvaluationReport(BaseModel):
     candidate: ModelEvaluation
     baseline: ModelEvaluation | None = None
     checkpoints: list[CheckpointLoss] = Field(default_factory=list)
+    selection: Selection | None = Field(default=None, description="The job's best-checkpoint selection.")
     samples: list[Sample] = Field(default_factory=list)
     majority_label_accuracy: float | None = Field(
         default=None, description="Accuracy of always answering the most frequent label: the floor to beat.")

@@ -13,6 +13,9 @@ id, a checkpoint, a catalog id) and writes one folder:
   and an Ollama ``Modelfile`` beside it, and for a fine-tuned model its adapter alone in llama.cpp's LoRA-GGUF
   form (``adapter.gguf``). Chat models of the Llama and Phi-3 architectures.
 
+A fully fine-tuned model (``adapter: full``) has no adapter: ``merged`` and ``gguf`` write its own weights
+(loaded over the base's architecture), and ``peft`` is refused naming the format.
+
 Every export also holds ``tempering-export.json`` (what was exported from what). The folder is built beside
 the target and renamed into place, so a crash never leaves a half export that looks whole. Knows nothing
 about the CLI or HTTP.
@@ -29,6 +32,7 @@ from pathlib import Path
 
 from tempering.errors import InvalidConfigError, ModelNotFoundError
 from tempering.train import artifacts
+from tempering.train import weights as fine_tuned_weights
 from tempering.train.refs import Target, resolve
 
 FORMATS = ("peft", "merged", "gguf")
@@ -77,6 +81,9 @@ def export_model(model: str, fmt: str, out: Path | None = None, *, force: bool =
     if target.kind == "base" and fmt == "peft":
         raise InvalidConfigError(f"{target.name} is a base model: it has no adapter to export as {fmt}; "
                                  "use --format merged or gguf for a copy of its weights", param="format")
+    if fmt == "peft" and fine_tuned_weights.is_full(target.adapter):
+        raise InvalidConfigError(f"{target.name} was fully fine-tuned: it is its own weights, not an adapter; "
+                                 "use --format merged (or gguf)", param="format")
     out = _check_out(Path(out) if out is not None else default_out(target.name, fmt), force)
     out.parent.mkdir(parents=True, exist_ok=True)
     with artifacts.atomic_dir(out) as tmp:
@@ -155,9 +162,7 @@ def _write_merged(target: Target, folder: Path, dtype: str) -> str:
     else:
         model = load_causal_lm(card, placement)
     if target.adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, target.adapter).merge_and_unload()
+        model = fine_tuned_weights.load_onto(model, target.adapter)  # the adapter merged, or the full weights
     _plain_config(model, target.name)
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
@@ -177,12 +182,10 @@ def _write_gguf(target: Target, folder: Path, file_type: str) -> str:
     tokenizer = load_tokenizer(card)
     model = load_causal_lm(card, Placement(torch.device("cpu"), torch.float32))
     if target.adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, target.adapter).merge_and_unload()
+        model = fine_tuned_weights.load_onto(model, target.adapter)  # the adapter merged, or the full weights
     write_model_gguf(model, tokenizer, card, folder / "model.gguf", file_type, target.name)
     (folder / "Modelfile").write_text(_modelfile(tokenizer), encoding="utf-8")
-    if target.adapter is not None:  # the adapter alone too, for a base GGUF users already have
+    if target.adapter is not None and not fine_tuned_weights.is_full(target.adapter):  # the adapter alone too
         from tempering.export.gguf import write_lora_gguf
 
         write_lora_gguf(target.adapter, model.config, folder / "adapter.gguf", file_type, target.name)

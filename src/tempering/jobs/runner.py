@@ -93,7 +93,8 @@ class JobRecorder:
         kind = "metrics" if event["type"] == "metrics" else "message"
         self.event(event["message"], level=event["level"], type=kind, data=data if data else None)
         if event["type"] == "epoch":
-            metrics = {k: v for k, v in data.items() if isinstance(v, (int, float)) and k != "epoch"}
+            metrics = {k: v for k, v in data.items()  # numbers only: not the selection's flags or names
+                       if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch"}
             with self.db.session() as session:
                 session.add(JobCheckpoint(job_id=self.job_id, step_number=data["step"], metrics=metrics,
                                           fine_tuned_model_checkpoint=refs.api_checkpoint_id(

@@ -1,6 +1,7 @@
 """Predictions of a fine-tuned classification model: text in, label and class probabilities out.
 
-Loads the base model under the trained head and LoRA adapter (both in the PEFT folder) and uses the same
+Loads the base model under the trained head and LoRA adapter (both in the PEFT folder), or a fully fine-tuned
+classifier's own weights (``train.weights``), and uses the same
 pooling as training (``train.classify``). Knows nothing about HTTP.
 """
 
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from tempering.catalog import get_card, load_tokenizer, resolve_weights
 from tempering.errors import InvalidConfigError
 from tempering.hardware import select_placement
-from tempering.train import artifacts
+from tempering.train import artifacts, weights
 from tempering.train.classify import ClassExample, load_classifier, predict
 
 
@@ -42,8 +43,6 @@ class Classifier:
 
 
 def load_classifier_model(model_id: str, device: str = "auto") -> Classifier:
-    from peft import PeftModel
-
     folder, meta = artifacts.resolve_finetuned(model_id)
     if meta.get("task") != "classification":
         raise InvalidConfigError(f"{model_id} is a {meta.get('task', 'chat')} model; use `tempering chat`",
@@ -54,19 +53,17 @@ def load_classifier_model(model_id: str, device: str = "auto") -> Classifier:
     labels = meta["labels"]
     model = load_classifier(resolve_weights(card), placement, dict(enumerate(labels)))
     model.config.pad_token_id = tokenizer.pad_token_id
-    model = PeftModel.from_pretrained(model, folder).eval()
+    model = weights.load_onto(model, folder, merge=False).eval()
     return Classifier(model_id, tokenizer, model, labels, card.context_length)
 
 
 def load_classifier_target(target, device: str = "auto") -> Classifier:
     """A ``Classifier`` for a classification ``train.refs.Target`` (a final model or a checkpoint)."""
-    from peft import PeftModel
-
     if target.kind == "fine-tuned":
         return load_classifier_model(target.name, device)
     card = get_card(target.base_model)  # a checkpoint: the same assembly as above, another folder
     tokenizer = load_tokenizer(card)
     model = load_classifier(resolve_weights(card), select_placement(device), dict(enumerate(target.labels)))
     model.config.pad_token_id = tokenizer.pad_token_id
-    model = PeftModel.from_pretrained(model, target.adapter).eval()
+    model = weights.load_onto(model, target.adapter, merge=False).eval()
     return Classifier(target.name, tokenizer, model, target.labels, card.context_length)

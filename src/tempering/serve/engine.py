@@ -78,8 +78,9 @@ class TransformersEngine:
     """The embedded backend: a transformers model with PEFT adapters, decoded in one thread."""
 
     def __init__(self, base_model: str, *, max_batch: int = 16, max_adapters: int = 8, device: str = "auto",
-                 threads: int | None = None, quantize: str = "none"):
+                 threads: int | None = None, quantize: str = "none", weights: Path | None = None):
         self.base_model = base_model
+        self.weights = weights  # a fully fine-tuned model's own weights, loaded over the base's
         self.max_batch = max_batch
         self.max_adapters = max_adapters
         self.device_request = device
@@ -142,6 +143,10 @@ class TransformersEngine:
         card = get_card(self.base_model)
         self.tokenizer = load_tokenizer(card)
         model = load_causal_lm(card, select_placement(self.device_request)).eval()
+        if self.weights is not None:
+            from tempering.train.weights import load_full
+
+            load_full(model, self.weights)
         if self.quantize in ("int8", "int4"):
             from tempering.serve import quantize
 

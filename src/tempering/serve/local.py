@@ -21,7 +21,7 @@ from tempering.hardware import select_placement
 from tempering.serve import rope
 from tempering.serve.decode import Detokenizer, eos_ids, pick_token
 from tempering.serve.params import Chunk, SamplingParams
-from tempering.train import artifacts
+from tempering.train import artifacts, weights
 
 
 @dataclass
@@ -47,16 +47,15 @@ def load_chat(target, device: str = "auto") -> ChatModel:
     the adapter merged."""
     if target.kind != "checkpoint":
         return load_chat_model(target.name if target.kind == "fine-tuned" else target.base_model, device)
-    from peft import PeftModel
-
     chat = load_chat_model(target.base_model, device)
-    chat.model = PeftModel.from_pretrained(chat.model, target.adapter).merge_and_unload().eval()
+    chat.model = weights.load_onto(chat.model, target.adapter).eval()
     chat.model_id = target.name
     return chat
 
 
 def load_chat_model(model_id: str, device: str = "auto") -> ChatModel:
-    """A catalog id loads the base model; a fine-tuned id loads its base plus the adapter, merged."""
+    """A catalog id loads the base model; a fine-tuned id loads its base plus the adapter, merged, or its own
+    weights (adapter full)."""
     placement = select_placement(device)
     base_id, adapter = model_id, None
     if artifacts.is_finetuned_id(model_id):
@@ -69,10 +68,9 @@ def load_chat_model(model_id: str, device: str = "auto") -> ChatModel:
     tokenizer = load_tokenizer(card)
     model = load_causal_lm(card, placement)
     if adapter is not None:
-        from peft import PeftModel
-
-        # One adapter, one user: merging makes every decode step as cheap as the base model's.
-        model = PeftModel.from_pretrained(model, adapter).merge_and_unload().eval()
+        # One adapter, one user: merging makes every decode step as cheap as the base model's (a fully
+        # fine-tuned model's own weights are loaded over the base's).
+        model = weights.load_onto(model, adapter).eval()
     return ChatModel(model_id, card.id, tokenizer, model, card.context_length, eos_ids(tokenizer, model))
 
 

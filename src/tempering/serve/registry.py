@@ -1,11 +1,13 @@
 """What a server holds in memory for serving: one engine per base model (shared by every deployment of that
-base and all its adapters), upstream clients, tokenizers, classifiers. Everything loads lazily on first use,
+base and all its adapters) and one per fully fine-tuned model served, upstream clients, tokenizers, classifiers. Everything loads lazily on first use,
 so deployments stored in the database come back after a restart without loading anything up front."""
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections import OrderedDict
+from pathlib import Path
 
 from tempering.serve.engine import TransformersEngine
 from tempering.serve.upstream import UpstreamEngine
@@ -25,14 +27,20 @@ class Serving:
         self._lock = threading.Lock()
         self.classify_lock = threading.Lock()  # one classification forward at a time (the model is shared)
 
-    def engine(self, base_model: str) -> TransformersEngine:
+    def engine(self, base_model: str, weights: Path | None = None) -> TransformersEngine:
+        """The engine of ``base_model`` (every adapter of it), or of one fully fine-tuned model's own ``weights``
+        (a model of its own: an engine of its own, keyed by a digest of its folder, which names no project)."""
+        key = base_model
+        if weights is not None:
+            key = f"{base_model}+full-{hashlib.sha1(str(weights).encode(), usedforsecurity=False).hexdigest()[:12]}"
         with self._lock:
-            engine = self.engines.get(base_model)
+            engine = self.engines.get(key)
             if engine is None:
                 engine = TransformersEngine(base_model, max_batch=self.max_batch, max_adapters=self.max_adapters,
-                                            device=self.device, threads=self.threads, quantize=self.quantize)
+                                            device=self.device, threads=self.threads, quantize=self.quantize,
+                                            weights=weights)
                 engine.start()
-                self.engines[base_model] = engine
+                self.engines[key] = engine
             return engine
 
     def upstream(self, url: str, model: str, api_key: str | None) -> UpstreamEngine:

@@ -46,7 +46,7 @@ class Served:
     backend: str
     upstream_url: str | None
     upstream_model: str | None
-    adapter: Path | None
+    adapter: Path | None  # a PEFT adapter on the base's engine
     max_concurrent: int
     context_length: int
     rpm: int = 1000  # the deployment's rate limits (requests, tokens per minute)
@@ -56,6 +56,7 @@ class Served:
     blocklists_error: str | None = None  # a blocklist the policy names that no longer exists
     project_id: str | None = None  # the caller's project and API key, for the usage ledger
     key_id: str | None = None
+    weights: Path | None = None  # a fully fine-tuned model's own weights: an engine of its own, no adapter
 
 
 @dataclass
@@ -264,8 +265,10 @@ class ChatService:
             lists, lists_error = filtering.load_lists(session, project_id, policy)
             facts |= {"policy": policy, "blocklists": tuple(lists), "blocklists_error": lists_error}
         # the model's files may have gone since: a clear 404 then (an upstream holds its own adapters)
-        adapter = refs.resolve(facts["model"]).adapter if facts["backend"] != "upstream" else None
-        return Served(**facts, adapter=adapter, context_length=get_card(facts["base_model"]).context_length,
+        target = refs.resolve(facts["model"]) if facts["backend"] != "upstream" else None
+        adapter = target.adapter if target is not None and not target.full else None
+        weights = target.adapter if target is not None and target.full else None
+        return Served(**facts, adapter=adapter, weights=weights, context_length=get_card(facts["base_model"]).context_length,
                       project_id=project_id, key_id=key_id)
 
     async def served(self, project_id: str, model: str, task: str, key_id: str | None = None) -> Served:
@@ -284,7 +287,7 @@ class ChatService:
         if served.backend == "llama.cpp":
             tokenizer = self.serving.tokenizer(served.base_model)  # loaded already: the prompt was encoded with it
             return self.serving.llamacpp(served.model, lambda: self._llamacpp(served, tokenizer))
-        return self.serving.engine(served.base_model)
+        return self.serving.engine(served.base_model, served.weights)
 
     def _llamacpp(self, served: Served, tokenizer):
         from tempering.serve.llamacpp import LlamaCppEngine
@@ -372,7 +375,8 @@ class ChatService:
         latency, ttft = timer.ms()
         self.monitor.record(RequestRecord(
             deployment_id=served.id, created_at=timer.arrived_wall, endpoint=endpoint,
-            adapter=served.model if served.adapter is not None else None, stream=stream, status=status,
+            adapter=served.model if (served.adapter or served.weights) is not None else None, stream=stream,
+            status=status,
             error_code=error_code, latency_ms=latency, ttft_ms=ttft, prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens, filtered=filtered, filtered_categories=filtered_categories,
             key_id=served.key_id, project_id=served.project_id, base_model=served.base_model))

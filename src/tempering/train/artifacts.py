@@ -6,7 +6,8 @@ One folder per run under ``TEMPERING_HOME/runs/<short id>/``::
     events.jsonl        one JSON object per event (messages and metrics), appended as the run goes
     results.csv         step metrics with OpenAI's column names
     checkpoints/        one complete folder per epoch (see ``checkpoint``)
-    model/              the final PEFT adapter + tempering.json, written atomically at the end
+    model/              the kept model (the best epoch's): a PEFT adapter, or full weights (model.safetensors),
+                        + tempering.json, written atomically at the end
 
 Fine-tuned model ids look like ``ft:<base id>:<suffix>:<short id>`` (the suffix may be empty, as in
 OpenAI's ids). With a shared artifact store (``store.objects``, ``TEMPERING_ARTIFACTS_URL``) the run folder is
@@ -32,6 +33,7 @@ from tempering.settings import get_settings
 from tempering.store import objects
 
 METADATA = "tempering.json"
+FULL_WEIGHTS = "model.safetensors"  # a fully fine-tuned model's (or checkpoint's) own weights (``train.weights``)
 RUN_FILE = "run.json"  # the run's config, resolved hyperparameters, data hashes and status
 RESULT_COLUMNS = [
     "step",

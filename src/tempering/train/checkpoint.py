@@ -3,7 +3,8 @@ and read without running code from the file.
 
 A checkpoint folder ``checkpoints/step-<N>/`` holds::
 
-    adapter_config.json, adapter_model.safetensors   the PEFT adapter (``save_pretrained``)
+    adapter_config.json, adapter_model.safetensors   the PEFT adapter (``save_pretrained``), or
+    model.safetensors                                the whole model's weights (adapter full; ``weights``)
     training_state.safetensors                       every tensor of the training state: optimizer state
                                                      (``optimizer.state.<param index>.<name>``) and RNG
                                                      states as uint8 (``rng.torch``, ``rng.cuda.<i>``,
@@ -44,6 +45,7 @@ import torch
 
 from tempering.errors import TemperingError
 from tempering.store import objects
+from tempering.train import weights
 from tempering.train.artifacts import atomic_dir, publish_run
 
 COMPLETE = "COMPLETE"
@@ -76,7 +78,7 @@ def save_checkpoint(run_folder: Path, *, model, optimizer, scheduler, step: int,
     target = run_folder / "checkpoints" / f"step-{step:06d}"
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_dir(target) as tmp:
-        model.save_pretrained(tmp)
+        weights.save(model, tmp)  # the adapter, or (adapter full) the whole model's model.safetensors
         write_training_state(tmp, optimizer=optimizer, scheduler=scheduler, position={
             "step": step, "epoch": epoch, "batches_done": batches_done, "epoch_sums": dict(epoch_sums)})
         (tmp / "metrics.json").write_text(json.dumps({"step": step, **metrics}, indent=2))
@@ -221,27 +223,27 @@ def _decode(value, tensors: dict):
 def restore_checkpoint(folder: Path, *, model, optimizer, scheduler) -> TrainingState:
     """Load adapter, optimizer, scheduler and RNG states from ``folder`` into the live objects and return
     the data position. Everything is checked against the live objects before any of them changes."""
-    from peft import get_peft_model_state_dict, set_peft_model_state_dict
     from safetensors.torch import load_file
 
     problem = _Problem(folder)
     state, _ = read_training_state(folder)
     position = _position(state["position"], problem)
+    name = ADAPTER_FILE if weights.is_peft(model) else weights.FULL_WEIGHTS
     try:
-        adapter = load_file(folder / ADAPTER_FILE)
+        adapter = load_file(folder / name)
     except FileNotFoundError:
-        raise problem(ADAPTER_FILE, "missing") from None
+        raise problem(name, "missing") from None
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own errors for a corrupt header
-        raise problem(ADAPTER_FILE, f"not a readable safetensors file ({exc})") from None
-    expected = {k: tuple(v.shape) for k, v in get_peft_model_state_dict(model).items()}
+        raise problem(name, f"not a readable safetensors file ({exc})") from None
+    expected = {k: tuple(v.shape) for k, v in weights.trainable_state(model).items()}
     found = {k: tuple(v.shape) for k, v in adapter.items()}
     if found != expected:
-        raise problem(ADAPTER_FILE, f"does not match this run's adapter: {_difference(found, expected)}")
+        raise problem(name, f"does not match this run's model: {_difference(found, expected)}")
     _check_optimizer(state["optimizer"], optimizer, problem)
     _check_same_keys(state["scheduler"], scheduler.state_dict(), "scheduler", problem)
     rng = _rng(state["rng"], problem)
 
-    set_peft_model_state_dict(model, adapter)
+    weights.set_trainable_state(model, adapter)
     try:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -304,9 +306,21 @@ def _check_optimizer(saved, optimizer, problem: _Problem) -> None:
         if type(index) is not int or not 0 <= index < len(params) or not isinstance(entries, dict):
             raise problem(STATE_JSON, f"malformed: optimizer state for parameter {index}, of {len(params)}")
         for name, value in entries.items():
-            if isinstance(value, torch.Tensor) and value.dim() and value.shape != params[index].shape:
+            shape = _state_shape(name, params[index].shape)
+            if isinstance(value, torch.Tensor) and value.dim() and value.shape != shape:
                 raise problem(STATE_TENSORS, f"from another model: optimizer.state.{index}.{name} has shape "
-                              f"{list(value.shape)}, its parameter {list(params[index].shape)}")
+                              f"{list(value.shape)}, expected {list(shape)} for its parameter "
+                              f"{list(params[index].shape)}")
+
+
+def _state_shape(name: str, param: torch.Size) -> torch.Size:
+    """The shape an optimizer keeps a state tensor in: the parameter's, except Adafactor's factored second
+    moments of a matrix (one value per row, one per column)."""
+    if name == "exp_avg_sq_row" and len(param) >= 2:
+        return param[:-1]
+    if name == "exp_avg_sq_col" and len(param) >= 2:
+        return param[:-2] + param[-1:]
+    return param
 
 
 def _check_same_keys(saved, live: dict, what: str, problem: _Problem) -> None:
@@ -371,6 +385,15 @@ def list_checkpoints(run_folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.glob("step-*") if (p / COMPLETE).is_file())
+
+
+def known_checkpoints(run_folder: Path) -> list[Path]:
+    """Complete checkpoints here or, with a shared artifact store, there (a worker that took the run over from
+    another machine has only the one it resumed from), oldest first. One that is only there is not here until
+    ``objects.pull_folder``; its ``metrics.json`` reads through ``objects.fetch_bytes``."""
+    names = {p.name for p in list_checkpoints(run_folder)}
+    names.update(objects.remote_markers(run_folder / "checkpoints", COMPLETE))
+    return [run_folder / "checkpoints" / name for name in sorted(names)]
 
 
 def latest_checkpoint(run_folder: Path) -> Path | None:

@@ -1,7 +1,7 @@
 """The text-classification task: a sequence-classification head on the base model.
 
 The head (hidden size × number of labels, reading the last real token) is trained fully and the body with
-LoRA (PEFT's SEQ_CLS task keeps the head in the adapter as a module to save). Examples are the raw text's
+the job's adapter (LoRA, DoRA, or every weight) (PEFT's SEQ_CLS task keeps the head in the adapter as a module to save). Examples are the raw text's
 token ids and a label index; the loss is the mean cross-entropy per example and "token accuracy" in the
 shared metrics is the example accuracy. Also owns the classification metrics (accuracy, macro-F1,
 per-class F1, the most frequent confusions) computed with scikit-learn. Knows nothing about HTTP.
@@ -65,10 +65,10 @@ def _logits(model, batch: dict) -> torch.Tensor:
     return lm.score(pooled).float()
 
 
-def classification_loss(model, batch: dict) -> LossResult:
+def classification_loss(model, batch: dict, label_smoothing: float = 0.0) -> LossResult:
     logits = _logits(model, batch)
     labels = batch["labels"].to(logits.device)
-    loss_sum = F.cross_entropy(logits, labels, reduction="sum")
+    loss_sum = F.cross_entropy(logits, labels, reduction="sum", label_smoothing=label_smoothing)
     n_correct = int((logits.detach().argmax(-1) == labels).sum())
     return LossResult(loss_sum=loss_sum, n_tokens=int(labels.numel()), n_correct=n_correct)
 

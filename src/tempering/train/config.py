@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from annotated_types import Len
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    StringConstraints,
+    ValidationInfo,
+    field_validator,
+)
 
 from tempering.catalog.registry import DEFAULT_MODEL_ID
 
@@ -21,6 +29,10 @@ Auto = Literal["auto"]
 # Base learning rate per model family; the job's learning_rate_multiplier scales it.
 BASE_LEARNING_RATE = {"smollm2": 1e-3, "phi3": 2e-4}
 DEFAULT_BASE_LEARNING_RATE = 2e-4
+# Full fine-tuning moves every weight, not a small adapter: the usual rates for that are 20x lower.
+FULL_LEARNING_RATE_SCALE = 0.05
+# Early stopping's "auto": this patience (epochs without improvement) for classification, off for chat.
+AUTO_PATIENCE = {"classification": 2, "chat": 0}
 
 # OpenAI's published rule for "auto" epochs: aim for ~3 epochs, but see at least 100 and at most
 # 25,000 examples in total, with 1 to 25 epochs.
@@ -99,12 +111,32 @@ class JobOptions(BaseModel):
                                     description="Text column of classification CSV/JSONL data.")
     label_column: str | None = Field(default=None, max_length=200,
                                      description="Label column of classification CSV/JSONL data.")
-    lora: LoraSettings = Field(default_factory=LoraSettings)
+    adapter: Literal["lora", "dora", "full"] = Field(
+        default="lora", description="What training changes. lora: low-rank adapters on the base's linear layers. "
+        "dora: LoRA with weight decomposition (PEFT's use_dora; served through PEFT's slower path). full: every "
+        "weight of the model (its own weights, not an adapter; the base learning rate is 20x lower, and "
+        "checkpoints hold the whole model and its optimizer state).")
+    lora: LoraSettings = Field(default_factory=LoraSettings, description="LoRA settings (adapter lora or dora).")
+    optimizer: Literal["adamw", "sgd", "adafactor"] = Field(
+        default="adamw", description="adamw (default), sgd (with momentum 0.9, Nesterov), or adafactor "
+        "(transformers' Adafactor at the job's learning rate: factored second moments, less optimizer memory).")
+    label_smoothing: float = Field(
+        default=0.0, ge=0.0, le=0.5, description="Label smoothing of the training loss (0-0.5): the target puts "
+        "this share of its probability evenly on every token (chat) or label (classification). Validation loss "
+        "is always plain cross-entropy.")
+    selection_metric: Literal["auto", "loss", "accuracy", "macro_f1"] = Field(
+        default="auto", description="The validation metric that picks the kept checkpoint among the epochs' and "
+        "drives early stopping. auto: macro_f1 for classification, loss for chat. accuracy: example accuracy "
+        "(classification) or mean token accuracy (chat); macro_f1 is for classification only.")
+    early_stopping: StrictInt | Literal["auto"] = Field(
+        default="auto", description="Patience: stop once this many epochs in a row have not improved the "
+        "selection metric (0: never stop early). auto: 2 for classification, 0 (off) for chat.")
     max_seq_length: int | None = Field(
         default=None, ge=16, le=1_048_576, description="Longest training sequence in tokens; default: the "
         "model's context.")
     warmup_ratio: float = Field(default=0.1, ge=0.0, le=0.5, description="Share of steps spent warming up.")
-    weight_decay: float = Field(default=0.0, ge=0.0, le=1.0, description="AdamW weight decay.")
+    weight_decay: float = Field(default=0.0, ge=0.0, le=1.0,
+                                description="Weight decay (decoupled for adamw and adafactor, L2 for sgd).")
     checkpoint_every_steps: int | None = Field(
         default=None, ge=1, le=10_000_000, description="Also write a checkpoint every N steps (one is always "
         "written per epoch).")
@@ -119,6 +151,37 @@ class JobOptions(BaseModel):
         default="auto", description="How the evaluation scores chat answers: labels (accuracy, macro-F1) or text "
         "(ROUGE-L). auto: labels when the training answers are a small closed set of short answers that the "
         "validation answers fall in.")
+
+    @field_validator("lora")
+    @classmethod
+    def _lora_needs_adapter(cls, v, info: ValidationInfo):
+        if info.data.get("adapter") == "full" and v != LoraSettings():
+            raise ValueError("LoRA settings apply to adapter lora or dora, and adapter full trains every weight and "
+                             "takes none (remove lora, or choose adapter lora or dora)")
+        return v
+
+    @field_validator("selection_metric")
+    @classmethod
+    def _metric_fits_task(cls, v, info: ValidationInfo):
+        if v == "macro_f1" and info.data.get("task", "chat") == "chat":
+            raise ValueError("macro_f1 is a classification metric, and a chat job selects by loss or accuracy "
+                             "(or auto: loss)")
+        return v
+
+    @field_validator("early_stopping")
+    @classmethod
+    def _patience(cls, v):
+        if v != "auto" and not 0 <= v <= 50:
+            raise ValueError("early_stopping must be a patience between 0 (off) and 50 epochs, or 'auto'")
+        return v
+
+    def resolved_selection_metric(self) -> str:
+        if self.selection_metric != "auto":
+            return self.selection_metric
+        return "macro_f1" if self.task == "classification" else "loss"
+
+    def resolved_patience(self) -> int:
+        return AUTO_PATIENCE[self.task] if self.early_stopping == "auto" else self.early_stopping
 
 
 SUFFIX_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$"
@@ -168,6 +231,8 @@ def resolve_hyperparameters(config: TuneConfig, n_examples: int, family: str, se
     batch_size = min(batch_size, max(1, n_examples))
     multiplier = 1.0 if hp.learning_rate_multiplier == "auto" else hp.learning_rate_multiplier
     base = BASE_LEARNING_RATE.get(family, DEFAULT_BASE_LEARNING_RATE)
+    if config.adapter == "full":
+        base *= FULL_LEARNING_RATE_SCALE
     return ResolvedHyperparameters(
         n_epochs=n_epochs,
         batch_size=batch_size,

@@ -18,8 +18,9 @@ import torch
 
 from tempering.errors import TemperingError
 from tempering.train.batching import epoch_batches, shareable_length, shared_prefix_length
-from tempering.train.checkpoint import restore_checkpoint, save_checkpoint
+from tempering.train.checkpoint import known_checkpoints, restore_checkpoint, save_checkpoint
 from tempering.train.loss import evaluate
+from tempering.train.selection import Scored, Selection, rebuild, score_epoch
 
 
 class RunCancelled(TemperingError):
@@ -33,13 +34,25 @@ class Position:
     batches_done: int = 0  # batches of that epoch already trained
 
 
-def _optimizer_and_schedule(model, learning_rate: float, weight_decay: float, warmup_ratio: float,
-                            total_steps: int):
+def make_optimizer(params: list, name: str, learning_rate: float, weight_decay: float):
+    """The job's optimizer over ``params``: AdamW, SGD with (Nesterov) momentum 0.9, or transformers' Adafactor
+    driven by the job's learning rate and schedule (no relative step, no parameter scaling)."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=learning_rate, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    if name == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(params, lr=learning_rate, weight_decay=weight_decay, scale_parameter=False,
+                         relative_step=False, warmup_init=False)
+    return torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
+
+
+def _optimizer_and_schedule(model, config, learning_rate: float, total_steps: int):
     from transformers import get_cosine_schedule_with_warmup
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=weight_decay)
-    return optimizer, get_cosine_schedule_with_warmup(optimizer, int(warmup_ratio * total_steps), total_steps)
+    optimizer = make_optimizer(params, config.optimizer, learning_rate, config.weight_decay)
+    return optimizer, get_cosine_schedule_with_warmup(optimizer, int(config.warmup_ratio * total_steps), total_steps)
 
 
 def _train_step(s, examples: list, trainable: list) -> dict:
@@ -49,7 +62,7 @@ def _train_step(s, examples: list, trainable: list) -> dict:
     loss_sum, n_tokens, n_correct, tokens = 0.0, 0, 0, 0
     if mine:
         batch = s.make_batch(mine)
-        result = s.loss_fn(s.model, batch)
+        result = s.train_loss_fn(s.model, batch)
         loss_sum, n_tokens, n_correct = float(result.loss_sum.detach()), result.n_tokens, result.n_correct
         tokens = int(batch["attention_mask"].sum())
     loss_sum, n_tokens, n_correct, tokens = s.world.sum([loss_sum, n_tokens, n_correct, tokens])
@@ -102,8 +115,8 @@ def fit(s, *, resume_from: Path | None = None, should_stop: Callable[[], bool] |
     prompts = _prompts(s)
     steps_per_epoch = math.ceil(len(s.train) / s.hp.batch_size)
     total_steps = steps_per_epoch * s.hp.n_epochs
-    optimizer, scheduler = _optimizer_and_schedule(s.model, s.hp.learning_rate, s.config.weight_decay,
-                                                   s.config.warmup_ratio, total_steps)
+    optimizer, scheduler = _optimizer_and_schedule(s.model, s.config, s.hp.learning_rate, total_steps)
+    selection = Selection(s.config.resolved_selection_metric(), s.config.resolved_patience())
     pos = Position()
     sums = {"loss": 0.0, "tokens": 0}  # the current epoch's running train loss, kept across a resume
     if resume_from is not None:
@@ -111,6 +124,7 @@ def fit(s, *, resume_from: Path | None = None, should_stop: Callable[[], bool] |
         pos = Position(step=state.step, epoch=state.epoch, batches_done=state.batches_done)
         sums = state.epoch_sums
         s.log.truncate_results(pos.step)
+        rebuild(selection, [p for p in known_checkpoints(s.folder) if p <= resume_from])
         s.emit(f"Resumed from checkpoint at step {pos.step}", type="resumed", step=pos.step,
                checkpoint=str(resume_from))
     sharing = _report_prefix_sharing(s, lengths, prompts)
@@ -130,8 +144,8 @@ def fit(s, *, resume_from: Path | None = None, should_stop: Callable[[], bool] |
     trainable = [p for p in s.model.parameters() if p.requires_grad]
 
     s.model.train()
-    epoch_loss = None
-    while pos.epoch <= s.hp.n_epochs:
+    epoch_loss, stopped = None, selection.should_stop()  # a run stopped early and killed before it finished
+    while pos.epoch <= s.hp.n_epochs and not stopped:
         for index in epoch_batches(lengths, s.hp.batch_size, s.hp.seed, pos.epoch, prompts)[pos.batches_done :]:
             if s.world.any(should_stop is not None and should_stop()):
                 path = checkpoint({"cancelled": True})
@@ -160,17 +174,39 @@ def fit(s, *, resume_from: Path | None = None, should_stop: Callable[[], bool] |
             if every and pos.step % every == 0 and pos.batches_done < steps_per_epoch:
                 checkpoint({"train_loss": loss})
         epoch_loss = sums["loss"] / sums["tokens"] if sums["tokens"] else None
-        valid = evaluate(s.model, s.valid, s.make_batch, s.loss_fn, world=s.world)
-        metrics = {"train_loss": epoch_loss, "valid_loss": valid["loss"],
-                   "valid_mean_token_accuracy": valid["mean_token_accuracy"], "valid_perplexity": valid["perplexity"]}
-        if valid["loss"] is not None:
-            s.log.metrics_row({"step": pos.step, "valid_loss": valid["loss"],
-                               "valid_mean_token_accuracy": valid["mean_token_accuracy"]})
-        done = pos.epoch
-        pos.epoch, pos.batches_done = pos.epoch + 1, 0  # the checkpoint points at the next epoch's start
+        stopped = _end_epoch(s, pos, epoch_loss, selection, checkpoint)
         sums = {"loss": 0.0, "tokens": 0}
-        path = checkpoint({"epoch_completed": done, **metrics})
-        s.emit(f"Epoch {done}/{s.hp.n_epochs} done: " + ", ".join(
-            f"{k}={v:.4f}" for k, v in metrics.items() if v is not None), type="epoch", epoch=done,
-            step=pos.step, checkpoint=str(path), **metrics)
-    return {"train_loss": epoch_loss, "steps": pos.step, "prefix_sharing": sharing}
+    return {"train_loss": epoch_loss, "steps": pos.step, "prefix_sharing": sharing, "selection": selection,
+            "early_stopped": stopped, "epochs_trained": pos.epoch - 1}
+
+
+def _end_epoch(s, pos: Position, epoch_loss: float | None, selection: Selection, checkpoint) -> bool:
+    """Validate, score and checkpoint the epoch just trained; whether to stop early."""
+    valid = evaluate(s.model, s.valid, s.make_batch, s.loss_fn, world=s.world)
+    value, classification = score_epoch(s, valid)
+    metrics = {"train_loss": epoch_loss, "valid_loss": valid["loss"],
+               "valid_mean_token_accuracy": valid["mean_token_accuracy"], "valid_perplexity": valid["perplexity"]}
+    if classification is not None:
+        metrics |= {"valid_accuracy": classification["accuracy"], "valid_macro_f1": classification["macro_f1"]}
+    if valid["loss"] is not None:
+        s.log.metrics_row({"step": pos.step, "valid_loss": valid["loss"],
+                           "valid_mean_token_accuracy": valid["mean_token_accuracy"]})
+    done = pos.epoch
+    pos.epoch, pos.batches_done = pos.epoch + 1, 0  # the checkpoint points at the next epoch's start
+    scored = {} if value is None else {"selection_metric": selection.metric, "selection_value": value}
+    path = checkpoint({"epoch_completed": done, **metrics, **scored})
+    improved = value is not None and selection.add(Scored(done, pos.step, value, path))
+    s.emit(f"Epoch {done}/{s.hp.n_epochs} done: " + ", ".join(
+        f"{k}={v:.4f}" for k, v in metrics.items() if v is not None)
+        + (f"; validation {selection.metric} {value:.4f}" + (" (best so far)" if improved else "")
+           if value is not None else ""),
+        type="epoch", epoch=done, step=pos.step, checkpoint=str(path), **metrics, **scored,
+        best_so_far=improved)
+    if not selection.should_stop() or done >= s.hp.n_epochs:
+        return False
+    best = selection.best
+    s.emit(f"Stopped early after epoch {done} of {s.hp.n_epochs}: validation {selection.metric} has not improved "
+           f"for {selection.stale_epochs} epoch(s) since epoch {best.epoch} ({best.value:.4f}; patience "
+           f"{selection.patience})", type="early_stopped", epoch=done, step=pos.step, best_epoch=best.epoch,
+           best_step=best.step, metric=selection.metric, best_value=best.value, patience=selection.patience)
+    return True

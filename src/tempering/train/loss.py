@@ -59,7 +59,8 @@ def _hidden_with_shared_prefix(lm, backbone, batch: dict, prefix: int, device) -
     ).last_hidden_state
 
 
-def sparse_lm_loss(model, batch: dict) -> LossResult:
+def sparse_lm_loss(model, batch: dict, label_smoothing: float = 0.0) -> LossResult:
+    """Summed cross-entropy over the trained tokens (``label_smoothing``: the training loss's, 0 to score)."""
     lm = causal_lm(model)
     backbone = getattr(lm, lm.base_model_prefix)
     device = next(lm.parameters()).device
@@ -75,7 +76,7 @@ def sparse_lm_loss(model, batch: dict) -> LossResult:
     selected = hidden[:, :-1][positions]
     logits = lm.get_output_embeddings()(selected).float()
     wanted = targets[positions]
-    loss_sum = F.cross_entropy(logits, wanted, reduction="sum")
+    loss_sum = F.cross_entropy(logits, wanted, reduction="sum", label_smoothing=label_smoothing)
     n_correct = int((logits.detach().argmax(-1) == wanted).sum())
     return LossResult(loss_sum=loss_sum, n_tokens=int(wanted.numel()), n_correct=n_correct)
 

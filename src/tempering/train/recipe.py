@@ -1,14 +1,16 @@
-"""The LoRA supervised fine-tuning recipe: ``tune(config) -> TuneResult``, split by stage.
+"""The supervised fine-tuning recipe: ``tune(config) -> TuneResult``, split by stage.
 
-setup (model card, tokenizer, validated data, hyperparameters, LoRA-wrapped model) → fit (epochs of
-length-grouped batches, a checkpoint per epoch) → validate (base vs fine-tuned loss) → save (the adapter
-and its metadata, atomically). Progress leaves as event dicts, written to the run's ``events.jsonl`` and
+setup (model card, tokenizer, validated data, hyperparameters, the model with LoRA or DoRA adapters or every
+weight trainable) → fit (epochs of length-grouped batches, a scored checkpoint per epoch, early stopping) →
+keep the best epoch's checkpoint → validate (base vs fine-tuned loss) → save (the adapter or the full
+weights, and their metadata, atomically). Progress leaves as event dicts, written to the run's ``events.jsonl`` and
 handed to ``on_event``; this module prints nothing and knows nothing about HTTP or databases.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 import time
@@ -25,9 +27,9 @@ from tempering.errors import InvalidConfigError, InvalidDataError
 from tempering.fileio import sha256_file
 from tempering.hardware import select_placement
 from tempering.store import objects
-from tempering.train import artifacts
+from tempering.train import artifacts, weights
 from tempering.train.batching import collate
-from tempering.train.checkpoint import discard_partial, latest_checkpoint
+from tempering.train.checkpoint import COMPLETE, CheckpointError, discard_partial, latest_checkpoint
 from tempering.train.classify import (
     classification_loss,
     classification_metrics,
@@ -64,6 +66,7 @@ class TuneResult(BaseModel):
     task: str = "chat"
     classification: dict | None = None  # accuracy, macro-F1, per-class F1, top confusions on validation
     evaluation: dict | None = None  # the verdict of evaluation.json (tempering.evaluate), when evaluated
+    selection: dict | None = None  # the kept epoch's checkpoint and why (train.selection); None: no validation
 
 
 @dataclass
@@ -72,7 +75,7 @@ class Setup:
     base_model: str
     parent: str | None  # the fine-tuned model this run continues, if any
     tokenizer: object
-    model: object  # a PeftModel
+    model: object  # a PeftModel (adapter lora or dora), or the model itself (adapter full)
     train: list[EncodedExample]
     valid: list[EncodedExample]
     hp: ResolvedHyperparameters
@@ -87,6 +90,8 @@ class Setup:
     make_batch: Callable = None  # examples -> batch dict
     loss_fn: Callable = None  # (model, batch) -> LossResult
     id2label: dict[int, str] | None = None  # classification only
+    train_loss_fn: Callable = None  # loss_fn with the job's label smoothing; loss_fn scores validation
+    selection: dict | None = None  # which epoch's checkpoint was kept, and why (train.selection)
 
     def write_run(self, **fields) -> None:
         """Create or update ``run.json``: what resume needs to find and rebuild this run."""
@@ -123,21 +128,46 @@ def _check_targets(model, targets) -> None:
             param="lora.target_modules")
 
 
-def _wrap_lora(model, config: TuneConfig, parent_folder: Path | None, task_type: str = "CAUSAL_LM"):
-    from peft import LoraConfig, PeftModel, get_peft_model
+def _continue_from(model, config: TuneConfig, parent_folder: Path):
+    """Continue training a fine-tuned parent: the same kind of model as the parent, trainable."""
+    import json
 
-    if parent_folder is not None:  # continue training the parent's adapter
-        return PeftModel.from_pretrained(model, parent_folder, is_trainable=True)
+    parent = ("full" if weights.is_full(parent_folder) else "dora" if json.loads(
+        (parent_folder / "adapter_config.json").read_text(encoding="utf-8")).get("use_dora") else "lora")
+    if parent != config.adapter:
+        raise InvalidConfigError(f"{config.model} was trained with adapter {parent}; continuing it needs adapter "
+                                 f"{parent}, not {config.adapter}", param="adapter")
+    model = weights.load_onto(model, parent_folder, trainable=True)
+    if parent == "full":
+        model.requires_grad_(True)
+    return model
+
+
+def _wrap_lora(model, config: TuneConfig, parent_folder: Path | None, task_type: str = "CAUSAL_LM"):
+    """The model as the job trains it: LoRA or DoRA adapters on it, or (adapter full) every weight trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    if parent_folder is not None:
+        return _continue_from(model, config, parent_folder)
+    if config.adapter == "full":
+        return model.requires_grad_(True)
     _check_targets(model, config.lora.target_modules)
     lora = LoraConfig(
         r=config.lora.rank,
         lora_alpha=config.lora.alpha,
         lora_dropout=config.lora.dropout,
         target_modules=config.lora.target_modules,
+        use_dora=config.adapter == "dora",
         bias="none",
         task_type=task_type,
     )
     return get_peft_model(model, lora)
+
+
+def base_view(model):
+    """A context in which ``model`` computes as its base did: adapters off (a full run is scored before
+    training, while its weights are still the base's)."""
+    return model.disable_adapter() if weights.is_peft(model) else contextlib.nullcontext()
 
 
 def data_hashes(config: TuneConfig) -> dict:
@@ -205,12 +235,16 @@ def setup(config: TuneConfig, on_event: EventSink | None = None, *, short_id: st
                           seed)
     model, train, valid, make_batch, loss_fn, id2label = task
     hp = resolve_hyperparameters(config, len(train), card.family, seed)
+    if config.early_stopping not in ("auto", 0) and not valid:
+        raise InvalidConfigError("early_stopping needs validation data, and this job has none (give a validation "
+                                 "file, or at least 20 training examples to split from)", param="early_stopping")
 
     short_id = short_id or world.broadcast(artifacts.new_short_id())
     folder = artifacts.run_dir(short_id)
     state = Setup(config, card.id, parent, tokenizer, model, train, valid, hp, max_length, short_id, folder,
                   artifacts.RunLog(folder, enabled=world.is_main), on_event, data_sha256 or data_hashes(config), world,
-                  config.task, make_batch, loss_fn, id2label)
+                  config.task, make_batch, loss_fn, id2label,
+                  functools.partial(loss_fn, label_smoothing=config.label_smoothing))
     state.write_run(status="running", pid=os.getpid(), **({} if resuming else {"created_at": int(time.time())}))
     if not resuming:
         state.emit(f"Created run {short_id}: {len(train)} training and {len(valid)} validation examples, "
@@ -223,7 +257,7 @@ def setup(config: TuneConfig, on_event: EventSink | None = None, *, short_id: st
 def _save_model(s: Setup, model_id: str, metadata: dict) -> Path:
     target = s.folder / "model"
     with artifacts.atomic_dir(target) as tmp:
-        s.model.save_pretrained(tmp)
+        weights.save(s.model, tmp)
         artifacts.write_json_atomic(tmp / artifacts.METADATA, metadata)
     objects.publish_folder(target, artifacts.METADATA)  # the adapter first, its metadata (the marker) last
     return target
@@ -273,6 +307,26 @@ def _start_or_resume(config: TuneConfig, on_event, resume: bool,
     return s, latest_checkpoint(s.folder), run.get("base_eval")
 
 
+def _keep_best(s: Setup, fitted: dict, model_id: str) -> None:
+    """Make the run's model the best epoch's checkpoint (``train.selection``) and record which and why."""
+    from tempering.train.refs import api_checkpoint_id
+
+    selection = fitted["selection"]
+    s.selection = selection.summary(early_stopped=fitted["early_stopped"], planned_epochs=s.hp.n_epochs,
+                                    checkpoint_id=lambda step: api_checkpoint_id(model_id, step))
+    if s.selection is None:
+        return
+    best = selection.best
+    if best.epoch != selection.history[-1].epoch:
+        if not objects.pull_folder(best.checkpoint, COMPLETE):  # taken over from another machine: only there
+            raise CheckpointError(f"the best checkpoint {best.checkpoint.name} is neither here nor in the "
+                                  f"artifact store", param="checkpoint")
+        weights.load_trainable(s.model, best.checkpoint)
+    s.write_run(selection=s.selection)
+    s.emit(f"Kept the checkpoint of epoch {best.epoch} (step {best.step}) as the fine-tuned model: "
+           f"{s.selection['reason']}", type="best_checkpoint", **s.selection)
+
+
 # Called on process 0 once the model is saved, with (setup, model id, base and final validation losses); what
 # it returns is the result's ``evaluation``. The job's caller passes ``evaluate.job.evaluate_after_tune``:
 # training knows nothing of evaluation.
@@ -292,7 +346,7 @@ def tune(config: TuneConfig, *, on_event: EventSink | None = None, resume: bool 
     started = time.perf_counter()
     s, checkpoint, base = _start_or_resume(config, on_event, resume, run_id)
     if base is None:
-        with s.model.disable_adapter():
+        with base_view(s.model):
             base = evaluate(s.model, s.valid, s.make_batch, s.loss_fn, world=s.world)
         s.write_run(base_eval=base)
         if base["loss"] is not None:
@@ -307,12 +361,13 @@ def tune(config: TuneConfig, *, on_event: EventSink | None = None, resume: bool 
         with contextlib.suppress(OSError, objects.ArtifactStoreError):
             s.write_run(status="failed")
         raise
+    model_id = artifacts.model_id_for(s.base_model, config.suffix, s.short_id)
+    _keep_best(s, fitted, model_id)
     final = evaluate(s.model, s.valid, s.make_batch, s.loss_fn, world=s.world)
     classification = _classification_report(s) if s.task == "classification" else None
     s.log.metrics_row({"step": fitted["steps"], "full_valid_loss": final["loss"],
                        "full_valid_mean_token_accuracy": final["mean_token_accuracy"]})
-    model_id = artifacts.model_id_for(s.base_model, config.suffix, s.short_id)
-    trained_tokens = sum(len(e) for e in s.train) * s.hp.n_epochs
+    trained_tokens = sum(len(e) for e in s.train) * fitted["epochs_trained"]
     seconds = time.perf_counter() - started
     metrics = {"train_loss": fitted["train_loss"], "full_valid_loss": final["loss"],
                "full_valid_mean_token_accuracy": final["mean_token_accuracy"],
@@ -325,8 +380,8 @@ def tune(config: TuneConfig, *, on_event: EventSink | None = None, resume: bool 
         "config": config.model_dump(mode="json"), "hyperparameters": s.hp.model_dump(),
         "data_sha256": s.data_sha256, "n_train_examples": len(s.train), "n_valid_examples": len(s.valid),
         "trained_tokens": trained_tokens, "seconds": round(seconds, 2), "metrics": metrics,
-        "prefix_sharing": fitted.get("prefix_sharing"),
-        "versions": _versions(),
+        "prefix_sharing": fitted.get("prefix_sharing"), "adapter": config.adapter, "selection": s.selection,
+        "epochs_trained": fitted["epochs_trained"], "versions": _versions(),
     }
     output = s.folder / "model"
     if s.world.is_main:
@@ -348,5 +403,5 @@ def tune(config: TuneConfig, *, on_event: EventSink | None = None, resume: bool 
         valid_loss=final["loss"], valid_mean_token_accuracy=final["mean_token_accuracy"],
         base_valid_loss=base["loss"], base_valid_mean_token_accuracy=base["mean_token_accuracy"],
         n_train_examples=len(s.train), n_valid_examples=len(s.valid), hyperparameters=s.hp,
-        task=s.task, classification=classification, evaluation=evaluation,
+        task=s.task, classification=classification, evaluation=evaluation, selection=s.selection,
     )

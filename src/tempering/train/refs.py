@@ -34,7 +34,13 @@ class Target:
     kind: str  # "base", "fine-tuned", "checkpoint" or "upstream"
     base_model: str
     task: str = "chat"
-    adapter: Path | None = None  # the PEFT folder: a fine-tuned model's or a checkpoint's
+    adapter: Path | None = None  # a fine-tuned model's or a checkpoint's folder: PEFT, or full weights
+    # (``train.weights``: a folder holding model.safetensors is its own weights, not an adapter)
+
+    @property
+    def full(self) -> bool:
+        """Whether the target is a fully fine-tuned model (its own weights over the base's architecture)."""
+        return self.adapter is not None and (self.adapter / artifacts.FULL_WEIGHTS).is_file()
     labels: list[str] | None = None  # classification models
 
 
@@ -123,9 +129,10 @@ def resolve(name: str, *, allow_paths: bool = False) -> Target:
         return Target(name, "fine-tuned", meta["base_model"], meta.get("task", "chat"), folder, meta.get("labels"))
     if allow_paths and ("/" in name or name.startswith(".")):
         path = Path(name).expanduser()
-        if path.is_dir() and (path / "adapter_config.json").is_file():
+        if path.is_dir() and any((path / f).is_file() for f in ("adapter_config.json", artifacts.FULL_WEIGHTS)):
             return _checkpoint_target(path.resolve(), name)
         if path.is_dir():
-            raise ModelNotFoundError(f"{name} is not a checkpoint folder (no adapter_config.json)", param="model")
+            raise ModelNotFoundError(f"{name} is not a checkpoint folder (no adapter_config.json or "
+                                     f"{artifacts.FULL_WEIGHTS})", param="model")
     card = get_card(name)
     return Target(card.id, "base", card.id)

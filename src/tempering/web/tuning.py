@@ -24,12 +24,15 @@ PageCaller = Annotated[Caller, Depends(session.page_caller)]
 STEPS = ("name", "data", "validation", "hyperparameters", "review")
 # The form fields the wizard carries from step to step (each step shows some, the others ride hidden).
 FIELDS = ("model", "suffix", "task", "training_file", "validation", "validation_file", "validation_fraction",
-          "n_epochs", "batch_size_multiplier", "learning_rate_multiplier", "lora_rank", "seed")
+          "n_epochs", "batch_size_multiplier", "learning_rate_multiplier", "lora_rank", "seed", "adapter", "optimizer",
+          "label_smoothing", "early_stopping")
 DEFAULTS = {"task": "chat", "validation": "split", "validation_fraction": "0.1", "n_epochs": "auto",
-            "batch_size_multiplier": "auto", "learning_rate_multiplier": "auto", "lora_rank": "", "seed": ""}
+            "batch_size_multiplier": "auto", "learning_rate_multiplier": "auto", "lora_rank": "", "seed": "",
+            "adapter": "lora", "optimizer": "adamw", "label_smoothing": "", "early_stopping": "auto"}
+ADVANCED = ("lora_rank", "seed", "adapter", "optimizer", "label_smoothing", "early_stopping")
 SHOWN = {"name": ("suffix",), "data": ("task", "training_file"),
          "validation": ("validation", "validation_file", "validation_fraction"),
-         "hyperparameters": ("n_epochs", "batch_size_multiplier", "learning_rate_multiplier", "lora_rank", "seed"),
+         "hyperparameters": ("n_epochs", "batch_size_multiplier", "learning_rate_multiplier", *ADVANCED),
          "review": ()}
 
 
@@ -57,6 +60,13 @@ def config_fields(state: dict) -> dict:
         fields["seed"] = _number(state["seed"], int)
     if state.get("lora_rank", "").strip():
         fields["lora"] = {"rank": _number(state["lora_rank"], int)}
+    for name in ("adapter", "optimizer"):  # chosen from a list; the config names a choice that is not one
+        if state.get(name):
+            fields[name] = state[name]
+    if state.get("label_smoothing", "").strip():
+        fields["label_smoothing"] = _number(state["label_smoothing"], float)
+    if state.get("early_stopping", "auto").strip() not in ("", "auto"):
+        fields["early_stopping"] = _number(state["early_stopping"], int)
     hyper = {name: _number(state.get(name, "auto"), kind) for name, kind in
              (("n_epochs", int), ("batch_size_multiplier", float), ("learning_rate_multiplier", float))}
     fields["hyperparameters"] = {k: v for k, v in hyper.items() if v != "auto"}
@@ -75,7 +85,7 @@ def _problems(exc: TemperingError) -> dict[str, str]:
 
     def add(field: str, message: str) -> None:
         name = field.rsplit(".", 1)[-1]
-        name = {"rank": "lora_rank"}.get(name, name)
+        name = {"rank": "lora_rank", "lora": "lora_rank"}.get(name, name)
         name = name if name in FIELDS else "form"
         out[name] = (out.get(name, "") + " " + message).strip()
 
@@ -104,8 +114,9 @@ def _wizard(request: Request, caller: Caller, state: dict, step: str, status: in
         usable = [(f.id, f.filename) for f in files.list_files(s, caller.project_id, "fine-tune")
                   if f.status == "processed"]
     hidden = {k: v for k, v in state.items() if k not in SHOWN[step] and v not in (None, "")}
+    advanced_open = any(field in (context.get("problems") or {}) for field in ADVANCED)
     return page(request, caller, "wizard.html", status=status, step=step, steps=STEPS, number=STEPS.index(step) + 1,
-                state=state, hidden=hidden, usable=usable, **context)
+                state=state, hidden=hidden, usable=usable, advanced_open=advanced_open, **context)
 
 
 @router.get("/fine-tune")
