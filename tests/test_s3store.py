@@ -71,6 +71,31 @@ def test_folders_are_published_marker_last_and_pulled_only_when_complete(s3_env,
     assert not (tmp_path / "m.json").exists()
 
 
+def test_a_takeover_sees_the_epochs_only_the_bucket_holds(s3_env, tempering_home, tmp_path, monkeypatch):
+    """Best-checkpoint selection after a takeover: the earlier epochs' scores are read from the bucket (not
+    pulled), so the best epoch can be one this machine never had."""
+    from tempering.train.checkpoint import known_checkpoints
+    from tempering.train.selection import Selection, rebuild
+
+    runs = get_settings().runs_dir
+    for step, epoch, loss in ((3, 1, 0.5), (6, 2, 0.9)):
+        folder = runs / "run1" / "checkpoints" / f"step-{step:06d}"
+        folder.mkdir(parents=True)
+        (folder / "adapter_model.safetensors").write_bytes(os.urandom(1000))
+        (folder / "metrics.json").write_text(json.dumps({"step": step, "epoch_completed": epoch,
+                                                         "selection_value": loss}))
+        (folder / "COMPLETE").write_text("ok\n")
+        objects.publish_folder(folder, "COMPLETE")
+
+    _switch_home(monkeypatch, tmp_path / "other-machine")
+    run = get_settings().runs_dir / "run1"
+    assert [p.name for p in known_checkpoints(run)] == ["step-000003", "step-000006"]
+    selection = rebuild(Selection("loss", patience=0), known_checkpoints(run))
+    assert (selection.best.epoch, selection.best.step) == (1, 3)
+    assert not selection.best.checkpoint.exists()  # scored from the bucket, its weights not pulled
+    assert objects.pull_folder(selection.best.checkpoint, "COMPLETE")
+
+
 def test_a_mounted_folder_is_a_shared_store_too(tempering_home, tmp_path, monkeypatch):
     """``file:///…``: the same interface on a mounted share (no S3 server needed)."""
     share = tmp_path / "share"
