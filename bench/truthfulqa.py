@@ -55,7 +55,7 @@ def main() -> None:
     from tempering.cli.common import quiet_libraries
     from tempering.evaluate import read_report
     from tempering.evaluate.job import tune_and_evaluate as tune
-from tempering.train import TuneConfig
+    from tempering.train import TuneConfig
 
     quiet_libraries()
     config = TuneConfig(

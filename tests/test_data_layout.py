@@ -62,3 +62,15 @@ def test_public_names_import_from_where_callers_import_them():
         "distribution",
     ):
         assert hasattr(findings, name), name
+
+
+def test_the_benchmarks_parse():
+    """The bench scripts are run by hand, so nothing else notices when an edit breaks one (two did)."""
+    bench = Path(__file__).resolve().parent.parent / "bench"
+    scripts = sorted(bench.glob("*.py"))
+    if not scripts:
+        import pytest
+
+        pytest.skip("no bench/ beside the tests")
+    for path in scripts:
+        ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
