@@ -35,22 +35,30 @@ def tempering(home: Path, *args) -> subprocess.CompletedProcess:
 
 
 def test_prepare_converts_once_then_loads_from_the_cache(e2e_home, monkeypatch):
+    from tempering.catalog import load_causal_lm, load_tokenizer
+    from tempering.settings import reset_settings
+
+    monkeypatch.setenv("TEMPERING_HOME", str(e2e_home))
+    reset_settings()
+    early = load_tokenizer("smollm2-135m-instruct")  # validating data or estimating: no conversion yet
+    assert not (e2e_home / "models" / "smollm2-135m-instruct").exists()
+    extracted = e2e_home / "models" / ".tokenizers" / "smollm2-135m-instruct"
+
     first = tempering(e2e_home, "models", "prepare")
     assert first.returncode == 0, first.stderr
     folder = e2e_home / "models" / "smollm2-135m-instruct"
     assert (folder / "model.safetensors").is_file() and (folder / "tempering-model.json").is_file()
     assert "quantization_config" not in json.loads((folder / "config.json").read_text())
 
-    from tempering.catalog import load_causal_lm, load_tokenizer
-    from tempering.settings import reset_settings
-
-    monkeypatch.setenv("TEMPERING_HOME", str(e2e_home))
-    reset_settings()
+    assert (folder / "tokenizer.json").read_bytes() == (extracted / "tokenizer.json").read_bytes()
     started = time.perf_counter()
     load_causal_lm("smollm2-135m-instruct")
     tokenizer = load_tokenizer("smollm2-135m-instruct")
     assert time.perf_counter() - started < 20  # from the cache, not a second de-quantization
     assert "<|im_start|>" in tokenizer.chat_template
+    text = "Mi controller ünïcode card_arrival?"
+    assert (tokenizer.chat_template, tokenizer.pad_token_id, tokenizer(text)["input_ids"]) == (
+        early.chat_template, early.pad_token_id, early(text)["input_ids"])
 
 
 def test_tune_on_a_small_sample_then_chat(e2e_home, tmp_path):
