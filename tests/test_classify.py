@@ -127,14 +127,16 @@ def test_a_job_starts_its_head_from_the_label_names_unless_they_are_ids(tiny_mod
         head = next(e["data"] for e in events if e["type"] == "head_init")
         return result, head
 
-    words, head = run(intents_csv)
+    _, head = run(intents_csv)
+    assert head["head_init"] == "random"  # the default until the label init is shown to win
+    words, head = run(intents_csv, head_init="auto")
     assert head["head_init"] == "labels" and "every label is a word" in head["reason"]
     assert words.classification["n"] == words.n_valid_examples
 
     numbered = tmp_path / "numbered.csv"
     numbered.write_text(intents_csv.read_text().replace(",refund", ",0").replace(",card", ",1")
                         .replace(",transfer", ",2"))
-    _, head = run(numbered)
+    _, head = run(numbered, head_init="auto")
     assert head["head_init"] == "random" and "not words" in head["reason"]
     forced, head = run(numbered, head_init="labels")
     assert head["head_init"] == "labels"
