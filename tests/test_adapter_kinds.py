@@ -32,6 +32,8 @@ def _config(train_file, model, **overrides) -> TuneConfig:
     ({"selection_metric": "f1"}, "selection_metric", "'auto', 'loss', 'accuracy' or 'macro_f1'"),
     ({"early_stopping": -1}, "early_stopping", "between 0 (off) and 50"),
     ({"early_stopping": "yes"}, "early_stopping", "'auto'"),
+    ({"head_init": "labels"}, "head_init", "a chat job has none"),
+    ({"task": "classification", "head_init": "words"}, "head_init", "'auto', 'labels' or 'random'"),
 ])
 def test_invalid_options_are_refused_naming_the_field(tmp_path, fields, field, words):
     with pytest.raises(InvalidConfigError) as caught:
@@ -70,6 +72,9 @@ def test_the_options_travel_from_the_cli_through_the_api_body_into_the_same_conf
     body = {**remote_body(config), "training_file": "file-1"}
     again = parse_config({**JobCreate.model_validate(body).config_fields(), "training_file": tmp_path / "t.jsonl"})
     assert again == config
+    classifier = parse_config({"training_file": tmp_path / "t.csv", "task": "classification", "head_init": "random"})
+    body = {**remote_body(classifier), "training_file": "file-1"}
+    assert JobCreate.model_validate(body).config_fields()["head_init"] == "random"
     with pytest.raises(Exception, match="lora") as caught:
         JobCreate.model_validate({**body, "adapter": "full", "lora": {"rank": 4}})  # refused by the API's body too
     assert caught.value.errors()[0]["loc"] == ("lora",)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from tempering.cli.main import app
 from tempering.errors import InvalidDataError
-from tempering.train import TuneConfig, tune
+from tempering.train import TuneConfig, artifacts, tune
 from tempering.train.classify import classification_metrics
 
 WORDS = {"refund": ["refund", "money back", "return payment"], "card": ["card", "plastic", "debit card"],
@@ -78,3 +79,66 @@ def test_tune_estimate_prints_tokens_and_cost_without_training(tiny_model, qa_fi
     assert estimate["n_epochs"] == 2 and estimate["trained_tokens"] == 2 * estimate["tokens_per_epoch"]
     assert estimate["n_train_examples"] == 18 and estimate["n_validation_examples"] == 2
     assert not (tempering_home / "runs").exists()
+
+
+# ---- the head's start: the label names' embeddings when the labels are words ----
+
+def test_label_names_read_as_words_and_ids_fall_back_to_random():
+    from tempering.train.classify import choose_head_init, label_words
+
+    assert label_words("card_arrival") == "card arrival"
+    assert label_words("reverted_card_payment?") == "reverted card payment?"
+    assert label_words("Refund_not-showing__up") == "Refund not showing up"
+    assert [label_words(x) for x in ("0", "LABEL_1", "class2", "x", "_")] == [None] * 5
+    assert choose_head_init("auto", ["card_arrival", "benign"])[0] == "labels"
+    kind, reason = choose_head_init("auto", ["card_arrival", "2"])
+    assert kind == "random" and "'2'" in reason
+    assert choose_head_init("labels", ["0", "1"])[0] == "labels"  # asked for: used as they are
+    assert choose_head_init("random", ["card_arrival", "benign"])[0] == "random"
+
+
+def test_head_rows_are_the_centred_label_embeddings_at_the_random_inits_norm(tiny_model_dir, tokenizer):
+    import torch
+
+    from tempering.hardware import select_placement
+    from tempering.train.classify import init_head_from_labels, load_classifier
+
+    id2label = {0: "card_arrival", 1: "refund", 2: "top-up limits"}
+    torch.manual_seed(0)
+    model = load_classifier(tiny_model_dir, select_placement("cpu"), id2label)
+    random_norm = model.score.weight.norm(dim=1).mean().item()
+    init_head_from_labels(model, tokenizer, id2label)
+
+    embeddings = model.get_input_embeddings().weight
+    means = torch.stack([embeddings.detach()[tokenizer(" " + words, add_special_tokens=False)["input_ids"]].mean(0)
+                         for words in ("card arrival", "refund", "top up limits")])
+    centred = means - means.mean(0)
+    expected = centred / centred.norm(dim=1, keepdim=True) * random_norm
+    assert torch.allclose(model.score.weight, expected, atol=1e-6)
+    assert model.score.weight.detach().norm(dim=1).tolist() == pytest.approx([random_norm] * 3, rel=1e-5)
+
+
+def test_a_job_starts_its_head_from_the_label_names_unless_they_are_ids(tiny_model, intents_csv, tmp_path):
+    def run(training_file, **options):
+        events = []
+        config = TuneConfig(model=tiny_model, task="classification", training_file=training_file, seed=2,
+                            evaluate=False, hyperparameters={"n_epochs": 1, "batch_size": 4}, **options)
+        result = tune(config, on_event=events.append)
+        head = next(e["data"] for e in events if e["type"] == "head_init")
+        return result, head
+
+    _, head = run(intents_csv)
+    assert head["head_init"] == "random"  # the default until the label init is shown to win
+    words, head = run(intents_csv, head_init="auto")
+    assert head["head_init"] == "labels" and "every label is a word" in head["reason"]
+    assert words.classification["n"] == words.n_valid_examples
+
+    numbered = tmp_path / "numbered.csv"
+    numbered.write_text(intents_csv.read_text().replace(",refund", ",0").replace(",card", ",1")
+                        .replace(",transfer", ",2"))
+    _, head = run(numbered, head_init="auto")
+    assert head["head_init"] == "random" and "not words" in head["reason"]
+    forced, head = run(numbered, head_init="labels")
+    assert head["head_init"] == "labels"
+    saved = json.loads((Path(forced.output_dir) / artifacts.METADATA).read_text())
+    assert saved["head"]["head_init"] == "labels" and saved["config"]["head_init"] == "labels"

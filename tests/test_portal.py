@@ -263,6 +263,10 @@ def test_wizard_shows_every_problem_beside_its_field(client, app, tiny_model):
     assert full.status_code == 400 and "<details open>" in full.text  # the advanced options, opened
     assert re.search(r'id="lora_rank-error"[^>]*>[^<]*adapter full trains every weight', full.text)
     assert re.search(r'id="label_smoothing-error"[^>]*>[^<]*less than or equal to 0.5', full.text)
+    chat = client.post("/fine-tune", data={**state, "n_epochs": "2", "learning_rate_multiplier": "auto",
+                                           "head_init": "labels", "step": "hyperparameters", "go": "next"})
+    assert chat.status_code == 400  # a chat job has no classification head to start from the label names
+    assert re.search(r'id="head_init-error"[^>]*>[^<]*a chat job has none', chat.text)
 
 
 def test_static_files_are_the_pinned_ones_and_cached(client):

@@ -9,6 +9,7 @@ per-class F1, the most frequent confusions) computed with scikit-learn. Knows no
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass
 
@@ -90,6 +91,55 @@ def load_classifier(path, placement, id2label: dict[int, str]):
     finally:
         transformers.utils.logging.set_verbosity(level)
     return model.to(placement.device)
+
+
+def label_words(label: str) -> str | None:
+    """A label name as words ("card_arrival" -> "card arrival"), or None when it is not words: a name with a
+    digit ("0", "LABEL_1", "class2") or without two letters is an id, and its embedding would mean nothing."""
+    text = " ".join(re.sub(r"[_\-]+", " ", label).split())
+    if any(c.isdigit() for c in text) or sum(c.isalpha() for c in text) < 2:
+        return None
+    return text
+
+
+def choose_head_init(head_init: str, labels: list[str]) -> tuple[str, str]:
+    """The head init a job uses (``labels`` or ``random``) and why, for its ``head_init`` option."""
+    if head_init == "random":
+        return "random", "head_init random"
+    if head_init == "labels":
+        return "labels", "head_init labels"
+    ids = [label for label in labels if label_words(label) is None]
+    if ids:
+        return "random", f"head_init auto: {len(ids)} label(s) are not words, e.g. {ids[0]!r}"
+    return "labels", "head_init auto: every label is a word or words"
+
+
+@torch.no_grad()
+def label_rows(model, tokenizer, id2label: dict[int, str]) -> torch.Tensor:
+    """One row per label: the mean of the input embeddings of its name's tokens (as words when it is words,
+    read mid-sentence: with a leading space), centred over the labels. Adding one vector to every row of a
+    softmax head changes no probability, so the part the labels share carries nothing and is removed."""
+    embeddings = model.get_input_embeddings().weight
+    rows = []
+    for index in sorted(id2label):
+        name = id2label[index]
+        ids = tokenizer(" " + (label_words(name) or name.strip() or name), add_special_tokens=False)["input_ids"]
+        rows.append(embeddings[torch.tensor(ids, device=embeddings.device)].float().mean(dim=0))
+    rows = torch.stack(rows)
+    return rows - rows.mean(dim=0, keepdim=True)
+
+
+@torch.no_grad()
+def init_head_from_labels(model, tokenizer, id2label: dict[int, str]) -> None:
+    """Set each row of the freshly initialised head (``load_classifier``'s ``score``) to its label's row from
+    ``label_rows``, scaled to the mean norm of the random init's rows (so the step sizes the recipe was tuned
+    with still fit). Before any adapter wraps the model: PEFT copies the head it finds."""
+    head = model.score.weight
+    target = head.float().norm(dim=1).mean()
+    rows = label_rows(model, tokenizer, id2label)
+    norms = rows.norm(dim=1, keepdim=True)
+    rows = torch.where(norms > 0, rows / norms.clamp_min(1e-12) * target, head.float())  # identical names: keep
+    head.copy_(rows.to(head.dtype))
 
 
 @torch.inference_mode()

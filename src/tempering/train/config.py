@@ -124,6 +124,12 @@ class JobOptions(BaseModel):
         default=0.0, ge=0.0, le=0.5, description="Label smoothing of the training loss (0-0.5): the target puts "
         "this share of its probability evenly on every token (chat) or label (classification). Validation loss "
         "is always plain cross-entropy.")
+    head_init: Literal["auto", "labels", "random"] = Field(
+        default="random", description="How a classification head starts. labels: each label's row is the mean of the "
+        "base model's embeddings of the label name's tokens (\"card_arrival\" read as \"card arrival\"), centred "
+        "over the labels and scaled to the random init's norm. random (default until labels is shown to win on held-apart data): "
+        "the model's own random init. auto: labels when every label is a word or words (letters, no digits), "
+        "else random. Classification only.")
     selection_metric: Literal["auto", "loss", "accuracy", "macro_f1"] = Field(
         default="auto", description="The validation metric that picks the kept checkpoint among the epochs' and "
         "drives early stopping. auto: macro_f1 for classification, loss for chat. accuracy: example accuracy "
@@ -166,6 +172,14 @@ class JobOptions(BaseModel):
         if v == "macro_f1" and info.data.get("task", "chat") == "chat":
             raise ValueError("macro_f1 is a classification metric, and a chat job selects by loss or accuracy "
                              "(or auto: loss)")
+        return v
+
+    @field_validator("head_init")
+    @classmethod
+    def _head_needs_classification(cls, v, info: ValidationInfo):
+        if v != "random" and info.data.get("task", "chat") == "chat":
+            raise ValueError("head_init sets up a classification head, and a chat job has none (use task "
+                             "classification, or leave head_init out)")
         return v
 
     @field_validator("early_stopping")

@@ -31,10 +31,12 @@ from tempering.train import artifacts, weights
 from tempering.train.batching import collate
 from tempering.train.checkpoint import COMPLETE, CheckpointError, discard_partial, latest_checkpoint
 from tempering.train.classify import (
+    choose_head_init,
     classification_loss,
     classification_metrics,
     collate_classes,
     encode_texts,
+    init_head_from_labels,
     load_classifier,
     predict,
     texts_and_labels,
@@ -92,6 +94,7 @@ class Setup:
     id2label: dict[int, str] | None = None  # classification only
     train_loss_fn: Callable = None  # loss_fn with the job's label smoothing; loss_fn scores validation
     selection: dict | None = None  # which epoch's checkpoint was kept, and why (train.selection)
+    head: dict | None = None  # classification: how the head was initialised, and why (head_init)
 
     def write_run(self, **fields) -> None:
         """Create or update ``run.json``: what resume needs to find and rebuild this run."""
@@ -183,7 +186,7 @@ def _chat_task(config, card, placement, tokenizer, max_length, parent_folder, tr
     torch.manual_seed(seed)  # LoRA A matrices are initialised randomly
     model = _wrap_lora(load_causal_lm(card, placement), config, parent_folder)
     pad_id = tokenizer.pad_token_id
-    return model, train, valid, lambda batch: collate(batch, pad_id, max_length), sparse_lm_loss, None
+    return model, train, valid, lambda batch: collate(batch, pad_id, max_length), sparse_lm_loss, None, None
 
 
 def _classification_task(config, card, placement, tokenizer, max_length, parent_folder, train_data, valid_data,
@@ -203,9 +206,15 @@ def _classification_task(config, card, placement, tokenizer, max_length, parent_
     torch.manual_seed(seed)  # the head and the LoRA A matrices are initialised randomly
     model = load_classifier(resolve_weights(card), placement, id2label)
     model.config.pad_token_id = tokenizer.pad_token_id
+    head = None
+    if parent_folder is None:  # a continued model keeps its parent's trained head
+        kind, reason = choose_head_init(config.head_init, classes)
+        if kind == "labels":
+            init_head_from_labels(model, tokenizer, id2label)
+        head = {"head_init": kind, "reason": reason}
     model = _wrap_lora(model, config, parent_folder, task_type="SEQ_CLS")
     pad_id = tokenizer.pad_token_id
-    return model, train, valid, lambda batch: collate_classes(batch, pad_id), classification_loss, id2label
+    return model, train, valid, lambda batch: collate_classes(batch, pad_id), classification_loss, id2label, head
 
 
 def setup(config: TuneConfig, on_event: EventSink | None = None, *, short_id: str | None = None,
@@ -233,7 +242,7 @@ def setup(config: TuneConfig, on_event: EventSink | None = None, *, short_id: st
     else:
         task = _chat_task(config, card, placement, tokenizer, max_length, parent_folder, train_msgs, valid_msgs,
                           seed)
-    model, train, valid, make_batch, loss_fn, id2label = task
+    model, train, valid, make_batch, loss_fn, id2label, head = task
     hp = resolve_hyperparameters(config, len(train), card.family, seed)
     if config.early_stopping not in ("auto", 0) and not valid:
         raise InvalidConfigError("early_stopping needs validation data, and this job has none (give a validation "
@@ -251,6 +260,10 @@ def setup(config: TuneConfig, on_event: EventSink | None = None, *, short_id: st
                    f"{hp.n_epochs} epoch(s), batch size {hp.batch_size}, learning rate {hp.learning_rate:g}, "
                    f"{placement.device.type}/{placement.dtype_name}"
                    + (f", {world.size} processes" if world.active else ""), hyperparameters=hp.model_dump())
+    state.head = head
+    if head is not None and not resuming:
+        how = "from the label names" if head["head_init"] == "labels" else "at random"
+        state.emit(f"Classification head initialised {how} ({head['reason']})", type="head_init", **head)
     return state
 
 
@@ -381,7 +394,7 @@ def tune(config: TuneConfig, *, on_event: EventSink | None = None, resume: bool 
         "data_sha256": s.data_sha256, "n_train_examples": len(s.train), "n_valid_examples": len(s.valid),
         "trained_tokens": trained_tokens, "seconds": round(seconds, 2), "metrics": metrics,
         "prefix_sharing": fitted.get("prefix_sharing"), "adapter": config.adapter, "selection": s.selection,
-        "epochs_trained": fitted["epochs_trained"], "versions": _versions(),
+        "epochs_trained": fitted["epochs_trained"], "head": s.head, "versions": _versions(),
     }
     output = s.folder / "model"
     if s.world.is_main:

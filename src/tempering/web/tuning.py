@@ -25,11 +25,12 @@ STEPS = ("name", "data", "validation", "hyperparameters", "review")
 # The form fields the wizard carries from step to step (each step shows some, the others ride hidden).
 FIELDS = ("model", "suffix", "task", "training_file", "validation", "validation_file", "validation_fraction",
           "n_epochs", "batch_size_multiplier", "learning_rate_multiplier", "lora_rank", "seed", "adapter", "optimizer",
-          "label_smoothing", "early_stopping")
+          "label_smoothing", "head_init", "early_stopping")
 DEFAULTS = {"task": "chat", "validation": "split", "validation_fraction": "0.1", "n_epochs": "auto",
             "batch_size_multiplier": "auto", "learning_rate_multiplier": "auto", "lora_rank": "", "seed": "",
-            "adapter": "lora", "optimizer": "adamw", "label_smoothing": "", "early_stopping": "auto"}
-ADVANCED = ("lora_rank", "seed", "adapter", "optimizer", "label_smoothing", "early_stopping")
+            "adapter": "lora", "optimizer": "adamw", "label_smoothing": "", "head_init": "random",
+            "early_stopping": "auto"}
+ADVANCED = ("lora_rank", "seed", "adapter", "optimizer", "label_smoothing", "head_init", "early_stopping")
 SHOWN = {"name": ("suffix",), "data": ("task", "training_file"),
          "validation": ("validation", "validation_file", "validation_fraction"),
          "hyperparameters": ("n_epochs", "batch_size_multiplier", "learning_rate_multiplier", *ADVANCED),
@@ -63,6 +64,8 @@ def config_fields(state: dict) -> dict:
     for name in ("adapter", "optimizer"):  # chosen from a list; the config names a choice that is not one
         if state.get(name):
             fields[name] = state[name]
+    if state.get("head_init", "random") not in ("", "random"):  # the config's default: left out like it
+        fields["head_init"] = state["head_init"]
     if state.get("label_smoothing", "").strip():
         fields["label_smoothing"] = _number(state["label_smoothing"], float)
     if state.get("early_stopping", "auto").strip() not in ("", "auto"):
