@@ -271,6 +271,9 @@ def test_stateful_sequences_have_no_server_errors(api_schema):
     schema = schema.exclude(method=["DELETE", "POST"], path_regex=r"^/v1/organization/(projects(/\{project_id\}"
                             r"(/api_keys/\{key_id\}|/users/\{user_id\})?)?|users(/\{user_id\})?"
                             r"|hubs/\{hub_id\}/projects)$")
+    # A sweep's creation queues trial jobs that count against the project's job quotas, so whether a later
+    # scenario's creation is accepted depends on the earlier ones: the same inconsistency.
+    schema = schema.exclude(method="POST", path_regex=r"^/v1/fine_tuning/sweeps")
 
     class Machine(schema.as_state_machine()):
         def get_call_kwargs(self, case):
