@@ -32,6 +32,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from tempering.errors import TemperingError
+from tempering.fileio import sha256_file
 from tempering.settings import get_settings
 
 CHUNK = 8 * 1024 * 1024
@@ -93,14 +94,6 @@ def check_key(key: str) -> str:
     if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\x00" in key:
         raise ArtifactStoreError(f"not an artifact key: {key[:200]!r}")
     return key
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while block := fh.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _scratch() -> Path:
@@ -189,7 +182,7 @@ class S3Objects(ObjectStore):
     def put_file(self, key: str, path: Path, sha256: str | None = None) -> None:
         import obstore
 
-        digest = sha256 or _sha256(path)
+        digest = sha256 or sha256_file(path)
         with path.open("rb") as fh, _s3_errors(self.url, "store", key):
             obstore.put(self._store, check_key(key), fh, attributes={SHA_ATTRIBUTE: digest},
                         chunk_size=CHUNK, max_concurrency=8)

@@ -50,6 +50,11 @@ CHECKPOINT_MARKER = "COMPLETE"  # a checkpoint folder without it is incomplete (
 RUN_LOGS = (RUN_FILE, "events.jsonl", "results.csv", "evaluation.json")  # a run's own files, shared as they change
 
 
+def is_full(folder: Path | str | None) -> bool:
+    """Whether a model or checkpoint folder holds full weights (``FULL_WEIGHTS``), not a PEFT adapter."""
+    return folder is not None and (Path(folder) / FULL_WEIGHTS).is_file()
+
+
 def new_short_id() -> str:
     return "".join(secrets.choice(_ALPHABET) for _ in range(8))
 

@@ -49,7 +49,6 @@ from tempering.train import weights
 from tempering.train.artifacts import atomic_dir, publish_run
 
 COMPLETE = "COMPLETE"
-ADAPTER_FILE = "adapter_model.safetensors"
 STATE_TENSORS = "training_state.safetensors"
 STATE_JSON = "training_state.json"
 LEGACY_STATE = "training_state.pt"  # a pickle written before format 1; never loaded
@@ -228,17 +227,16 @@ def restore_checkpoint(folder: Path, *, model, optimizer, scheduler) -> Training
     problem = _Problem(folder)
     state, _ = read_training_state(folder)
     position = _position(state["position"], problem)
-    name = ADAPTER_FILE if weights.is_peft(model) else weights.FULL_WEIGHTS
+    name = weights.ADAPTER_WEIGHTS if weights.is_peft(model) else weights.FULL_WEIGHTS
     try:
         adapter = load_file(folder / name)
     except FileNotFoundError:
         raise problem(name, "missing") from None
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own errors for a corrupt header
         raise problem(name, f"not a readable safetensors file ({exc})") from None
-    expected = {k: tuple(v.shape) for k, v in weights.trainable_state(model).items()}
-    found = {k: tuple(v.shape) for k, v in adapter.items()}
-    if found != expected:
-        raise problem(name, f"does not match this run's model: {_difference(found, expected)}")
+    difference = weights.shape_difference(adapter, weights.trainable_state(model))
+    if difference:
+        raise problem(name, f"does not match this run's model: {difference}")
     _check_optimizer(state["optimizer"], optimizer, problem)
     _check_same_keys(state["scheduler"], scheduler.state_dict(), "scheduler", problem)
     rng = _rng(state["rng"], problem)
@@ -365,16 +363,6 @@ def _uint8(tensor, numel: int, key: str) -> torch.Tensor:
 def _words(tensor, count: int, key: str) -> tuple[int, ...]:
     data = _uint8(tensor, count * _WORD.itemsize, key).numpy()
     return tuple(int(w) for w in data.view(_WORD))
-
-
-def _difference(found: dict, expected: dict) -> str:
-    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
-    reshaped = [f"{k} {list(found[k])} (expected {list(expected[k])})"
-                for k in sorted(set(found) & set(expected)) if found[k] != expected[k]]
-    parts = [f"missing {missing[:3]}" if missing else "",
-             f"unexpected {unexpected[:3]}" if unexpected else "",
-             f"shapes {reshaped[:3]}" if reshaped else ""]
-    return ", ".join(p for p in parts if p)
 
 
 # ---- finding ----

@@ -36,12 +36,12 @@ class Target:
     task: str = "chat"
     adapter: Path | None = None  # a fine-tuned model's or a checkpoint's folder: PEFT, or full weights
     # (``train.weights``: a folder holding model.safetensors is its own weights, not an adapter)
+    labels: list[str] | None = None  # classification models
 
     @property
     def full(self) -> bool:
         """Whether the target is a fully fine-tuned model (its own weights over the base's architecture)."""
-        return self.adapter is not None and (self.adapter / artifacts.FULL_WEIGHTS).is_file()
-    labels: list[str] | None = None  # classification models
+        return artifacts.is_full(self.adapter)
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,9 @@ from pathlib import Path
 import torch
 
 from tempering.errors import ModelNotFoundError
-from tempering.train.artifacts import FULL_WEIGHTS
+from tempering.train.artifacts import FULL_WEIGHTS, is_full
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-
-
-def is_full(folder: Path | str | None) -> bool:
-    """Whether a model or checkpoint folder holds full weights (not a PEFT adapter)."""
-    return folder is not None and (Path(folder) / FULL_WEIGHTS).is_file()
 
 
 def is_peft(model) -> bool:
