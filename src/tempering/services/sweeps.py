@@ -47,8 +47,7 @@ from tempering.train.sweep import (
 log = logging.getLogger(__name__)
 
 ACTIVE = ("queued", "running")
-TERMINAL = ("succeeded", "failed", "cancelled")
-JOB_TERMINAL = ("succeeded", "failed", "cancelled")
+TERMINAL = ("succeeded", "failed", "cancelled")  # a sweep's final states (its trials' jobs: job_service.TERMINAL)
 
 
 def create_sweep(session, project_id: str, store, fields: dict, *, training_file: str,
@@ -161,7 +160,7 @@ def _stop_trials(session, sweep: Sweep, state: str) -> None:
 
 
 def _cancel_job(session, job: Job) -> None:
-    if job is not None and job.status not in JOB_TERMINAL and job.stop_requested != "cancel":
+    if job is not None and job.status not in job_service.TERMINAL and job.stop_requested != "cancel":
         job_service.request_stop(session, job, "cancel")
 
 
@@ -213,7 +212,7 @@ def advance(session, sweep: Sweep, store) -> None:
             trial.state, trial.finished_at = "pruned", now()
             study.tell(live[trial.number], state=optuna.trial.TrialState.PRUNED)
             _cancel_job(session, job)
-        elif job.status in JOB_TERMINAL:
+        elif job.status in job_service.TERMINAL:
             _settle(trial, job, objective_of(session, job, metric))
             _tell(optuna, study, live[trial.number], trial)
     running = sum(t.state == "running" for t in trials)

@@ -72,6 +72,17 @@ def _revision(url: str) -> str | None:
         engine.dispose()
 
 
+def _copy_sqlite(source: Path, target: Path) -> None:
+    """Copy a SQLite database through sqlite3's online backup API (consistent while servers write to it)."""
+    source_db, target_db = sqlite3.connect(source), sqlite3.connect(target)
+    try:
+        with target_db:
+            source_db.backup(target_db)
+    finally:
+        source_db.close()
+        target_db.close()
+
+
 def _tar_home(root: Path, out: Path, with_artifacts: bool) -> int:
     count = 0
     with tarfile.open(out, "w") as tar:
@@ -97,11 +108,7 @@ def backup(settings: Settings, out: Path) -> dict:
                "schema_revision": _revision(url), "artifacts": store.url if store else "home"}
     sqlite = _sqlite_path(url)
     if sqlite is not None:  # first the database …
-        source, target = sqlite3.connect(sqlite), sqlite3.connect(out / "database.sqlite")
-        with target:
-            source.backup(target)
-        source.close()
-        target.close()
+        _copy_sqlite(sqlite, out / "database.sqlite")
         summary["database"] = "sqlite"
     else:
         libpq, env = _pg(url)
@@ -174,11 +181,7 @@ def restore(settings: Settings, source: Path, *, force: bool = False) -> dict:
                                      param="database_url")
         tmp = sqlite.with_name(f".{sqlite.name}.restore")
         tmp.unlink(missing_ok=True)
-        source_db, target_db = sqlite3.connect(source / "database.sqlite"), sqlite3.connect(tmp)
-        with target_db:
-            source_db.backup(target_db)
-        source_db.close()
-        target_db.close()
+        _copy_sqlite(source / "database.sqlite", tmp)
         for suffix in ("-wal", "-shm"):
             sqlite.with_name(sqlite.name + suffix).unlink(missing_ok=True)
         os.replace(tmp, sqlite)
