@@ -203,3 +203,27 @@ def qa_file(tmp_path) -> Path:
     colors = ["red", "green", "blue", "yellow", "purple"]
     rows = [chat_example(f"What color is item {i}?", f"Item {i} is {colors[i % 5]}.") for i in range(20)]
     return write_jsonl(tmp_path / "qa.jsonl", rows)
+
+
+def app_and_two_projects(training: bytes):
+    """The app without workers over the current settings, the admin's headers (project "default"), the
+    ``training`` bytes uploaded there, and a second project "other" with its own key's headers:
+    ``(app, client, mine, theirs, file_id)``."""
+    from fastapi.testclient import TestClient
+
+    from tempering.api.app import create_app
+    from tempering.services.projects import project_key
+    from tempering.settings import get_settings
+    from tempering.store.models import Project
+
+    app = create_app(get_settings(), workers=0)
+    client = TestClient(app)
+    mine = {"Authorization": f"Bearer {app.state.initial_api_key}"}
+    file_id = client.post("/v1/files", headers=mine, files={"file": ("t.jsonl", training)},
+                          data={"purpose": "fine-tune"}).json()["id"]
+    with app.state.db.session() as session:
+        other = Project(name="other")
+        session.add(other)
+        session.flush()
+        theirs = {"Authorization": f"Bearer {project_key(session, other.id, 'other')}"}
+    return app, client, mine, theirs, file_id

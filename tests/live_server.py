@@ -76,6 +76,18 @@ def stop(process: subprocess.Popen, timeout: float = 30) -> None:
         process.wait()
 
 
+def start_serving(env: dict, port: int, *args: str) -> subprocess.Popen:
+    """``tempering serve --port PORT *args`` with ``env``; its stderr piped for ``wait_until_serving``."""
+    return subprocess.Popen([sys.executable, "-m", "tempering.cli.main", "serve", "--port", str(port), *args],  # noqa: S603 - our own CLI, fixed arguments
+                            env=env, stderr=subprocess.PIPE, text=True)
+
+
+def start_worker(env: dict) -> subprocess.Popen:
+    """``tempering worker`` with ``env`` (its output thrown away)."""
+    return subprocess.Popen([sys.executable, "-m", "tempering.cli.main", "worker"], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 @contextmanager
 def live_server(home: Path, *, env: dict | None = None, secret: str = KEY,
                 timeout: float = 60) -> Iterator[tuple[str, str | None]]:
@@ -84,8 +96,7 @@ def live_server(home: Path, *, env: dict | None = None, secret: str = KEY,
     ``wait_until_serving``); stopped on the way out, however the test ended."""
     port = free_port()
     env = {**os.environ, "TEMPERING_HOME": str(home), "TEMPERING_WORKER_LEASE_SECONDS": "10", **(env or {})}
-    process = subprocess.Popen([sys.executable, "-m", "tempering.cli.main", "serve", "--port", str(port)],  # noqa: S603 - our own CLI, fixed arguments
-                               env=env, stderr=subprocess.PIPE, text=True)
+    process = start_serving(env, port)
     try:
         yield f"http://127.0.0.1:{port}", wait_until_serving(process, port, secret, timeout)
     finally:

@@ -5,14 +5,12 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
-import subprocess
-import sys
 
 import httpx
 import openai
 import pytest
 from conftest import TINY_ID, chat_example
-from live_server import free_port, register_model, wait_until_serving
+from live_server import free_port, register_model, start_serving, wait_until_serving
 from test_api import _jsonl, _wait
 
 QUESTION = [{"role": "user", "content": "What color is item 3?"}]
@@ -22,8 +20,7 @@ GREEDY = {"temperature": 0, "max_tokens": 12}
 def _start(home, port: int, extra_env: dict | None = None):
     env = {**os.environ, "TEMPERING_HOME": str(home), "TEMPERING_WORKER_LEASE_SECONDS": "10",
            "TEMPERING_SERVE_THREADS": "1", **(extra_env or {})}
-    process = subprocess.Popen([sys.executable, "-m", "tempering.cli.main", "serve", "--port", str(port)],
-                               env=env, stderr=subprocess.PIPE, text=True)
+    process = start_serving(env, port)
     return process, wait_until_serving(process, port)
 
 

@@ -14,7 +14,7 @@ import time
 
 import httpx
 import pytest
-from conftest import TINY_ID
+from conftest import TINY_ID, app_and_two_projects
 from test_api import TRAIN, server  # noqa: F401  (the live server fixture: one worker, the tiny model)
 
 TERMINAL = ("succeeded", "failed", "cancelled")
@@ -124,24 +124,12 @@ def test_cli_eval_with_server_runs_on_the_servers_worker(server, tmp_path):  # n
 @pytest.fixture
 def api(tempering_home, tiny_model):
     """The app without workers, a second project's key, and a fine-tuned model of the first project."""
-    from fastapi.testclient import TestClient
     from sqlalchemy import select
 
-    from tempering.api.app import create_app
-    from tempering.services.projects import project_key
-    from tempering.settings import get_settings
     from tempering.store.models import Job, Project
 
-    app = create_app(get_settings(), workers=0)
-    client = TestClient(app)
-    mine = {"Authorization": f"Bearer {app.state.initial_api_key}"}
-    file_id = client.post("/v1/files", headers=mine, files={"file": ("t.jsonl", TRAIN)},
-                          data={"purpose": "fine-tune"}).json()["id"]
+    app, client, mine, theirs, file_id = app_and_two_projects(TRAIN)
     with app.state.db.session() as session:
-        other = Project(name="other")
-        session.add(other)
-        session.flush()
-        theirs = {"Authorization": f"Bearer {project_key(session, other.id, 'other')}"}
         project = session.scalars(select(Project).where(Project.name == "default")).one()
         job = Job(project_id=project.id, model=TINY_ID, training_file=file_id, seed=1, config={},
                   status="succeeded", fine_tuned_model=f"ft:{TINY_ID}:x:abc123")

@@ -181,23 +181,18 @@ class Platform:
     def home(self, name: str, *, register: bool = True) -> dict:
         """A new machine's environment: its own empty home (the base model's weights registered: they stay
         local)."""
-        from tempering.catalog import register_local_path
+        from live_server import register_model
 
         home = self.root / name
         if register:
-            with pytest.MonkeyPatch.context() as mp:
-                mp.setenv("TEMPERING_HOME", str(home))
-                reset_settings()
-                register_local_path(TINY_ID, self.tiny)
-            reset_settings()
+            register_model(home, TINY_ID, self.tiny)
         return {**self.env, "TEMPERING_HOME": str(home)}
 
     def server(self, env: dict) -> tuple[subprocess.Popen, openai.OpenAI, httpx.Client]:
-        from live_server import free_port, wait_until_serving
+        from live_server import free_port, start_serving, wait_until_serving
 
         port = free_port()
-        process = subprocess.Popen([sys.executable, "-m", "tempering.cli.main", "serve", "--port", str(port),  # noqa: S603
-                                    "--workers", "0"], env=env, stderr=subprocess.PIPE, text=True)
+        process = start_serving(env, port, "--workers", "0")
         self.processes.append(process)
         self.key = wait_until_serving(process, port) or self.key  # printed by the first start only
         base = f"http://127.0.0.1:{port}/v1"
@@ -205,20 +200,18 @@ class Platform:
                 httpx.Client(base_url=base, headers={"Authorization": f"Bearer {self.key}"}, timeout=120))
 
     def worker(self, env: dict) -> subprocess.Popen:
-        process = subprocess.Popen([sys.executable, "-m", "tempering.cli.main", "worker"], env=env,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        from live_server import start_worker
+
+        process = start_worker(env)
         self.processes.append(process)
         return process
 
     def stop_all(self) -> None:
+        from live_server import stop
+
         for process in self.processes:
             if process.poll() is None:
-                process.terminate()
-                try:
-                    process.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    process.kill()
-                    process.wait()
+                stop(process)
 
 
 def _wait(client, job_id, timeout=240):

@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from conftest import TINY_ID
+from conftest import TINY_ID, app_and_two_projects
 from test_api import TRAIN, server  # noqa: F401  (the live server fixture: one worker, the tiny model)
 
 SPACE = [{"path": "hyperparameters.learning_rate_multiplier", "type": "float", "low": 0.0001, "high": 5.0,
@@ -30,13 +30,6 @@ except ImportError:
 def api(tempering_home, tiny_model, request):
     """The app without workers (the test runs its own), its admin key, another project's key, a file. On
     PostgreSQL when the test is marked so (``@pytest.mark.parametrize("api", ["postgresql"], indirect=True)``)."""
-    from fastapi.testclient import TestClient
-
-    from tempering.api.app import create_app
-    from tempering.services.projects import project_key
-    from tempering.settings import get_settings
-    from tempering.store.models import Project
-
     if getattr(request, "param", "sqlite") == "postgresql":
         try:
             url = request.getfixturevalue("postgres_url")
@@ -46,17 +39,7 @@ def api(tempering_home, tiny_model, request):
         from tempering.settings import reset_settings
 
         reset_settings()
-    app = create_app(get_settings(), workers=0)
-    client = TestClient(app)
-    mine = {"Authorization": f"Bearer {app.state.initial_api_key}"}
-    file_id = client.post("/v1/files", headers=mine, files={"file": ("t.jsonl", TRAIN)},
-                          data={"purpose": "fine-tune"}).json()["id"]
-    with app.state.db.session() as session:
-        other = Project(name="other")
-        session.add(other)
-        session.flush()
-        theirs = {"Authorization": f"Bearer {project_key(session, other.id, 'other')}"}
-    return app, client, mine, theirs, file_id
+    return app_and_two_projects(TRAIN)
 
 
 def _error(response, status: int) -> dict:

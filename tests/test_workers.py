@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import openai
 import pytest
 import torch
 from conftest import TINY_ID, chat_example
-from live_server import free_port, register_model, wait_until_serving
+from live_server import free_port, register_model, start_serving, start_worker, wait_until_serving
 from safetensors.torch import load_file
 
 from tempering.store.models import run_id_of
@@ -34,16 +33,13 @@ class Cluster:
         self.key = None
 
     def start_server(self) -> openai.OpenAI:
-        self.server = subprocess.Popen([sys.executable, "-m", "tempering.cli.main", "serve", "--port",
-                                        str(self.port), "--workers", "0"], env=self.env, stderr=subprocess.PIPE,
-                                       text=True)
+        self.server = start_serving(self.env, self.port, "--workers", "0")
         key = wait_until_serving(self.server, self.port)
         self.key = self.key or key  # printed on the first start only
         return openai.OpenAI(base_url=f"http://127.0.0.1:{self.port}/v1", api_key=self.key, max_retries=2)
 
     def start_worker(self) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "tempering.cli.main", "worker"], env=self.env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return start_worker(self.env)
 
 
 @pytest.fixture
