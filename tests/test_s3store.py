@@ -22,6 +22,7 @@ import torch
 from conftest import TINY_ID, chat_example
 from s3_fixture import s3_env_fixture, s3_server_fixture  # noqa: F401  (the fixtures)
 from safetensors.torch import load_file
+from test_api import _wait
 
 from tempering.settings import get_settings, reset_settings
 from tempering.store import objects
@@ -214,16 +215,6 @@ class Platform:
                 stop(process)
 
 
-def _wait(client, job_id, timeout=240):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job = client.fine_tuning.jobs.retrieve(job_id)
-        if job.status in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(0.3)
-    raise AssertionError(f"{job_id} is still {job.status}")
-
-
 @pytest.fixture(scope="module")
 def platform(s3_server, tiny_model_dir, tmp_path_factory):
     """A job trained by a worker killed after its first checkpoint and taken over by a worker on another
@@ -243,8 +234,8 @@ def platform(s3_server, tiny_model_dir, tmp_path_factory):
         first.send_signal(signal.SIGKILL)
         first.wait()
         second = p.worker(p.home("worker-2"))
-        resumed = _wait(client, job.id)
-        reference = _wait(client, client.fine_tuning.jobs.create(**params).id)
+        resumed = _wait(client, job.id, timeout=240)
+        reference = _wait(client, client.fine_tuning.jobs.create(**params).id, timeout=240)
         second.terminate()
         second.wait()
         yield {"platform": p, "client": client, "resumed": resumed, "reference": reference}
