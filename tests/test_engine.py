@@ -218,12 +218,17 @@ def test_int4_weights_serve_with_adapters(tiny_model, adapters):
     import torch
 
     from tempering.serve.engine import TransformersEngine
-    from tempering.serve.quantize import Int4Linear
+    from tempering.serve.quantize import Int4Linear, Int8Linear, tensor_bytes
 
     torch.manual_seed(0)
     layer = torch.nn.Linear(64, 96)
     x = torch.randn(3, 64)
     assert (Int4Linear(layer)(x) - layer(x)).abs().max() < 0.1 * layer(x).abs().max()
+    # the memory an engine reports: float32 weight and bias; int8: a byte a weight, a bf16 scale per row, float
+    # bias; int4: half a byte a weight, a bf16 scale and zero per group of 32 (the packed layout's own size)
+    assert tensor_bytes(layer) == (96 * 64 + 96) * 4
+    assert tensor_bytes(Int8Linear(layer)) == 96 * 64 + 96 * 2 + 96 * 4
+    assert tensor_bytes(Int4Linear(layer)) == 96 * 64 // 2 + 96 * 2 * 2 * 2 + 96 * 4
     engine = TransformersEngine(tiny_model, threads=1, quantize="int4")
     try:
         no_eos(engine)
@@ -233,3 +238,40 @@ def test_int4_weights_serve_with_adapters(tiny_model, adapters):
         assert len(answers[0]) == 6 and answers[0] != answers[1]
     finally:
         engine.stop()
+
+
+@pytest.mark.parametrize("model", ["tiny_model", "tiny_phi3"])
+def test_batched_answers_are_each_answer_alone(model, request):
+    """``serve.local.answer_all`` (what evaluations answer with) decodes prompts of different lengths in
+    left-padded batches, rows leaving as their answers end, and gives each the answer ``generate`` gives it
+    alone: free text to the token budget or to an end token met at different steps, and label choices."""
+    from tempering.data.encode import encode_prompt
+    from tempering.serve import load_chat_model
+    from tempering.serve.local import answer_all, generate
+
+    chat = load_chat_model(request.getfixturevalue(model))
+    ends = chat.eos_ids
+    conversations = [[{"role": "user", "content": "word " * n}] for n in (1, 9, 3, 14, 12)]
+
+    def compare(params, eos_ids):
+        chat.eos_ids = eos_ids
+        alone = []
+        for messages in conversations:
+            chunks = list(generate(chat, messages, params))
+            alone.append(("".join(c.text for c in chunks), chunks[-1].finish_reason))
+        together = answer_all(chat, conversations, params, batch_size=3)
+        assert [(a.text, a.finish_reason) for a in together] == alone
+        return together
+
+    # random weights: free text to the budget first, then ending at a token the first answer holds
+    free = compare(SamplingParams(max_tokens=7, temperature=0), set())
+    assert all(a.tokens == 7 and a.finish_reason == "length" for a in free)
+    # a context that leaves the longer prompts less room: their rows leave the batch at earlier steps
+    longest = max(len(encode_prompt(chat.tokenizer, m)) for m in conversations)
+    chat.context_length, full = longest + 4, chat.context_length
+    ended = compare(SamplingParams(max_tokens=7, temperature=0), set())
+    assert {a.tokens for a in ended} == {4, 6, 7}  # 14 and 12 words: 4 and 6 tokens of room
+    chat.context_length = full
+    choice = {"type": "choice", "choices": ["no", "yes indeed", "perhaps, in a way"]}
+    chosen = compare(SamplingParams(max_tokens=12, temperature=0, response_format=choice), ends)
+    assert all(a.text in choice["choices"] and a.finish_reason == "stop" for a in chosen)

@@ -41,27 +41,22 @@ def chat_loss(chat, examples: list[list[dict]]) -> tuple[LossMetrics, Cost]:
 
 def answers(chat, examples: list[list[dict]], max_new_tokens: int,
             labels: list[str] | None = None) -> tuple[list[str], int, Cost]:
-    """Greedy answers through the serving path: (answers, how many hit max_new_tokens, cost). With ``labels``,
-    decoding is constrained to exactly one of them (structured outputs' choice), so no answer names none."""
+    """Greedy answers through the serving path, decoded in batches: (answers, how many hit max_new_tokens,
+    cost). With ``labels``, decoding is constrained to exactly one of them (structured outputs' choice), so no
+    answer names none."""
     from tempering.data.encode import encode_prompt
-    from tempering.serve.local import SamplingParams, generate
+    from tempering.serve.local import SamplingParams, answer_all
 
     choices = sorted({label.strip() for label in labels or [] if label.strip()})
     params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0,
                             response_format={"type": "choice", "choices": choices} if choices else None)
     started = time.perf_counter()
-    texts, truncated, prompt_tokens, generated_tokens = [], 0, 0, 0
-    for messages in examples:
-        prompt = prompt_of(messages)
-        chunks = list(generate(chat, prompt, params))
-        text = "".join(c.text for c in chunks)
-        truncated += chunks[-1].finish_reason == "length"
-        prompt_tokens += len(encode_prompt(chat.tokenizer, prompt))
-        generated_tokens += len(chat.tokenizer(text, add_special_tokens=False)["input_ids"])
-        texts.append(text.strip())
-    cost = Cost(seconds=time.perf_counter() - started, prompt_tokens=prompt_tokens,
-                generated_tokens=generated_tokens)
-    return texts, truncated, cost
+    prompts = [prompt_of(messages) for messages in examples]
+    answered = answer_all(chat, prompts, params)
+    cost = Cost(seconds=time.perf_counter() - started,
+                prompt_tokens=sum(len(encode_prompt(chat.tokenizer, prompt)) for prompt in prompts),
+                generated_tokens=sum(a.tokens for a in answered))
+    return [a.text.strip() for a in answered], sum(a.finish_reason == "length" for a in answered), cost
 
 
 def generation_metrics(texts: list[str], examples: list[list[dict]], labels: list[str] | None,

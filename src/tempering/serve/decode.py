@@ -1,7 +1,7 @@
 """Decoding pieces shared by the serving engines (``serve.engine``, ``serve.llamacpp``) and the plain decode loop
 of ``serve.local``: incremental detokenization, a model's end-of-sequence ids, picking the next token from
-logits, and the hand-off of chunks from a decoding thread to the caller's event loop. Knows nothing about
-batching, adapters or HTTP.
+logits, the hand-off of chunks from a decoding thread to the caller's event loop, and dropping finished rows from
+a left-padded batch's KV cache. Knows nothing about adapters or HTTP.
 """
 
 from __future__ import annotations
@@ -84,3 +84,20 @@ def pick_token(logits: torch.Tensor, params: SamplingParams, generator) -> int:
         keep = sorted_probs.cumsum(-1) - sorted_probs < params.top_p
         probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def keep_rows(cache, mask: torch.Tensor, keep: list[int], rows: int) -> torch.Tensor:
+    """Keep the rows ``keep`` of a batch's KV cache (in place) and mask, then drop the leading columns no kept
+    row needs (they held only the dropped rows' longer prompts); returns the new mask."""
+    if len(keep) < rows:
+        index = torch.tensor(keep, device=mask.device)
+        mask = mask.index_select(0, index)
+        for layer in cache.layers:
+            layer.keys, layer.values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
+    used = mask.any(dim=0).nonzero()
+    start = int(used[0]) if len(used) else 0
+    if start:
+        mask = mask[:, start:]
+        for layer in cache.layers:
+            layer.keys, layer.values = layer.keys[..., start:, :], layer.values[..., start:, :]
+    return mask

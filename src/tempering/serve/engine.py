@@ -29,7 +29,7 @@ from transformers import DynamicCache
 
 from tempering.errors import InvalidConfigError, TemperingError
 from tempering.serve.adapters import BASE, AdapterHost, adapter_name
-from tempering.serve.decode import Detokenizer, Handoff, eos_ids, pick_token
+from tempering.serve.decode import Detokenizer, Handoff, eos_ids, keep_rows, pick_token
 from tempering.serve.params import Chunk, SamplingParams, TokenLogprob, TopLogprob
 
 log = logging.getLogger(__name__)
@@ -55,23 +55,6 @@ class _Sequence:
     cancelled: bool = False
     done: bool = False
     matcher: object | None = None  # serve.constrain.Matcher: the row's structured-output grammar
-
-
-def _keep_rows(cache: DynamicCache, mask: torch.Tensor, keep: list[int], rows: int) -> torch.Tensor:
-    """Keep the rows ``keep`` of a batch's KV cache (in place) and mask, then drop the leading columns no kept
-    row needs (they held only the dropped rows' longer prompts); returns the new mask."""
-    if len(keep) < rows:
-        index = torch.tensor(keep, device=mask.device)
-        mask = mask.index_select(0, index)
-        for layer in cache.layers:
-            layer.keys, layer.values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
-    used = mask.any(dim=0).nonzero()
-    start = int(used[0]) if len(used) else 0
-    if start:
-        mask = mask[:, start:]
-        for layer in cache.layers:
-            layer.keys, layer.values = layer.keys[..., start:, :], layer.values[..., start:, :]
-    return mask
 
 
 class TransformersEngine:
@@ -305,7 +288,7 @@ class TransformersEngine:
             seq.pending = self._emit(seq, logits[i], greedy[i])
         keep = [i for i, s in enumerate(group) if not (s.done or s.cancelled)]
         if keep:
-            self._join([group[i] for i in keep], cache, _keep_rows(cache, mask, keep, len(group)))
+            self._join([group[i] for i in keep], cache, keep_rows(cache, mask, keep, len(group)))
 
     def _join(self, seqs: list[_Sequence], cache: DynamicCache, rows_mask: torch.Tensor) -> None:
         """Append prefilled sequences (their cache and mask) to the batch, left-padding the narrower side."""
@@ -339,7 +322,7 @@ class TransformersEngine:
         rows = len(self.active)
         self.active = [self.active[i] for i in keep]
         if keep:
-            self._mask = _keep_rows(self._cache, self._mask, keep, rows)
+            self._mask = keep_rows(self._cache, self._mask, keep, rows)
         else:
             self._cache, self._mask = None, None
         for seq in crossing:
@@ -379,7 +362,7 @@ class TransformersEngine:
         if not keep:
             self._cache, self._mask = None, None
             return
-        self._mask = _keep_rows(self._cache, self._mask, keep, rows)
+        self._mask = keep_rows(self._cache, self._mask, keep, rows)
 
     # -- sampling and output -----------------------------------------------------------------------------------
 

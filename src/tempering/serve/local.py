@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import torch
 from transformers import DynamicCache
@@ -19,7 +20,7 @@ from tempering.data.encode import encode_prompt
 from tempering.errors import InvalidConfigError
 from tempering.hardware import select_placement
 from tempering.serve import rope
-from tempering.serve.decode import Detokenizer, eos_ids, pick_token
+from tempering.serve.decode import Detokenizer, eos_ids, keep_rows, pick_token
 from tempering.serve.params import Chunk, SamplingParams
 from tempering.train import artifacts, weights
 
@@ -74,14 +75,19 @@ def load_chat_model(model_id: str, device: str = "auto") -> ChatModel:
     return ChatModel(model_id, card.id, tokenizer, model, card.context_length, eos_ids(tokenizer, model))
 
 
-@torch.inference_mode()
-def generate(chat: ChatModel, messages: list[dict], params: SamplingParams | None = None) -> Iterator[Chunk]:
-    """Stream the assistant's answer to ``messages`` as text chunks."""
-    params = params or SamplingParams()
+def _prompt(chat: ChatModel, messages: list[dict]) -> list[int]:
     prompt = encode_prompt(chat.tokenizer, messages)
     if len(prompt) >= chat.context_length:
         raise InvalidConfigError(f"the conversation is {len(prompt)} tokens; the model's context is "
                                  f"{chat.context_length}", param="messages")
+    return prompt
+
+
+@torch.inference_mode()
+def generate(chat: ChatModel, messages: list[dict], params: SamplingParams | None = None) -> Iterator[Chunk]:
+    """Stream the assistant's answer to ``messages`` as text chunks."""
+    params = params or SamplingParams()
+    prompt = _prompt(chat, messages)
     budget = min(params.max_tokens, chat.context_length - len(prompt))
     generator = None
     if params.seed is not None:
@@ -117,3 +123,99 @@ def generate(chat: ChatModel, messages: list[dict], params: SamplingParams | Non
 
 def complete(chat: ChatModel, messages: list[dict], params: SamplingParams | None = None) -> str:
     return "".join(chunk.text for chunk in generate(chat, messages, params))
+
+
+class Answer(NamedTuple):
+    text: str
+    finish_reason: str  # "stop" or "length"
+    tokens: int  # tokens generated (an end-of-turn token not counted)
+
+
+def answer_all(chat: ChatModel, conversations: list[list[dict]], params: SamplingParams | None = None,
+               batch_size: int = 16, batch_tokens: int = 8192) -> list[Answer]:
+    """The answers to many conversations, in order: what ``generate`` answers each alone, decoded up to
+    ``batch_size`` at a time in one left-padded batch (prompts of similar length together; a batch's rows times
+    its longest prompt plus the answer budget at most ``batch_tokens``, which bounds its KV cache), as the
+    serving engine decodes.
+    Evaluations answer dozens of prompts with each model; one at a time, a CPU spends each decode step reading
+    every weight for a single row. A seeded sampler and LongRoPE models (whose factors switch by length) go one
+    by one through ``generate``. Greedy answers can differ from ``generate``'s where two tokens are nearly
+    tied (padding changes the matrix shapes, so the last bits of the logits)."""
+    params = params or SamplingParams()
+    if params.seed is not None or rope.switch_length(chat.model) is not None:
+        answers = []
+        for messages in conversations:
+            chunks = list(generate(chat, messages, params))
+            text = "".join(c.text for c in chunks)
+            answers.append(Answer(text, chunks[-1].finish_reason,
+                                  len(chat.tokenizer(text, add_special_tokens=False)["input_ids"])))
+        return answers
+    prompts = [_prompt(chat, messages) for messages in conversations]
+    groups: list[list[int]] = []
+    for i in sorted(range(len(prompts)), key=lambda i: len(prompts[i])):  # a group's last prompt is its longest
+        if groups and len(groups[-1]) < batch_size and \
+                (len(groups[-1]) + 1) * (len(prompts[i]) + params.max_tokens) <= batch_tokens:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    answers: list[Answer | None] = [None] * len(prompts)
+    for group in groups:
+        for i, answer in zip(group, _decode_batch(chat, [prompts[i] for i in group], params), strict=True):
+            answers[i] = answer
+    return answers
+
+
+@torch.inference_mode()
+def _decode_batch(chat: ChatModel, prompts: list[list[int]], params: SamplingParams) -> list[Answer]:
+    """Decode ``prompts`` together: one left-padded prefill, then a token per row per step, a row leaving the
+    batch (its cache rows and the columns no other row needs dropped) when its answer ends."""
+    device = next(chat.model.parameters()).device
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), chat.tokenizer.pad_token_id or 0, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, prompt in enumerate(prompts):
+        ids[i, width - len(prompt):] = torch.tensor(prompt)
+        mask[i, width - len(prompt):] = 1
+    ids, mask = ids.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    # full-length cache layers, as the engine keeps them: columns are dropped by the mask, which a sliding
+    # layer's own window could not follow (the model applies a window through its attention mask)
+    cache = DynamicCache()
+    matchers = [chat.matcher(params.response_format) if params.response_format is not None else None
+                for _ in prompts]
+    budgets = [min(params.max_tokens, chat.context_length - len(p)) for p in prompts]
+    tokens: list[list[int]] = [[] for _ in prompts]
+    finish = ["length"] * len(prompts)
+    rows = list(range(len(prompts)))  # the prompt each batch row answers
+    while rows:
+        out = chat.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+        logits = out.logits[:, -1].float().cpu()
+        going, pending = [], []
+        for b, i in enumerate(rows):
+            matcher = matchers[i]
+            token = pick_token(matcher.mask(logits[b]) if matcher else logits[b], params, None)
+            if token in chat.eos_ids:
+                finish[i] = "stop"
+                continue
+            tokens[i].append(token)
+            if matcher is not None:
+                matcher.advance(token)
+                if matcher.finished:
+                    finish[i] = "stop"
+                    continue
+            if len(tokens[i]) < budgets[i]:
+                going.append(b)
+                pending.append(token)
+        if not going:
+            break
+        mask = keep_rows(cache, mask, going, len(rows))
+        rows = [rows[b] for b in going]
+        mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=torch.long, device=device)], dim=1)
+        ids = torch.tensor([[token] for token in pending], device=device)
+        positions = torch.tensor([[len(prompts[i]) + len(tokens[i]) - 1] for i in rows], device=device)
+    answers = []
+    for i in range(len(prompts)):
+        detok = Detokenizer(chat.tokenizer)
+        text = "".join(detok.add(token) for token in tokens[i]) + detok.flush()
+        answers.append(Answer(text, finish[i], len(tokens[i])))
+    return answers
