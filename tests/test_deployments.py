@@ -134,7 +134,7 @@ def test_eight_concurrent_streams_with_mixed_adapters(served):
 
 
 def test_delete_guard_metrics_and_request_log(served):
-    client, http, (warm, cool) = served["client"], served["http"], served["models"]
+    client, http, (_, cool) = served["client"], served["http"], served["models"]
     with pytest.raises(openai.ConflictError) as conflict:
         client.models.delete(cool)
     assert "cool" in conflict.value.message and "delete them first" in conflict.value.message
@@ -157,6 +157,38 @@ def test_delete_guard_metrics_and_request_log(served):
     with pytest.raises(openai.NotFoundError):
         _chat(client, "cool")
     assert client.models.delete(cool).deleted
+
+
+def test_quantization_is_chosen_per_deployment(served):
+    """int8 and int4 deployments of the same fine-tuned model get engines of their own beside the float one
+    (one per base model and quantization), answer, and report their quantization and memory: int4 weights take
+    less than int8's. (Not less than float32's on this tiny model: its embedding, which stays float, is most of
+    it, and the quantized head is a copy of its own where float32's is tied to the embedding.)"""
+    client, http, (warm, _) = served["client"], served["http"], served["models"]
+    for quantization in ("int8", "int4"):
+        created = http.post("/deployments", json={"model": warm, "name": f"warm-{quantization}",
+                                                  "quantization": quantization})
+        assert created.status_code == 200, created.text
+        assert created.json()["quantization"] == quantization
+        assert http.get(f"/deployments/warm-{quantization}/metrics").json()["engine"]["loaded"] is False
+    memory = {}
+    for name in ("warm", "warm-int8", "warm-int4"):
+        assert _chat(client, name, max_tokens=4).choices[0].message.content
+        engine = http.get(f"/deployments/{name}/metrics").json()["engine"]
+        assert engine["loaded"] is True
+        memory[engine["quantization"]] = engine["memory_bytes"]
+    assert 0 < memory["int4"] < memory["int8"] and memory["none"] > 0, memory
+    prometheus = httpx.get(f"http://127.0.0.1:{served['port']}/metrics").text
+    assert f'tempering_engine_memory_bytes{{base_model="{TINY_ID}@int4"}}' in prometheus
+    listed = {d["name"]: d["quantization"] for d in http.get("/deployments").json()["data"]}
+    assert listed["warm"] == "none" and listed["warm-int4"] == "int4"
+
+    refused = http.post("/deployments", json={"model": TINY_ID, "name": "x", "backend": "llama.cpp",
+                                              "quantization": "int8"})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "quantization", refused.text
+    assert http.post("/deployments", json={"model": TINY_ID, "quantization": "int2"}).status_code == 400
+    for quantization in ("int8", "int4"):
+        assert http.delete(f"/deployments/warm-{quantization}").json()["deleted"]
 
 
 def test_deployment_requests_are_validated(served):

@@ -385,8 +385,11 @@ def test_job_actions_follow_its_state(client, app, tiny_model):
 
 def test_deploy_filter_toggle_and_delete(client, app, tiny_model):
     token = admin(client, app)
-    deployed = client.post("/models/deploy", data={"csrf_token": token, "model": tiny_model, "name": "base"},
-                           follow_redirects=False)
+    refused = client.post("/models/deploy", data={"csrf_token": token, "model": tiny_model, "name": "base",
+                                                  "quantization": "int2"})
+    assert refused.status_code == 400 and "quantization must be one of none, int8, int4" in refused.text
+    deployed = client.post("/models/deploy", data={"csrf_token": token, "model": tiny_model, "name": "base",
+                                                   "quantization": "int8"}, follow_redirects=False)
     assert deployed.status_code == 303, deployed.text
     page = client.get(deployed.headers["location"]).text
     assert "Deployed: deploy-" in page and "Turn the filter on" in page  # the checkbox was not sent: off
@@ -402,6 +405,7 @@ def test_deploy_filter_toggle_and_delete(client, app, tiny_model):
     detail = reader.get(f"/deployments/{deployment_id}")
     assert detail.status_code == 200 and "Pricing and terms" in detail.text and "Request log" in detail.text
     assert 'base_url="http://testserver/v1"' in detail.text and "Base model licence" in detail.text
+    assert "<dt>Weights</dt><dd>int8 · not loaded yet</dd>" in detail.text  # engines load on first request
     page = client.post(f"/deployments/{deployment_id}/delete", data={"csrf_token": token}).text
     assert "Deleted the deployment base" in page
 

@@ -53,6 +53,11 @@ class DeploymentCreate(BaseModel):
     base_model: str | None = Field(default=None, max_length=200, description="For backend 'upstream' when the "
                                    "model's files are not on this server: its catalog base model, whose tokenizer "
                                    "and chat template build the prompts.")
+    quantization: Literal["none", "int8", "int4"] | None = Field(
+        default=None, description="The local engine's weights for this chat deployment: 'none' (the model's dtype: "
+        "float32 on a CPU, bfloat16 on a GPU), 'int8' (per channel) or 'int4' (groups of 32), CPU only; adapters "
+        "stay float. One engine per base model and quantization (docs/serving.md). Default: the server's "
+        "TEMPERING_SERVE_QUANTIZE.")
 
 
 class DeploymentObject(BaseModel):
@@ -71,6 +76,9 @@ class DeploymentObject(BaseModel):
     backend: Literal["local", "upstream", "llama.cpp"]
     upstream_url: str | None = None
     upstream_model: str | None = None
+    quantization: Literal["none", "int8", "int4"] | None = Field(
+        default=None, description="The weights the local engine serves it with (its own choice or the server's); "
+        "null for other backends and classification models.")
     status: Literal["succeeded"]
     created_at: int
     warnings: list[str] = Field(default_factory=list, description="What the deploy gate warns about without "
@@ -98,6 +106,14 @@ class Percentiles(BaseModel):
     p95: float | None = None
 
 
+class EngineState(BaseModel):
+    quantization: Literal["none", "int8", "int4"]
+    loaded: bool = Field(description="Whether the engine has loaded (engines load on their first request).")
+    memory_bytes: int | None = Field(description="Bytes of the engine's weights, quantized copies and loaded "
+                                     "adapters (shared by every deployment on the same base model and "
+                                     "quantization); null until loaded.")
+
+
 class DeploymentMetrics(BaseModel):
     object: Literal["deployment.metrics"] = "deployment.metrics"
     deployment: str
@@ -115,6 +131,8 @@ class DeploymentMetrics(BaseModel):
                                                 "content filter blocked (prompts refused and answers cut).")
     content_filtered: dict[str, int] = Field(default_factory=dict, description="Requests the content filter "
                                              "blocked, by direction: prompt, completion.")
+    engine: EngineState | None = Field(default=None, description="The local engine serving it on this server; "
+                                       "null for other backends and classification models.")
 
 
 class RequestLogEntry(BaseModel):

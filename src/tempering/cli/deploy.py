@@ -41,12 +41,15 @@ def deploy(
                                                           "(vLLM --enable-lora) at this …/v1 URL.")] = None,
     upstream_model: Annotated[str | None, typer.Option(help="The upstream's name for the model (vLLM: the "
                                                             "--lora-modules name).")] = None,
+    quantization: Annotated[str | None, typer.Option(help="The local engine's weights: none, int8 or int4 (CPU "
+                                                          "only; adapters stay float); default: the server's "
+                                                          "setting.")] = None,
     api_key: ApiKey = None,
     json_out: Json = False,
 ) -> None:
     """Deploy a model on a server: callable at once by name through /v1/chat/completions."""
     body = {"model": model, "name": name, "content_filter": content_filter, "max_concurrent_requests": max_concurrent,
-            "force": force}
+            "force": force, "quantization": quantization}
     if upstream_url:
         body |= {"backend": "upstream", "upstream_url": upstream_url, "upstream_model": upstream_model}
     if backend:
@@ -69,11 +72,11 @@ def list_deployments(server: Server, api_key: ApiKey = None, json_out: Json = Fa
         print_json(rows)
         return
     table = Table(title=f"Deployments on {server}", title_justify="left")
-    for column in ("name", "id", "model", "backend", "filter", "max concurrent"):
+    for column in ("name", "id", "model", "backend", "weights", "filter", "max concurrent"):
         table.add_column(column)
     for d in rows:
-        table.add_row(safe(d["name"]), d["id"], safe(d["model"]), d["backend"], "on" if d["content_filter"] else "off",
-                      str(d["max_concurrent_requests"]))
+        table.add_row(safe(d["name"]), d["id"], safe(d["model"]), d["backend"], d.get("quantization") or "-",
+                      "on" if d["content_filter"] else "off", str(d["max_concurrent_requests"]))
     out.print(table)
 
 
@@ -93,6 +96,10 @@ def metrics(deployment: Annotated[str, typer.Argument(help="Deployment id or nam
     out.print(f"{m['requests']} requests ({m['errors']} errors); latency {ms(m['latency_ms'])}; first token "
               f"{ms(m['time_to_first_token_ms'])}; tokens in {m['prompt_tokens']}, out {m['completion_tokens']}; "
               f"{tps} tokens/s")
+    engine = m.get("engine")
+    if engine:
+        size = f"{engine['memory_bytes'] / 2**20:.1f} MiB" if engine["memory_bytes"] is not None else "not loaded yet"
+        out.print(f"engine: {engine['quantization']} weights, {size}")
     hits = m.get("content_filter_hits") or {}
     if hits:
         out.print("content filter hits: " + ", ".join(f"{safe(k)} {v}" for k, v in sorted(hits.items())) + " ("

@@ -114,6 +114,17 @@ class TransformersEngine:
         return self._inbox.qsize() + len(self._deferred)
 
     @property
+    def loaded(self) -> bool:
+        return self._ready.is_set() and self._load_error is None
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes of the loaded model's tensors: weights (quantized copies included) and loaded adapters."""
+        from tempering.serve.quantize import tensor_bytes
+
+        return tensor_bytes(self.model) if self.model is not None else 0
+
+    @property
     def adapters_loaded(self) -> int:
         return self.adapters.loaded if self.adapters is not None else 0
 

@@ -27,17 +27,26 @@ class Serving:
         self._lock = threading.Lock()
         self.classify_lock = threading.Lock()  # one classification forward at a time (the model is shared)
 
-    def engine(self, base_model: str, weights: Path | None = None) -> TransformersEngine:
-        """The engine of ``base_model`` (every adapter of it), or of one fully fine-tuned model's own ``weights``
-        (a model of its own: an engine of its own, keyed by a digest of its folder, which names no project)."""
+    def key(self, base_model: str, weights: Path | None = None, quantize: str | None = None) -> str:
+        """An engine's name: the base model, a digest of a fully fine-tuned model's folder (which names no
+        project) after ``+full-``, and its quantization after ``@`` unless it is "none"."""
         key = base_model
         if weights is not None:
-            key = f"{base_model}+full-{hashlib.sha1(str(weights).encode(), usedforsecurity=False).hexdigest()[:12]}"
+            key += f"+full-{hashlib.sha1(str(weights).encode(), usedforsecurity=False).hexdigest()[:12]}"
+        quantize = quantize or self.quantize
+        return key if quantize == "none" else f"{key}@{quantize}"
+
+    def engine(self, base_model: str, weights: Path | None = None, quantize: str | None = None) -> TransformersEngine:
+        """The engine of ``base_model`` (every adapter of it), or of one fully fine-tuned model's own ``weights``
+        (a model of its own: an engine of its own), with its weights quantized as ``quantize`` says (none, int8,
+        int4; None: the server's setting): one engine per base model and quantization."""
+        quantize = quantize or self.quantize
+        key = self.key(base_model, weights, quantize)
         with self._lock:
             engine = self.engines.get(key)
             if engine is None:
                 engine = TransformersEngine(base_model, max_batch=self.max_batch, max_adapters=self.max_adapters,
-                                            device=self.device, threads=self.threads, quantize=self.quantize,
+                                            device=self.device, threads=self.threads, quantize=quantize,
                                             weights=weights)
                 engine.start()
                 self.engines[key] = engine

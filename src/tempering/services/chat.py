@@ -57,6 +57,7 @@ class Served:
     project_id: str | None = None  # the caller's project and API key, for the usage ledger
     key_id: str | None = None
     weights: Path | None = None  # a fully fine-tuned model's own weights: an engine of its own, no adapter
+    quantization: str | None = None  # the local engine's weights (none, int8, int4); None: the server's setting
 
 
 @dataclass
@@ -259,7 +260,7 @@ class ChatService:
             facts = {"id": d.id, "name": d.name, "model": d.model, "base_model": d.base_model, "task": d.task,
                      "backend": d.backend, "upstream_url": d.upstream_url, "upstream_model": d.upstream_model,
                      "max_concurrent": d.max_concurrent_requests, "rpm": d.max_requests_per_1_minute,
-                     "tpm": d.max_tokens_per_1_minute}
+                     "tpm": d.max_tokens_per_1_minute, "quantization": d.quantization}
             policy = filtering.effective_policy(d.content_filter_policy, self.default_policy) \
                 if d.task == "chat" else filtering.OFF
             lists, lists_error = filtering.load_lists(session, project_id, policy)
@@ -287,7 +288,7 @@ class ChatService:
         if served.backend == "llama.cpp":
             tokenizer = self.serving.tokenizer(served.base_model)  # loaded already: the prompt was encoded with it
             return self.serving.llamacpp(served.model, lambda: self._llamacpp(served, tokenizer))
-        return self.serving.engine(served.base_model, served.weights)
+        return self.serving.engine(served.base_model, served.weights, served.quantization)
 
     def _llamacpp(self, served: Served, tokenizer):
         from tempering.serve.llamacpp import LlamaCppEngine

@@ -46,6 +46,7 @@ class DeploymentSpec:
     upstream_url: str | None = None
     upstream_model: str | None = None
     base_model: str | None = None
+    quantization: str | None = None  # none | int8 | int4 for the local engine; None: the server's setting
 
 
 def live(project_id: str):
@@ -149,6 +150,7 @@ def create_deployment(session, project_id: str, spec: DeploymentSpec, settings) 
     if spec.backend != "local" and target.task != "chat":
         raise TemperingError(f"only chat models can be served by the {spec.backend} backend", param="backend",
                              code="invalid_value")
+    check_quantization(spec.quantization, spec.backend, target.task)
     if spec.backend == "llama.cpp":
         from tempering.serve.llamacpp import available
 
@@ -170,7 +172,7 @@ def create_deployment(session, project_id: str, spec: DeploymentSpec, settings) 
                             max_concurrent_requests=spec.max_concurrent_requests, backend=spec.backend,
                             max_requests_per_1_minute=spec.max_requests_per_1_minute,
                             max_tokens_per_1_minute=spec.max_tokens_per_1_minute,
-                            upstream_url=upstream_url,
+                            upstream_url=upstream_url, quantization=spec.quantization,
                             upstream_model=spec.upstream_model or (target.name if spec.backend == "upstream" else None))
     session.add(deployment)
     session.flush()
@@ -178,6 +180,54 @@ def create_deployment(session, project_id: str, spec: DeploymentSpec, settings) 
                  content_filter=bool(spec.content_filter))
     webhooks.enqueue(session, project_id, "deployment.created", {"id": deployment.id})
     return deployment
+
+
+QUANTIZATIONS = ("none", "int8", "int4")
+
+
+def check_quantization(quantization: str | None, backend: str, task: str) -> None:
+    """A deployment's own quantization applies to the local engine serving a chat model on a CPU."""
+    if quantization is None:
+        return
+    if quantization not in QUANTIZATIONS:
+        raise TemperingError(f"quantization must be one of {', '.join(QUANTIZATIONS)}", param="quantization",
+                             code="invalid_value")
+    if backend != "local" or task != "chat":
+        what = f"the {backend} backend" if backend != "local" else "a classification model"
+        raise TemperingError(f"quantization applies to chat models on the local engine, not to {what}; leave it "
+                             "out", param="quantization", code="invalid_value")
+    if quantization != "none":
+        from tempering.hardware import select_placement
+
+        device = select_placement("auto").device.type
+        if device != "cpu":
+            raise TemperingError(f"{quantization} weights are for CPU serving; this server serves on {device} in "
+                                 "bfloat16 (use quantization 'none')", param="quantization", code="invalid_value")
+
+
+def quantization_of(deployment: Deployment, settings) -> str | None:
+    """The local engine's weights a deployment is served with (its own choice or the server's); None where no
+    local engine serves it (other backends, classification)."""
+    if deployment.backend != "local" or deployment.task != "chat":
+        return None
+    return deployment.quantization or settings.serve_quantize
+
+
+def engine_state(deployment: Deployment, serving, settings) -> dict | None:
+    """The local engine serving a deployment on this server (``serve.registry.Serving``): its quantization,
+    whether it has loaded, and its memory; None where no local engine serves the deployment."""
+    quantization = quantization_of(deployment, settings)
+    if quantization is None:
+        return None
+    weights = None
+    try:
+        target = refs.resolve(deployment.model)
+        weights = target.adapter if target.full else None
+    except TemperingError:  # the model's files went; nothing of it is loaded then
+        pass
+    engine = serving.engines.get(serving.key(deployment.base_model, weights, quantization))
+    loaded = engine is not None and engine.loaded
+    return {"quantization": quantization, "loaded": loaded, "memory_bytes": engine.memory_bytes if loaded else None}
 
 
 def check_rate_limits(requests: int | None, tokens: int | None) -> None:

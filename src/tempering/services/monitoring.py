@@ -55,11 +55,16 @@ class _EngineCollector:
                                    labels=["base_model"])
         adapters = GaugeMetricFamily("tempering_engine_adapters_loaded", "Adapters loaded on the base model",
                                      labels=["base_model"])
+        memory = GaugeMetricFamily("tempering_engine_memory_bytes", "Bytes of the engine's weights (quantized "
+                                   "copies included) and loaded adapters", labels=["base_model"])
+        # the label is the engine's name: the base model, then +full-<digest> and @int8 / @int4 where they apply
         for base, engine in list(self.serving.engines.items()):
             active.add_metric([base], len(engine.active))
             queued.add_metric([base], engine.queued)
             adapters.add_metric([base], engine.adapters_loaded)
-        yield from (active, queued, adapters)
+            if engine.loaded:
+                memory.add_metric([base], engine.memory_bytes)
+        yield from (active, queued, adapters, memory)
 
 
 class AggregateView:

@@ -258,7 +258,9 @@ class Deployment(Base):
     # the rate limits (OpenAI's project rate limit, one per deployment); Azure's serverless defaults
     max_requests_per_1_minute: Mapped[int] = mapped_column(Integer, default=1000)
     max_tokens_per_1_minute: Mapped[int] = mapped_column(BigInteger, default=200_000)
-    backend: Mapped[str] = mapped_column(String(16), default="local")  # local | upstream
+    backend: Mapped[str] = mapped_column(String(16), default="local")  # local | upstream | llama.cpp
+    # the local engine's weights: none | int8 | int4; null: the server's TEMPERING_SERVE_QUANTIZE
+    quantization: Mapped[str | None] = mapped_column(String(8), nullable=True)
     upstream_url: Mapped[str | None] = mapped_column(String(500), nullable=True)
     upstream_model: Mapped[str | None] = mapped_column(String(240), nullable=True)
     status: Mapped[str] = mapped_column(String(16), default="succeeded")

@@ -43,13 +43,14 @@ def models_page(request: Request, caller: PageCaller):
 def deploy(request: Request, caller: PageCaller, model: Annotated[str, Form(max_length=240)],
            name: Annotated[str, Form(max_length=64)] = "",
            content_filter: Annotated[str, Form(max_length=8)] = "",
-           force: Annotated[str, Form(max_length=8)] = ""):
+           force: Annotated[str, Form(max_length=8)] = "",
+           quantization: Annotated[str, Form(max_length=8)] = ""):
     """A deployment of the model (``services.deployments.create_deployment``, as the API's: the deploy gate
     refuses a model its evaluation judged worse than its base unless ``force``)."""
     from tempering.services.deployments import DeploymentSpec, create_deployment
 
     spec = DeploymentSpec(model=model, name=name.strip() or None, content_filter=content_filter == "on",
-                          force=force == "on")
+                          force=force == "on", quantization=quantization or None)
     try:
         with request.app.state.db.session() as s:
             deployment = create_deployment(s, caller.project_id, spec, request.app.state.settings)
@@ -111,6 +112,7 @@ def deployment_page(request: Request, caller: PageCaller, deployment_id: str):
             for row in log:
                 s.expunge(row)
             prices = prices_for(s, caller.project_id, d.base_model)
+            engine = service.engine_state(d, request.app.state.serving, request.app.state.settings)
     except TemperingError as exc:
         return _deployments_page(request, caller, status=404, error=exc.message)
     import time
@@ -120,7 +122,7 @@ def deployment_page(request: Request, caller: PageCaller, deployment_id: str):
     return page(request, caller, "deployment.html", deployment=d, metrics=numbers, log=log, prices=prices,
                 hosted_hours=hosted / 3600, hosted_cost=hosting_cost(hosted, prices),
                 licence=get_card(d.base_model).license, sparkline=_sparkline(latencies),
-                base_url=str(request.base_url).rstrip("/"))
+                base_url=str(request.base_url).rstrip("/"), engine=engine)
 
 
 def _sparkline(values: list[float], width: int = 480, height: int = 80) -> str:

@@ -17,6 +17,7 @@ from tempering.api.protocol_serving import (
     DeploymentDeleted,
     DeploymentMetrics,
     DeploymentObject,
+    EngineState,
     Percentiles,
     RequestLogEntry,
 )
@@ -34,7 +35,7 @@ def to_wire(d: Deployment, settings, *, warnings: bool = False) -> DeploymentObj
                             max_requests_per_1_minute=d.max_requests_per_1_minute,
                             max_tokens_per_1_minute=d.max_tokens_per_1_minute,
                             backend=d.backend, upstream_url=d.upstream_url, upstream_model=d.upstream_model,
-                            status=d.status, created_at=d.created_at,
+                            quantization=service.quantization_of(d, settings), status=d.status, created_at=d.created_at,
                             warnings=service.gate_warnings(d) if warnings else [])
 
 
@@ -73,8 +74,11 @@ def deployment_metrics(deployment_id: str, request: Request, caller: CallerDep, 
                        ) -> DeploymentMetrics:
     request.app.state.monitor.flush()  # reads see every request answered so far
     m = service.metrics(session, caller.project_id, deployment_id, since)
+    engine = service.engine_state(service.owned_deployment(session, caller.project_id, deployment_id),
+                                  request.app.state.serving, request.app.state.settings)
     return DeploymentMetrics(**{**m.__dict__, "latency_ms": Percentiles(**m.latency_ms),
-                                "time_to_first_token_ms": Percentiles(**m.time_to_first_token_ms)})
+                                "time_to_first_token_ms": Percentiles(**m.time_to_first_token_ms)},
+                             engine=EngineState(**engine) if engine is not None else None)
 
 
 @router.get("/{deployment_id}/requests", response_model=ListPage[RequestLogEntry])
