@@ -52,7 +52,7 @@ def parse_args(argv=None):
 # ------------------------------------------------------------------------------------------------ setup
 
 def make_adapters() -> list[str]:
-    from tempering.evaluate.targets import checkpoint_name
+    from tempering.train.refs import checkpoint_name
     from tempering.train.checkpoint import list_checkpoints
     from tempering.train.config import parse_config
     from tempering.train.recipe import tune

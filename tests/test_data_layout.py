@@ -72,5 +72,20 @@ def test_the_benchmarks_parse():
         import pytest
 
         pytest.skip("no bench/ beside the tests")
+    import importlib
+
+    missing = []
     for path in scripts:
-        ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        # and what they import from tempering is there (a moved function broke bench/serve.py once)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tempering"):
+                try:
+                    module = importlib.import_module(node.module)
+                except ImportError:
+                    missing.append(f"{path.name}:{node.lineno} {node.module}")
+                    continue
+                missing += [f"{path.name}:{node.lineno} {node.module}.{alias.name}" for alias in node.names
+                            if not hasattr(module, alias.name)
+                            and importlib.util.find_spec(f"{node.module}.{alias.name}") is None]
+    assert not missing, missing
