@@ -118,11 +118,15 @@ class TransformersEngine:
         return self._ready.is_set() and self._load_error is None
 
     @property
-    def memory_bytes(self) -> int:
-        """Bytes of the loaded model's tensors: weights (quantized copies included) and loaded adapters."""
+    def memory_bytes(self) -> int | None:
+        """Bytes of the loaded model's tensors: weights (quantized copies included) and loaded adapters; None
+        when the engine's thread changed the modules while they were counted (an adapter loading)."""
         from tempering.serve.quantize import tensor_bytes
 
-        return tensor_bytes(self.model) if self.model is not None else 0
+        try:
+            return tensor_bytes(self.model) if self.model is not None else 0
+        except RuntimeError:
+            return None
 
     @property
     def adapters_loaded(self) -> int:

@@ -20,6 +20,7 @@ class Serving:
         self.quantize = quantize
         self.max_classifiers = max_classifiers
         self.engines: dict[str, TransformersEngine] = {}
+        self.deployment_engines: dict[str, str] = {}  # deployment id → the key of the engine that served it
         self.upstreams: dict[tuple[str, str], UpstreamEngine] = {}
         self.llamacpps: dict[str, object] = {}  # model → serve.llamacpp.LlamaCppEngine
         self._tokenizers: dict[str, object] = {}
@@ -36,13 +37,17 @@ class Serving:
         quantize = quantize or self.quantize
         return key if quantize == "none" else f"{key}@{quantize}"
 
-    def engine(self, base_model: str, weights: Path | None = None, quantize: str | None = None) -> TransformersEngine:
+    def engine(self, base_model: str, weights: Path | None = None, quantize: str | None = None,
+               deployment: str | None = None) -> TransformersEngine:
         """The engine of ``base_model`` (every adapter of it), or of one fully fine-tuned model's own ``weights``
         (a model of its own: an engine of its own), with its weights quantized as ``quantize`` says (none, int8,
-        int4; None: the server's setting): one engine per base model and quantization."""
+        int4; None: the server's setting): one engine per base model and quantization. ``deployment``: the
+        deployment it serves, remembered for ``deployment_engine``."""
         quantize = quantize or self.quantize
         key = self.key(base_model, weights, quantize)
         with self._lock:
+            if deployment is not None:
+                self.deployment_engines[deployment] = key
             engine = self.engines.get(key)
             if engine is None:
                 engine = TransformersEngine(base_model, max_batch=self.max_batch, max_adapters=self.max_adapters,
@@ -51,6 +56,11 @@ class Serving:
                 engine.start()
                 self.engines[key] = engine
             return engine
+
+    def deployment_engine(self, deployment: str) -> TransformersEngine | None:
+        """The engine that served ``deployment`` in this process (None before its first request)."""
+        key = self.deployment_engines.get(deployment)
+        return self.engines.get(key) if key is not None else None
 
     def upstream(self, url: str, model: str, api_key: str | None) -> UpstreamEngine:
         with self._lock:

@@ -288,7 +288,7 @@ class ChatService:
         if served.backend == "llama.cpp":
             tokenizer = self.serving.tokenizer(served.base_model)  # loaded already: the prompt was encoded with it
             return self.serving.llamacpp(served.model, lambda: self._llamacpp(served, tokenizer))
-        return self.serving.engine(served.base_model, served.weights, served.quantization)
+        return self.serving.engine(served.base_model, served.weights, served.quantization, deployment=served.id)
 
     def _llamacpp(self, served: Served, tokenizer):
         from tempering.serve.llamacpp import LlamaCppEngine

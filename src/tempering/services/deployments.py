@@ -215,17 +215,12 @@ def quantization_of(deployment: Deployment, settings) -> str | None:
 
 def engine_state(deployment: Deployment, serving, settings) -> dict | None:
     """The local engine serving a deployment on this server (``serve.registry.Serving``): its quantization,
-    whether it has loaded, and its memory; None where no local engine serves the deployment."""
+    whether it has loaded, and its memory; None where no local engine serves the deployment. Engines load on
+    a deployment's first request, so before it: not loaded (and nothing is resolved or fetched to say so)."""
     quantization = quantization_of(deployment, settings)
     if quantization is None:
         return None
-    weights = None
-    try:
-        target = refs.resolve(deployment.model)
-        weights = target.adapter if target.full else None
-    except TemperingError:  # the model's files went; nothing of it is loaded then
-        pass
-    engine = serving.engines.get(serving.key(deployment.base_model, weights, quantization))
+    engine = serving.deployment_engine(deployment.id)
     loaded = engine is not None and engine.loaded
     return {"quantization": quantization, "loaded": loaded, "memory_bytes": engine.memory_bytes if loaded else None}
 

@@ -62,8 +62,8 @@ class _EngineCollector:
             active.add_metric([base], len(engine.active))
             queued.add_metric([base], engine.queued)
             adapters.add_metric([base], engine.adapters_loaded)
-            if engine.loaded:
-                memory.add_metric([base], engine.memory_bytes)
+            if engine.loaded and (size := engine.memory_bytes) is not None:
+                memory.add_metric([base], size)
         yield from (active, queued, adapters, memory)
 
 
