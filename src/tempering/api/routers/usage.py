@@ -43,6 +43,7 @@ def _query(request: Request, start_time: int, end_time: int | None, bucket_width
 
 
 def _usage(kind: str, request: Request, caller: Caller, session, q: service.UsageQuery) -> UsagePage:
+    request.app.state.monitor.flush()  # the ledger holds every request answered so far
     return UsagePage(**service.usage_page(session, caller, kind, q, request.app.state.settings))
 
 
@@ -83,4 +84,5 @@ def costs(request: Request, caller: CallerDep, session: SessionDep, start_time: 
     """What the usage cost in USD, priced by the project's price table when it was recorded. Lists:
     `project_ids`, `group_by` (`project_id`, `line_item`)."""
     q = _query(request, start_time, end_time, bucket_width, limit, page)
+    request.app.state.monitor.flush()
     return UsagePage(**service.costs_page(session, caller, q, request.app.state.settings))
