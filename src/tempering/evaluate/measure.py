@@ -44,17 +44,14 @@ def answers(chat, examples: list[list[dict]], max_new_tokens: int,
     """Greedy answers through the serving path, decoded in batches: (answers, how many hit max_new_tokens,
     cost). With ``labels``, decoding is constrained to exactly one of them (structured outputs' choice), so no
     answer names none."""
-    from tempering.data.encode import encode_prompt
     from tempering.serve.local import SamplingParams, answer_all
 
     choices = sorted({label.strip() for label in labels or [] if label.strip()})
     params = SamplingParams(max_tokens=max_new_tokens, temperature=0.0,
                             response_format={"type": "choice", "choices": choices} if choices else None)
     started = time.perf_counter()
-    prompts = [prompt_of(messages) for messages in examples]
-    answered = answer_all(chat, prompts, params)
-    cost = Cost(seconds=time.perf_counter() - started,
-                prompt_tokens=sum(len(encode_prompt(chat.tokenizer, prompt)) for prompt in prompts),
+    answered = answer_all(chat, [prompt_of(messages) for messages in examples], params)
+    cost = Cost(seconds=time.perf_counter() - started, prompt_tokens=sum(a.prompt_tokens for a in answered),
                 generated_tokens=sum(a.tokens for a in answered))
     return [a.text.strip() for a in answered], sum(a.finish_reason == "length" for a in answered), cost
 

@@ -101,3 +101,14 @@ def keep_rows(cache, mask: torch.Tensor, keep: list[int], rows: int) -> torch.Te
         for layer in cache.layers:
             layer.keys, layer.values = layer.keys[..., start:, :], layer.values[..., start:, :]
     return mask
+
+
+def left_pad(prompts: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A batch of prompts right-aligned (left-padded with ``pad_id``) and its attention mask, on ``device``."""
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, prompt in enumerate(prompts):
+        ids[i, width - len(prompt):] = torch.tensor(prompt)
+        mask[i, width - len(prompt):] = 1
+    return ids.to(device), mask.to(device)

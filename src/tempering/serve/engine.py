@@ -29,7 +29,7 @@ from transformers import DynamicCache
 
 from tempering.errors import InvalidConfigError, TemperingError
 from tempering.serve.adapters import BASE, AdapterHost, adapter_name
-from tempering.serve.decode import Detokenizer, Handoff, eos_ids, keep_rows, pick_token
+from tempering.serve.decode import Detokenizer, Handoff, eos_ids, keep_rows, left_pad, pick_token
 from tempering.serve.params import Chunk, SamplingParams, TokenLogprob, TopLogprob
 
 log = logging.getLogger(__name__)
@@ -276,17 +276,12 @@ class TransformersEngine:
             for seq in group:
                 self._prefill([seq])
             return
-        width = max(len(s.prompt) for s in group)
-        ids = torch.full((len(group), width), self.tokenizer.pad_token_id or 0, dtype=torch.long)
-        mask = torch.zeros((len(group), width), dtype=torch.long)
-        for i, seq in enumerate(group):
-            ids[i, width - len(seq.prompt):] = torch.tensor(seq.prompt)
-            mask[i, width - len(seq.prompt):] = 1
+        ids, mask = left_pad([s.prompt for s in group], self.tokenizer.pad_token_id or 0, self.device)
+        for seq in group:
             if seq.detok is None:  # not a row prefilled again (see _refill_past_rope_switch)
                 if seq.params.seed is not None:
                     seq.generator = torch.Generator().manual_seed(seq.params.seed)
                 seq.detok = Detokenizer(self.tokenizer)
-        ids, mask = ids.to(self.device), mask.to(self.device)
         # Full-length layers even for a sliding-window model (Phi-3-mini-4k: 2047): a sliding layer keeps only
         # its last window of columns, which the batch's mask, joins and trims (all by column) cannot follow.
         # The model still applies the window itself, through its sliding-window attention mask.

@@ -20,7 +20,7 @@ from tempering.data.encode import encode_prompt
 from tempering.errors import InvalidConfigError
 from tempering.hardware import select_placement
 from tempering.serve import rope
-from tempering.serve.decode import Detokenizer, eos_ids, keep_rows, pick_token
+from tempering.serve.decode import Detokenizer, eos_ids, keep_rows, left_pad, pick_token
 from tempering.serve.params import Chunk, SamplingParams
 from tempering.train import artifacts, weights
 
@@ -129,6 +129,7 @@ class Answer(NamedTuple):
     text: str
     finish_reason: str  # "stop" or "length"
     tokens: int  # tokens generated (an end-of-turn token not counted)
+    prompt_tokens: int  # the prompt's tokens (the chat template's encoding)
 
 
 def answer_all(chat: ChatModel, conversations: list[list[dict]], params: SamplingParams | None = None,
@@ -148,7 +149,8 @@ def answer_all(chat: ChatModel, conversations: list[list[dict]], params: Samplin
             chunks = list(generate(chat, messages, params))
             text = "".join(c.text for c in chunks)
             answers.append(Answer(text, chunks[-1].finish_reason,
-                                  len(chat.tokenizer(text, add_special_tokens=False)["input_ids"])))
+                                  len(chat.tokenizer(text, add_special_tokens=False)["input_ids"]),
+                                  len(encode_prompt(chat.tokenizer, messages))))
         return answers
     prompts = [_prompt(chat, messages) for messages in conversations]
     groups: list[list[int]] = []
@@ -170,13 +172,7 @@ def _decode_batch(chat: ChatModel, prompts: list[list[int]], params: SamplingPar
     """Decode ``prompts`` together: one left-padded prefill, then a token per row per step, a row leaving the
     batch (its cache rows and the columns no other row needs dropped) when its answer ends."""
     device = next(chat.model.parameters()).device
-    width = max(len(p) for p in prompts)
-    ids = torch.full((len(prompts), width), chat.tokenizer.pad_token_id or 0, dtype=torch.long)
-    mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for i, prompt in enumerate(prompts):
-        ids[i, width - len(prompt):] = torch.tensor(prompt)
-        mask[i, width - len(prompt):] = 1
-    ids, mask = ids.to(device), mask.to(device)
+    ids, mask = left_pad(prompts, chat.tokenizer.pad_token_id or 0, device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     # full-length cache layers, as the engine keeps them: columns are dropped by the mask, which a sliding
     # layer's own window could not follow (the model applies a window through its attention mask)
@@ -217,5 +213,5 @@ def _decode_batch(chat: ChatModel, prompts: list[list[int]], params: SamplingPar
     for i in range(len(prompts)):
         detok = Detokenizer(chat.tokenizer)
         text = "".join(detok.add(token) for token in tokens[i]) + detok.flush()
-        answers.append(Answer(text, finish[i], len(tokens[i])))
+        answers.append(Answer(text, finish[i], len(tokens[i]), len(prompts[i])))
     return answers
