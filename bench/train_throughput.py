@@ -120,9 +120,20 @@ def _control(n: int, n_valid: int, seed: int):
     rng = random.Random(seed)  # noqa: S311 - a reproducible sample
     rng.shuffle(pairs)
     # a distinct system message per row (SmolLM2's template would insert one shared default system prompt)
-    chats = [[{"role": "system", "content": " ".join(rng.sample(WORDS, 6)).capitalize() + "."},
-              {"role": "user", "content": q}, {"role": "assistant", "content": a}] for q, a in pairs[: n + n_valid]]
+    chats = [[{"role": "system", "content": _system_message(rng, used)},
+              {"role": "user", "content": q}, {"role": "assistant", "content": a}]
+             for used in [set()] for q, a in pairs[: n + n_valid]]
     return chats[:n], chats[n:]
+
+
+def _system_message(rng: random.Random, used: set) -> str:
+    """Six random words whose first two no other row starts with: rows then share at most the template header
+    and one word, under the 8-token minimum (two rows that began "Glacier xenon …" were grouped and shared)."""
+    while True:
+        words = rng.sample(WORDS, 6)
+        if tuple(words[:2]) not in used:
+            used.add(tuple(words[:2]))
+            return " ".join(words).capitalize() + "."
 
 
 LOADERS = {"banking77": _banking77, "xbox": _xbox, "control": _control}

@@ -27,7 +27,7 @@ from tempering.errors import InvalidConfigError, InvalidDataError
 from tempering.fileio import sha256_file
 from tempering.hardware import select_placement
 from tempering.store import objects
-from tempering.train import artifacts, weights
+from tempering.train import artifacts, fastlora, weights
 from tempering.train.batching import collate
 from tempering.train.checkpoint import COMPLETE, CheckpointError, discard_partial, latest_checkpoint
 from tempering.train.classify import (
@@ -151,7 +151,10 @@ def _wrap_lora(model, config: TuneConfig, parent_folder: Path | None, task_type:
     from peft import LoraConfig, get_peft_model
 
     if parent_folder is not None:
-        return _continue_from(model, config, parent_folder)
+        model = _continue_from(model, config, parent_folder)
+        if weights.is_peft(model):
+            fastlora.patch(model)
+        return model
     if config.adapter == "full":
         return model.requires_grad_(True)
     _check_targets(model, config.lora.target_modules)
@@ -164,7 +167,9 @@ def _wrap_lora(model, config: TuneConfig, parent_folder: Path | None, task_type:
         bias="none",
         task_type=task_type,
     )
-    return get_peft_model(model, lora)
+    model = get_peft_model(model, lora)
+    fastlora.patch(model)  # plain LoRA layers only; DoRA keeps PEFT's forward
+    return model
 
 
 def base_view(model):
