@@ -27,7 +27,7 @@ from tempering.errors import InvalidConfigError, InvalidDataError
 from tempering.fileio import sha256_file
 from tempering.hardware import select_placement
 from tempering.store import objects
-from tempering.train import artifacts, fastlora, weights
+from tempering.train import artifacts, attention, fastlora, weights
 from tempering.train.batching import collate
 from tempering.train.checkpoint import COMPLETE, CheckpointError, discard_partial, latest_checkpoint
 from tempering.train.classify import (
@@ -151,12 +151,15 @@ def _wrap_lora(model, config: TuneConfig, parent_folder: Path | None, task_type:
     from peft import LoraConfig, get_peft_model
 
     if parent_folder is not None:
+        if config.adapter != "full":
+            attention.use_for_training(model)
         model = _continue_from(model, config, parent_folder)
         if weights.is_peft(model):
             fastlora.patch(model)
         return model
     if config.adapter == "full":
         return model.requires_grad_(True)
+    attention.use_for_training(model)  # an adapter's base: its config is never saved with the weights
     _check_targets(model, config.lora.target_modules)
     lora = LoraConfig(
         r=config.lora.rank,
