@@ -17,6 +17,7 @@ job's automatic evaluation (zero-shot chat answers of the base) is off: it chang
 
     python bench/classifier_recipe.py --set banking77 [--per-class 10] [--score-per-class 20]
                                       [--head-init auto|labels|random] [--seed 0] [--max-seq-length N]
+                                      [--epochs N] [--batch-size N]   (default: the job's auto rules)
 """
 
 from __future__ import annotations
@@ -66,6 +67,8 @@ def main() -> None:
     parser.add_argument("--score-per-class", type=int, default=20)
     parser.add_argument("--head-init", choices=["auto", "labels", "random"], default="auto")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=None, help="n_epochs; default: the job's auto rule")
+    parser.add_argument("--batch-size", type=int, default=None, help="batch_size; default: the job's auto rule")
     parser.add_argument("--max-seq-length", type=int, default=None,
                         help="Cut texts at this many tokens (training and scoring); default: the model's context.")
     args = parser.parse_args()
@@ -91,7 +94,9 @@ def main() -> None:
             print(event["message"], flush=True)
 
     config = TuneConfig(task="classification", training_file=path, seed=args.seed, suffix=args.set,
-                        head_init=args.head_init, evaluate=False, max_seq_length=args.max_seq_length)
+                        head_init=args.head_init, evaluate=False, max_seq_length=args.max_seq_length,
+                        hyperparameters={k: v for k, v in (("n_epochs", args.epochs), ("batch_size", args.batch_size))
+                                         if v is not None})
     result = tune(config, on_event=on_event)
     started = time.perf_counter()
     classifier = load_classifier_model(result.model_id)

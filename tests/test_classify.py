@@ -81,6 +81,23 @@ def test_tune_estimate_prints_tokens_and_cost_without_training(tiny_model, qa_fi
     assert not (tempering_home / "runs").exists()
 
 
+def test_the_estimate_of_a_classifier_counts_epochs_by_examples_per_class(tiny_model, intents_csv, tempering_home):
+    """About 11 examples per label: "auto" trains until each label has been seen 90 times, and the estimate
+    says so before anything runs (the job resolves the same way: both call resolve_hyperparameters)."""
+    from tempering.train.config import resolve_hyperparameters
+
+    result = CliRunner().invoke(app, ["tune", str(intents_csv), "--model", tiny_model, "--task", "classification",
+                                      "--estimate", "--json"])
+    assert result.exit_code == 0, result.output
+    estimate = json.loads(result.stdout)
+    n = estimate["n_train_examples"]
+    config = TuneConfig(model=tiny_model, task="classification", training_file=intents_csv)
+    assert estimate["n_epochs"] == resolve_hyperparameters(config, n, "llama", 0, n_classes=3).n_epochs
+    assert estimate["n_epochs"] == -(-90 * 3 // n) > 3  # more than the general rule's 3
+    assert estimate["trained_tokens"] == estimate["n_epochs"] * estimate["tokens_per_epoch"]
+    assert not (tempering_home / "runs").exists()
+
+
 # ---- the head's start: the label names' embeddings when the labels are words ----
 
 def test_label_names_read_as_words_and_ids_fall_back_to_random():

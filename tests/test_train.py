@@ -129,6 +129,27 @@ def test_auto_hyperparameters(n, epochs, batch, tmp_path):
     assert (hp.n_epochs, hp.batch_size, hp.learning_rate) == (epochs, batch, 1e-3)
 
 
+@pytest.mark.parametrize(("n", "classes", "epochs", "batch"), [
+    (693, 77, 10, 16),  # BANKING77, 9 per intent: each seen 90 times
+    (1_540, 77, 5, 16),  # 20 per intent
+    (300, 77, 10, 8),  # under 4 per intent: capped at 10 epochs
+    (135, 3, 3, 4), (72, 2, 3, 2), (20_000, 77, 1, 32),  # enough per class: the general rule
+    (693, None, 3, 32),  # classes unknown: the general rule
+])
+def test_auto_hyperparameters_for_few_examples_per_class(n, classes, epochs, batch, tmp_path):
+    config = TuneConfig(task="classification", training_file=tmp_path / "x.csv")
+    hp = resolve_hyperparameters(config, n, "smollm2", seed=1, n_classes=classes)
+    assert (hp.n_epochs, hp.batch_size) == (epochs, batch)
+    chat = resolve_hyperparameters(TuneConfig(training_file=tmp_path / "x.jsonl"), n, "smollm2", seed=1,
+                                   n_classes=classes)
+    assert chat.n_epochs == resolve_hyperparameters(TuneConfig(training_file=tmp_path / "x.jsonl"), n, "smollm2",
+                                                    seed=1).n_epochs  # chat jobs: no classes, no change
+    given = TuneConfig(task="classification", training_file=tmp_path / "x.csv",
+                       hyperparameters={"n_epochs": 3, "batch_size": 32})
+    hp = resolve_hyperparameters(given, n, "smollm2", seed=1, n_classes=classes)
+    assert (hp.n_epochs, hp.batch_size) == (3, 32)  # a given value is never overridden
+
+
 def test_batches_are_length_grouped_deterministic_and_complete():
     lengths = [(i * 37) % 100 + 1 for i in range(100)]
     batches = epoch_batches(lengths, 8, seed=5, epoch=1)

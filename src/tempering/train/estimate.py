@@ -215,7 +215,7 @@ def estimate_seconds(
 
 def estimate(
     train: Sequence[list[dict]], *, tokenizer, config, validation: Sequence[list[dict]] = (), seed: int = 0,
-    hub_settings: dict | None = None,
+    hub_settings: dict | None = None, n_classes: int | None = None,
 ) -> Estimate:
     """Tokens, time and cost of fine-tuning ``config`` (a ``TuneConfig``) on these examples.
 
@@ -231,7 +231,7 @@ def estimate(
 
     base = base_model_of(config.model)
     card = get_card(base)
-    hp = resolve_hyperparameters(config, len(train), card.family, seed)
+    hp = resolve_hyperparameters(config, len(train), card.family, seed, n_classes)
     tokens_per_epoch = sum(len(encode_chat(tokenizer, m)) for m in train)
     validation_tokens = sum(len(encode_chat(tokenizer, m)) for m in validation)
     trained = tokens_per_epoch * hp.n_epochs
@@ -269,11 +269,12 @@ def estimate_job(config, hub_settings: dict | None = None) -> Estimate:
     and split as the job itself (``train.jobdata``), priced by the hub's table (``hub_settings``)."""
     from tempering.catalog import load_tokenizer
     from tempering.train.artifacts import base_model_of
-    from tempering.train.jobdata import load_job_data
+    from tempering.train.jobdata import labels_for_split, load_job_data
 
     seed = config.seed if config.seed is not None else 0
     card = get_card(base_model_of(config.model))
     tokenizer = load_tokenizer(card)
     data = load_job_data(config, tokenizer, card.context_length, seed)
+    labels = labels_for_split(data.train, data.train_labels, config)
     return estimate(data.train, tokenizer=tokenizer, config=config, validation=data.valid, seed=seed,
-                    hub_settings=hub_settings)
+                    hub_settings=hub_settings, n_classes=len(set(labels)) if labels is not None else None)

@@ -42,7 +42,7 @@ def validate_job_files(config: TuneConfig, tokenizer, context_length: int) -> No
             raise invalid_data(report, param=param)
 
 
-def _labels_for_split(messages, labels, config: TuneConfig):
+def labels_for_split(messages, labels, config: TuneConfig):
     if labels is None and config.task == "classification":
         from tempering.train.classify import texts_and_labels
 
@@ -54,7 +54,7 @@ def split_for_job(messages, labels, config: TuneConfig, seed: int) -> JobData:
     """The job's seeded hold-out: a pure function of (data, config, seed), so it can be recomputed."""
     if len(messages) < MIN_EXAMPLES_FOR_HOLDOUT:
         return JobData(messages, labels, [], None)
-    labels = _labels_for_split(messages, labels, config)
+    labels = labels_for_split(messages, labels, config)
     split = split_examples(messages, labels, config.validation_fraction, seed)
     train, valid = split.apply(messages)
     train_labels, valid_labels = split.apply(labels) if labels is not None else (None, None)
