@@ -10,7 +10,8 @@ query positions (one query position, a decode step, keeps transformers' own grou
 mask function as SDPA, same result (tested to 1e-5 on the loss and the LoRA gradients); training steps of
 the embedded model 1.04× faster on BANKING77 rows, 1.10× on the longer Xbox rows.
 
-Registered with transformers under ``ATTENTION`` on import; ``use_for_training`` switches a model to it.
+``use_for_training`` registers it with transformers (on first use: importing this module loads no transformers)
+and switches a model to it.
 """
 
 from __future__ import annotations
@@ -45,9 +46,6 @@ def _register() -> None:
     AttentionMaskInterface.register(ATTENTION, sdpa_mask)
 
 
-_register()
-
-
 def use_for_training(model: torch.nn.Module) -> bool:
     """Switch ``model`` (a transformers model on the CPU using SDPA, before any adapter wraps it) to
     ``ATTENTION``; whether it did. Not for models whose config is saved with their weights (a full fine-tune):
@@ -58,5 +56,6 @@ def use_for_training(model: torch.nn.Module) -> bool:
     if (config is None or getattr(config, "_attn_implementation", None) != "sdpa" or device.type != "cpu"
             or not heads or not kv_heads or kv_heads >= heads):
         return False
+    _register()  # idempotent: the same function under the same name
     model.set_attn_implementation(ATTENTION)
     return True

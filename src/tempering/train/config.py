@@ -255,9 +255,8 @@ def resolve_hyperparameters(config: TuneConfig, n_examples: int, family: str, se
     """The job's hyperparameters with every "auto" resolved; ``n_classes``: a classification job's labels."""
     hp = config.hyperparameters
     class_epochs = _class_epochs(config, n_examples, n_classes)
-    few = class_epochs is not None
     if hp.batch_size == "auto":
-        batch_size = min(CLASSIFICATION_MAX_BATCH if few else 32, 2 ** int(math.log2(max(1, n_examples // 20))))
+        batch_size = min(32 if class_epochs is None else CLASSIFICATION_MAX_BATCH, 2 ** int(math.log2(max(1, n_examples // 20))))
     else:
         batch_size = hp.batch_size
     if hp.batch_size_multiplier != "auto":

@@ -10,7 +10,7 @@ embedded model (210 LoRA layers, a BANKING77 batch of 8, 2 CPU cores): the forwa
 seed), so losses and gradients equal PEFT's to float rounding.
 
 Only where it is the same computation: plain LoRA on an ``nn.Linear`` (no DoRA or other variant), one active
-adapter, not merged, adapters enabled, the adapter in the base output's dtype. Anything else (``disable_adapter()``
+adapter, not merged, adapters enabled, base and adapter weights in the input's dtype. Anything else (``disable_adapter()``
 for the base's validation loss, a bf16 base with float32 adapters on a GPU) takes PEFT's own forward, per call.
 Tried and dropped: one ``A`` product for the projections that share an input (q/k/v, gate/up): concatenating
 the ``A`` matrices and slicing the product cost more than the two small products saved (0.96× on the same step).
@@ -28,11 +28,10 @@ def _forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
     active = self.active_adapters
     name = active[0] if len(active) == 1 else None
     if (name is None or self.disable_adapters or self.merged or name not in self.lora_A or kwargs
-            or name in self.lora_variant or self.lora_A[name].weight.dtype != x.dtype):
+            or name in self.lora_variant or self.lora_A[name].weight.dtype != x.dtype
+            or self.base_layer.weight.dtype != x.dtype):
         return type(self).forward(self, x, *args, **kwargs)
     result = self.base_layer(x, *args)
-    if result.dtype != x.dtype:
-        return type(self).forward(self, x, *args, **kwargs)
     low = F.linear(self.lora_dropout[name](x), self.lora_A[name].weight) * self.scaling[name]
     shape = result.shape
     return torch.addmm(result.reshape(-1, shape[-1]), low.reshape(-1, low.shape[-1]),

@@ -150,28 +150,26 @@ def _wrap_lora(model, config: TuneConfig, parent_folder: Path | None, task_type:
     """The model as the job trains it: LoRA or DoRA adapters on it, or (adapter full) every weight trainable."""
     from peft import LoraConfig, get_peft_model
 
+    if config.adapter != "full":
+        attention.use_for_training(model)  # an adapter's base: its config is never saved with the weights
     if parent_folder is not None:
-        if config.adapter != "full":
-            attention.use_for_training(model)
         model = _continue_from(model, config, parent_folder)
-        if weights.is_peft(model):
-            fastlora.patch(model)
-        return model
-    if config.adapter == "full":
-        return model.requires_grad_(True)
-    attention.use_for_training(model)  # an adapter's base: its config is never saved with the weights
-    _check_targets(model, config.lora.target_modules)
-    lora = LoraConfig(
-        r=config.lora.rank,
-        lora_alpha=config.lora.alpha,
-        lora_dropout=config.lora.dropout,
-        target_modules=config.lora.target_modules,
-        use_dora=config.adapter == "dora",
-        bias="none",
-        task_type=task_type,
-    )
-    model = get_peft_model(model, lora)
-    fastlora.patch(model)  # plain LoRA layers only; DoRA keeps PEFT's forward
+    elif config.adapter == "full":
+        model = model.requires_grad_(True)
+    else:
+        _check_targets(model, config.lora.target_modules)
+        lora = LoraConfig(
+            r=config.lora.rank,
+            lora_alpha=config.lora.alpha,
+            lora_dropout=config.lora.dropout,
+            target_modules=config.lora.target_modules,
+            use_dora=config.adapter == "dora",
+            bias="none",
+            task_type=task_type,
+        )
+        model = get_peft_model(model, lora)
+    if weights.is_peft(model):
+        fastlora.patch(model)  # plain LoRA layers only; DoRA keeps PEFT's forward
     return model
 
 
