@@ -7,6 +7,8 @@ the serving path) from the job's evaluation report (evaluation.json), with the t
 and the load average. The answers are free text, so the report must not take them for labels.
 
     python bench/truthfulqa.py [--epochs N] [--batch-size B] [--eval-max-examples 51]
+
+Without --epochs/--batch-size/--learning-rate-multiplier the job resolves them as for any user ("auto").
 """
 
 from __future__ import annotations
@@ -41,9 +43,10 @@ def headline(evaluation) -> dict | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--learning-rate-multiplier", type=float, default=1.0)
+    # None = the job's "auto", as a new user gets it (the issue's figure is "with the defaults")
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--learning-rate-multiplier", type=float, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-max-examples", type=int, default=51,
                         help="Validation examples the automatic evaluation answers (base and fine-tuned).")
@@ -61,8 +64,9 @@ def main() -> None:
     config = TuneConfig(
         training_file=train, validation_file=valid, seed=args.seed, suffix="truthfulqa",
         eval_max_examples=args.eval_max_examples,
-        hyperparameters={"n_epochs": args.epochs, "batch_size": args.batch_size,
-                         "learning_rate_multiplier": args.learning_rate_multiplier})
+        hyperparameters={key: value for key, value in (
+            ("n_epochs", args.epochs), ("batch_size", args.batch_size),
+            ("learning_rate_multiplier", args.learning_rate_multiplier)) if value is not None})
     load_before = os.getloadavg()
     started = time.perf_counter()
     result = tune(config, on_event=lambda e: print(e["message"], flush=True) if e["type"] != "metrics" else None)
