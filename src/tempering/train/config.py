@@ -132,11 +132,10 @@ class JobOptions(BaseModel):
         "this share of its probability evenly on every token (chat) or label (classification). Validation loss "
         "is always plain cross-entropy.")
     head_init: Literal["auto", "labels", "random"] = Field(
-        default="random", description="How a classification head starts. labels: each label's row is the mean of the "
+        default="auto", description="How a classification head starts. labels: each label's row is the mean of the "
         "base model's embeddings of the label name's tokens (\"card_arrival\" read as \"card arrival\"), centred "
-        "over the labels and scaled to the random init's norm. random (default until labels is shown to win on held-apart data): "
-        "the model's own random init. auto: labels when every label is a word or words (letters, no digits), "
-        "else random. Classification only.")
+        "over the labels and scaled to the random init's norm. random: the model's own random init. auto (default): "
+        "labels when every label is a word or words (letters, no digits), else random. Classification only.")
     selection_metric: Literal["auto", "loss", "accuracy", "macro_f1"] = Field(
         default="auto", description="The validation metric that picks the kept checkpoint among the epochs' and "
         "drives early stopping. auto: macro_f1 for classification, loss for chat. accuracy: example accuracy "
@@ -184,7 +183,9 @@ class JobOptions(BaseModel):
     @field_validator("head_init")
     @classmethod
     def _head_needs_classification(cls, v, info: ValidationInfo):
-        if v != "random" and info.data.get("task", "chat") == "chat":
+        # auto and random mean "nothing to set up" for a chat job (configs stored before auto became the
+        # default name random); only an explicit label init is a contradiction
+        if v == "labels" and info.data.get("task", "chat") == "chat":
             raise ValueError("head_init sets up a classification head, and a chat job has none (use task "
                              "classification, or leave head_init out)")
         return v

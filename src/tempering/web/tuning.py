@@ -28,7 +28,7 @@ FIELDS = ("model", "suffix", "task", "training_file", "validation", "validation_
           "label_smoothing", "head_init", "early_stopping")
 DEFAULTS = {"task": "chat", "validation": "split", "validation_fraction": "0.1", "n_epochs": "auto",
             "batch_size_multiplier": "auto", "learning_rate_multiplier": "auto", "lora_rank": "", "seed": "",
-            "adapter": "lora", "optimizer": "adamw", "label_smoothing": "", "head_init": "random",
+            "adapter": "lora", "optimizer": "adamw", "label_smoothing": "", "head_init": "auto",
             "early_stopping": "auto"}
 ADVANCED = ("lora_rank", "seed", "adapter", "optimizer", "label_smoothing", "head_init", "early_stopping")
 SHOWN = {"name": ("suffix",), "data": ("task", "training_file"),
@@ -64,7 +64,7 @@ def config_fields(state: dict) -> dict:
     for name in ("adapter", "optimizer"):  # chosen from a list; the config names a choice that is not one
         if state.get(name):
             fields[name] = state[name]
-    if state.get("head_init", "random") not in ("", "random"):  # the config's default: left out like it
+    if state.get("head_init", "auto") not in ("", "auto"):  # the config's default: left out like it
         fields["head_init"] = state["head_init"]
     if state.get("label_smoothing", "").strip():
         fields["label_smoothing"] = _number(state["label_smoothing"], float)
