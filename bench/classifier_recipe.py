@@ -15,7 +15,7 @@ here, never shipped):
 Rows are drawn per class (stratified), duplicates removed, training and scoring rows disjoint by text. The
 job's automatic evaluation (zero-shot chat answers of the base) is off: it changes no weight, only time.
 
-    python bench/classifier_recipe.py --set banking77 [--per-class 10] [--score-per-class 20]
+    python bench/classifier_recipe.py --set banking77 [--per-class 10|0 (all)] [--score-per-class 20]
                                       [--head-init auto|labels|random] [--seed 0] [--max-seq-length N]
                                       [--epochs N] [--batch-size N]   (default: the job's auto rules)
 """
@@ -41,7 +41,8 @@ SETS = {  # name: (file, text column, label column, label of a row)
 
 
 def pick(name: str, per_class: int, score_per_class: int, seed: int):
-    """``per_class`` training rows and ``score_per_class`` scoring rows of each class, disjoint by text."""
+    """``per_class`` training rows and ``score_per_class`` scoring rows of each class, disjoint by text;
+    ``per_class`` 0: every row not scored trains (the full training set)."""
     file, text_column, _, label_of = SETS[name]
     by_label: dict[str, set[str]] = defaultdict(set)
     with (DATA / file).open(newline="", encoding="utf-8") as fh:
@@ -55,15 +56,19 @@ def pick(name: str, per_class: int, score_per_class: int, seed: int):
     for label in sorted(by_label):
         texts = sorted(by_label[label] - seen_twice)  # a text under two labels would sit on both sides
         rng.shuffle(texts)
-        train += [(t, label) for t in texts[:per_class]]
-        score += [(t, label) for t in texts[per_class : per_class + score_per_class]]
+        if per_class > 0:
+            train += [(t, label) for t in texts[:per_class]]
+            score += [(t, label) for t in texts[per_class : per_class + score_per_class]]
+        else:  # every row: the scored ones first, the rest trains
+            score += [(t, label) for t in texts[:score_per_class]]
+            train += [(t, label) for t in texts[score_per_class:]]
     return train, score
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--set", choices=sorted(SETS), default="banking77")
-    parser.add_argument("--per-class", type=int, default=10)
+    parser.add_argument("--per-class", type=int, default=10, help="training rows per class; 0: all not scored")
     parser.add_argument("--score-per-class", type=int, default=20)
     parser.add_argument("--head-init", choices=["auto", "labels", "random"], default="auto")
     parser.add_argument("--seed", type=int, default=0)
