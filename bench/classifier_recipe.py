@@ -4,8 +4,8 @@ Trains the embedded default as a classifier the way a new user would (``temperin
 classification``: no hyperparameter given, the job's own validation split picks the kept epoch) on a few
 examples per class, then scores the fine-tuned model through the serving path (``tempering classify``) on
 other rows of the same file that neither training nor selection saw. One knob is varied, so two runs with the
-same seed compare one recipe change: ``--head-init`` (auto, labels, random). The sets (../shared/data, used
-here, never shipped):
+same seed compare one recipe change: ``--head-init`` (auto, labels, random), ``--label-smoothing``,
+``--lora-dropout``. The sets (../shared/data, used here, never shipped):
 
 - banking77: 77 intents (``category``), banking77/train.csv (CC BY-NC 4.0); labels are words (card_arrival).
 - davidson: tweets (``tweet``), class 0/1/2 named by the file's own columns hate_speech, offensive_language,
@@ -18,6 +18,7 @@ job's automatic evaluation (zero-shot chat answers of the base) is off: it chang
     python bench/classifier_recipe.py --set banking77 [--per-class 10|0 (all)] [--score-per-class 20]
                                       [--head-init auto|labels|random] [--seed 0] [--max-seq-length N]
                                       [--epochs N] [--batch-size N]   (default: the job's auto rules)
+                                      [--label-smoothing X] [--lora-dropout X]   (default: the job's, 0)
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="batch_size; default: the job's auto rule")
     parser.add_argument("--max-seq-length", type=int, default=None,
                         help="Cut texts at this many tokens (training and scoring); default: the model's context.")
+    parser.add_argument("--label-smoothing", type=float, default=None, help="label_smoothing; default: the job's")
+    parser.add_argument("--lora-dropout", type=float, default=None, help="lora.dropout; default: the job's")
     args = parser.parse_args()
     file = DATA / SETS[args.set][0]
     if not file.exists():
@@ -101,7 +104,10 @@ def main() -> None:
     config = TuneConfig(task="classification", training_file=path, seed=args.seed, suffix=args.set,
                         head_init=args.head_init, evaluate=False, max_seq_length=args.max_seq_length,
                         hyperparameters={k: v for k, v in (("n_epochs", args.epochs), ("batch_size", args.batch_size))
-                                         if v is not None})
+                                         if v is not None},
+                        **{k: v for k, v in (("label_smoothing", args.label_smoothing),
+                                             ("lora", None if args.lora_dropout is None else {"dropout": args.lora_dropout}))
+                           if v is not None})
     result = tune(config, on_event=on_event)
     started = time.perf_counter()
     classifier = load_classifier_model(result.model_id)
@@ -114,6 +120,7 @@ def main() -> None:
     head = next((e["data"] for e in events if e["type"] == "head_init"), None)
     print(json.dumps({
         "set": args.set, "seed": args.seed, "head_init": args.head_init, "head": head,
+        "label_smoothing": config.label_smoothing, "lora_dropout": config.lora.dropout,
         "train_rows": result.n_train_examples, "validation_rows": result.n_valid_examples,
         "score_rows": len(score), "classes": len(labels), "hyperparameters": result.hyperparameters.model_dump(),
         "kept": (result.selection or {}).get("reason"), "train_seconds": result.seconds,
