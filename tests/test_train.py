@@ -142,12 +142,28 @@ def test_auto_hyperparameters_for_few_examples_per_class(n, classes, epochs, bat
     assert (hp.n_epochs, hp.batch_size) == (epochs, batch)
     chat = resolve_hyperparameters(TuneConfig(training_file=tmp_path / "x.jsonl"), n, "smollm2", seed=1,
                                    n_classes=classes)
-    assert chat.n_epochs == resolve_hyperparameters(TuneConfig(training_file=tmp_path / "x.jsonl"), n, "smollm2",
-                                                    seed=1).n_epochs  # chat jobs: no classes, no change
+    assert (chat.n_epochs, chat.batch_size) == (epochs, batch)  # a chat job answering with labels: the same rule
     given = TuneConfig(task="classification", training_file=tmp_path / "x.csv",
                        hyperparameters={"n_epochs": 3, "batch_size": 32})
     hp = resolve_hyperparameters(given, n, "smollm2", seed=1, n_classes=classes)
     assert (hp.n_epochs, hp.batch_size) == (3, 32)  # a given value is never overridden
+
+
+def test_the_classes_a_job_learns_come_from_its_labels_or_its_label_answers(tmp_path):
+    from tempering.train.jobdata import class_count
+
+    def chat(question, answer):
+        return [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+
+    labels = ["card_arrival", "lost_card", "top_up"] * 10
+    answers = [chat(f"question {i}", label) for i, label in enumerate(labels)]
+    chat_job = TuneConfig(training_file=tmp_path / "x.jsonl")
+    assert class_count(answers, None, chat_job) == 3  # repeated short answers: labels
+    free = [chat(f"question {i}", f"A longer answer number {i}, in words.") for i in range(30)]
+    assert class_count(free, None, chat_job) is None  # free text: no classes
+    classifier = TuneConfig(task="classification", training_file=tmp_path / "x.csv")
+    assert class_count(answers, None, classifier) == 3  # the label taken from the assistant turn
+    assert class_count(free[:4], ["a", "b", "a", "c"], classifier) == 3  # a label column
 
 
 def test_batches_are_length_grouped_deterministic_and_complete():

@@ -269,12 +269,11 @@ def estimate_job(config, hub_settings: dict | None = None) -> Estimate:
     and split as the job itself (``train.jobdata``), priced by the hub's table (``hub_settings``)."""
     from tempering.catalog import load_tokenizer
     from tempering.train.artifacts import base_model_of
-    from tempering.train.jobdata import labels_for_split, load_job_data
+    from tempering.train.jobdata import class_count, load_job_data
 
     seed = config.seed if config.seed is not None else 0
     card = get_card(base_model_of(config.model))
     tokenizer = load_tokenizer(card)
     data = load_job_data(config, tokenizer, card.context_length, seed)
-    labels = labels_for_split(data.train, data.train_labels, config)
     return estimate(data.train, tokenizer=tokenizer, config=config, validation=data.valid, seed=seed,
-                    hub_settings=hub_settings, n_classes=len(set(labels)) if labels is not None else None)
+                    hub_settings=hub_settings, n_classes=class_count(data.train, data.train_labels, config))

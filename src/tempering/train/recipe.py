@@ -44,7 +44,7 @@ from tempering.train.classify import (
 from tempering.train.config import ResolvedHyperparameters, TuneConfig, resolve_hyperparameters
 from tempering.train.distributed import World, current_world
 from tempering.train.fit import RunCancelled, fit
-from tempering.train.jobdata import load_job_data
+from tempering.train.jobdata import class_count, load_job_data
 from tempering.train.loss import evaluate, sparse_lm_loss
 
 EventSink = Callable[[dict], None]
@@ -249,7 +249,7 @@ def setup(config: TuneConfig, on_event: EventSink | None = None, *, short_id: st
         task = _chat_task(config, card, placement, tokenizer, max_length, parent_folder, train_msgs, valid_msgs,
                           seed)
     model, train, valid, make_batch, loss_fn, id2label, head = task
-    hp = resolve_hyperparameters(config, len(train), card.family, seed, len(id2label) if id2label else None)
+    hp = resolve_hyperparameters(config, len(train), card.family, seed, class_count(train_msgs, train_labels, config))
     if config.early_stopping not in ("auto", 0) and not valid:
         raise InvalidConfigError("early_stopping needs validation data, and this job has none (give a validation "
                                  "file, or at least 20 training examples to split from)", param="early_stopping")
