@@ -10,19 +10,16 @@ from __future__ import annotations
 
 from collections import Counter
 
-from tempering.data.findings import MAX_LABEL_CHARS, MAX_LABEL_WORDS, infer_labels, normalize
+from tempering.data.findings import (
+    MIN_EXAMPLES_TO_DETECT_LABELS,
+    infer_labels,
+    normalize,
+    training_label_set,
+)
 from tempering.evaluate.report import LabelMetrics, TextMetrics
 
 OTHER = "(other)"  # the prediction of an answer that matches no label
-MIN_EXAMPLES_TO_DETECT_LABELS = 10  # below this, "answers repeat" is chance, not a label set
-# Training answers are a label set when each distinct answer is seen twice on average: looser than the rule on
-# the evaluated answers alone (a third), because the references must also fall in the set. BANKING77 with 10
-# examples per intent has 77 answers over 770 examples, but only ~100 distinct among 100 validation examples.
-MAX_DISTINCT_TRAINING_SHARE = 0.5
 MIN_REFERENCES_IN_LABELS = 0.9  # a few validation labels never seen in training still make a label task
-# A closed training set is strong evidence, so its labels may be longer than data.findings' 40 characters:
-# BANKING77's intents run to 48 ("balance_not_updated_after_cheque_or_cash_deposit").
-MAX_TRAINING_LABEL_CHARS, MAX_TRAINING_LABEL_WORDS = 64, 8
 
 
 def final_answer(messages: list[dict]) -> str:
@@ -38,23 +35,12 @@ def detect_labels(examples: list[list[dict]]) -> list[str] | None:
     return sorted(set(answers)) if answers else None
 
 
-def is_label_like(answer: str, max_chars: int = MAX_LABEL_CHARS, max_words: int = MAX_LABEL_WORDS) -> bool:
-    """Short and on one line: what a label looks like (by default ``data.findings``' limits)."""
-    return bool(answer) and len(answer) <= max_chars and len(answer.split()) <= max_words and "\n" not in answer
-
-
 def training_labels(training_answers: list[str], references: list[str]) -> list[str] | None:
-    """The label set when the training answers form a small closed set that the evaluated references fall in:
-    at least ``MIN_EXAMPLES_TO_DETECT_LABELS`` answers, all one line of at most 64 characters and 8 words, at
-    most half as many distinct answers as examples, and at least 90 % of the references among them (after
-    normalisation). None otherwise."""
-    answers = [a.strip() for a in training_answers]
-    if len(answers) < MIN_EXAMPLES_TO_DETECT_LABELS or not references:
-        return None
-    if not all(is_label_like(a, MAX_TRAINING_LABEL_CHARS, MAX_TRAINING_LABEL_WORDS) for a in answers):
-        return None
-    distinct = sorted(set(answers))
-    if len(distinct) > MAX_DISTINCT_TRAINING_SHARE * len(answers):
+    """The label set when the training answers form a closed set (``data.findings.training_label_set``: the
+    rule the "auto" epochs use too) that the evaluated references fall in: at least 90 % of them among it
+    (after normalisation). None otherwise."""
+    distinct = training_label_set(training_answers)
+    if distinct is None or not references:
         return None
     keys = {normalize(a) for a in distinct}
     inside = sum(normalize(r) in keys for r in references)

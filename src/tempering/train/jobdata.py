@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from tempering.data.findings.keys import infer_labels
+from tempering.data.findings.keys import final_answer, training_label_set
 from tempering.data.formats import load_examples, validate_any
 from tempering.data.split import split_examples
 from tempering.data.validate import MIN_EXAMPLES, invalid_data
@@ -53,13 +53,14 @@ def labels_for_split(messages, labels, config: TuneConfig):
 
 def class_count(messages, labels, config: TuneConfig) -> int | None:
     """How many classes a job learns, for the "auto" epochs (``config.resolve_hyperparameters``): a
-    classification job's labels, or a chat job's final answers when they are labels (short, one line,
-    repeating: the data report's "labels from repeated short answers"); None for free-text answers."""
+    classification job's labels, or a chat job's final answers when they form a closed label set (the rule
+    by which the job's evaluation reads training answers as labels: ``data.findings.training_label_set``);
+    None for free-text answers."""
     if config.task == "classification":
         labels = labels_for_split(messages, labels, config)
-    else:
-        labels = infer_labels(messages)
-    return len(set(labels)) if labels else None
+        return len(set(labels)) if labels else None
+    labels = training_label_set([final_answer(m) for m in messages])
+    return len(labels) if labels else None
 
 
 def split_for_job(messages, labels, config: TuneConfig, seed: int) -> JobData:

@@ -16,6 +16,7 @@ from tempering.data.findings.finding import Distribution, Finding, Level, distri
 from tempering.data.findings.keys import (
     MAX_LABEL_CHARS,
     MAX_LABEL_WORDS,
+    MIN_EXAMPLES_TO_DETECT_LABELS,
     PREVIEW_CHARS,
     exact_key,
     final_answer,
@@ -23,6 +24,7 @@ from tempering.data.findings.keys import (
     near_key,
     normalize,
     prompt_key,
+    training_label_set,
 )
 from tempering.data.findings.labels import (
     IMBALANCE_WARNING,
@@ -37,6 +39,7 @@ __all__ = [
     "IMBALANCE_WARNING",
     "MAX_LABEL_CHARS",
     "MAX_LABEL_WORDS",
+    "MIN_EXAMPLES_TO_DETECT_LABELS",
     "MIN_PER_CLASS",
     "PREVIEW_CHARS",
     "SUSPICIOUS_CODES",
@@ -63,4 +66,5 @@ __all__ = [
     "near_key",
     "normalize",
     "prompt_key",
+    "training_label_set",
 ]
