@@ -5,7 +5,7 @@ classification``: no hyperparameter given, the job's own validation split picks 
 examples per class, then scores the fine-tuned model through the serving path (``tempering classify``) on
 other rows of the same file that neither training nor selection saw. One knob is varied, so two runs with the
 same seed compare one recipe change: ``--head-init`` (auto, labels, random), ``--label-smoothing``,
-``--lora-dropout``. The sets (../shared/data, used here, never shipped):
+``--lora-dropout``, ``--adapter``, ``--lr-multiplier``. The sets (../shared/data, used here, never shipped):
 
 - banking77: 77 intents (``category``), banking77/train.csv (CC BY-NC 4.0); labels are words (card_arrival).
 - davidson: tweets (``tweet``), class 0/1/2 named by the file's own columns hate_speech, offensive_language,
@@ -19,6 +19,7 @@ job's automatic evaluation (zero-shot chat answers of the base) is off: it chang
                                       [--head-init auto|labels|random] [--seed 0] [--max-seq-length N]
                                       [--epochs N] [--batch-size N]   (default: the job's auto rules)
                                       [--label-smoothing X] [--lora-dropout X]   (default: the job's, 0)
+                                      [--adapter lora|dora|full] [--lr-multiplier X]   (default: lora, auto)
 """
 
 from __future__ import annotations
@@ -79,6 +80,9 @@ def main() -> None:
                         help="Cut texts at this many tokens (training and scoring); default: the model's context.")
     parser.add_argument("--label-smoothing", type=float, default=None, help="label_smoothing; default: the job's")
     parser.add_argument("--lora-dropout", type=float, default=None, help="lora.dropout; default: the job's")
+    parser.add_argument("--adapter", choices=["lora", "dora", "full"], default="lora")
+    parser.add_argument("--lr-multiplier", type=float, default=None,
+                        help="learning_rate_multiplier; default: the job's auto rule")
     args = parser.parse_args()
     file = DATA / SETS[args.set][0]
     if not file.exists():
@@ -102,8 +106,9 @@ def main() -> None:
             print(event["message"], flush=True)
 
     config = TuneConfig(task="classification", training_file=path, seed=args.seed, suffix=args.set,
-                        head_init=args.head_init, evaluate=False, max_seq_length=args.max_seq_length,
-                        hyperparameters={k: v for k, v in (("n_epochs", args.epochs), ("batch_size", args.batch_size))
+                        head_init=args.head_init, evaluate=False, adapter=args.adapter, max_seq_length=args.max_seq_length,
+                        hyperparameters={k: v for k, v in (("n_epochs", args.epochs), ("batch_size", args.batch_size),
+                                                                     ("learning_rate_multiplier", args.lr_multiplier))
                                          if v is not None},
                         **{k: v for k, v in (("label_smoothing", args.label_smoothing),
                                              ("lora", None if args.lora_dropout is None else {"dropout": args.lora_dropout}))
@@ -120,7 +125,7 @@ def main() -> None:
     head = next((e["data"] for e in events if e["type"] == "head_init"), None)
     print(json.dumps({
         "set": args.set, "seed": args.seed, "head_init": args.head_init, "head": head,
-        "label_smoothing": config.label_smoothing, "lora_dropout": config.lora.dropout,
+        "label_smoothing": config.label_smoothing, "lora_dropout": config.lora.dropout, "adapter": config.adapter,
         "train_rows": result.n_train_examples, "validation_rows": result.n_valid_examples,
         "score_rows": len(score), "classes": len(labels), "hyperparameters": result.hyperparameters.model_dump(),
         "kept": (result.selection or {}).get("reason"), "train_seconds": result.seconds,

@@ -159,3 +159,71 @@ def test_a_job_starts_its_head_from_the_label_names_unless_they_are_ids(tiny_mod
     assert head["head_init"] == "labels"
     saved = json.loads((Path(forced.output_dir) / artifacts.METADATA).read_text())
     assert saved["head"]["head_init"] == "labels" and saved["config"]["head_init"] == "labels"
+
+
+def test_chat_input_is_the_templates_user_turn_and_a_long_text_is_cut_not_the_template(tokenizer):
+    from tempering.train.classify import encode_inputs, input_format_for
+
+    assert input_format_for(tokenizer) == "chat"
+    text = "Where is my new card?"
+    [ids] = encode_inputs(tokenizer, [text], "chat", 2048)
+    assert ids == tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                                return_dict=True)["input_ids"]  # what an exported model is given
+    assert encode_inputs(tokenizer, [text], "text", 2048) == [tokenizer(text, add_special_tokens=False)["input_ids"]]
+    [long] = encode_inputs(tokenizer, ["card " * 500], "chat", 64)
+    ending = tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": "x"}], add_generation_prompt=True,
+                                                     tokenize=False).split("x")[-1],
+                       add_special_tokens=False)["input_ids"]
+    assert len(long) <= 64 and long[-len(ending):] == ending and long[:5] == ids[:5]
+    with pytest.raises(ValueError, match="input format"):
+        encode_inputs(tokenizer, [text], "yaml", 64)
+
+
+def test_the_shared_template_prefix_runs_once_with_the_same_logits_and_gradients(tiny_model_dir, tokenizer):
+    import torch
+
+    from tempering.hardware import select_placement
+    from tempering.train.classify import classification_loss, collate_classes, encode_texts, load_classifier
+
+    labels = ["card", "refund"]
+    examples = encode_texts(tokenizer, ["my card is lost", "give my money back please", "card"],
+                            ["card", "refund", "card"], {"card": 0, "refund": 1}, 2048, "chat")
+    batch = collate_classes(examples, tokenizer.pad_token_id)
+    assert batch["prefix_length"] >= 8  # the system turn and the user turn's header
+    torch.manual_seed(0)
+    model = load_classifier(tiny_model_dir, select_placement("cpu"), dict(enumerate(labels)))
+    model.config.pad_token_id = tokenizer.pad_token_id
+
+    def loss_and_grads(prefix):
+        model.zero_grad()
+        result = classification_loss(model, {**batch, "prefix_length": prefix})
+        result.loss_sum.backward()
+        return result.loss_sum.item(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    shared, unshared = loss_and_grads(batch["prefix_length"]), loss_and_grads(0)
+    assert shared[0] == pytest.approx(unshared[0], abs=1e-5)
+    assert len(shared[1]) == len(unshared[1]) > 0
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(shared[1], unshared[1]))
+
+
+def test_a_classifier_saved_before_the_chat_input_still_reads_texts_alone(tiny_model, intents_csv):
+    from tempering.serve.classify import load_classifier_model
+
+    config = TuneConfig(model=tiny_model, task="classification", training_file=intents_csv, seed=2,
+                        evaluate=False, hyperparameters={"n_epochs": 1, "batch_size": 4})
+    result = tune(config)
+    meta_path = Path(result.output_dir) / artifacts.METADATA
+    meta = json.loads(meta_path.read_text())
+    assert meta["input_format"] == "chat"
+    classifier = load_classifier_model(result.model_id)
+    assert classifier.input_format == "chat"
+    text = "I need help with my wire number 3"
+    assert classifier.encode([text]) == [classifier.tokenizer.apply_chat_template(
+        [{"role": "user", "content": text}], add_generation_prompt=True, return_dict=True)["input_ids"]]
+    del meta["input_format"]  # as every classifier before it was written
+    meta_path.write_text(json.dumps(meta))
+    old = load_classifier_model(result.model_id)
+    assert old.input_format == "text"
+    assert old.encode([text]) == [old.tokenizer(text, add_special_tokens=False)["input_ids"]]
+    continued = tune(config.model_copy(update={"model": result.model_id}))
+    assert json.loads((Path(continued.output_dir) / artifacts.METADATA).read_text())["input_format"] == "text"

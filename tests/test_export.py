@@ -100,6 +100,7 @@ def test_merged_classifier_loads_as_sequence_classification(tiny_model, tmp_path
                         seed=3, evaluate=False, hyperparameters={"n_epochs": 1, "batch_size": 4})
     model_id = tune(config).model_id
     folder = export_model(model_id, "merged", tmp_path / "classifier").path
+    assert json.loads((folder / "tempering-export.json").read_text())["input_format"] == "chat"
 
     model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
     tokenizer = AutoTokenizer.from_pretrained(folder)
@@ -109,7 +110,11 @@ def test_merged_classifier_loads_as_sequence_classification(tiny_model, tmp_path
     served = load_classifier_model(model_id).classify(texts)
     for text, answer in zip(texts, served):
         with torch.inference_mode():
-            probabilities = model(**tokenizer(text, return_tensors="pt")).logits.softmax(-1)[0]
+            # a classifier reads its text as the user's turn of the chat template (tempering-export.json's
+            # input_format "chat"), the assistant's turn opened
+            inputs = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                                   return_tensors="pt", return_dict=True)
+            probabilities = model(**inputs).logits.softmax(-1)[0]
         mine = {model.config.id2label[i]: float(p) for i, p in enumerate(probabilities)}
         assert mine == pytest.approx(answer["scores"], abs=1e-4)
 

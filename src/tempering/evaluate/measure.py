@@ -80,8 +80,7 @@ def classifier_metrics(classifier, texts: list[str], labels: list[str], with_los
     predicted = [r["label"] for r in classifier.classify(texts)] if texts else []
     metrics = label_metrics(labels, predicted, sorted(set(classifier.labels) | set(labels)))
     loss = None
-    ids = classifier.tokenizer(texts, add_special_tokens=False, truncation=True,
-                               max_length=classifier.max_length)["input_ids"] if texts else []
+    ids = classifier.encode(texts) if texts else []
     if with_loss:
         label2id = {label: i for i, label in enumerate(classifier.labels)}
         known = [ClassExample(i, label2id[y]) for i, y in zip(ids, labels) if y in label2id]

@@ -227,6 +227,7 @@ def _write_marker(folder: Path, target: Target, result: ExportResult) -> None:
         "base_model": target.base_model,
         "base_hf_repo": card.hf_repo,
         "labels": target.labels,
+        "input_format": target.input_format if target.task == "classification" else None,
         "dtype": result.dtype,
         "tempering": __version__,
         "created_at": int(time.time()),

@@ -13,7 +13,7 @@ from tempering.catalog import get_card, load_tokenizer, resolve_weights
 from tempering.errors import InvalidConfigError
 from tempering.hardware import select_placement
 from tempering.train import artifacts, weights
-from tempering.train.classify import ClassExample, load_classifier, predict
+from tempering.train.classify import ClassExample, encode_inputs, load_classifier, predict
 
 
 @dataclass
@@ -23,14 +23,15 @@ class Classifier:
     model: object
     labels: list[str]
     max_length: int
+    input_format: str = "text"  # how the model was trained to read texts (train.classify.encode_inputs)
 
     def classify(self, texts: list[str]) -> list[dict]:
         """For each text: {"label", "scores": {label: probability}}, labels by descending probability."""
         return self.classify_ids(self.encode(texts))
 
     def encode(self, texts: list[str]) -> list[list[int]]:
-        """Token ids of each text, as the classifier reads them (no special tokens, cut at the context)."""
-        return self.tokenizer(texts, add_special_tokens=False, truncation=True, max_length=self.max_length)["input_ids"]
+        """Token ids of each text, as the classifier was trained to read them, cut at the context."""
+        return encode_inputs(self.tokenizer, texts, self.input_format, self.max_length)
 
     def classify_ids(self, ids: list[list[int]]) -> list[dict]:
         """``classify`` for texts already encoded by ``encode``."""
@@ -54,7 +55,7 @@ def load_classifier_model(model_id: str, device: str = "auto") -> Classifier:
     model = load_classifier(resolve_weights(card), placement, dict(enumerate(labels)))
     model.config.pad_token_id = tokenizer.pad_token_id
     model = weights.load_onto(model, folder, merge=False).eval()
-    return Classifier(model_id, tokenizer, model, labels, card.context_length)
+    return Classifier(model_id, tokenizer, model, labels, card.context_length, meta.get("input_format") or "text")
 
 
 def load_classifier_target(target, device: str = "auto") -> Classifier:
@@ -66,4 +67,4 @@ def load_classifier_target(target, device: str = "auto") -> Classifier:
     model = load_classifier(resolve_weights(card), select_placement(device), dict(enumerate(target.labels)))
     model.config.pad_token_id = tokenizer.pad_token_id
     model = weights.load_onto(model, target.adapter, merge=False).eval()
-    return Classifier(target.name, tokenizer, model, target.labels, card.context_length)
+    return Classifier(target.name, tokenizer, model, target.labels, card.context_length, target.input_format)

@@ -36,10 +36,16 @@ def shared_prefix_length(examples: list[EncodedExample], max_length: int | None 
     """Tokens the rows of one batch share and may compute once (0 when fewer than ``MIN_SHARED_PREFIX``)."""
     if len(examples) < 2:
         return 0
-    limit = min(shareable_length(e, max_length) for e in examples)
-    first = examples[0].input_ids
+    return common_prefix_length([e.input_ids for e in examples], min(shareable_length(e, max_length) for e in examples))
+
+
+def common_prefix_length(rows: list, limit: int) -> int:
+    """Leading tokens all ``rows`` share, at most ``limit`` (0 when fewer than ``MIN_SHARED_PREFIX``, or one row)."""
+    if len(rows) < 2:
+        return 0
+    first = rows[0]
     n = 0
-    while n < limit and all(e.input_ids[n] == first[n] for e in examples[1:]):
+    while n < limit and all(row[n] == first[n] for row in rows[1:]):
         n += 1
     return n if n >= MIN_SHARED_PREFIX else 0
 

@@ -1,8 +1,9 @@
 """The text-classification task: a sequence-classification head on the base model.
 
 The head (hidden size × number of labels, reading the last real token) is trained fully and the body with
-the job's adapter (LoRA, DoRA, or every weight) (PEFT's SEQ_CLS task keeps the head in the adapter as a module to save). Examples are the raw text's
-token ids and a label index; the loss is the mean cross-entropy per example and "token accuracy" in the
+the job's adapter (LoRA, DoRA, or every weight) (PEFT's SEQ_CLS task keeps the head in the adapter as a module
+to save). Examples are the token ids of the text as the model reads it (``encode_inputs``: in its chat template,
+or alone for classifiers saved before that) and a label index; the loss is the mean cross-entropy per example and "token accuracy" in the
 shared metrics is the example accuracy. Also owns the classification metrics (accuracy, macro-F1,
 per-class F1, the most frequent confusions) computed with scikit-learn. Knows nothing about HTTP.
 """
@@ -16,7 +17,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from tempering.train.loss import LossResult, causal_lm
+from tempering.train.batching import common_prefix_length
+from tempering.train.loss import LossResult, causal_lm, hidden_with_shared_prefix
 
 
 @dataclass(frozen=True)
@@ -37,13 +39,42 @@ def texts_and_labels(examples: list[list[dict]], labels: list[str] | None) -> tu
     return texts, list(labels)
 
 
+def input_format_for(tokenizer) -> str:
+    """How a new classifier reads its texts: ``chat`` when the model has a chat template, else ``text``."""
+    return "chat" if getattr(tokenizer, "chat_template", None) else "text"
+
+
+def _in_template(tokenizer, text: str) -> str:
+    return tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                         tokenize=False)
+
+
+def encode_inputs(tokenizer, texts: list[str], input_format: str, max_length: int) -> list[list[int]]:
+    """The token ids a classifier reads for each text, at most ``max_length``. ``text``: the text alone (no
+    special tokens). ``chat``: the text as the user's turn of the model's chat template with the assistant's
+    turn opened, tokenized as ``apply_chat_template`` does, so the last token, which the head reads, is where
+    the model would begin its answer (the template's leading tokens are the same in every row: a batch
+    computes them once); a long text is cut to fit, the template never."""
+    if input_format == "text":
+        return tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
+    if input_format != "chat":
+        raise ValueError(f"unknown classifier input format {input_format!r}")
+    room = max(1, max_length - len(tokenizer(_in_template(tokenizer, ""), add_special_tokens=False)["input_ids"]))
+    cut = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=room + 1)["input_ids"]
+    texts = [tokenizer.decode(ids[:room]) if len(ids) > room else text for text, ids in zip(texts, cut)]
+    ids = tokenizer([_in_template(tokenizer, text) for text in texts], add_special_tokens=False)["input_ids"]
+    return [i[-max_length:] if len(i) > max_length else i for i in ids]
+
+
 def encode_texts(tokenizer, texts: list[str], labels: list[str], label2id: dict[str, int],
-                 max_length: int) -> list[ClassExample]:
-    ids = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
+                 max_length: int, input_format: str = "text") -> list[ClassExample]:
+    ids = encode_inputs(tokenizer, texts, input_format, max_length)
     return [ClassExample(i, label2id[label]) for i, label in zip(ids, labels)]
 
 
 def collate_classes(examples: list[ClassExample], pad_id: int) -> dict:
+    """Right-padded ``input_ids`` and ``attention_mask``, the ``labels``, and ``prefix_length``: the leading
+    tokens every row shares (a chat template's), computed once (``loss``), never a row's last token."""
     width = max(len(e) for e in examples)
     input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
     attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
@@ -51,7 +82,8 @@ def collate_classes(examples: list[ClassExample], pad_id: int) -> dict:
         input_ids[row, : len(e)] = torch.tensor(e.input_ids)
         attention_mask[row, : len(e)] = 1
     labels = torch.tensor([e.label for e in examples], dtype=torch.long)
-    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    prefix = common_prefix_length([e.input_ids for e in examples], min(len(e) for e in examples) - 1)
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels, "prefix_length": prefix}
 
 
 def _logits(model, batch: dict) -> torch.Tensor:
@@ -59,9 +91,13 @@ def _logits(model, batch: dict) -> torch.Tensor:
     lm = causal_lm(model)  # the *ForSequenceClassification module under the PEFT wrapper
     device = next(lm.parameters()).device
     backbone = getattr(lm, lm.base_model_prefix)
-    hidden = backbone(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                      use_cache=False).last_hidden_state
-    last = batch["attention_mask"].sum(dim=1).to(device) - 1
+    prefix = int(batch.get("prefix_length", 0))
+    if prefix > 0:  # hidden[:, j] is position prefix + j
+        hidden = hidden_with_shared_prefix(lm, backbone, batch, prefix, device)
+    else:
+        hidden = backbone(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
+                          use_cache=False).last_hidden_state
+    last = batch["attention_mask"].sum(dim=1).to(device) - 1 - prefix
     pooled = hidden[torch.arange(hidden.shape[0], device=device), last]
     return lm.score(pooled).float()
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from tempering.errors import TemperingError
-from tempering.train.batching import epoch_batches, shareable_length, shared_prefix_length
+from tempering.train.batching import common_prefix_length, epoch_batches, shareable_length
 from tempering.train.checkpoint import known_checkpoints, restore_checkpoint, save_checkpoint
 from tempering.train.loss import evaluate
 from tempering.train.selection import Scored, Selection, rebuild, score_epoch
@@ -76,24 +76,24 @@ def _train_step(s, examples: list, trainable: list) -> dict:
     return {"loss_sum": loss_sum, "n_tokens": int(n_tokens), "n_correct": int(n_correct), "tokens": int(tokens)}
 
 
-def _prompts(s) -> list[tuple] | None:
-    """Each chat example's shareable leading tokens, for grouping rows by shared prefix (chat only)."""
+def _prompts(s) -> list[tuple]:
+    """Each example's shareable leading tokens, for grouping rows by shared prefix: a chat example's up to its
+    first trained token, a classification example's all but the last (the one the head reads)."""
     if s.task != "chat":
-        return None
+        return [tuple(e.input_ids[: len(e) - 1]) for e in s.train]
     return [tuple(e.input_ids[: shareable_length(e, s.max_length)]) for e in s.train]
 
 
-def prefix_sharing_plan(s, lengths: list[int], prompts: list | None) -> dict:
+def prefix_sharing_plan(s, lengths: list[int], prompts: list) -> dict:
     """Prompt-prefix tokens the whole job computes once and skips (over every epoch, each process's share of
     each batch): a pure function of the data, seed and batch size, like the batches themselves."""
     computed = skipped = 0
-    if prompts is not None:
-        for epoch in range(1, s.hp.n_epochs + 1):
-            for index in epoch_batches(lengths, s.hp.batch_size, s.hp.seed, epoch, prompts):
-                mine = s.world.shard([s.train[i] for i in index])
-                prefix = shared_prefix_length(mine, s.max_length) if mine else 0
-                computed += prefix
-                skipped += prefix * (len(mine) - 1)
+    for epoch in range(1, s.hp.n_epochs + 1):
+        for index in epoch_batches(lengths, s.hp.batch_size, s.hp.seed, epoch, prompts):
+            mine = [prompts[i] for i in s.world.shard(index)]  # the common prefix of the prompts is the batch's
+            prefix = common_prefix_length(mine, min(map(len, mine))) if mine else 0
+            computed += prefix
+            skipped += prefix * (len(mine) - 1)
     total = sum(lengths) * s.hp.n_epochs
     return {"prefix_tokens_computed": computed, "prefix_tokens_skipped": skipped, "tokens": total,
             "skipped_fraction": skipped / total if total else 0.0}

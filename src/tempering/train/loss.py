@@ -40,7 +40,7 @@ def causal_lm(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def _hidden_with_shared_prefix(lm, backbone, batch: dict, prefix: int, device) -> torch.Tensor:
+def hidden_with_shared_prefix(lm, backbone, batch: dict, prefix: int, device) -> torch.Tensor:
     """Last hidden states of the tokens after the shared ``prefix`` ([rows, width - prefix, hidden])."""
     from transformers import DynamicCache
 
@@ -66,7 +66,7 @@ def sparse_lm_loss(model, batch: dict, label_smoothing: float = 0.0) -> LossResu
     device = next(lm.parameters()).device
     prefix = int(batch.get("prefix_length", 0))
     if prefix > 0:
-        hidden = _hidden_with_shared_prefix(lm, backbone, batch, prefix, device)
+        hidden = hidden_with_shared_prefix(lm, backbone, batch, prefix, device)
     else:
         hidden = backbone(input_ids=batch["input_ids"].to(device),
                           attention_mask=batch["attention_mask"].to(device), use_cache=False).last_hidden_state

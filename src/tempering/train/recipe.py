@@ -37,6 +37,7 @@ from tempering.train.classify import (
     collate_classes,
     encode_texts,
     init_head_from_labels,
+    input_format_for,
     load_classifier,
     predict,
     texts_and_labels,
@@ -95,6 +96,7 @@ class Setup:
     train_loss_fn: Callable = None  # loss_fn with the job's label smoothing; loss_fn scores validation
     selection: dict | None = None  # which epoch's checkpoint was kept, and why (train.selection)
     head: dict | None = None  # classification: how the head was initialised, and why (head_init)
+    input_format: str | None = None  # classification: how texts are read (train.classify.encode_inputs)
 
     def write_run(self, **fields) -> None:
         """Create or update ``run.json``: what resume needs to find and rebuild this run."""
@@ -196,7 +198,7 @@ def _chat_task(config, card, placement, tokenizer, max_length, parent_folder, tr
 
 
 def _classification_task(config, card, placement, tokenizer, max_length, parent_folder, train_data, valid_data,
-                         seed):
+                         seed, input_format):
     train_texts, train_labels = texts_and_labels(*train_data)
     valid_texts, valid_labels = texts_and_labels(*valid_data)
     classes = sorted(set(train_labels))
@@ -207,8 +209,8 @@ def _classification_task(config, card, placement, tokenizer, max_length, parent_
         raise InvalidDataError(f"validation labels never seen in training: {', '.join(unseen[:10])}")
     id2label = dict(enumerate(classes))
     label2id = {label: i for i, label in id2label.items()}
-    train = encode_texts(tokenizer, train_texts, train_labels, label2id, max_length)
-    valid = encode_texts(tokenizer, valid_texts, valid_labels, label2id, max_length)
+    train = encode_texts(tokenizer, train_texts, train_labels, label2id, max_length, input_format)
+    valid = encode_texts(tokenizer, valid_texts, valid_labels, label2id, max_length, input_format)
     torch.manual_seed(seed)  # the head and the LoRA A matrices are initialised randomly
     model = load_classifier(resolve_weights(card), placement, id2label)
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -229,7 +231,7 @@ def setup(config: TuneConfig, on_event: EventSink | None = None, *, short_id: st
     world = current_world()
     if seed is None:
         seed = config.seed if config.seed is not None else world.broadcast(random.SystemRandom().randrange(2**31))
-    parent, parent_folder, base_model = None, None, config.model
+    parent, parent_folder, base_model, meta = None, None, config.model, {}
     if artifacts.is_finetuned_id(config.model):
         parent_folder, meta = artifacts.resolve_finetuned(config.model)
         parent, base_model = config.model, meta["base_model"]
@@ -242,9 +244,12 @@ def setup(config: TuneConfig, on_event: EventSink | None = None, *, short_id: st
 
     data = load_job_data(config, tokenizer, card.context_length, seed)
     train_msgs, train_labels, valid_msgs, valid_labels = data.train, data.train_labels, data.valid, data.valid_labels
-    if config.task == "classification":
+    input_format = None
+    if config.task == "classification":  # a continued classifier reads texts as its parent does
+        continued = meta.get("task") == "classification"
+        input_format = (meta.get("input_format") or "text") if continued else input_format_for(tokenizer)
         task = _classification_task(config, card, placement, tokenizer, max_length, parent_folder,
-                                    (train_msgs, train_labels), (valid_msgs, valid_labels), seed)
+                                    (train_msgs, train_labels), (valid_msgs, valid_labels), seed, input_format)
     else:
         task = _chat_task(config, card, placement, tokenizer, max_length, parent_folder, train_msgs, valid_msgs,
                           seed)
@@ -266,10 +271,12 @@ def setup(config: TuneConfig, on_event: EventSink | None = None, *, short_id: st
                    f"{hp.n_epochs} epoch(s), batch size {hp.batch_size}, learning rate {hp.learning_rate:g}, "
                    f"{placement.device.type}/{placement.dtype_name}"
                    + (f", {world.size} processes" if world.active else ""), hyperparameters=hp.model_dump())
-    state.head = head
+    state.head, state.input_format = head, input_format
     if head is not None and not resuming:
         how = "from the label names" if head["head_init"] == "labels" else "at random"
-        state.emit(f"Classification head initialised {how} ({head['reason']})", type="head_init", **head)
+        reads = "each text in the chat template" if input_format == "chat" else "each text alone"
+        state.emit(f"Classification head initialised {how} ({head['reason']}); it reads {reads}",
+                   type="head_init", input_format=input_format, **head)
     return state
 
 
@@ -394,7 +401,7 @@ def tune(config: TuneConfig, *, on_event: EventSink | None = None, resume: bool 
                "base_valid_mean_token_accuracy": base["mean_token_accuracy"], "classification": classification}
     metadata = {
         "id": model_id, "object": "model", "base_model": s.base_model, "parent_model": s.parent, "task": s.task,
-        "labels": list(s.id2label.values()) if s.id2label else None,
+        "labels": list(s.id2label.values()) if s.id2label else None, "input_format": s.input_format,
         "created_at": int(time.time()), "run_id": s.short_id,
         "config": config.model_dump(mode="json"), "hyperparameters": s.hp.model_dump(),
         "data_sha256": s.data_sha256, "n_train_examples": len(s.train), "n_valid_examples": len(s.valid),

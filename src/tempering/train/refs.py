@@ -37,6 +37,7 @@ class Target:
     adapter: Path | None = None  # a fine-tuned model's or a checkpoint's folder: PEFT, or full weights
     # (``train.weights``: a folder holding model.safetensors is its own weights, not an adapter)
     labels: list[str] | None = None  # classification models
+    input_format: str = "text"  # classification models: how texts are read (train.classify.encode_inputs)
 
     @property
     def full(self) -> bool:
@@ -85,8 +86,9 @@ def without_checkpoint(name: str) -> str:
     return match["model"] if match else name
 
 
-def _run_facts(run_folder: Path) -> tuple[str, str, str, list[str] | None]:
-    """(fine-tuned id, base model, task, labels) of a run, from run.json and the final model if any."""
+def _run_facts(run_folder: Path) -> tuple[str, str, str, dict]:
+    """(fine-tuned id, base model, task, final model's metadata or {}) of a run, from run.json and the final
+    model if any."""
     run = artifacts.read_run(run_folder)
     if run is None:
         raise ModelNotFoundError(f"no run {run_folder.name!r}", param="model")
@@ -94,19 +96,20 @@ def _run_facts(run_folder: Path) -> tuple[str, str, str, list[str] | None]:
     objects.pull_folder(meta_path.parent, artifacts.METADATA)
     meta = json.loads(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else {}
     model_id = artifacts.model_id_for(run["base_model"], run["config"].get("suffix"), run_folder.name)
-    return model_id, run["base_model"], run["config"].get("task", "chat"), meta.get("labels")
+    return model_id, run["base_model"], run["config"].get("task", "chat"), meta
 
 
 def _checkpoint_target(folder: Path, shown: str, name: str | None = None) -> Target:
     if not (folder / artifacts.CHECKPOINT_MARKER).is_file():
         raise ModelNotFoundError(f"no complete checkpoint {shown!r}", param="model")
     run_folder = folder.parent.parent
-    model_id, base, task, labels = _run_facts(run_folder)
-    if task == "classification" and not labels:
+    model_id, base, task, meta = _run_facts(run_folder)
+    if task == "classification" and not meta.get("labels"):
         raise ModelNotFoundError(f"checkpoints of the classification run {run_folder.name} can be used once "
                                  "the run has finished (its labels are stored with the final model)", param="model")
     step = int(folder.name.removeprefix("step-"))
-    return Target(name or checkpoint_name(model_id, step), "checkpoint", base, task, folder, labels)
+    return Target(name or checkpoint_name(model_id, step), "checkpoint", base, task, folder, meta.get("labels"),
+                  meta.get("input_format") or "text")
 
 
 def resolve(name: str, *, allow_paths: bool = False) -> Target:
@@ -126,7 +129,8 @@ def resolve(name: str, *, allow_paths: bool = False) -> Target:
         return target
     if ref.kind == "fine-tuned":
         folder, meta = artifacts.resolve_finetuned(name)
-        return Target(name, "fine-tuned", meta["base_model"], meta.get("task", "chat"), folder, meta.get("labels"))
+        return Target(name, "fine-tuned", meta["base_model"], meta.get("task", "chat"), folder, meta.get("labels"),
+                      meta.get("input_format") or "text")
     if allow_paths and ("/" in name or name.startswith(".")):
         path = Path(name).expanduser()
         if path.is_dir() and any((path / f).is_file() for f in ("adapter_config.json", artifacts.FULL_WEIGHTS)):
