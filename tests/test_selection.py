@@ -90,11 +90,13 @@ def test_a_job_whose_validation_worsens_keeps_the_best_epoch_and_records_it(tiny
     from tempering.evaluate.report import read_report
 
     events = []
-    result = tune_and_evaluate(_config(tiny_model, conflicting, early_stopping=0), on_event=events.append)
+    config = _config(tiny_model, conflicting, early_stopping=0)
+    config.hyperparameters.n_epochs = 3  # (a 4th epoch of the tiny model turns back by 0.0004)
+    result = tune_and_evaluate(config, on_event=events.append)
     losses = [e["data"]["valid_loss"] for e in events if e["type"] == "epoch"]
     assert losses == sorted(losses) and losses[0] < losses[-1]  # worse every epoch: the first is the best
     selection = result.selection
-    assert selection["best_epoch"] == 1 and selection["last_epoch"] == 4 and not selection["early_stopped"]
+    assert selection["best_epoch"] == 1 and selection["last_epoch"] == 3 and not selection["early_stopped"]
     assert result.valid_loss == pytest.approx(losses[0], rel=1e-5)  # the kept model scores as that epoch did
 
     folder, meta = resolve_finetuned(result.model_id)
@@ -128,8 +130,10 @@ def test_classification_stops_early_by_default_and_charges_only_the_epochs_train
     assert len(epochs) == 3 and result.selection["early_stopped"]  # auto patience 2: epochs 2 and 3 no better
     [stopped] = [e for e in events if e["type"] == "early_stopped"]
     assert stopped["data"]["epoch"] == 3 and stopped["data"]["best_epoch"] == 1
-    train_texts = conflicting[0].read_text().splitlines()[1:]
-    tokens = sum(len(tokenizer(t.split(",")[0], add_special_tokens=False)["input_ids"]) for t in train_texts)
+    from tempering.train.classify import encode_inputs
+
+    train_texts = [line.split(",")[0] for line in conflicting[0].read_text().splitlines()[1:]]
+    tokens = sum(map(len, encode_inputs(tokenizer, train_texts, "chat", 2048)))  # the texts as the head reads them
     assert result.trained_tokens == tokens * 3  # charged for the 3 epochs trained, not the 8 planned
     # every epoch's checkpoint stays: none was deleted for not being the best
     assert len(list((Path(result.run_dir) / "checkpoints").glob("step-*"))) == 3
