@@ -55,7 +55,7 @@ def load_classifier_model(model_id: str, device: str = "auto") -> Classifier:
     model = load_classifier(resolve_weights(card), placement, dict(enumerate(labels)))
     model.config.pad_token_id = tokenizer.pad_token_id
     model = weights.load_onto(model, folder, merge=False).eval()
-    return Classifier(model_id, tokenizer, model, labels, card.context_length, meta.get("input_format") or "text")
+    return Classifier(model_id, tokenizer, model, labels, card.context_length, artifacts.stored_input_format(meta))
 
 
 def load_classifier_target(target, device: str = "auto") -> Classifier:

@@ -136,6 +136,12 @@ class RunLog:
             csv.writer(fh).writerow(["" if row.get(c) is None else row[c] for c in RESULT_COLUMNS])
 
 
+def stored_input_format(meta: dict) -> str:
+    """How a saved classifier reads its texts (``train.classify.encode_inputs``), from its metadata: ``text``
+    when absent (every classifier saved before the chat-template input)."""
+    return meta.get("input_format") or "text"
+
+
 def resolve_finetuned(model_id: str) -> tuple[Path, dict]:
     """The adapter folder and metadata of a fine-tuned model id."""
     parts = model_id.split(":")

@@ -59,11 +59,14 @@ def encode_inputs(tokenizer, texts: list[str], input_format: str, max_length: in
         return tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
     if input_format != "chat":
         raise ValueError(f"unknown classifier input format {input_format!r}")
-    room = max(1, max_length - len(tokenizer(_in_template(tokenizer, ""), add_special_tokens=False)["input_ids"]))
-    cut = tokenizer(texts, add_special_tokens=False, truncation=True, max_length=room + 1)["input_ids"]
-    texts = [tokenizer.decode(ids[:room]) if len(ids) > room else text for text, ids in zip(texts, cut)]
     ids = tokenizer([_in_template(tokenizer, text) for text in texts], add_special_tokens=False)["input_ids"]
-    return [i[-max_length:] if len(i) > max_length else i for i in ids]
+    long = [row for row, i in enumerate(ids) if len(i) > max_length]
+    if long:  # only these are tokenized again: the text cut to the room the template leaves
+        room = max(1, max_length - len(tokenizer(_in_template(tokenizer, ""), add_special_tokens=False)["input_ids"]))
+        for row in long:
+            text = tokenizer.decode(tokenizer(texts[row], add_special_tokens=False)["input_ids"][:room])
+            ids[row] = tokenizer(_in_template(tokenizer, text), add_special_tokens=False)["input_ids"][-max_length:]
+    return ids
 
 
 def encode_texts(tokenizer, texts: list[str], labels: list[str], label2id: dict[str, int],

@@ -247,7 +247,7 @@ def setup(config: TuneConfig, on_event: EventSink | None = None, *, short_id: st
     input_format = None
     if config.task == "classification":  # a continued classifier reads texts as its parent does
         continued = meta.get("task") == "classification"
-        input_format = (meta.get("input_format") or "text") if continued else input_format_for(tokenizer)
+        input_format = artifacts.stored_input_format(meta) if continued else input_format_for(tokenizer)
         task = _classification_task(config, card, placement, tokenizer, max_length, parent_folder,
                                     (train_msgs, train_labels), (valid_msgs, valid_labels), seed, input_format)
     else:

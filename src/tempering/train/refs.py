@@ -109,7 +109,7 @@ def _checkpoint_target(folder: Path, shown: str, name: str | None = None) -> Tar
                                  "the run has finished (its labels are stored with the final model)", param="model")
     step = int(folder.name.removeprefix("step-"))
     return Target(name or checkpoint_name(model_id, step), "checkpoint", base, task, folder, meta.get("labels"),
-                  meta.get("input_format") or "text")
+                  artifacts.stored_input_format(meta))
 
 
 def resolve(name: str, *, allow_paths: bool = False) -> Target:
@@ -130,7 +130,7 @@ def resolve(name: str, *, allow_paths: bool = False) -> Target:
     if ref.kind == "fine-tuned":
         folder, meta = artifacts.resolve_finetuned(name)
         return Target(name, "fine-tuned", meta["base_model"], meta.get("task", "chat"), folder, meta.get("labels"),
-                      meta.get("input_format") or "text")
+                      artifacts.stored_input_format(meta))
     if allow_paths and ("/" in name or name.startswith(".")):
         path = Path(name).expanduser()
         if path.is_dir() and any((path / f).is_file() for f in ("adapter_config.json", artifacts.FULL_WEIGHTS)):
