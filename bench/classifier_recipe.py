@@ -5,7 +5,8 @@ classification``: no hyperparameter given, the job's own validation split picks 
 examples per class, then scores the fine-tuned model through the serving path (``tempering classify``) on
 other rows of the same file that neither training nor selection saw. One knob is varied, so two runs with the
 same seed compare one recipe change: ``--head-init`` (auto, labels, random), ``--label-smoothing``,
-``--lora-dropout``, ``--adapter``, ``--lr-multiplier``. The sets (../shared/data, used here, never shipped):
+``--lora-dropout``, ``--adapter``, ``--lr-multiplier``, ``--class-weights`` (with ``--draw natural``: training rows
+as the file's classes come, imbalanced, while scoring stays per class). The sets (../shared/data, used here, never shipped):
 
 - banking77: 77 intents (``category``), banking77/train.csv (CC BY-NC 4.0); labels are words (card_arrival).
 - davidson: tweets (``tweet``), class 0/1/2 named by the file's own columns hate_speech, offensive_language,
@@ -20,6 +21,7 @@ job's automatic evaluation (zero-shot chat answers of the base) is off: it chang
                                       [--epochs N] [--batch-size N]   (default: the job's auto rules)
                                       [--label-smoothing X] [--lora-dropout X]   (default: the job's, 0)
                                       [--adapter lora|dora|full] [--lr-multiplier X]   (default: lora, auto)
+                                      [--draw stratified|natural] [--class-weights auto|balanced|none]
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import json
 import random
 import tempfile
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -42,9 +44,11 @@ SETS = {  # name: (file, text column, label column, label of a row)
 }
 
 
-def pick(name: str, per_class: int, score_per_class: int, seed: int):
+def pick(name: str, per_class: int, score_per_class: int, seed: int, natural: bool = False):
     """``per_class`` training rows and ``score_per_class`` scoring rows of each class, disjoint by text;
-    ``per_class`` 0: every row not scored trains (the full training set)."""
+    ``per_class`` 0: every row not scored trains (the full training set). ``natural``: as many training rows in
+    all (``per_class`` x classes) drawn from the rows not scored as they come, so the classes keep the file's
+    imbalance; scoring stays ``score_per_class`` of each class."""
     file, text_column, _, label_of = SETS[name]
     by_label: dict[str, set[str]] = defaultdict(set)
     with (DATA / file).open(newline="", encoding="utf-8") as fh:
@@ -54,16 +58,22 @@ def pick(name: str, per_class: int, score_per_class: int, seed: int):
                 by_label[label].add(text)
     seen_twice = {t for t in set().union(*by_label.values()) if sum(t in s for s in by_label.values()) > 1}
     rng = random.Random(seed)  # noqa: S311 - a seeded sample, not a secret
-    train, score = [], []
+    train, score, rest = [], [], []
     for label in sorted(by_label):
         texts = sorted(by_label[label] - seen_twice)  # a text under two labels would sit on both sides
         rng.shuffle(texts)
-        if per_class > 0:
+        if natural:
+            score += [(t, label) for t in texts[:score_per_class]]
+            rest += [(t, label) for t in texts[score_per_class:]]
+        elif per_class > 0:
             train += [(t, label) for t in texts[:per_class]]
             score += [(t, label) for t in texts[per_class : per_class + score_per_class]]
         else:  # every row: the scored ones first, the rest trains
             score += [(t, label) for t in texts[:score_per_class]]
             train += [(t, label) for t in texts[score_per_class:]]
+    if natural:
+        rng.shuffle(rest)
+        train = rest[: per_class * len(by_label)]
     return train, score
 
 
@@ -81,6 +91,9 @@ def main() -> None:
     parser.add_argument("--label-smoothing", type=float, default=None, help="label_smoothing; default: the job's")
     parser.add_argument("--lora-dropout", type=float, default=None, help="lora.dropout; default: the job's")
     parser.add_argument("--adapter", choices=["lora", "dora", "full"], default="lora")
+    parser.add_argument("--draw", choices=["stratified", "natural"], default="stratified",
+                        help="training rows: per-class equal (stratified), or as the file's classes come (natural)")
+    parser.add_argument("--class-weights", choices=["auto", "balanced", "none"], default="auto")
     parser.add_argument("--lr-multiplier", type=float, default=None,
                         help="learning_rate_multiplier; default: the job's auto rule")
     args = parser.parse_args()
@@ -94,7 +107,7 @@ def main() -> None:
     from tempering.train.classify import classification_metrics
 
     quiet_libraries()
-    train, score = pick(args.set, args.per_class, args.score_per_class, args.seed)
+    train, score = pick(args.set, args.per_class, args.score_per_class, args.seed, args.draw == "natural")
     path = Path(tempfile.mkdtemp(prefix=f"{args.set}-")) / "train.csv"
     with path.open("w", newline="", encoding="utf-8") as fh:
         csv.writer(fh).writerows([("text", "label"), *train])
@@ -106,7 +119,7 @@ def main() -> None:
             print(event["message"], flush=True)
 
     config = TuneConfig(task="classification", training_file=path, seed=args.seed, suffix=args.set,
-                        head_init=args.head_init, evaluate=False, adapter=args.adapter, max_seq_length=args.max_seq_length,
+                        head_init=args.head_init, class_weights=args.class_weights, evaluate=False, adapter=args.adapter, max_seq_length=args.max_seq_length,
                         hyperparameters={k: v for k, v in (("n_epochs", args.epochs), ("batch_size", args.batch_size),
                                                                      ("learning_rate_multiplier", args.lr_multiplier))
                                          if v is not None},
@@ -123,15 +136,20 @@ def main() -> None:
     report = classification_metrics([labels.index(label) for _, label in score],
                                     [labels.index(label) for label in predicted], dict(enumerate(labels)))
     head = next((e["data"] for e in events if e["type"] == "head_init"), None)
+    weighing = next((e["data"] for e in events if e["type"] == "class_weights"), None)
     print(json.dumps({
         "set": args.set, "seed": args.seed, "head_init": args.head_init, "head": head,
         "label_smoothing": config.label_smoothing, "lora_dropout": config.lora.dropout, "adapter": config.adapter,
+        "draw": args.draw, "class_weights": weighing and {k: weighing[k] for k in ("class_weights", "reason")},
+        "train_classes": dict(sorted(Counter(label for _, label in train).items())),
         "train_rows": result.n_train_examples, "validation_rows": result.n_valid_examples,
         "score_rows": len(score), "classes": len(labels), "hyperparameters": result.hyperparameters.model_dump(),
         "kept": (result.selection or {}).get("reason"), "train_seconds": result.seconds,
         "score_seconds": round(time.perf_counter() - started, 1),
         "validation": {k: (result.classification or {}).get(k) for k in ("accuracy", "macro_f1")},
-        "scored": {"accuracy": round(report["accuracy"], 4), "macro_f1": round(report["macro_f1"], 4)},
+        "scored": {"accuracy": round(report["accuracy"], 4), "macro_f1": round(report["macro_f1"], 4),
+                   **({"per_class_f1": {k: round(v, 4) for k, v in report["per_class_f1"].items()}}
+                      if len(labels) <= 10 else {})},
         "model_id": result.model_id}, indent=2))
 
 

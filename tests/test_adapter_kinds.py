@@ -34,6 +34,8 @@ def _config(train_file, model, **overrides) -> TuneConfig:
     ({"early_stopping": "yes"}, "early_stopping", "'auto'"),
     ({"head_init": "labels"}, "head_init", "a chat job has none"),
     ({"task": "classification", "head_init": "words"}, "head_init", "'auto', 'labels' or 'random'"),
+    ({"class_weights": "balanced"}, "class_weights", "a chat job has none"),
+    ({"task": "classification", "class_weights": "inverse"}, "class_weights", "'auto', 'balanced' or 'none'"),
 ])
 def test_invalid_options_are_refused_naming_the_field(tmp_path, fields, field, words):
     with pytest.raises(InvalidConfigError) as caught:
@@ -72,9 +74,11 @@ def test_the_options_travel_from_the_cli_through_the_api_body_into_the_same_conf
     body = {**remote_body(config), "training_file": "file-1"}
     again = parse_config({**JobCreate.model_validate(body).config_fields(), "training_file": tmp_path / "t.jsonl"})
     assert again == config
-    classifier = parse_config({"training_file": tmp_path / "t.csv", "task": "classification", "head_init": "random"})
+    classifier = parse_config({"training_file": tmp_path / "t.csv", "task": "classification", "head_init": "random",
+                               "class_weights": "balanced"})
     body = {**remote_body(classifier), "training_file": "file-1"}
-    assert JobCreate.model_validate(body).config_fields()["head_init"] == "random"
+    fields = JobCreate.model_validate(body).config_fields()
+    assert fields["head_init"] == "random" and fields["class_weights"] == "balanced"
     with pytest.raises(Exception, match="lora") as caught:
         JobCreate.model_validate({**body, "adapter": "full", "lora": {"rank": 4}})  # refused by the API's body too
     assert caught.value.errors()[0]["loc"] == ("lora",)
@@ -305,3 +309,12 @@ def test_a_full_job_through_the_api_is_deployed_chatted_with_and_deleted_like_an
             assert http.delete(f"/v1/deployments/{d['id']}").status_code == 200
         assert http.delete(f"/v1/models/{model}").status_code == 200
         assert not folder.exists()
+
+
+def test_the_wizards_classification_choices_become_the_same_config_fields():
+    from tempering.web.tuning import DEFAULTS, config_fields
+
+    state = {**DEFAULTS, "model": "m", "task": "classification"}
+    assert "class_weights" not in config_fields(state) and "head_init" not in config_fields(state)  # auto: left out
+    chosen = config_fields({**state, "class_weights": "balanced", "head_init": "random"})
+    assert chosen["class_weights"] == "balanced" and chosen["head_init"] == "random"

@@ -161,6 +161,75 @@ def test_a_job_starts_its_head_from_the_label_names_unless_they_are_ids(tiny_mod
     assert saved["head"]["head_init"] == "labels" and saved["config"]["head_init"] == "labels"
 
 
+# ---- class weights: every label counts as much in the training loss when the labels are imbalanced ----
+
+def test_class_weights_balance_an_imbalanced_set_and_leave_a_near_balanced_one():
+    from tempering.train.classify import choose_class_weights
+
+    weights, why = choose_class_weights("auto", {0: 30, 1: 6, 2: 4})  # 7.5 times
+    assert weights == pytest.approx([40 / 90, 40 / 18, 40 / 12]) and "7.5 times" in why
+    assert sum(w * n for w, n in zip(weights, (30, 6, 4))) == pytest.approx(40)  # the mean weight is 1
+    assert choose_class_weights("auto", {0: 8, 1: 3})[0] is None  # under 3 times: as before
+    assert choose_class_weights("balanced", {0: 8, 1: 3})[0] == pytest.approx([11 / 16, 11 / 6])
+    assert choose_class_weights("none", {0: 30, 1: 1}) == (None, "class_weights none")
+
+
+def test_weighted_loss_is_each_examples_cross_entropy_times_its_labels_weight(tiny_model_dir, tokenizer):
+    import torch
+    import torch.nn.functional as F
+
+    from tempering.hardware import select_placement
+    from tempering.train.classify import _logits, classification_loss, collate_classes, encode_texts, load_classifier
+
+    examples = encode_texts(tokenizer, ["my card is lost", "give my money back please", "card"],
+                            ["card", "refund", "card"], {"card": 0, "refund": 1}, 2048, "chat")
+    batch = collate_classes(examples, tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    model = load_classifier(tiny_model_dir, select_placement("cpu"), {0: "card", 1: "refund"})
+    model.config.pad_token_id = tokenizer.pad_token_id
+    with torch.no_grad():
+        each = F.cross_entropy(_logits(model, batch), batch["labels"], reduction="none")
+        weighted = classification_loss(model, batch, class_weights=[0.75, 1.5])
+        plain = classification_loss(model, batch)
+    assert weighted.loss_sum.item() == pytest.approx((each * torch.tensor([0.75, 1.5, 0.75])).sum().item(), rel=1e-5)
+    assert plain.loss_sum.item() == pytest.approx(each.sum().item(), rel=1e-5)
+    assert weighted.n_tokens == plain.n_tokens == 3
+
+
+def test_an_imbalanced_job_weighs_its_training_loss_and_records_why(tiny_model, intents_csv, tmp_path):
+    skewed = tmp_path / "skewed.csv"
+    lines = intents_csv.read_text().splitlines()
+    skewed.write_text("\n".join([lines[0], *[x for x in lines[1:] if not x.endswith(",refund")],
+                                 *[x for x in lines[1:] if x.endswith(",refund")][:3]]) + "\n")  # 12, 12, 3
+
+    def run(training_file, **options):
+        events = []
+        config = TuneConfig(model=tiny_model, task="classification", training_file=training_file,
+                            validation_file=training_file, seed=2, evaluate=False,
+                            hyperparameters={"n_epochs": 1, "batch_size": 4}, **options)
+        result = tune(config, on_event=events.append)
+        meta = json.loads((Path(result.output_dir) / artifacts.METADATA).read_text())
+        return meta, [e for e in events if e["type"] == "class_weights"]
+
+    meta, [event] = run(skewed)
+    assert meta["class_weights"]["class_weights"] == "balanced" and "4.0 times" in meta["class_weights"]["reason"]
+    assert meta["class_weights"]["weights"] == pytest.approx({"card": 0.75, "refund": 3.0, "transfer": 0.75})
+    assert event["data"]["weights"] == meta["class_weights"]["weights"]
+    meta, events = run(skewed, class_weights="none")
+    assert meta["class_weights"] == {"class_weights": "none", "reason": "class_weights none", "weights": None}
+    assert events == []
+    meta, _ = run(intents_csv)  # balanced: nothing changes
+    assert meta["class_weights"]["weights"] is None and "near balanced" in meta["class_weights"]["reason"]
+
+
+def test_class_weights_are_refused_for_a_chat_job(tmp_path):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="class_weights weighs the labels of a classification job"):
+        TuneConfig(training_file=tmp_path / "t.jsonl", class_weights="balanced")
+    assert TuneConfig(training_file=tmp_path / "t.jsonl", class_weights="none").class_weights == "none"
+
+
 def test_chat_input_is_the_templates_user_turn_and_a_long_text_is_cut_not_the_template(tokenizer):
     from tempering.train.classify import encode_inputs, input_format_for
 

@@ -105,10 +105,14 @@ def _logits(model, batch: dict) -> torch.Tensor:
     return lm.score(pooled).float()
 
 
-def classification_loss(model, batch: dict, label_smoothing: float = 0.0) -> LossResult:
+def classification_loss(model, batch: dict, label_smoothing: float = 0.0,
+                        class_weights: list[float] | None = None) -> LossResult:
+    """Summed cross-entropy of the batch's examples; ``class_weights`` (one per label index, from
+    ``choose_class_weights``) weigh each example by its label: the training loss's, never validation's."""
     logits = _logits(model, batch)
     labels = batch["labels"].to(logits.device)
-    loss_sum = F.cross_entropy(logits, labels, reduction="sum", label_smoothing=label_smoothing)
+    weight = None if class_weights is None else torch.tensor(class_weights, dtype=logits.dtype, device=logits.device)
+    loss_sum = F.cross_entropy(logits, labels, weight=weight, reduction="sum", label_smoothing=label_smoothing)
     n_correct = int((logits.detach().argmax(-1) == labels).sum())
     return LossResult(loss_sum=loss_sum, n_tokens=int(labels.numel()), n_correct=n_correct)
 
@@ -151,6 +155,28 @@ def choose_head_init(head_init: str, labels: list[str]) -> tuple[str, str]:
     if ids:
         return "random", f"head_init auto: {len(ids)} label(s) are not words, e.g. {ids[0]!r}"
     return "labels", "head_init auto: every label is a word or words"
+
+
+IMBALANCE_RATIO = 3  # class_weights auto: balanced once the largest label has this many times the rarest's examples
+
+
+def choose_class_weights(class_weights: str, counts: dict[int, int]) -> tuple[list[float] | None, str]:
+    """The weight of each label's examples in the training loss, by label index (None: every example weighs 1),
+    and why, for a job's ``class_weights`` option and its training examples per label index (``counts``).
+    Balanced weights are n / (labels x count): their mean over the training examples is 1, so the loss keeps its
+    scale and the learning rate its meaning."""
+    most, least = max(counts.values()), min(counts.values())
+    if class_weights == "none":
+        return None, "class_weights none"
+    if class_weights == "auto" and most < IMBALANCE_RATIO * least:
+        return None, (f"class_weights auto: the labels are near balanced (the most frequent has {most} training "
+                      f"examples, the rarest {least}: under {IMBALANCE_RATIO} times)")
+    n, k = sum(counts.values()), len(counts)
+    weights = [n / (k * counts[index]) for index in sorted(counts)]
+    why = "class_weights balanced" if class_weights == "balanced" else (
+        f"class_weights auto: the most frequent label has {most} training examples, the rarest {least} "
+        f"({most / least:.1f} times)")
+    return weights, why
 
 
 @torch.no_grad()

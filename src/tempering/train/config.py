@@ -133,6 +133,12 @@ class JobOptions(BaseModel):
         default=0.0, ge=0.0, le=0.5, description="Label smoothing of the training loss (0-0.5): the target puts "
         "this share of its probability evenly on every token (chat) or label (classification). Validation loss "
         "is always plain cross-entropy.")
+    class_weights: Literal["auto", "balanced", "none"] = Field(
+        default="auto", description="How a classification job weighs its labels in the training loss. balanced: "
+        "an example of a label with c of the n training examples weighs n / (labels x c), so every label counts "
+        "as much in total (scikit-learn's \"balanced\"). none: every example the same. auto (default): balanced "
+        "when the most frequent label has at least 3 times the training examples of the rarest, else none. "
+        "Validation loss is never weighted. Classification only.")
     head_init: Literal["auto", "labels", "random"] = Field(
         default="auto", description="How a classification head starts. labels: each label's row is the mean of the "
         "base model's embeddings of the label name's tokens (\"card_arrival\" read as \"card arrival\"), centred "
@@ -190,6 +196,14 @@ class JobOptions(BaseModel):
         if v == "labels" and info.data.get("task", "chat") == "chat":
             raise ValueError("head_init sets up a classification head, and a chat job has none (use task "
                              "classification, or leave head_init out)")
+        return v
+
+    @field_validator("class_weights")
+    @classmethod
+    def _weights_need_classification(cls, v, info: ValidationInfo):
+        if v == "balanced" and info.data.get("task", "chat") == "chat":
+            raise ValueError("class_weights weighs the labels of a classification job, and a chat job has none "
+                             "(use task classification, or leave class_weights out)")
         return v
 
     @field_validator("early_stopping")

@@ -14,6 +14,7 @@ import functools
 import os
 import random
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,7 @@ from tempering.train import artifacts, attention, fastlora, weights
 from tempering.train.batching import collate
 from tempering.train.checkpoint import COMPLETE, CheckpointError, discard_partial, latest_checkpoint
 from tempering.train.classify import (
+    choose_class_weights,
     choose_head_init,
     classification_loss,
     classification_metrics,
@@ -97,6 +99,7 @@ class Setup:
     selection: dict | None = None  # which epoch's checkpoint was kept, and why (train.selection)
     head: dict | None = None  # classification: how the head was initialised, and why (head_init)
     input_format: str | None = None  # classification: how texts are read (train.classify.encode_inputs)
+    class_weights: dict | None = None  # classification: the training loss's weight per label, and why
 
     def write_run(self, **fields) -> None:
         """Create or update ``run.json``: what resume needs to find and rebuild this run."""
@@ -254,6 +257,11 @@ def setup(config: TuneConfig, on_event: EventSink | None = None, *, short_id: st
         task = _chat_task(config, card, placement, tokenizer, max_length, parent_folder, train_msgs, valid_msgs,
                           seed)
     model, train, valid, make_batch, loss_fn, id2label, head = task
+    weighing = None
+    if config.task == "classification":  # counts by label index: every label has training examples
+        label_weights, why = choose_class_weights(config.class_weights, Counter(e.label for e in train))
+        weighing = {"class_weights": "none" if label_weights is None else "balanced", "reason": why,
+                    "weights": label_weights and {id2label[i]: round(w, 4) for i, w in enumerate(label_weights)}}
     hp = resolve_hyperparameters(config, len(train), card.family, seed, class_count(train_msgs, train_labels, config))
     if config.early_stopping not in ("auto", 0) and not valid:
         raise InvalidConfigError("early_stopping needs validation data, and this job has none (give a validation "
@@ -264,19 +272,24 @@ def setup(config: TuneConfig, on_event: EventSink | None = None, *, short_id: st
     state = Setup(config, card.id, parent, tokenizer, model, train, valid, hp, max_length, short_id, folder,
                   artifacts.RunLog(folder, enabled=world.is_main), on_event, data_sha256 or data_hashes(config), world,
                   config.task, make_batch, loss_fn, id2label,
-                  functools.partial(loss_fn, label_smoothing=config.label_smoothing))
+                  functools.partial(loss_fn, label_smoothing=config.label_smoothing,
+                                    **({"class_weights": label_weights} if weighing else {})))
     state.write_run(status="running", pid=os.getpid(), **({} if resuming else {"created_at": int(time.time())}))
     if not resuming:
         state.emit(f"Created run {short_id}: {len(train)} training and {len(valid)} validation examples, "
                    f"{hp.n_epochs} epoch(s), batch size {hp.batch_size}, learning rate {hp.learning_rate:g}, "
                    f"{placement.device.type}/{placement.dtype_name}"
                    + (f", {world.size} processes" if world.active else ""), hyperparameters=hp.model_dump())
-    state.head, state.input_format = head, input_format
+    state.head, state.input_format, state.class_weights = head, input_format, weighing
     if head is not None and not resuming:
         how = "from the label names" if head["head_init"] == "labels" else "at random"
         reads = "each text in the chat template" if input_format == "chat" else "each text alone"
         state.emit(f"Classification head initialised {how} ({head['reason']}); it reads {reads}",
                    type="head_init", input_format=input_format, **head)
+    if weighing is not None and weighing["weights"] is not None and not resuming:
+        w = weighing["weights"]
+        state.emit(f"Training loss weighs each label's examples so every label counts as much ({weighing['reason']}): "
+                   f"weights {min(w.values()):.3g} to {max(w.values()):.3g}", type="class_weights", **weighing)
     return state
 
 
@@ -407,7 +420,8 @@ def tune(config: TuneConfig, *, on_event: EventSink | None = None, resume: bool 
         "data_sha256": s.data_sha256, "n_train_examples": len(s.train), "n_valid_examples": len(s.valid),
         "trained_tokens": trained_tokens, "seconds": round(seconds, 2), "metrics": metrics,
         "prefix_sharing": fitted.get("prefix_sharing"), "adapter": config.adapter, "selection": s.selection,
-        "epochs_trained": fitted["epochs_trained"], "head": s.head, "versions": _versions(),
+        "epochs_trained": fitted["epochs_trained"], "head": s.head, "class_weights": s.class_weights,
+        "versions": _versions(),
     }
     output = s.folder / "model"
     if s.world.is_main:

@@ -25,12 +25,13 @@ STEPS = ("name", "data", "validation", "hyperparameters", "review")
 # The form fields the wizard carries from step to step (each step shows some, the others ride hidden).
 FIELDS = ("model", "suffix", "task", "training_file", "validation", "validation_file", "validation_fraction",
           "n_epochs", "batch_size_multiplier", "learning_rate_multiplier", "lora_rank", "seed", "adapter", "optimizer",
-          "label_smoothing", "head_init", "early_stopping")
+          "label_smoothing", "head_init", "class_weights", "early_stopping")
 DEFAULTS = {"task": "chat", "validation": "split", "validation_fraction": "0.1", "n_epochs": "auto",
             "batch_size_multiplier": "auto", "learning_rate_multiplier": "auto", "lora_rank": "", "seed": "",
             "adapter": "lora", "optimizer": "adamw", "label_smoothing": "", "head_init": "auto",
-            "early_stopping": "auto"}
-ADVANCED = ("lora_rank", "seed", "adapter", "optimizer", "label_smoothing", "head_init", "early_stopping")
+            "class_weights": "auto", "early_stopping": "auto"}
+ADVANCED = ("lora_rank", "seed", "adapter", "optimizer", "label_smoothing", "head_init", "class_weights",
+            "early_stopping")
 SHOWN = {"name": ("suffix",), "data": ("task", "training_file"),
          "validation": ("validation", "validation_file", "validation_fraction"),
          "hyperparameters": ("n_epochs", "batch_size_multiplier", "learning_rate_multiplier", *ADVANCED),
@@ -64,8 +65,9 @@ def config_fields(state: dict) -> dict:
     for name in ("adapter", "optimizer"):  # chosen from a list; the config names a choice that is not one
         if state.get(name):
             fields[name] = state[name]
-    if state.get("head_init", "auto") not in ("", "auto"):  # the config's default: left out like it
-        fields["head_init"] = state["head_init"]
+    for name in ("head_init", "class_weights"):  # the config's default, auto: left out like it
+        if state.get(name, "auto") not in ("", "auto"):
+            fields[name] = state[name]
     if state.get("label_smoothing", "").strip():
         fields["label_smoothing"] = _number(state["label_smoothing"], float)
     if state.get("early_stopping", "auto").strip() not in ("", "auto"):
