@@ -188,22 +188,17 @@ class JobOptions(BaseModel):
                              "(or auto: loss)")
         return v
 
-    @field_validator("head_init")
+    @field_validator("head_init", "class_weights")
     @classmethod
-    def _head_needs_classification(cls, v, info: ValidationInfo):
-        # auto and random mean "nothing to set up" for a chat job (configs stored before auto became the
-        # default name random); only an explicit label init is a contradiction
-        if v == "labels" and info.data.get("task", "chat") == "chat":
-            raise ValueError("head_init sets up a classification head, and a chat job has none (use task "
-                             "classification, or leave head_init out)")
-        return v
-
-    @field_validator("class_weights")
-    @classmethod
-    def _weights_need_classification(cls, v, info: ValidationInfo):
-        if v == "balanced" and info.data.get("task", "chat") == "chat":
-            raise ValueError("class_weights weighs the labels of a classification job, and a chat job has none "
-                             "(use task classification, or leave class_weights out)")
+    def _needs_classification(cls, v, info: ValidationInfo):
+        # auto and the neutral values (random, none) mean "nothing to set up" for a chat job (configs stored
+        # before head_init auto became the default name random); only an explicit classification choice is a
+        # contradiction
+        value, what = {"head_init": ("labels", "sets up a classification head"),
+                       "class_weights": ("balanced", "weighs the labels of a classification job")}[info.field_name]
+        if v == value and info.data.get("task", "chat") == "chat":
+            raise ValueError(f"{info.field_name} {what}, and a chat job has none (use task classification, or "
+                             f"leave {info.field_name} out)")
         return v
 
     @field_validator("early_stopping")
