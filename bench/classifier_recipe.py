@@ -5,8 +5,9 @@ classification``: no hyperparameter given, the job's own validation split picks 
 examples per class, then scores the fine-tuned model through the serving path (``tempering classify``) on
 other rows of the same file that neither training nor selection saw. One knob is varied, so two runs with the
 same seed compare one recipe change: ``--head-init`` (auto, labels, random), ``--label-smoothing``,
-``--lora-dropout``, ``--adapter``, ``--lr-multiplier``, ``--class-weights`` (with ``--draw natural``: training rows
-as the file's classes come, imbalanced, while scoring stays per class). The sets (../shared/data, used here, never shipped):
+``--lora-dropout``, ``--adapter``, ``--lr-multiplier``, ``--class-weights`` (with ``--draw natural``: training
+rows as the file's classes come, imbalanced, while scoring stays per class). The sets (../shared/data, used here,
+never shipped):
 
 - banking77: 77 intents (``category``), banking77/train.csv (CC BY-NC 4.0); labels are words (card_arrival).
 - davidson: tweets (``tweet``), class 0/1/2 named by the file's own columns hate_speech, offensive_language,
@@ -119,7 +120,8 @@ def main() -> None:
             print(event["message"], flush=True)
 
     config = TuneConfig(task="classification", training_file=path, seed=args.seed, suffix=args.set,
-                        head_init=args.head_init, class_weights=args.class_weights, evaluate=False, adapter=args.adapter, max_seq_length=args.max_seq_length,
+                        head_init=args.head_init, class_weights=args.class_weights, evaluate=False,
+                        adapter=args.adapter, max_seq_length=args.max_seq_length,
                         hyperparameters={k: v for k, v in (("n_epochs", args.epochs), ("batch_size", args.batch_size),
                                                                      ("learning_rate_multiplier", args.lr_multiplier))
                                          if v is not None},

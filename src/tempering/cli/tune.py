@@ -197,7 +197,7 @@ def tune(
                  evaluate=evaluate, warmup_ratio=warmup_ratio, weight_decay=weight_decay,
                  eval_max_examples=eval_max_examples, eval_answers=eval_answers, adapter=adapter,
                  optimizer=optimizer, label_smoothing=label_smoothing, head_init=head_init,
-                 class_weights=class_weights,                 selection_metric=selection_metric,
+                 class_weights=class_weights, selection_metric=selection_metric,
                  early_stopping=_patience(early_stopping)),
         **({"hyperparameters": hyperparameters} if hyperparameters else {}),
         **({"lora": lora} if lora else {}),

@@ -257,11 +257,12 @@ def setup(config: TuneConfig, on_event: EventSink | None = None, *, short_id: st
         task = _chat_task(config, card, placement, tokenizer, max_length, parent_folder, train_msgs, valid_msgs,
                           seed)
     model, train, valid, make_batch, loss_fn, id2label, head = task
-    weighing = None
+    weighing, train_loss_options = None, {"label_smoothing": config.label_smoothing}
     if config.task == "classification":  # counts by label index: every label has training examples
         label_weights, why = choose_class_weights(config.class_weights, Counter(e.label for e in train))
         weighing = {"class_weights": "none" if label_weights is None else "balanced", "reason": why,
                     "weights": label_weights and {id2label[i]: round(w, 4) for i, w in enumerate(label_weights)}}
+        train_loss_options["class_weights"] = label_weights
     hp = resolve_hyperparameters(config, len(train), card.family, seed, class_count(train_msgs, train_labels, config))
     if config.early_stopping not in ("auto", 0) and not valid:
         raise InvalidConfigError("early_stopping needs validation data, and this job has none (give a validation "
@@ -272,8 +273,7 @@ def setup(config: TuneConfig, on_event: EventSink | None = None, *, short_id: st
     state = Setup(config, card.id, parent, tokenizer, model, train, valid, hp, max_length, short_id, folder,
                   artifacts.RunLog(folder, enabled=world.is_main), on_event, data_sha256 or data_hashes(config), world,
                   config.task, make_batch, loss_fn, id2label,
-                  functools.partial(loss_fn, label_smoothing=config.label_smoothing,
-                                    **({"class_weights": label_weights} if weighing else {})))
+                  functools.partial(loss_fn, **train_loss_options))
     state.write_run(status="running", pid=os.getpid(), **({} if resuming else {"created_at": int(time.time())}))
     if not resuming:
         state.emit(f"Created run {short_id}: {len(train)} training and {len(valid)} validation examples, "
@@ -286,7 +286,7 @@ def setup(config: TuneConfig, on_event: EventSink | None = None, *, short_id: st
         reads = "each text in the chat template" if input_format == "chat" else "each text alone"
         state.emit(f"Classification head initialised {how} ({head['reason']}); it reads {reads}",
                    type="head_init", input_format=input_format, **head)
-    if weighing is not None and weighing["weights"] is not None and not resuming:
+    if weighing and weighing["weights"] and not resuming:
         w = weighing["weights"]
         state.emit(f"Training loss weighs each label's examples so every label counts as much ({weighing['reason']}): "
                    f"weights {min(w.values()):.3g} to {max(w.values()):.3g}", type="class_weights", **weighing)
