@@ -23,8 +23,9 @@ demo: $(STAMP)
 	$(VENV)/bin/tempering models prepare
 	$(PY) scripts/demo.py
 
+# On every core, a test module per pytest-xdist work unit (tests/conftest.py hands out the end-to-end ones first).
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto --dist loadscope
 
 clean:
 	rm -rf $(VENV)

@@ -36,6 +36,37 @@ PHI3_CHAT_TEMPLATE = (
 PHI3_SPECIAL_TOKENS = ["<|system|>", "<|user|>", "<|assistant|>", "<|end|>", "<|endoftext|>"]
 
 
+# `make test` runs the suite on every core with pytest-xdist, a test module per work unit (`--dist loadscope`:
+# a module's fixtures, such as its live server, start once). The modules that train the embedded model (on
+# `worker_cores()` threads) are one work unit, handed out first, so they never compete with each other for the
+# cores and never trail the run.
+EMBEDDED_MODEL_MODULES = ("tests/test_e2e.py", "tests/test_portal_browser.py")
+EMBEDDED_UNIT = "embedded-model"
+
+
+def worker_cores() -> int:
+    """The cores a test may give a real model: all of them, or this pytest-xdist worker's share."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class EmbeddedModelFirst(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return EMBEDDED_UNIT if nodeid.split("::")[0] in EMBEDDED_MODEL_MODULES else super()._split_scope(nodeid)
+
+        def _assign_work_unit(self, node) -> None:
+            if EMBEDDED_UNIT in self.workqueue:
+                self.workqueue.move_to_end(EMBEDDED_UNIT, last=False)
+            super()._assign_work_unit(node)
+
+    return EmbeddedModelFirst(config, log)
+
+
 @pytest.fixture(autouse=True)
 def _no_model_loading_in_the_background():
     """A test starts once no other thread is mid-way through loading a model (a serving engine a previous test

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import worker_cores
 
 from tempering.catalog import get_card
 from tempering.catalog.loading import embedded_gguf_path
@@ -29,7 +30,7 @@ def e2e_home(tmp_path_factory) -> Path:
 
 
 def tempering(home: Path, *args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "TEMPERING_HOME": str(home), "OMP_NUM_THREADS": str(os.cpu_count() or 1)}
+    env = {**os.environ, "TEMPERING_HOME": str(home), "OMP_NUM_THREADS": str(worker_cores())}
     cli = [sys.executable, "-m", "tempering.cli.main", *map(str, args)]
     return subprocess.run(cli, env=env, capture_output=True, text=True, timeout=900, check=False)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import PHI3_ID, chat_example
+from tests.conftest import PHI3_ID, chat_example, worker_cores
 from tests.live_server import ADMIN_PASSWORD, live_server, register_model
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -213,7 +213,7 @@ def embedded_portal(tmp_path_factory):
     """A live server (one worker) in a fresh home: the catalog's embedded default is the model to tune."""
     home = tmp_path_factory.mktemp("portal-embedded-home")
     env = {"TEMPERING_WORKER_LEASE_SECONDS": "30",
-           "OMP_NUM_THREADS": str(os.cpu_count() or 1)}  # a real model: every core
+           "OMP_NUM_THREADS": str(worker_cores())}  # a real model: every core it may use
     with live_server(home, env=env, secret=ADMIN_PASSWORD, timeout=90) as (url, password):
         assert password, "the server printed no admin password"
         yield url, password
