@@ -262,6 +262,8 @@ def test_wizard_shows_every_problem_beside_its_field(client, app, tiny_model):
                                            "step": "hyperparameters", "go": "next"})
     assert full.status_code == 400 and "<details open>" in full.text  # the advanced options, opened
     assert re.search(r'id="lora_rank-error"[^>]*>[^<]*adapter full trains every weight', full.text)
+    assert re.search(r'<select id="adapter"[^>]*>\s*<option value="lora" >', full.text)  # the choice is kept
+    assert '<option value="full" selected>' in full.text
     assert re.search(r'id="label_smoothing-error"[^>]*>[^<]*less than or equal to 0.5', full.text)
     chat = client.post("/fine-tune", data={**state, "n_epochs": "2", "learning_rate_multiplier": "auto",
                                            "head_init": "labels", "step": "hyperparameters", "go": "next"})
