@@ -53,7 +53,8 @@ class Hyperparameters(BaseModel):
 
     n_epochs: StrictInt | Auto = Field(
         default="auto", description="Passes over the training data (1-50). auto: 3, or more for tiny "
-        "data sets so at least 100 examples are seen, fewer for huge ones.")
+        "data sets so at least 100 examples are seen, fewer for huge ones; for classification (and chat whose "
+        "answers are labels), enough for each label to be seen 90 times where that is more, at most 10.")
     batch_size: StrictInt | Auto = Field(
         default="auto", description="Examples per optimizer step (1-256). auto: about 1/20 of the "
         "training examples, rounded down to a power of two, between 1 and 32.")
