@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(VENV)/bin/tempering models prepare
 	$(PY) scripts/demo.py
 
-# On every core, a test module per pytest-xdist work unit (tests/conftest.py hands out the end-to-end ones first).
+# On every core, a test module per pytest-xdist work unit (tests/conftest.py hands out the embedded-model ones first).
 test: $(STAMP)
 	$(PY) -m pytest -n auto --dist loadscope
 

@@ -55,6 +55,10 @@ def pytest_xdist_make_scheduler(config, log):
         return None
     from xdist.scheduler import LoadScopeScheduling
 
+    overridden = ("_split_scope", "_assign_work_unit")  # private to xdist: a rename would silently undo the order
+    if not all(callable(getattr(LoadScopeScheduling, name, None)) for name in overridden):
+        raise pytest.UsageError(f"this pytest-xdist's LoadScopeScheduling lacks {overridden}: update conftest's scheduler")
+
     class EmbeddedModelFirst(LoadScopeScheduling):
         def _split_scope(self, nodeid: str) -> str:
             return EMBEDDED_UNIT if nodeid.split("::")[0] in EMBEDDED_MODEL_MODULES else super()._split_scope(nodeid)
