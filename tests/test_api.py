@@ -76,6 +76,11 @@ def test_openai_sdk_drives_the_whole_flow(server):
     assert models["smollm2-135m-instruct"] == "tempering" and models[job.fine_tuned_model] == job.organization_id
     assert client.models.retrieve(job.fine_tuned_model).id == job.fine_tuned_model
     assert [j.id for j in client.fine_tuning.jobs.list(limit=5).data][0] == job.id
+    with pytest.raises(openai.BadRequestError) as refused:  # a chat model is continued as chat, refused up front
+        client.fine_tuning.jobs.create(model=job.fine_tuned_model, training_file=uploaded.id,
+                                       extra_body={"task": "classification"})
+    assert refused.value.body["param"] == "task" and "is a chat model" in refused.value.body["message"]
+    assert [j.id for j in client.fine_tuning.jobs.list(limit=5).data][0] == job.id  # nothing was queued
 
     assert client.files.delete(uploaded.id).deleted
     with pytest.raises(openai.NotFoundError):

@@ -296,3 +296,31 @@ def test_a_classifier_saved_before_the_chat_input_still_reads_texts_alone(tiny_m
     assert old.encode([text]) == [old.tokenizer(text, add_special_tokens=False)["input_ids"]]
     continued = tune(config.model_copy(update={"model": result.model_id}))
     assert json.loads((Path(continued.output_dir) / artifacts.METADATA).read_text())["input_format"] == "text"
+
+
+def test_a_model_is_continued_only_in_its_own_task_and_labels(tiny_model, intents_csv, qa_file, tmp_path):
+    from tempering.errors import InvalidConfigError
+
+    quick = {"n_epochs": 1, "batch_size": 4}
+    chat = tune(TuneConfig(model=tiny_model, training_file=qa_file, seed=1, evaluate=False, hyperparameters=quick))
+    with pytest.raises(InvalidConfigError, match="is a chat model") as refused:
+        tune(TuneConfig(model=chat.model_id, task="classification", training_file=intents_csv, evaluate=False,
+                        hyperparameters=quick))
+    assert refused.value.param == "task"
+    classifier = tune(TuneConfig(model=tiny_model, task="classification", training_file=intents_csv, seed=1,
+                                 evaluate=False, hyperparameters=quick))
+    with pytest.raises(InvalidConfigError, match="is a classification model") as refused:
+        tune(TuneConfig(model=classifier.model_id, training_file=qa_file, evaluate=False, hyperparameters=quick))
+    assert refused.value.param == "task"
+    more = tmp_path / "more.csv"
+    more.write_text(intents_csv.read_text() + "where is my parcel,delivery\n")
+    with pytest.raises(InvalidDataError, match="labels it was not trained on: delivery"):
+        tune(TuneConfig(model=classifier.model_id, task="classification", training_file=more, evaluate=False,
+                        hyperparameters=quick))
+    # fewer labels than the parent knows: the head keeps all of them, and every one can still be predicted
+    fewer = tmp_path / "fewer.csv"
+    fewer.write_text("\n".join(line for line in intents_csv.read_text().splitlines() if not line.endswith(",card")))
+    continued = tune(TuneConfig(model=classifier.model_id, task="classification", training_file=fewer,
+                                evaluate=False, hyperparameters=quick))
+    meta = json.loads((Path(continued.output_dir) / artifacts.METADATA).read_text())
+    assert meta["labels"] == sorted(WORDS)

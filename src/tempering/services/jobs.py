@@ -20,7 +20,7 @@ from tempering.store import usage, webhooks
 from tempering.store.models import File, Job, JobCheckpoint, JobEvent, now
 from tempering.store.pages import Page, after_seq, clamp, newest_first
 from tempering.store.quotas import effective_quotas
-from tempering.train.config import TuneConfig, parse_config
+from tempering.train.config import TuneConfig, check_continuation, parse_config
 
 TERMINAL = ("succeeded", "failed", "cancelled")
 ACTIVE = ("validating_files", "queued", "running", "paused")  # a job in these may still read its files
@@ -45,15 +45,17 @@ def usable_file(session, project_id: str, file_id: str, param: str) -> File:
     return row
 
 
-def check_model(session, project_id: str, model: str) -> None:
-    """A catalog id, or a fine-tuned model of this project to continue training (its checkpoints are not
-    a starting point); ``NotFoundError``/``ModelNotFoundError`` otherwise."""
+def check_model(session, project_id: str, model: str, task: str) -> None:
+    """A catalog id, or a fine-tuned model of this project to continue training as its own ``task`` (its
+    checkpoints are not a starting point); ``NotFoundError``/``ModelNotFoundError`` otherwise."""
     from tempering.services.models import owned_target
 
     target = owned_target(session, project_id, model)
     if target.kind == "checkpoint":
         raise TemperingError(f"{model} is a checkpoint; continue training from a fine-tuned model (deploy or "
                              "export the checkpoint instead)", param="model", code="invalid_value")
+    if target.kind == "fine-tuned":
+        check_continuation(model, target.task, task, target.base_model)
 
 
 def job_config(session, project_id: str, store, fields: dict, *, training_file: str,
@@ -67,7 +69,7 @@ def job_config(session, project_id: str, store, fields: dict, *, training_file: 
                            else secrets.randbelow(2**31),
                            "training_file": store.file_path(training.id),
                            "validation_file": store.file_path(validation.id) if validation else None})
-    check_model(session, project_id, config.model)
+    check_model(session, project_id, config.model, config.task)
     return JobPlan(config, training, validation)
 
 

@@ -160,11 +160,14 @@ def choose_head_init(head_init: str, labels: list[str]) -> tuple[str, str]:
 IMBALANCE_RATIO = 3  # class_weights auto: balanced once the largest label has this many times the rarest's examples
 
 
-def choose_class_weights(class_weights: str, counts: dict[int, int]) -> tuple[list[float] | None, str]:
+def choose_class_weights(class_weights: str, counts: dict[int, int],
+                         n_labels: int | None = None) -> tuple[list[float] | None, str]:
     """The weight of each label's examples in the training loss, by label index (None: every example weighs 1),
     and why, for a job's ``class_weights`` option and its training examples per label index (``counts``).
     Balanced weights are n / (labels x count): their mean over the training examples is 1, so the loss keeps its
-    scale and the learning rate its meaning."""
+    scale and the learning rate its meaning. ``n_labels``: the head's labels when some have no training example
+    (a continued classifier trained on part of its labels); those are left out of the balance and weigh 1."""
+    counts = {index: count for index, count in counts.items() if count}
     most, least = max(counts.values()), min(counts.values())
     if class_weights == "none":
         return None, "class_weights none"
@@ -172,7 +175,8 @@ def choose_class_weights(class_weights: str, counts: dict[int, int]) -> tuple[li
         return None, (f"class_weights auto: the labels are near balanced (the most frequent has {most} training "
                       f"examples, the rarest {least}: under {IMBALANCE_RATIO} times)")
     n, k = sum(counts.values()), len(counts)
-    weights = [n / (k * counts[index]) for index in sorted(counts)]
+    weights = [n / (k * counts[index]) if index in counts else 1.0
+               for index in range(n_labels if n_labels is not None else len(counts))]
     why = "class_weights balanced" if class_weights == "balanced" else (
         f"class_weights auto: the most frequent label has {most} training examples, the rarest {least} "
         f"({most / least:.1f} times)")

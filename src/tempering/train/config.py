@@ -263,6 +263,17 @@ def _class_epochs(n_examples: int, n_classes: int | None) -> int | None:
     return needed if needed > _auto_epochs(n_examples) else None
 
 
+def check_continuation(model_id: str, parent_task: str, task: str, base_model: str) -> None:
+    """Refuse continuing a fine-tuned model as another task: a chat model's adapter and a classifier's head over
+    its labels are trained for their own task (``InvalidConfigError`` on ``task``)."""
+    from tempering.errors import InvalidConfigError
+
+    if parent_task != task:
+        raise InvalidConfigError(f"{model_id} is a {parent_task} model, so a job continuing it is a {parent_task} "
+                                 f"job (task {parent_task}, not {task}); for a {task} job start from its base "
+                                 f"model, {base_model}", param="task")
+
+
 def resolve_hyperparameters(config: TuneConfig, n_examples: int, family: str, seed: int,
                             n_classes: int | None = None) -> ResolvedHyperparameters:
     """The job's hyperparameters with every "auto" resolved; ``n_classes``: the classes the job learns

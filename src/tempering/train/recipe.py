@@ -44,7 +44,12 @@ from tempering.train.classify import (
     predict,
     texts_and_labels,
 )
-from tempering.train.config import ResolvedHyperparameters, TuneConfig, resolve_hyperparameters
+from tempering.train.config import (
+    ResolvedHyperparameters,
+    TuneConfig,
+    check_continuation,
+    resolve_hyperparameters,
+)
 from tempering.train.distributed import World, current_world
 from tempering.train.fit import RunCancelled, fit
 from tempering.train.jobdata import class_count, load_job_data
@@ -201,10 +206,17 @@ def _chat_task(config, card, placement, tokenizer, max_length, parent_folder, tr
 
 
 def _classification_task(config, card, placement, tokenizer, max_length, parent_folder, train_data, valid_data,
-                         seed, input_format):
+                         seed, input_format, parent_labels=None):
+    """``parent_labels``: a continued classifier's labels, in its head's order; it keeps them all (its data may
+    use some of them) and learns no new one (its head has no row for it)."""
     train_texts, train_labels = texts_and_labels(*train_data)
     valid_texts, valid_labels = texts_and_labels(*valid_data)
-    classes = sorted(set(train_labels))
+    classes = list(parent_labels) if parent_labels else sorted(set(train_labels))
+    new = sorted(set(train_labels) - set(classes))
+    if new:
+        raise InvalidDataError(f"{config.model} was trained on {len(classes)} labels and the training data has "
+                               f"labels it was not trained on: {', '.join(new[:10])}; to learn new labels, train "
+                               f"a new classifier from {card.id}")
     if len(classes) < 2:
         raise InvalidDataError(f"classification needs at least 2 labels; the training data has {classes}")
     unseen = sorted(set(valid_labels) - set(classes))
@@ -238,6 +250,7 @@ def setup(config: TuneConfig, on_event: EventSink | None = None, *, short_id: st
     if artifacts.is_finetuned_id(config.model):
         parent_folder, meta = artifacts.resolve_finetuned(config.model)
         parent, base_model = config.model, meta["base_model"]
+        check_continuation(config.model, meta.get("task", "chat"), config.task, base_model)
     card = get_card(base_model)
     if not card.fine_tunable:
         raise InvalidConfigError(f"{card.id} cannot be fine-tuned", param="model")
@@ -252,14 +265,16 @@ def setup(config: TuneConfig, on_event: EventSink | None = None, *, short_id: st
         continued = meta.get("task") == "classification"
         input_format = artifacts.stored_input_format(meta) if continued else input_format_for(tokenizer)
         task = _classification_task(config, card, placement, tokenizer, max_length, parent_folder,
-                                    (train_msgs, train_labels), (valid_msgs, valid_labels), seed, input_format)
+                                    (train_msgs, train_labels), (valid_msgs, valid_labels), seed, input_format,
+                                    meta.get("labels") if continued else None)
     else:
         task = _chat_task(config, card, placement, tokenizer, max_length, parent_folder, train_msgs, valid_msgs,
                           seed)
     model, train, valid, make_batch, loss_fn, id2label, head = task
     weighing, train_loss_options = None, {"label_smoothing": config.label_smoothing}
-    if config.task == "classification":  # counts by label index: every label has training examples
-        label_weights, why = choose_class_weights(config.class_weights, Counter(e.label for e in train))
+    if config.task == "classification":  # counts by label index (a continued classifier's data may lack some)
+        label_weights, why = choose_class_weights(config.class_weights, Counter(e.label for e in train),
+                                                  len(id2label))
         weighing = {"class_weights": "none" if label_weights is None else "balanced", "reason": why,
                     "weights": label_weights and {id2label[i]: round(w, 4) for i, w in enumerate(label_weights)}}
         train_loss_options["class_weights"] = label_weights
