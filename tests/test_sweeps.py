@@ -384,3 +384,30 @@ def test_a_diverged_trial_is_pruned_at_once_and_its_job_asked_to_stop(api):
     assert done["status"] == "failed" and "1 pruned" in done["error"]["message"]
     with app.state.db.session(write=False) as s:
         assert s.get(Job, job_id).stop_requested == "cancel"  # the runner stops at its next step
+
+
+def test_a_trial_whose_job_ran_to_its_end_is_complete_however_its_curve_compares(api):
+    """The driver may first see a trial after its job has finished (a short job, a busy driver): it ran every
+    epoch, so it is complete with its objective, never "pruned" (nor its finished job cancelled)."""
+    from tempering.services.sweeps import advance_sweeps
+    from tempering.store.models import Job
+
+    app, client, mine, _, file_id = api
+    db = app.state.db
+    body = {**BASE, "training_file": file_id, "n_trials": 3, "pruning": {"n_startup_trials": 2},
+            "search_space": [{"path": "lora.rank", "type": "categorical", "choices": [4, 8]}]}
+    sweep = client.post("/v1/fine_tuning/sweeps", headers=mine, json=body).json()
+    url = f"/v1/fine_tuning/sweeps/{sweep['id']}"
+    for losses in ([1.0, 0.9], [1.2, 1.1]):
+        _finish_job(db, client.get(url, headers=mine).json()["trials"][-1]["fine_tuning_job_id"], "succeeded",
+                    losses)
+        advance_sweeps(db)
+    last = client.get(url, headers=mine).json()["trials"][-1]["fine_tuning_job_id"]
+    _finish_job(db, last, "succeeded", [5.0, 4.0])  # above the median at both epochs
+    advance_sweeps(db)
+    done = client.get(url, headers=mine).json()
+    assert [(t["state"], t["objective"]) for t in done["trials"]] == [("complete", 0.9), ("complete", 1.1),
+                                                                      ("complete", 4.0)], done["trials"]
+    assert done["status"] == "succeeded" and done["best_trial"] == 0
+    with db.session(write=False) as s:
+        assert s.get(Job, last).status == "succeeded" and s.get(Job, last).stop_requested is None

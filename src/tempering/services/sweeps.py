@@ -208,11 +208,12 @@ def advance(session, sweep: Sweep, store) -> None:
             continue
         job = jobs[trial.job_id]
         trial.intermediate = curve(session, job.id, metric)
-        if _report_and_judge(sweep, live[trial.number], trial.intermediate):
+        ended = job.status in job_service.TERMINAL  # ran to its end (or failed): settled, not judged
+        if _report_and_judge(sweep, live[trial.number], trial.intermediate, judge=not ended):
             trial.state, trial.finished_at = "pruned", now()
             study.tell(live[trial.number], state=optuna.trial.TrialState.PRUNED)
             _cancel_job(session, job)
-        elif job.status in job_service.TERMINAL:
+        elif ended:
             _settle(trial, job, objective_of(session, job, metric))
             _tell(optuna, study, live[trial.number], trial)
     running = sum(t.state == "running" for t in trials)
@@ -299,12 +300,16 @@ def _tell(optuna, study, asked, trial: SweepTrial) -> None:
         study.tell(asked, state=State.PRUNED if trial.state == "pruned" else State.FAIL)
 
 
-def _report_and_judge(sweep: Sweep, asked, intermediate: dict[str, float | None]) -> bool:
+def _report_and_judge(sweep: Sweep, asked, intermediate: dict[str, float | None], judge: bool = True) -> bool:
     """Report a running trial's curve so far, epoch by epoch, and whether the pruner stops it at any of them
-    (a value that was not finite — a diverged loss — prunes at once)."""
-    enabled = Pruning(**sweep.pruning).enabled
+    (a value that was not finite — a diverged loss — prunes at once). ``judge`` False: its job has ended, so
+    the whole curve is reported and nothing is stopped (a trial that ran to its end is complete, whatever its
+    curve; pruning a finished job would save nothing and misreport it)."""
+    enabled = Pruning(**sweep.pruning).enabled and judge
     for epoch, value in intermediate.items():
         if value is None:
+            if not judge:
+                continue
             return enabled
         asked.report(value, int(epoch))
         if enabled and asked.should_prune():
