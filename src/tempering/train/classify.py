@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from tempering.data.encode import encode_prompt
 from tempering.train.batching import common_prefix_length
 from tempering.train.loss import LossResult, causal_lm, hidden_with_shared_prefix
 
@@ -44,9 +45,10 @@ def input_format_for(tokenizer) -> str:
     return "chat" if getattr(tokenizer, "chat_template", None) else "text"
 
 
-def _in_template(tokenizer, text: str) -> str:
-    return tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                         tokenize=False)
+def _in_template(tokenizer, text: str) -> list[int]:
+    """``text`` as the user's turn with the assistant's turn opened (``data.encode.encode_prompt``: the text is
+    read as text, a special token's spelling in it included)."""
+    return encode_prompt(tokenizer, [{"role": "user", "content": text}])
 
 
 def encode_inputs(tokenizer, texts: list[str], input_format: str, max_length: int) -> list[list[int]]:
@@ -59,13 +61,13 @@ def encode_inputs(tokenizer, texts: list[str], input_format: str, max_length: in
         return tokenizer(texts, add_special_tokens=False, truncation=True, max_length=max_length)["input_ids"]
     if input_format != "chat":
         raise ValueError(f"unknown classifier input format {input_format!r}")
-    ids = tokenizer([_in_template(tokenizer, text) for text in texts], add_special_tokens=False)["input_ids"]
+    ids = [_in_template(tokenizer, text) for text in texts]
     long = [row for row, i in enumerate(ids) if len(i) > max_length]
     if long:  # only these are tokenized again: the text cut to the room the template leaves
-        room = max(1, max_length - len(tokenizer(_in_template(tokenizer, ""), add_special_tokens=False)["input_ids"]))
+        room = max(1, max_length - len(_in_template(tokenizer, "")))
         for row in long:
-            text = tokenizer.decode(tokenizer(texts[row], add_special_tokens=False)["input_ids"][:room])
-            ids[row] = tokenizer(_in_template(tokenizer, text), add_special_tokens=False)["input_ids"][-max_length:]
+            plain = tokenizer(texts[row], add_special_tokens=False, split_special_tokens=True)["input_ids"]
+            ids[row] = _in_template(tokenizer, tokenizer.decode(plain[:room]))[-max_length:]
     return ids
 
 
