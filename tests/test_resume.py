@@ -153,3 +153,72 @@ def test_kill_9_mid_epoch_then_resume_matches_an_uninterrupted_run(tiny_model, d
             self.__dict__.update(d)
 
     _assert_same_result(R(result), R(reference))
+
+
+# ---- across an upgrade: a job resumed (or started) by a newer version does what it was created to do
+
+
+def test_a_job_stored_before_an_option_existed_reads_it_as_it_was_then(tmp_path):
+    from tempering.jobs.runner import tune_config
+    from tempering.services.jobs import stored_config
+    from tempering.store.models import Job
+    from tempering.train.config import BEFORE_OPTION
+
+    class Store:
+        @staticmethod
+        def file_path(file_id):
+            return tmp_path / file_id
+
+    today = stored_config(TuneConfig(model="smollm2-135m-instruct", task="classification",
+                                     training_file=tmp_path / "x.csv", seed=3))
+    job = Job(model="smollm2-135m-instruct", training_file="file-1", seed=3,
+              config={k: v for k, v in today.items() if k not in BEFORE_OPTION})
+    then = tune_config(job, Store())
+    assert (then.class_weights, then.early_stopping, then.head_init) == ("none", 0, "random")
+    job.config = today  # stored with the options: their stored values
+    now = tune_config(job, Store())
+    assert (now.class_weights, now.early_stopping, now.head_init) == ("auto", "auto", "auto")
+    assert now.training_file == tmp_path / "file-1" and now.seed == 3
+
+
+def test_how_a_classification_run_read_its_texts_is_read_back_from_the_run(tmp_path):
+    from tempering.train.artifacts import run_input_format
+
+    def run(record: dict | None, events: list[dict]) -> str:
+        folder = tmp_path / f"run{len(list(tmp_path.iterdir()))}"
+        folder.mkdir()
+        (folder / "run.json").write_text(json.dumps({"id": "x", **(record or {})}))
+        (folder / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+        return run_input_format(folder)
+
+    head = {"type": "head_init", "message": "…", "data": {"head_init": "labels"}}
+    assert run({"input_format": "chat"}, []) == "chat"
+    assert run(None, [{"type": "message", "data": {}}, {**head, "data": {"input_format": "chat"}}]) == "chat"
+    assert run(None, [head]) == "text"  # a head_init event from before the chat-template input
+    assert run(None, []) == "text"  # before head_init events
+
+
+def test_a_classifier_run_started_on_bare_text_resumes_on_bare_text(tiny_model, tmp_path):
+    """A run started before the chat-template input (its run.json and events say nothing of it) is resumed
+    by today's code: it keeps reading texts alone, as its checkpoints were trained."""
+    rows = ["text,label"] + [f"item {i} is {'red' if i % 2 else 'blue'},{'odd' if i % 2 else 'even'}"
+                             for i in range(24)]
+    (tmp_path / "c.csv").write_text("\n".join(rows) + "\n")
+    config = TuneConfig(model=tiny_model, task="classification", training_file=tmp_path / "c.csv", seed=5,
+                        evaluate=False, hyperparameters={"n_epochs": 2, "batch_size": 4})
+    steps = []
+    with pytest.raises(RunCancelled):
+        tune(config, on_event=lambda e: steps.append(e["data"].get("step")),
+             should_stop=lambda: max((s for s in steps if s), default=0) >= 7)
+    folder = Path(os.environ["TEMPERING_HOME"]) / "runs" / _only_unfinished_run()
+    run = read_run(folder)
+    assert run["input_format"] == "chat"  # recorded as the run starts
+    del run["input_format"]  # as a run started before the chat-template input was
+    (folder / "run.json").write_text(json.dumps(run))
+    events = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
+    for event in events:
+        event["data"].pop("input_format", None)
+    (folder / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    resumed = tune(config, resume=True)
+    meta = json.loads((Path(resumed.output_dir) / "tempering.json").read_text())
+    assert meta["input_format"] == "text" and read_run(folder)["status"] == "succeeded"

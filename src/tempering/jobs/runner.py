@@ -70,12 +70,13 @@ def failure(exc: BaseException, shown: dict[str, str]) -> dict:
 
 
 def tune_config(job: Job, store: ArtifactStore):
-    from tempering.train.config import parse_config
+    """The stored job's config; an option it was stored without (added since) reads as before it existed."""
+    from tempering.train.config import BEFORE_OPTION, parse_config
 
     files = {"training_file": store.file_path(job.training_file)}
     if job.validation_file:
         files["validation_file"] = store.file_path(job.validation_file)
-    return parse_config({**job.config, **files, "seed": job.seed})
+    return parse_config({**BEFORE_OPTION, **job.config, **files, "seed": job.seed})
 
 
 class JobRecorder:

@@ -142,6 +142,23 @@ def stored_input_format(meta: dict) -> str:
     return meta.get("input_format") or "text"
 
 
+def run_input_format(folder: Path) -> str:
+    """How a classification run (not a continued one) reads its texts, as it started: its ``run.json``'s
+    ``input_format``, else its ``head_init`` event's (runs started before run.json recorded it), else ``text``
+    (runs started before the chat-template input, whose ``head_init`` event has none, or which had no such
+    event). A resumed run must keep it: its checkpoints were trained on it, whatever today's default."""
+    run = read_run(folder) or {}
+    if run.get("input_format"):
+        return run["input_format"]
+    events = folder / "events.jsonl"
+    lines = events.read_text(encoding="utf-8").splitlines() if events.exists() else []
+    for line in lines:
+        event = json.loads(line)
+        if event.get("type") == "head_init":
+            return (event.get("data") or {}).get("input_format") or "text"
+    return "text"
+
+
 def resolve_finetuned(model_id: str) -> tuple[Path, dict]:
     """The adapter folder and metadata of a fine-tuned model id."""
     parts = model_id.split(":")

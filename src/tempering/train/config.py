@@ -47,6 +47,11 @@ TARGET_EPOCHS, MIN_TARGET_EXAMPLES, MAX_TARGET_EXAMPLES, MAX_AUTO_EPOCHS = 3, 10
 # same rule took BANKING77's constrained answers from 0.578 to 0.799 accuracy (3 -> 9 epochs).
 CLASS_VIEWS, CLASSIFICATION_MAX_BATCH, CLASSIFICATION_MAX_EPOCHS = 90, 16, 10
 
+# Options added after jobs were first stored, each with the value that keeps a job stored before it as it was
+# created (one queued, or interrupted and resumed, across an upgrade: a resumed job's loss must not change mid-run);
+# a new job gets the field's default. (Options whose default behaves as before need no entry.)
+BEFORE_OPTION = {"class_weights": "none", "early_stopping": 0, "head_init": "random"}
+
 
 class Hyperparameters(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -263,7 +263,12 @@ def setup(config: TuneConfig, on_event: EventSink | None = None, *, short_id: st
     input_format = None
     if config.task == "classification":  # a continued classifier reads texts as its parent does
         continued = meta.get("task") == "classification"
-        input_format = artifacts.stored_input_format(meta) if continued else input_format_for(tokenizer)
+        if continued:
+            input_format = artifacts.stored_input_format(meta)
+        elif resuming:  # as the run started: its checkpoints were trained so
+            input_format = artifacts.run_input_format(artifacts.run_dir(short_id))
+        else:
+            input_format = input_format_for(tokenizer)
         task = _classification_task(config, card, placement, tokenizer, max_length, parent_folder,
                                     (train_msgs, train_labels), (valid_msgs, valid_labels), seed, input_format,
                                     meta.get("labels") if continued else None)
@@ -289,7 +294,8 @@ def setup(config: TuneConfig, on_event: EventSink | None = None, *, short_id: st
                   artifacts.RunLog(folder, enabled=world.is_main), on_event, data_sha256 or data_hashes(config), world,
                   config.task, make_batch, loss_fn, id2label,
                   functools.partial(loss_fn, **train_loss_options))
-    state.write_run(status="running", pid=os.getpid(), **({} if resuming else {"created_at": int(time.time())}))
+    state.write_run(status="running", pid=os.getpid(), **({} if resuming else {"created_at": int(time.time()),
+                                                                               "input_format": input_format}))
     if not resuming:
         state.emit(f"Created run {short_id}: {len(train)} training and {len(valid)} validation examples, "
                    f"{hp.n_epochs} epoch(s), batch size {hp.batch_size}, learning rate {hp.learning_rate:g}, "
