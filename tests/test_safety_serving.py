@@ -291,3 +291,90 @@ def _head() -> str:
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
     return ScriptDirectory.from_config(config).get_current_head()
+
+
+# ---------------------------------------------------------------- a hub's remote content-safety backend
+
+
+@pytest.fixture()
+def remote_moderation():
+    """An OpenAI-compatible /v1/moderations server on a real port (the filter calls it over HTTP): key
+    "sk-hub", "BANANA" is graphic violence, anything else harmless; the texts it was asked about are kept."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if self.path != "/v1/moderations" or self.headers.get("Authorization") != "Bearer sk-hub":
+                self.send_response(401)
+                self.end_headers()
+                return
+            texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+            seen.extend(texts)
+            names = ["hate", "sexual", "violence", "violence/graphic", "self-harm"]
+            results = [{"flagged": "BANANA" in t, "categories": {n: False for n in names},
+                        "category_scores": {n: 0.95 if n == "violence/graphic" and "BANANA" in t else 0.001
+                                            for n in names}} for t in texts]
+            payload = json.dumps({"id": "modr-1", "model": body.get("model"), "results": results}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}/v1", seen
+    server.shutdown()
+
+
+def test_a_hubs_remote_backend_classifies_its_projects_prompts_and_moderations(http, remote_moderation,
+                                                                                monkeypatch):
+    from tempering.settings import reset_settings
+
+    endpoint, seen = remote_moderation
+    [hub] = http.get("/v1/organization/hubs").json()["data"]
+    url = f"/v1/organization/hubs/{hub['id']}"
+    backend = {"backend": "openai", "endpoint": endpoint, "api_key_secret": "moderation"}
+    refused = http.post(url, json={"settings": {"content_safety": backend}})
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "upstream_not_allowed"
+    assert refused.json()["error"]["param"] == "settings.content_safety.endpoint"  # not allowed by the admin
+    monkeypatch.setenv("TEMPERING_UPSTREAM_ALLOWED_URLS", json.dumps([endpoint]))
+    reset_settings()
+    bad = http.post(url, json={"settings": {"content_safety": {**backend, "backend": "vllm"}}})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "settings.content_safety.backend"
+    assert http.put(f"{url}/secrets/moderation", json={"value": "sk-hub"}).status_code == 200
+    stored = http.post(url, json={"settings": {"content_safety": backend}})
+    assert stored.status_code == 200, stored.text
+    assert stored.json()["settings"]["content_safety"] == backend  # the key itself is a secret, never here
+
+    _deploy(http, "hubbed")  # the server's default policy: harm blocked from medium
+    blocked = http.post("/v1/chat/completions", json={"model": "hubbed", "messages": [
+        {"role": "user", "content": "tell me about BANANA"}], **GREEDY})
+    assert blocked.status_code == 400 and blocked.json()["error"]["code"] == "content_filter"
+    verdict = blocked.json()["error"]["innererror"]["content_filter_result"]
+    assert verdict["violence"] == {"filtered": True, "severity": "high"}
+    assert any("BANANA" in t for t in seen)  # the remote backend decided, not the local classifier
+    fine = http.post("/v1/chat/completions", json={"model": "hubbed", "messages": QUESTION, **GREEDY})
+    assert fine.status_code == 200 and "jailbreak" in fine.json()["prompt_filter_results"][0][
+        "content_filter_results"]  # what the remote backend lacks comes from the local classifiers
+    moderation = http.post("/v1/moderations", json={"input": ["BANANA", "a quiet afternoon"]}).json()
+    assert [r["categories"]["violence"] for r in moderation["results"]] == [True, False]
+
+    # the key gone: the filter cannot check, and answers as the policy says (fail open by default)
+    assert http.delete(f"{url}/secrets/moderation").status_code == 200
+    unchecked = http.post("/v1/chat/completions", json={"model": "hubbed", "messages": QUESTION, **GREEDY})
+    assert unchecked.status_code == 200
+    assert unchecked.json()["prompt_filter_results"][0]["content_filter_results"]["error"]["code"] == \
+        "content_filter_error"
+    assert http.post("/v1/moderations", json={"input": "BANANA"}).status_code == 503
+    # back to the local classifiers
+    assert http.post(url, json={"settings": {"content_safety": None}}).status_code == 200
+    seen.clear()
+    assert http.post("/v1/moderations", json={"input": "BANANA"}).status_code == 200 and not seen

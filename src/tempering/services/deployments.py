@@ -71,10 +71,10 @@ def owned_deployment(session, project_id: str, ident: str) -> Deployment:
     return found
 
 
-def normalise_url(url: str) -> str:
+def normalise_url(url: str, v1: bool = True) -> str:
     """A URL in one canonical form (scheme and host lowercased, default port dropped, no trailing slash, a
-    ``/v1`` path), or ``ValueError`` for anything that is not a plain http(s) URL: no credentials, query,
-    fragment, whitespace or control characters."""
+    ``/v1`` path unless ``v1`` is false: an API rooted elsewhere, Azure's), or ``ValueError`` for anything that
+    is not a plain http(s) URL: no credentials, query, fragment, whitespace or control characters."""
     if any(c.isspace() or ord(c) < 32 or c == "\\" for c in url):
         raise ValueError("the URL holds whitespace, a backslash or a control character")
     parts = urlsplit(url)
@@ -88,31 +88,30 @@ def normalise_url(url: str) -> str:
     host = f"[{host}]" if ":" in host else host
     netloc = host if port in (None, default) else f"{host}:{port}"
     path = parts.path.rstrip("/")
-    path = path if path.endswith("/v1") else f"{path}/v1"
+    path = path if path.endswith("/v1") or not v1 else f"{path}/v1"
     return f"{parts.scheme}://{netloc}{path}"
 
 
-def check_upstream(url: str | None, allowed: list[str]) -> str:
-    """The canonical form of an upstream URL the server's administrator allowed; checked before anything
-    connects anywhere."""
+def check_upstream(url: str | None, allowed: list[str], param: str = "upstream_url", v1: bool = True) -> str:
+    """The canonical form of a remote server's URL that the server's administrator allowed (an upstream
+    model's, a content-safety backend's: ``param`` names the field); checked before anything connects
+    anywhere."""
     if not url:
-        raise TemperingError("backend 'upstream' needs upstream_url (the OpenAI-compatible server's …/v1 URL)",
-                             param="upstream_url", code="invalid_value")
+        raise TemperingError(f"{param} is needed (the remote server's URL)", param=param, code="invalid_value")
     try:
-        wanted = normalise_url(url)
+        wanted = normalise_url(url, v1)
     except ValueError as exc:
-        raise TemperingError(f"upstream_url is not a valid URL: {exc}", param="upstream_url",
-                             code="invalid_value") from None
+        raise TemperingError(f"{param} is not a valid URL: {exc}", param=param, code="invalid_value") from None
     permitted = set()
     for entry in allowed:
         try:
-            permitted.add(normalise_url(entry))
+            permitted.add(normalise_url(entry, v1))
         except ValueError:
             continue  # a broken entry allows nothing
     if wanted not in permitted:
-        raise TemperingError("upstream_url is not one of the upstream servers this server's administrator "
-                             "allowed (TEMPERING_UPSTREAM_ALLOWED_URLS)", param="upstream_url",
-                             code="upstream_not_allowed", kind="forbidden")
+        raise TemperingError(f"{param} is not one of the remote servers this server's administrator allowed "
+                             "(TEMPERING_UPSTREAM_ALLOWED_URLS)", param=param, code="upstream_not_allowed",
+                             kind="forbidden")
     return wanted
 
 

@@ -13,7 +13,7 @@ import re
 
 from pydantic import ValidationError
 
-from tempering.errors import InvalidConfigError
+from tempering.errors import InvalidConfigError, TemperingError
 from tempering.safety import CompletionGuard, SafetyPolicy, blocklist_store, validate_policy
 from tempering.serve.params import TokenLogprob
 
@@ -136,3 +136,104 @@ class ChoiceFilter:
         if self.filtered:  # the tokens of text never sent are never sent either
             self._held = []
         return out
+
+
+# ---------------------------------------------------------------- the hub's content-safety backend
+
+BACKEND_FIELDS = {"backend", "endpoint", "api_key_secret", "model"}
+
+
+def check_backend(spec, allowed_urls: list[str]) -> dict:
+    """A hub's ``settings.content_safety`` — the classifiers its projects' filters and ``/v1/moderations``
+    use — in canonical form: ``{"backend": "local"}`` (the default), or a remote backend (``azure``: an Azure AI
+    Content Safety resource; ``openai``: an OpenAI-compatible ``…/v1`` moderation endpoint) with its
+    ``endpoint`` (one the server's administrator allowed), ``api_key_secret`` (the name of a hub secret that
+    holds its key) and, for ``openai``, an optional moderation ``model``."""
+    from tempering.services.deployments import check_upstream
+    from tempering.services.secrets import check_secret_name
+
+    where = "settings.content_safety"
+    if not isinstance(spec, dict):
+        raise TemperingError(f"{where} is an object: backend, endpoint, api_key_secret, model", param=where,
+                             code="invalid_value")
+    unknown = sorted(set(spec) - BACKEND_FIELDS)
+    if unknown:
+        raise TemperingError(f"{where} has unknown fields: {', '.join(unknown)} (known: {', '.join(sorted(BACKEND_FIELDS))})",
+                             param=where, code="invalid_value")
+    backend = spec.get("backend")
+    if backend not in ("local", "azure", "openai"):
+        raise TemperingError(f"{where}.backend is one of local, azure, openai (not {backend!r})",
+                             param=f"{where}.backend", code="invalid_value")
+    if backend == "local":
+        extra = sorted(set(spec) - {"backend"})
+        if extra:
+            raise TemperingError(f"the local backend takes no {', '.join(extra)}", param=f"{where}.{extra[0]}",
+                                 code="invalid_value")
+        return {"backend": "local"}
+    endpoint = check_upstream(spec.get("endpoint"), allowed_urls, param=f"{where}.endpoint", v1=backend == "openai")
+    secret = spec.get("api_key_secret")
+    if not isinstance(secret, str):
+        raise TemperingError(f"{where}.api_key_secret names the hub secret holding the {backend} backend's key",
+                             param=f"{where}.api_key_secret", code="invalid_value")
+    try:
+        check_secret_name(secret)
+    except TemperingError as exc:
+        raise TemperingError(exc.message, param=f"{where}.api_key_secret", code="invalid_value") from None
+    canonical = {"backend": backend, "endpoint": endpoint, "api_key_secret": secret}
+    model = spec.get("model")
+    if model is not None:
+        if backend != "openai" or not isinstance(model, str) or not 0 < len(model) <= 100:
+            raise TemperingError(f"{where}.model is an openai backend's moderation model name (1-100 characters)",
+                                 param=f"{where}.model", code="invalid_value")
+        canonical["model"] = model
+    return canonical
+
+
+class UnavailableScorer:
+    """A remote backend that cannot be used (its key is missing or unreadable): every check fails, so the
+    filter answers as the policy's ``fail_closed`` says, as for an unreachable backend."""
+
+    def __init__(self, categories, reason: str):
+        self.categories, self.reason = categories, reason
+
+    def score(self, texts):
+        from tempering.safety.remote import RemoteScorerError
+
+        raise RemoteScorerError(self.reason)
+
+
+class HubScorers:
+    """The scorer of each hub's content-safety backend, made once per backend, endpoint, model and key (a
+    rotated key or a changed endpoint makes a new one); None for the local classifiers."""
+
+    def __init__(self, settings):
+        self.settings = settings
+        self._made: dict = {}
+        self._cipher = None  # made on first use: reading the server key is needed only for a remote backend
+
+    def for_project(self, session, project_id: str | None):
+        import hashlib
+
+        from tempering.safety.classify import default_classifier
+        from tempering.safety.remote import make_scorer
+        from tempering.services.secrets import Cipher, hub_secret
+        from tempering.store.usage import hub_settings
+
+        spec = ((hub_settings(session, project_id) if project_id else None) or {}).get("content_safety")
+        if not spec or spec.get("backend", "local") == "local":
+            return None
+        from tempering.store.models import Project
+
+        hub_id = session.get(Project, project_id).hub_id
+        try:
+            self._cipher = self._cipher or Cipher(self.settings)
+            key = hub_secret(session, hub_id, spec["api_key_secret"], self._cipher)
+        except TemperingError as exc:
+            return UnavailableScorer(default_classifier().categories,
+                                     f"the hub's {spec['backend']} content-safety key ({spec['api_key_secret']!r}) "
+                                     f"cannot be read: {exc.message}")
+        made = (spec["backend"], spec["endpoint"], spec.get("model"), hashlib.sha256(key.encode()).hexdigest())
+        if made not in self._made:
+            options = {"model": spec["model"]} if spec.get("model") else {}
+            self._made[made] = make_scorer(spec["backend"], endpoint=spec["endpoint"], api_key=key, **options)
+        return self._made[made]

@@ -40,19 +40,26 @@ def _name(value: str, param: str = "name", limit: int = 200) -> str:
 # -- hubs ---------------------------------------------------------------------------------------------------
 
 
-def _check_hub_settings(settings: dict | None) -> None:
-    """The settings whose shape is known: ``default_quotas`` (the projects' quotas unless they set their own)
-    and ``prices`` (the price table, ``services.usage``)."""
-    if settings and settings.get("default_quotas") is not None:
+def _check_hub_settings(settings: dict | None) -> dict:
+    """The settings, checked where their shape is known: ``default_quotas`` (the projects' quotas unless they
+    set their own), ``prices`` (the price table, ``services.usage``) and ``content_safety`` (the classifiers
+    behind the projects' content filters: ``services.filtering.check_backend``, stored in canonical form)."""
+    settings = dict(settings or {})
+    if settings.get("default_quotas") is not None:
         check_quotas(settings["default_quotas"], "settings.default_quotas", allow_null=False)
-    if settings and settings.get("prices") is not None:
+    if settings.get("prices") is not None:
         usage.check_prices(settings["prices"])
+    if settings.get("content_safety") is not None:
+        from tempering.services.filtering import check_backend
+        from tempering.settings import get_settings
+
+        settings["content_safety"] = check_backend(settings["content_safety"], get_settings().upstream_allowed_urls)
+    return settings
 
 
 def create_hub(session: Session, name: str, caller: Caller, settings: dict | None = None) -> Hub:
     """A new hub; its creator (a server administrator) becomes its admin."""
-    _check_hub_settings(settings)
-    hub = Hub(name=_name(name), settings=dict(settings or {}))
+    hub = Hub(name=_name(name), settings=_check_hub_settings(settings))
     session.add(hub)
     session.flush()
     if caller.user_id:
@@ -85,7 +92,7 @@ def update_hub(session: Session, hub: Hub, caller: Caller, *, name: str | None =
     if name is not None:
         hub.name = _name(name)
     if settings is not None:
-        _check_hub_settings(settings)
+        settings = _check_hub_settings(settings)
         merged = dict(hub.settings or {})
         for key, value in settings.items():
             if value is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import secrets
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from tempering.api.errors import ERROR_RESPONSES, APIError
@@ -34,14 +34,21 @@ def _texts(body: ModerationCreate) -> list[str]:
 
 
 @router.post("/moderations", response_model=ModerationResponse)
-async def create_moderation(body: ModerationCreate, caller: CallerDep) -> ModerationResponse:
+async def create_moderation(body: ModerationCreate, caller: CallerDep, request: Request) -> ModerationResponse:
     """Classify texts for hate, sexual, violence and self-harm content, in OpenAI's shape; OpenAI's other
-    categories are reported not flagged with score 0 (docs/safety.md)."""
+    categories are reported not flagged with score 0 (docs/safety.md). The classifiers are the caller's hub's
+    content-safety backend (its ``settings.content_safety``), else the local ones."""
     from tempering.safety.moderation import MODEL, moderate
+    from tempering.safety.remote import RemoteScorerError
 
     if body.model not in (None, MODEL, *ALIASES):
         raise APIError(404, f"The model '{body.model}' does not exist: use {MODEL} (or omit model)",
                        param="model", code="model_not_found")
     texts = _texts(body)
-    results = await run_in_threadpool(moderate, texts)
+    scorer = await run_in_threadpool(request.app.state.chat.scorer_for, caller.project_id)
+    try:
+        results = await run_in_threadpool(moderate, texts, scorer)
+    except RemoteScorerError as exc:
+        raise APIError(503, f"the hub's content-safety backend could not classify the input: {exc}",
+                       code="content_filter_error") from None
     return ModerationResponse(id=f"modr-{secrets.token_hex(12)}", model=MODEL, results=results)
