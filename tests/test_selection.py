@@ -15,10 +15,11 @@ from tempering.train.artifacts import resolve_finetuned
 from tempering.train.selection import Scored, Selection, rebuild
 
 
-def _selection(metric: str, values: list[float], patience: int = 0) -> Selection:
+def _selection(metric: str, values: list[float], patience: int = 0, losses: list[float] | None = None) -> Selection:
     selection = Selection(metric, patience)
     for epoch, value in enumerate(values, 1):
-        selection.add(Scored(epoch, epoch * 10, value, Path(f"step-{epoch * 10:06d}")))
+        selection.add(Scored(epoch, epoch * 10, value, Path(f"step-{epoch * 10:06d}"),
+                             losses[epoch - 1] if losses else None))
     return selection
 
 
@@ -28,6 +29,18 @@ def test_loss_is_minimised_and_f1_maximised_and_a_tie_keeps_the_earlier_epoch():
     assert _selection("accuracy", [0.5, 0.5, 0.5]).best.epoch == 1
     assert _selection("loss", [1.0, 1.0 - 1e-6]).best.epoch == 1  # within MIN_DELTA is no improvement
     assert _selection("loss", [1.0, 0.8, 0.6]).best.epoch == 3  # the last, when it is the best
+
+
+def test_a_tie_of_accuracy_or_macro_f1_goes_to_the_lower_validation_loss():
+    # the DoRA run of docs/evaluation.md: macro-F1 0.7814 at epochs 3 and 5, loss 0.7149 and 0.6596
+    values, losses = [0.7338, 0.7173, 0.7814, 0.7468, 0.7814], [1.114, 0.7753, 0.7149, 0.7618, 0.6596]
+    assert _selection("macro_f1", values, losses=losses).best.epoch == 5
+    assert _selection("macro_f1", values).best.epoch == 3  # no losses known: the earlier, as before
+    assert _selection("accuracy", [0.8, 0.8], losses=[0.5, 0.6]).best.epoch == 1  # a higher loss: no
+    assert _selection("accuracy", [0.8, 0.79], losses=[0.5, 0.1]).best.epoch == 1  # the metric first
+    # and early stopping counts the tie with a lower loss as an improvement: patience restarts there
+    assert not _selection("macro_f1", values, patience=2, losses=losses).should_stop()
+    assert _selection("macro_f1", values, patience=2).should_stop()
 
 
 def test_patience_counts_epochs_since_the_best():
@@ -53,13 +66,14 @@ def test_rebuild_reads_the_scores_a_resumed_run_already_has(tmp_path):
         folder = tmp_path / f"step-{epoch:06d}"
         folder.mkdir()
         (folder / "metrics.json").write_text(json.dumps({"step": epoch, "epoch_completed": epoch,
-                                                          "selection_value": value}))
+                                                          "selection_value": value, "valid_loss": value + 1}))
         folders.append(folder)
     mid = tmp_path / "step-000003"
     mid.mkdir()
     (mid / "metrics.json").write_text(json.dumps({"step": 3, "train_loss": 0.1}))  # a mid-epoch checkpoint
     selection = rebuild(Selection("loss", 1), [*folders, mid])
     assert [s.epoch for s in selection.history] == [1, 2] and selection.best.checkpoint == folders[1]
+    assert [s.loss for s in selection.history] == [1.9, 1.5]  # what breaks a tie after a resume too
 
 
 @pytest.fixture

@@ -195,7 +195,7 @@ def _end_epoch(s, pos: Position, epoch_loss: float | None, selection: Selection,
     pos.epoch, pos.batches_done = pos.epoch + 1, 0  # the checkpoint points at the next epoch's start
     scored = {} if value is None else {"selection_metric": selection.metric, "selection_value": value}
     path = checkpoint({"epoch_completed": done, **metrics, **scored})
-    improved = value is not None and selection.add(Scored(done, pos.step, value, path))
+    improved = value is not None and selection.add(Scored(done, pos.step, value, path, valid["loss"]))
     s.emit(f"Epoch {done}/{s.hp.n_epochs} done: " + ", ".join(
         f"{k}={v:.4f}" for k, v in metrics.items() if v is not None)
         + (f"; validation {selection.metric} {value:.4f}" + (" (best so far)" if improved else "")

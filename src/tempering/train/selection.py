@@ -1,8 +1,11 @@
 """Best checkpoint, not last: each epoch's checkpoint scored on validation, the best one kept, and early stopping.
 
 The metric is the job's ``selection_metric`` (auto: macro-F1 for classification, validation loss for chat);
-loss is minimised, accuracy and macro-F1 maximised. An epoch improves on the best so far only by a strict
-margin (``MIN_DELTA``), so a tie keeps the earlier, cheaper-to-reach checkpoint. Early stopping ends the run
+loss is minimised, accuracy and macro-F1 maximised. An epoch improves on the best so far by a strict margin
+(``MIN_DELTA``), or, selecting by accuracy or macro-F1, by a tie there and a lower validation loss: a small
+validation split ties often (77 rows, one per BANKING77 intent: a tie at epochs 3 and 5 of a DoRA run kept
+epoch 3, which scored 0.8058 on 1,540 rows kept apart; epoch 5, its loss 0.66 against 0.71, scored 0.8455), and
+the loss still tells the two apart. A tie in both keeps the earlier checkpoint. Early stopping ends the run
 once ``patience`` epochs in a row have not improved (0: never). Each epoch's score is written into its
 checkpoint's ``metrics.json`` (``selection_value``), so a resumed run rebuilds the history from its checkpoints
 instead of keeping state of its own. ``Selection`` is pure bookkeeping; ``score_epoch`` computes the value.
@@ -26,6 +29,7 @@ class Scored:
     step: int
     value: float
     checkpoint: Path
+    loss: float | None = None  # the epoch's validation loss: breaks a tie of accuracy or macro-F1
 
 
 @dataclass
@@ -38,14 +42,19 @@ class Selection:
     def mode(self) -> str:
         return "max" if self.metric in MAXIMISED else "min"
 
-    def improves(self, value: float, than: float) -> bool:
-        return value > than + MIN_DELTA if self.mode == "max" else value < than - MIN_DELTA
+    def improves(self, scored: Scored, than: Scored) -> bool:
+        if self.mode == "min":
+            return scored.value < than.value - MIN_DELTA
+        if scored.value > than.value + MIN_DELTA:
+            return True
+        tied = scored.value >= than.value - MIN_DELTA
+        return tied and scored.loss is not None and than.loss is not None and scored.loss < than.loss - MIN_DELTA
 
     @property
     def best(self) -> Scored | None:
         best = None
         for scored in self.history:
-            if best is None or self.improves(scored.value, best.value):
+            if best is None or self.improves(scored, best):
                 best = scored
         return best
 
@@ -53,7 +62,7 @@ class Selection:
         """Record an epoch's score; whether it is the new best."""
         before = self.best
         self.history.append(scored)
-        return before is None or self.improves(scored.value, before.value)
+        return before is None or self.improves(scored, before)
 
     @property
     def stale_epochs(self) -> int:
@@ -97,8 +106,9 @@ def rebuild(selection: Selection, checkpoints: list[Path]) -> Selection:
         except (OSError, ValueError):
             continue
         if metrics.get("selection_value") is not None and metrics.get("epoch_completed"):
+            loss = metrics.get("valid_loss")
             selection.add(Scored(int(metrics["epoch_completed"]), int(metrics["step"]),
-                                 float(metrics["selection_value"]), folder))
+                                 float(metrics["selection_value"]), folder, None if loss is None else float(loss)))
     return selection
 
 
