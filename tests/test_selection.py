@@ -35,6 +35,8 @@ def test_a_tie_of_accuracy_or_macro_f1_goes_to_the_lower_validation_loss():
     # the DoRA run of docs/evaluation.md: macro-F1 0.7814 at epochs 3 and 5, loss 0.7149 and 0.6596
     values, losses = [0.7338, 0.7173, 0.7814, 0.7468, 0.7814], [1.114, 0.7753, 0.7149, 0.7618, 0.6596]
     assert _selection("macro_f1", values, losses=losses).best.epoch == 5
+    reason = _selection("macro_f1", values, losses=losses).summary(early_stopped=False, planned_epochs=5)["reason"]
+    assert "tied with epoch(s) 3 and kept for its lower validation loss (0.6596)" in reason
     assert _selection("macro_f1", values).best.epoch == 3  # no losses known: the earlier, as before
     assert _selection("accuracy", [0.8, 0.8], losses=[0.5, 0.6]).best.epoch == 1  # a higher loss: no
     assert _selection("accuracy", [0.8, 0.79], losses=[0.5, 0.1]).best.epoch == 1  # the metric first

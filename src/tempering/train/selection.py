@@ -82,6 +82,11 @@ class Selection:
         direction = "highest" if self.mode == "max" else "lowest"
         reason = (f"epoch {best.epoch} has the {direction} validation {self.metric} ({best.value:.4f}) of "
                   f"{len(self.history)} epoch(s)")
+        tied = [s for s in self.history if s is not best and abs(s.value - best.value) <= MIN_DELTA
+                and s.loss is not None and best.loss is not None and best.loss < s.loss]
+        if tied:
+            reason += (f", tied with epoch(s) {', '.join(str(s.epoch) for s in tied)} and kept for its lower "
+                       f"validation loss ({best.loss:.4f})")
         if best.epoch != last.epoch:
             reason += f"; the last epoch's was {last.value:.4f}"
         if early_stopped:
