@@ -9,9 +9,8 @@ import json
 import re
 
 import pytest
+from conftest import chat_example
 from fastapi.testclient import TestClient
-
-from tests.conftest import chat_example
 
 TRAIN = "".join(json.dumps(chat_example(f"What color is item {i}?", f"Item {i} is {['red', 'blue'][i % 2]}."))
                 + "\n" for i in range(20)).encode()

@@ -19,9 +19,8 @@ import re
 from pathlib import Path
 
 import pytest
-
-from tests.conftest import PHI3_ID, chat_example, worker_cores
-from tests.live_server import ADMIN_PASSWORD, live_server, register_model
+from conftest import PHI3_ID, chat_example, worker_cores
+from live_server import ADMIN_PASSWORD, live_server, register_model
 
 CHROMIUM = Path("/usr/bin/chromium")
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
