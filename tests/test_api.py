@@ -289,4 +289,19 @@ def test_cli_manages_users_members_and_keys(server, monkeypatch):
     assert runner.invoke(app, ["keys", "revoke", key["id"]]).exit_code == 0
     refused = runner.invoke(app, ["projects", "list"], env={"TEMPERING_API_KEY": key["value"]})
     assert refused.exit_code != 0 and "401" in refused.output
+
+    [hub] = json.loads(runner.invoke(app, ["hubs", "list", "--json"]).output)
+    assert runner.invoke(app, ["hubs", "secret", hub["id"], "moderation"], input="sk-x\n").exit_code == 0
+    shown = json.loads(runner.invoke(app, ["hubs", "show", hub["id"]]).output)
+    assert shown["secrets"] == ["moderation"] and "sk-x" not in json.dumps(shown)
+    quotas = runner.invoke(app, ["hubs", "set", hub["id"], "default_quotas", '{"deployments": 8}'])
+    assert quotas.exit_code == 0 and json.loads(quotas.output)["default_quotas"] == {"deployments": 8}, quotas.output
+    bad = runner.invoke(app, ["hubs", "set", hub["id"], "content_safety", '{"backend": "vllm"}'])
+    assert bad.exit_code != 0 and "settings.content_safety.backend" in bad.output, bad.output
+    assert "default_quotas" not in json.loads(runner.invoke(app, ["hubs", "set", hub["id"], "default_quotas",
+                                                                  "null"]).output)
+    odd = runner.invoke(app, ["hubs", "secret", hub["id"], "../../projects"], input="x\n")
+    assert odd.exit_code != 0 and "404" in odd.output, odd.output  # quoted: a name, never a path
+    assert runner.invoke(app, ["hubs", "delete-secret", hub["id"], "moderation"]).exit_code == 0
+    assert json.loads(runner.invoke(app, ["hubs", "show", hub["id"]]).output)["secrets"] == []
     reset_settings()

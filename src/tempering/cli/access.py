@@ -1,12 +1,14 @@
 """People and access. ``tempering users`` works on this machine's server database (run it where the server
-runs: it is how the first administrator resets a lost password); ``tempering projects`` and ``tempering keys``
-talk to a running server (``--server``) with an API key, as anyone would."""
+runs: it is how the first administrator resets a lost password); ``tempering hubs``, ``tempering projects`` and
+``tempering keys`` talk to a running server (``--server``) with an API key, as anyone would."""
 
 from __future__ import annotations
 
+import json
 import sys
 from datetime import datetime, timezone
 from typing import Annotated
+from urllib.parse import quote
 
 import typer
 from rich.table import Table
@@ -17,6 +19,9 @@ from tempering.cli.deploy import ApiKey, Json, Server, _client
 users = typer.Typer(help="Users of this machine's server (its database, not over HTTP).", no_args_is_help=True)
 projects = typer.Typer(help="A server's projects and their members.", no_args_is_help=True)
 keys = typer.Typer(help="Your API keys in a project of a server.", no_args_is_help=True)
+hubs = typer.Typer(help="A server's hubs: their shared settings (prices, default quotas, content safety) and "
+                   "secrets.", no_args_is_help=True)
+Hub = Annotated[str, typer.Argument(help="The hub's id (tempering hubs list).")]
 
 Project = Annotated[str | None, typer.Option("--project", help="A project id; default: the API key's project.")]
 Role = Annotated[str, typer.Option(help="owner, ai_developer or reader.")]
@@ -207,3 +212,68 @@ def revoke_key(key_id: Annotated[str, typer.Argument(help="The key's id (temperi
     client = _client(server, api_key)
     client.organization("DELETE", f"/projects/{client.project_id(project)}/api_keys/{key_id}")
     out.print(f"Revoked {key_id}.")
+
+
+# -- hubs ----------------------------------------------------------------------------------------------------------
+
+
+def _secret_path(hub: str, name: str) -> str:
+    """The secret's URL, each part quoted: a name is never a path (the server checks the name itself)."""
+    return f"/hubs/{quote(hub, safe='')}/secrets/{quote(name, safe='')}"
+
+
+@hubs.command("list")
+def list_hubs(server: Server, api_key: ApiKey = None, json_out: Json = False) -> None:
+    """The hubs you belong to (every hub for a server administrator)."""
+    data = _client(server, api_key).organization("GET", "/hubs")["data"]
+    if json_out:
+        return print_json(data)
+    table = Table("id", "name", "settings", "created")
+    for h in data:
+        table.add_row(h["id"], safe(h["name"]), ", ".join(sorted(h["settings"])) or "-", _when(h["created_at"]))
+    out.print(table)
+
+
+@hubs.command("show")
+def show_hub(hub: Hub, server: Server, api_key: ApiKey = None) -> None:
+    """A hub and its settings, as JSON (secrets are listed by name only)."""
+    client = _client(server, api_key)
+    shown = client.organization("GET", f"/hubs/{quote(hub, safe='')}")
+    shown["secrets"] = [s["name"] for s in client.organization("GET", f"/hubs/{quote(hub, safe='')}/secrets")["data"]]
+    print_json(shown)
+
+
+@hubs.command("set")
+def set_hub_setting(hub: Hub,
+                    key: Annotated[str, typer.Argument(help="The setting: prices, default_quotas, content_safety.")],
+                    value: Annotated[str, typer.Argument(help="Its value as JSON; null removes the setting.")],
+                    server: Server, api_key: ApiKey = None) -> None:
+    """Replace one of a hub's settings (hub admins), e.g. its content-safety backend:
+    tempering hubs set HUB content_safety '{"backend": "openai", "endpoint": "https://…/v1",
+    "api_key_secret": "moderation"}'."""
+    try:
+        parsed = json.loads(value)
+    except ValueError as exc:
+        raise typer.BadParameter(f"not JSON: {exc}", param_hint="VALUE") from None
+    updated = _client(server, api_key).organization("POST", f"/hubs/{quote(hub, safe='')}", {"settings": {key: parsed}})
+    print_json(updated["settings"])
+
+
+@hubs.command("secret")
+def set_hub_secret(hub: Hub, name: Annotated[str, typer.Argument(help="The secret's name.")], server: Server,
+                   api_key: ApiKey = None) -> None:
+    """Set or rotate a hub secret (a remote backend's key) from standard input, never the command line:
+    printf %s "$KEY" | tempering hubs secret HUB moderation."""
+    value = sys.stdin.readline().rstrip("\n")
+    if not value:
+        raise typer.BadParameter("give the secret's value on standard input", param_hint="stdin")
+    _client(server, api_key).organization("PUT", _secret_path(hub, name), {"value": value})
+    out.print(f"Set secret {safe(name)} of hub {hub}.")
+
+
+@hubs.command("delete-secret")
+def delete_hub_secret(hub: Hub, name: Annotated[str, typer.Argument(help="The secret's name.")], server: Server,
+                      api_key: ApiKey = None) -> None:
+    """Delete a hub secret."""
+    _client(server, api_key).organization("DELETE", _secret_path(hub, name))
+    out.print(f"Deleted secret {safe(name)} of hub {hub}.")
