@@ -217,9 +217,9 @@ def revoke_key(key_id: Annotated[str, typer.Argument(help="The key's id (temperi
 # -- hubs ----------------------------------------------------------------------------------------------------------
 
 
-def _secret_path(hub: str, name: str) -> str:
-    """The secret's URL, each part quoted: a name is never a path (the server checks the name itself)."""
-    return f"/hubs/{quote(hub, safe='')}/secrets/{quote(name, safe='')}"
+def _hub_path(hub: str, *rest: str) -> str:
+    """A hub's URL (and what is under it), each part quoted: a name is never a path (the server checks names)."""
+    return "/".join(["/hubs", *(quote(part, safe="") for part in (hub, *rest))])
 
 
 @hubs.command("list")
@@ -238,8 +238,8 @@ def list_hubs(server: Server, api_key: ApiKey = None, json_out: Json = False) ->
 def show_hub(hub: Hub, server: Server, api_key: ApiKey = None) -> None:
     """A hub and its settings, as JSON (secrets are listed by name only)."""
     client = _client(server, api_key)
-    shown = client.organization("GET", f"/hubs/{quote(hub, safe='')}")
-    shown["secrets"] = [s["name"] for s in client.organization("GET", f"/hubs/{quote(hub, safe='')}/secrets")["data"]]
+    shown = client.organization("GET", _hub_path(hub))
+    shown["secrets"] = [s["name"] for s in client.organization("GET", _hub_path(hub, "secrets"))["data"]]
     print_json(shown)
 
 
@@ -255,7 +255,7 @@ def set_hub_setting(hub: Hub,
         parsed = json.loads(value)
     except ValueError as exc:
         raise typer.BadParameter(f"not JSON: {exc}", param_hint="VALUE") from None
-    updated = _client(server, api_key).organization("POST", f"/hubs/{quote(hub, safe='')}", {"settings": {key: parsed}})
+    updated = _client(server, api_key).organization("POST", _hub_path(hub), {"settings": {key: parsed}})
     print_json(updated["settings"])
 
 
@@ -267,7 +267,7 @@ def set_hub_secret(hub: Hub, name: Annotated[str, typer.Argument(help="The secre
     value = sys.stdin.readline().rstrip("\n")
     if not value:
         raise typer.BadParameter("give the secret's value on standard input", param_hint="stdin")
-    _client(server, api_key).organization("PUT", _secret_path(hub, name), {"value": value})
+    _client(server, api_key).organization("PUT", _hub_path(hub, "secrets", name), {"value": value})
     out.print(f"Set secret {safe(name)} of hub {hub}.")
 
 
@@ -275,5 +275,5 @@ def set_hub_secret(hub: Hub, name: Annotated[str, typer.Argument(help="The secre
 def delete_hub_secret(hub: Hub, name: Annotated[str, typer.Argument(help="The secret's name.")], server: Server,
                       api_key: ApiKey = None) -> None:
     """Delete a hub secret."""
-    _client(server, api_key).organization("DELETE", _secret_path(hub, name))
+    _client(server, api_key).organization("DELETE", _hub_path(hub, "secrets", name))
     out.print(f"Deleted secret {safe(name)} of hub {hub}.")

@@ -58,7 +58,7 @@ class Served:
     key_id: str | None = None
     weights: Path | None = None  # a fully fine-tuned model's own weights: an engine of its own, no adapter
     quantization: str | None = None  # the local engine's weights (none, int8, int4); None: the server's setting
-    scorer: object | None = None  # the hub's remote content-safety backend; None: the server's scorer
+    scorer: object | None = None  # the filter's classifiers (ChatService.scorer_of); None: the shared local ones
 
 
 @dataclass
@@ -268,7 +268,7 @@ class ChatService:
             lists, lists_error = filtering.load_lists(session, project_id, policy)
             facts |= {"policy": policy, "blocklists": tuple(lists), "blocklists_error": lists_error}
             if policy.enabled:
-                facts["scorer"] = self.hub_scorers.for_project(session, project_id)
+                facts["scorer"] = self.scorer_of(session, project_id)
         # the model's files may have gone since: a clear 404 then (an upstream holds its own adapters)
         target = refs.resolve(facts["model"]) if facts["backend"] != "upstream" else None
         adapter = target.adapter if target is not None and not target.full else None
@@ -387,11 +387,15 @@ class ChatService:
             key_id=served.key_id, project_id=served.project_id, base_model=served.base_model))
 
     # ---------------------------------------------------------------- the content filter
-    def scorer_for(self, project_id: str):
+    def scorer_of(self, session, project_id: str):
         """The classifiers a project's checks use: its hub's remote backend, else the server's scorer (None:
         the shared local classifiers)."""
+        return self.hub_scorers.for_project(session, project_id) or self.scorer
+
+    def scorer_for(self, project_id: str):
+        """``scorer_of`` in a session of its own (``/v1/moderations``)."""
         with self.db.session(write=False) as session:
-            return self.hub_scorers.for_project(session, project_id) or self.scorer
+            return self.scorer_of(session, project_id)
 
     async def check_prompt(self, served: Served, endpoint: str, timer: Timer, check, prompt: list[int], *,
                            stream: bool) -> list[dict] | None:
@@ -409,7 +413,7 @@ class ChatService:
             text = check
             if isinstance(check, list) and check and isinstance(check[0], int):
                 text = self.serving.tokenizer(served.base_model).decode(check, skip_special_tokens=True)
-            return check_prompt(text, policy, served.blocklists, scorer=served.scorer or self.scorer)
+            return check_prompt(text, policy, served.blocklists, scorer=served.scorer)
 
         verdict = await asyncio.to_thread(run)
         if served.blocklists_error is not None:
@@ -432,8 +436,7 @@ class ChatService:
     def choice_filters(self, served: Served, count: int) -> list[filtering.ChoiceFilter] | None:
         if not served.policy.enabled:
             return None
-        return [filtering.ChoiceFilter(served.policy, list(served.blocklists), served.scorer or self.scorer,
-                                       served.blocklists_error)
+        return [filtering.ChoiceFilter(served.policy, list(served.blocklists), served.scorer, served.blocklists_error)
                 for _ in range(count)]
 
     # ---------------------------------------------------------------- generation

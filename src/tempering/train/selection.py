@@ -45,10 +45,7 @@ class Selection:
     def improves(self, scored: Scored, than: Scored) -> bool:
         if self.mode == "min":
             return scored.value < than.value - MIN_DELTA
-        if scored.value > than.value + MIN_DELTA:
-            return True
-        tied = scored.value >= than.value - MIN_DELTA
-        return tied and scored.loss is not None and than.loss is not None and scored.loss < than.loss - MIN_DELTA
+        return scored.value > than.value + MIN_DELTA or _lower_loss_in_a_tie(scored, than)
 
     @property
     def best(self) -> Scored | None:
@@ -82,8 +79,7 @@ class Selection:
         direction = "highest" if self.mode == "max" else "lowest"
         reason = (f"epoch {best.epoch} has the {direction} validation {self.metric} ({best.value:.4f}) of "
                   f"{len(self.history)} epoch(s)")
-        tied = [s for s in self.history if s is not best and abs(s.value - best.value) <= MIN_DELTA
-                and s.loss is not None and best.loss is not None and best.loss < s.loss]
+        tied = [s for s in self.history if self.mode == "max" and _lower_loss_in_a_tie(best, s)]
         if tied:
             reason += (f", tied with epoch(s) {', '.join(str(s.epoch) for s in tied)} and kept for its lower "
                        f"validation loss ({best.loss:.4f})")
@@ -100,6 +96,12 @@ class Selection:
             "epochs": [{"epoch": s.epoch, "step": s.step, "value": s.value} for s in self.history],
             "reason": reason,
         }
+
+
+def _lower_loss_in_a_tie(scored: Scored, than: Scored) -> bool:
+    """Whether ``scored`` ties ``than`` on the metric (within ``MIN_DELTA``) and has a lower validation loss."""
+    return (abs(scored.value - than.value) <= MIN_DELTA and scored.loss is not None and than.loss is not None
+            and scored.loss < than.loss - MIN_DELTA)
 
 
 def rebuild(selection: Selection, checkpoints: list[Path]) -> Selection:
