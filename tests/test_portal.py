@@ -501,3 +501,85 @@ def test_every_portal_string_has_an_indonesian_translation():
         catalog = read_po(po)
     missing = sorted(m for m in ids if not (catalog.get(m) and catalog.get(m).string))
     assert not missing, f"untranslated (pybabel extract, then pybabel update; docs/portal.md): {missing}"
+
+
+def test_hub_settings_page_sets_what_the_api_sets(tempering_home, monkeypatch):
+    """A hub admin's settings page: the content-safety backend, default quotas, prices and secrets go through
+    services.projects as the API's hub update does (same checks, same stored shape); a secret's value is never
+    shown; a Reader is refused."""
+    from tempering.settings import reset_settings
+    from tempering.store.models import Hub
+    from tempering.store.quotas import effective_quotas
+
+    endpoint = "http://127.0.0.1:9/v1"
+    monkeypatch.setenv("TEMPERING_UPSTREAM_ALLOWED_URLS", json.dumps([endpoint]))
+    reset_settings()
+    from tempering.api.app import create_app
+    from tempering.settings import get_settings
+
+    app = create_app(get_settings(), workers=0)
+    with TestClient(app) as client:
+        token = admin(client, app)
+        hub = re.search(r'href="/hubs/([^/"]+)"', client.get("/projects").text).group(1)
+        page = client.get(f"/hubs/{hub}")
+        assert page.status_code == 200 and "Content safety" in page.text and endpoint in page.text
+        assert 'placeholder="0.0002"' in page.text  # the server's training price for the embedded model
+
+        def post(path, **fields):
+            return client.post(f"/hubs/{hub}/{path}", data={"csrf_token": token, **fields})
+
+        def stored():
+            with app.state.db.session(write=False) as s:
+                return dict(s.get(Hub, hub).settings or {})
+
+        saved = post("secrets", name="guard-key", value="sk-never-shown")
+        assert saved.status_code == 200 and "Saved the secret guard-key" in saved.text
+        assert "sk-never-shown" not in saved.text and "guard-key" in saved.text
+        assert post("secrets", name="no/slash", value="x").status_code == 400
+
+        key_name = "guard-key"
+        elsewhere = post("content-safety", backend="openai", endpoint="http://10.0.0.1/v1", api_key_secret=key_name)
+        assert elsewhere.status_code == 403 and "content_safety" not in stored()
+        assert re.search(r'role="alert">[^<]*not one of the remote servers', elsewhere.text)
+        assert 'value="http://10.0.0.1/v1"' in elsewhere.text  # what was typed is kept for a correction
+        ok = post("content-safety", backend="openai", endpoint=endpoint, api_key_secret=key_name, model="")
+        assert ok.status_code == 200, ok.text
+        assert stored()["content_safety"] == {"backend": "openai", "endpoint": endpoint, "api_key_secret": "guard-key"}
+        assert post("content-safety", backend="local", endpoint=endpoint).status_code == 200
+        assert stored()["content_safety"] == {"backend": "local"}
+
+        bad = post("quotas", **{"quota.concurrent_jobs": "-1", "quota.deployments": "two"})
+        assert bad.status_code == 400
+        assert re.search(r'role="alert">[^<]*concurrent_jobs[^<]*deployments', bad.text)
+        assert "default_quotas" not in stored()  # nothing half-written
+        assert post("quotas", **{"quota.concurrent_jobs": "3", "quota.stored_bytes": ""}).status_code == 200
+        assert stored()["default_quotas"] == {"concurrent_jobs": 3}
+        with app.state.db.session(write=False) as s:
+            from tempering.store.models import Project
+
+            project = s.query(Project).filter(Project.hub_id == hub).first()
+            assert effective_quotas(s, project.id).concurrent_jobs == 3
+        assert post("quotas").status_code == 200 and "default_quotas" not in stored()  # all empty: the server's
+
+        refused = post("prices", **{"price.*.training_per_1k_tokens": "abc"})
+        assert refused.status_code == 400 and "prices" not in stored()
+        assert re.search(r'role="alert">[^<]*not a number', refused.text)
+        prices = post("prices", **{"price.*.training_per_1k_tokens": "0.5",
+                                   "price.phi-3.5-mini-instruct.hosting_per_hour": "1",
+                                   "price.smollm2-135m-instruct.input_per_1k_tokens": ""})
+        assert prices.status_code == 200
+        assert stored()["prices"] == {"*": {"training_per_1k_tokens": 0.5},
+                                      "phi-3.5-mini-instruct": {"hosting_per_hour": 1}}
+        assert 'value="0.5"' in client.get(f"/hubs/{hub}").text
+
+        assert "Renamed the hub" in post("name", name="research").text
+        deleted = post("secrets/guard-key/delete")
+        assert deleted.status_code == 200 and "guard-key" not in deleted.text.split('id="secrets"')[1]
+        assert post("secrets/guard-key/delete").status_code == 404
+        assert client.get("/hubs/hub-nope").status_code == 404
+
+    add_user(app, "rita", "reader")
+    with TestClient(app) as client:
+        sign_in(client, "rita", "correct-horse-battery")
+        assert client.get(f"/hubs/{hub}").status_code == 403
+        assert 'href="/hubs/' not in client.get("/projects").text

@@ -23,6 +23,13 @@ PAGES: dict[tuple[str, str], str] = {
     ("POST", "/projects/switch"): SIGNED_IN,  # only to a project the user has a role in (access.project_role)
     ("POST", "/hubs"): "server.admin",
     ("POST", "/hubs/{hub_id}/projects"): "hub.admin",
+    ("GET", "/hubs/{hub_id}"): "hub.admin",
+    ("POST", "/hubs/{hub_id}/name"): "hub.admin",
+    ("POST", "/hubs/{hub_id}/content-safety"): "hub.admin",
+    ("POST", "/hubs/{hub_id}/quotas"): "hub.admin",
+    ("POST", "/hubs/{hub_id}/prices"): "hub.admin",
+    ("POST", "/hubs/{hub_id}/secrets"): "hub.admin",
+    ("POST", "/hubs/{hub_id}/secrets/{name}/delete"): "hub.admin",
     ("GET", "/catalog"): "project.read",
     ("GET", "/data"): "project.read",
     ("POST", "/data"): "data.write",
@@ -66,9 +73,9 @@ UPLOAD_FORMS = {("POST", "/data"), ("POST", "/fine-tune")}
 
 def mount(app) -> None:
     """Add the portal's pages and its error pages (sign-in redirect, CSRF refusal, forbidden) to the app."""
-    from tempering.web import management, pages, serving, sweeps, tuning
+    from tempering.web import hubs, management, pages, serving, sweeps, tuning
     from tempering.web.render import install_handlers
 
-    for module in (pages, tuning, sweeps, serving, management):
+    for module in (pages, tuning, sweeps, serving, management, hubs):
         app.include_router(module.router)
     install_handlers(app)
