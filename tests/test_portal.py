@@ -407,6 +407,49 @@ def test_deploy_filter_toggle_and_delete(client, app, tiny_model):
     assert detail.status_code == 200 and "Pricing and terms" in detail.text and "Request log" in detail.text
     assert 'base_url="http://testserver/v1"' in detail.text and "Base model licence" in detail.text
     assert "<dt>Weights</dt><dd>int8 · not loaded yet</dd>" in detail.text  # engines load on first request
+    assert 'name="prompt.hate" aria-label="hate: Prompts" disabled' in detail.text  # shown, not editable
+    assert "Save policy" not in detail.text
+    assert reader.post(f"/deployments/{deployment_id}/content-filter-policy",
+                       data={"csrf_token": csrf_of(detail.text)}).status_code == 403
+
+    from tempering.safety import blocklist_store
+    from tempering.store.models import Deployment
+
+    def stored_policy():
+        with app.state.db.session(write=False) as s:
+            return s.get(Deployment, deployment_id).content_filter_policy
+
+    with app.state.db.session() as s:
+        blocklist_store.upsert(s, s.get(Deployment, deployment_id).project_id, "brands", "")
+    page = client.get(f"/deployments/{deployment_id}").text
+    assert "runs under the server&#39;s default policy" in page and 'value="brands"' in page
+    policy = {"csrf_token": token, "prompt.hate": "low", "prompt.jailbreak": "medium", "prompt.violence": "",
+              "completion.hate": "high", "completion.profanity": "off", "blocklist": "brands",
+              "fail_closed": "on", "stream_window": "200"}
+    bad = client.post(f"/deployments/{deployment_id}/content-filter-policy",
+                      data={**policy, "prompt.sexual": "extreme", "stream_window": "3"})
+    assert bad.status_code == 400 and stored_policy() is None  # nothing stored
+    assert re.search(r'role="alert">[^<]*prompt\.sexual[^<]*stream_window', bad.text)
+    assert 'value="3"' in bad.text  # what was sent stays on the page for a correction
+    saved = client.post(f"/deployments/{deployment_id}/content-filter-policy", data=policy)
+    assert saved.status_code == 200 and "Saved the content filter policy" in saved.text
+    assert stored_policy() == {"enabled": True, "prompt": {"hate": "low", "jailbreak": "medium"},
+                               "completion": {"hate": "high", "profanity": "off"}, "blocklists": ["brands"],
+                               "fail_closed": True, "stream_window": 200}
+
+    def chosen(html, field):
+        select = re.search(rf'name="{re.escape(field)}".*?</select>', html, re.DOTALL).group(0)
+        return re.findall(r'<option value="([^"]*)" selected>', select)
+
+    assert [chosen(saved.text, f) for f in ("prompt.hate", "prompt.violence", "completion.hate", "prompt.jailbreak",
+                                            "completion.profanity")] == [["low"], [""], ["high"], ["medium"], ["off"]]
+    unknown = client.post(f"/deployments/{deployment_id}/content-filter-policy",
+                          data={**policy, "blocklist": "nope", "prompt.made_up": "medium"})
+    assert unknown.status_code == 400 and "no blocklist named &#39;nope&#39;" in unknown.text
+    assert "no classifier provides the category prompt.made_up" in unknown.text
+    default = client.post(f"/deployments/{deployment_id}/content-filter-policy",
+                          data={"csrf_token": token, "default": "1"})
+    assert default.status_code == 200 and stored_policy() is None
     page = client.post(f"/deployments/{deployment_id}/delete", data={"csrf_token": token}).text
     assert "Deleted the deployment base" in page
 

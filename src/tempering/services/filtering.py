@@ -43,7 +43,23 @@ def stored_policy(content_filter: bool, policy: SafetyPolicy | dict | None) -> d
         return OFF.model_dump()
     if policy is None:
         return None
-    return SafetyPolicy.model_validate(policy).model_dump()
+    try:
+        return SafetyPolicy.model_validate(policy).model_dump()
+    except ValidationError as exc:  # a dict from a form (the API's body was parsed by the same model already)
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise InvalidConfigError(f"content_filter_policy: {problems}", param="content_filter_policy") from None
+
+
+def known_categories(scorer=None) -> list[str]:
+    """Every category a policy may name: the built-in ones in their order, then the classifiers' custom ones."""
+    from tempering.safety.policy import BUILTIN
+
+    if scorer is None:
+        from tempering.safety.classify import default_classifier
+
+        scorer = default_classifier()
+    known = scorer.categories
+    return [c for c in BUILTIN if c in known] + sorted(set(known) - set(BUILTIN))
 
 
 def check_policy(session, project_id: str, policy: SafetyPolicy, scorer=None) -> None:

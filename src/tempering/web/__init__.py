@@ -53,6 +53,7 @@ PAGES: dict[tuple[str, str], str] = {
     ("GET", "/deployments/{deployment_id}"): "project.read",
     ("POST", "/deployments/{deployment_id}/delete"): "deployments.write",
     ("POST", "/deployments/{deployment_id}/content-filter"): "deployments.write",
+    ("POST", "/deployments/{deployment_id}/content-filter-policy"): "deployments.write",
     ("GET", "/playground"): "deployments.call",
     ("POST", "/playground"): "deployments.call",
     ("POST", "/playground/stream"): "deployments.call",

@@ -9,7 +9,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Request
 
-from tempering.errors import TemperingError
+from tempering.errors import TemperingError, status_of
 from tempering.services.access import Caller
 from tempering.web import render, session
 from tempering.web.render import page, redirect
@@ -97,12 +97,21 @@ def deployments_page(request: Request, caller: PageCaller, created: str = ""):
 @router.get("/deployments/{deployment_id}")
 def deployment_page(request: Request, caller: PageCaller, deployment_id: str):
     """One deployment: how to call it, its metrics and latency over its last requests, its request log, its
-    prices (the project's price table) and the base model's licence."""
+    prices (the project's price table), the base model's licence and its content filter's policy."""
+    return _deployment_page(request, caller, deployment_id)
+
+
+def _deployment_page(request: Request, caller: Caller, deployment_id: str, status: int = 200,
+                     shown_policy: dict | None = None, **context):
+    """The page; ``shown_policy``: a refused policy form's values, shown in place of the stored policy."""
     from tempering.catalog import get_card
+    from tempering.safety import blocklist_store
+    from tempering.safety.policy import HARM, PROMPT_ATTACKS
     from tempering.services import deployments as service
+    from tempering.services.filtering import known_categories
     from tempering.store.usage import hosting_cost, prices_for
 
-    _ = render.gettext_of(request, caller)
+    settings = request.app.state.settings
     try:
         with request.app.state.db.session(write=False) as s:
             d = service.owned_deployment(s, caller.project_id, deployment_id)
@@ -112,17 +121,22 @@ def deployment_page(request: Request, caller: PageCaller, deployment_id: str):
             for row in log:
                 s.expunge(row)
             prices = prices_for(s, caller.project_id, d.base_model)
-            engine = service.engine_state(d, request.app.state.serving, request.app.state.settings)
+            engine = service.engine_state(d, request.app.state.serving, settings)
+            blocklists = [b.name for b in blocklist_store.listing(s, caller.project_id)]
     except TemperingError as exc:
         return _deployments_page(request, caller, status=404, error=exc.message)
     import time
 
+    policy = shown_policy or service.effective_policy(d, settings).model_dump()
     hosted = (d.deleted_at or time.time()) - d.created_at
     latencies = [r.latency_ms for r in reversed(log) if r.status < 400]
-    return page(request, caller, "deployment.html", deployment=d, metrics=numbers, log=log, prices=prices,
-                hosted_hours=hosted / 3600, hosted_cost=hosting_cost(hosted, prices),
+    return page(request, caller, "deployment.html", status=status, deployment=d, metrics=numbers, log=log,
+                prices=prices, hosted_hours=hosted / 3600, hosted_cost=hosting_cost(hosted, prices),
                 licence=get_card(d.base_model).license, sparkline=_sparkline(latencies),
-                base_url=str(request.base_url).rstrip("/"), engine=engine)
+                base_url=str(request.base_url).rstrip("/"), engine=engine, policy=policy,
+                policy_is_default=d.content_filter_policy is None and shown_policy is None,
+                categories=known_categories(), harm=HARM, prompt_only=PROMPT_ATTACKS, blocklists=blocklists,
+                **context)
 
 
 def _sparkline(values: list[float], width: int = 480, height: int = 80) -> str:
@@ -164,6 +178,34 @@ def content_filter(request: Request, caller: PageCaller, deployment_id: str,
     except TemperingError as exc:
         return _deployments_page(request, caller, status=400, error=exc.message)
     return _deployments_page(request, caller, notice=_("Changed the content filter of %(name)s.", name=name))
+
+
+@router.post("/deployments/{deployment_id}/content-filter-policy")
+async def content_filter_policy(request: Request, caller: PageCaller, deployment_id: str):
+    """A deployment's own policy from the page's form (a threshold per category and direction, empty for not
+    checked; the project's blocklists; fail closed; the stream window), or the server's default policy when
+    ``default`` is sent; checked and stored by ``services.deployments.set_content_filter`` as the API's
+    ``content_filter_policy``."""
+    from tempering.services.deployments import set_content_filter
+
+    form = await request.form()
+    policy: dict | None = None
+    if not form.get("default"):
+        policy = {"prompt": {}, "completion": {}, "blocklists": [str(v) for v in form.getlist("blocklist")],
+                  "fail_closed": form.get("fail_closed") == "on",
+                  "stream_window": str(form.get("stream_window", "")).strip() or 160}
+        for key, value in form.multi_items():
+            direction, _dot, name = key.partition(".")
+            if direction in ("prompt", "completion") and name and str(value):
+                policy[direction][name] = str(value)
+    _ = render.gettext_of(request, caller)
+    try:
+        with request.app.state.db.session() as s:
+            set_content_filter(s, caller.project_id, deployment_id, True, policy, request.app.state.settings)
+    except TemperingError as exc:
+        return _deployment_page(request, caller, deployment_id, status=status_of(exc), shown_policy=policy,
+                                policy_error=exc.message)
+    return _deployment_page(request, caller, deployment_id, notice=_("Saved the content filter policy."))
 
 
 # ---------------------------------------------------------------- playground
