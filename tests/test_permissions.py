@@ -95,7 +95,8 @@ def world(tmp_path_factory):
         session.add_all([job, evaluation, deployment, blocklist, webhook, sweep])
         session.flush()
         ids.update(file_id=file.id, job_id=job.id, sweep_id=sweep.id, evaluation_id=evaluation.id, deployment_id=deployment.id,
-                   name="words", model_id=TINY_FT, rate_limit_id=f"rl-{deployment.id}", webhook_id=webhook.id)
+                   name="words", model_id=TINY_FT, rate_limit_id=f"rl-{deployment.id}", webhook_id=webhook.id,
+                   item_id="00000000-0000-0000-0000-000000000000")
     with TestClient(app) as client:
         yield app, client, keys, ids
 

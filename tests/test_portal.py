@@ -626,3 +626,52 @@ def test_hub_settings_page_sets_what_the_api_sets(tempering_home, monkeypatch):
         sign_in(client, "rita", "correct-horse-battery")
         assert client.get(f"/hubs/{hub}").status_code == 403
         assert 'href="/hubs/' not in client.get("/projects").text
+
+
+def test_blocklists_pages(client, app):
+    """Create a blocklist, describe it, add a term and a regular expression (a bad one refused with the
+    service's words, what was typed kept), remove an item, delete the list; a Reader sees it and no forms."""
+    token = admin(client, app)
+    assert "The project has no blocklists." in client.get("/blocklists").text
+    bad = client.post("/blocklists", data={"csrf_token": token, "name": "..", "description": "dots"})
+    assert bad.status_code == 400 and 'value="dots"' in bad.text and "not only dots" in bad.text
+    created = client.post("/blocklists", data={"csrf_token": token, "name": "brands", "description": "rivals"},
+                          follow_redirects=False)
+    assert created.status_code == 303 and created.headers["location"] == "/blocklists/brands"
+    page = client.post("/blocklists/brands/items", data={"csrf_token": token, "text": "Zorblax"}).text
+    assert "Added Zorblax" in page and ">term<" in page
+    refused = client.post("/blocklists/brands/items", data={"csrf_token": token, "text": "(unclosed",
+                                                            "is_regex": "on", "description": "oops"})
+    assert refused.status_code == 400 and "not a valid regular expression" in refused.text
+    assert 'value="(unclosed"' in refused.text and 'value="oops"' in refused.text
+    page = client.post("/blocklists/brands/items", data={"csrf_token": token, "text": r"acme\s*corp",
+                                                         "is_regex": "on"}).text
+    assert ">regular expression<" in page
+    page = client.post("/blocklists/brands", data={"csrf_token": token, "description": "our rivals"}).text
+    assert "Saved the description." in page and 'value="our rivals"' in page
+    listed = client.get("/blocklists").text
+    assert re.search(r'href="/blocklists/brands">brands</a></td><td>our rivals</td><td>2<', listed)
+
+    from tempering.safety import check_prompt
+    from tempering.safety.blocklist_store import load
+    from tempering.safety.policy import SafetyPolicy
+    from tempering.store.models import Project
+
+    with app.state.db.session(write=False) as s:
+        lists = load(s, s.query(Project).first().id, ["brands"])
+    only_lists = SafetyPolicy(prompt={}, completion={}, blocklists=["brands"])
+    assert check_prompt("Is ACME  Corp better?", only_lists, lists).filtered  # what the filter applies
+
+    item_id = re.search(r'action="/blocklists/brands/items/([^/]+)/remove"', page).group(1)
+    page = client.post(f"/blocklists/brands/items/{item_id}/remove", data={"csrf_token": token}).text
+    assert "Removed the item." in page and "Zorblax" not in page
+
+    add_user(app, "rita", "reader")
+    with TestClient(app) as reader:
+        sign_in(reader, "rita", "correct-horse-battery")
+        seen = reader.get("/blocklists/brands").text
+        assert "acme" in seen and "Add an item" not in seen and "Delete blocklist" not in seen
+
+    gone = client.post("/blocklists/brands/delete", data={"csrf_token": token})
+    assert gone.status_code == 200 and "Deleted the blocklist brands." in gone.text
+    assert client.get("/blocklists/brands").status_code == 404

@@ -378,3 +378,17 @@ def test_a_hubs_remote_backend_classifies_its_projects_prompts_and_moderations(h
     assert http.post(url, json={"settings": {"content_safety": None}}).status_code == 200
     seen.clear()
     assert http.post("/v1/moderations", json={"input": "BANANA"}).status_code == 200 and not seen
+
+
+def test_a_blocklist_a_deployment_applies_cannot_be_deleted(http, guarded):
+    """Deleting the list would leave the deployment's filter with an error on every request (and, failing
+    open by default, its lists unchecked): refused naming the deployment, allowed once no filter applies it."""
+    url = "/v1/contentsafety/text/blocklists/secret"
+    refused = http.delete(url)
+    assert refused.status_code == 409, refused.text
+    error = refused.json()["error"]
+    assert error["code"] == "blocklist_in_use" and "guarded" in error["message"]
+    assert http.get(url).status_code == 200
+    _set_filter(http, "guarded", content_filter=False)  # off: no list applied
+    assert http.delete(url).status_code == 204
+    assert http.get(url).status_code == 404

@@ -25,6 +25,7 @@ from tempering.store.models import ContentBlocklist, ContentBlocklistItem, now
 
 class BlocklistNotFoundError(TemperingError):
     code = "not_found"
+    kind = "not_found"
 
 
 def get(session: Session, project_id: str, name: str) -> ContentBlocklist:

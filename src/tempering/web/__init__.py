@@ -54,6 +54,13 @@ PAGES: dict[tuple[str, str], str] = {
     ("POST", "/deployments/{deployment_id}/delete"): "deployments.write",
     ("POST", "/deployments/{deployment_id}/content-filter"): "deployments.write",
     ("POST", "/deployments/{deployment_id}/content-filter-policy"): "deployments.write",
+    ("GET", "/blocklists"): "project.read",
+    ("POST", "/blocklists"): "deployments.write",
+    ("GET", "/blocklists/{name}"): "project.read",
+    ("POST", "/blocklists/{name}"): "deployments.write",
+    ("POST", "/blocklists/{name}/items"): "deployments.write",
+    ("POST", "/blocklists/{name}/items/{item_id}/remove"): "deployments.write",
+    ("POST", "/blocklists/{name}/delete"): "deployments.write",
     ("GET", "/playground"): "deployments.call",
     ("POST", "/playground"): "deployments.call",
     ("POST", "/playground/stream"): "deployments.call",
@@ -74,9 +81,9 @@ UPLOAD_FORMS = {("POST", "/data"), ("POST", "/fine-tune")}
 
 def mount(app) -> None:
     """Add the portal's pages and its error pages (sign-in redirect, CSRF refusal, forbidden) to the app."""
-    from tempering.web import hubs, management, pages, serving, sweeps, tuning
+    from tempering.web import blocklists, hubs, management, pages, serving, sweeps, tuning
     from tempering.web.render import install_handlers
 
-    for module in (pages, tuning, sweeps, serving, management, hubs):
+    for module in (pages, tuning, sweeps, serving, blocklists, management, hubs):
         app.include_router(module.router)
     install_handlers(app)

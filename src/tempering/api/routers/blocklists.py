@@ -7,7 +7,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Path, Response
 
 from tempering.api.deps import SessionDep
-from tempering.api.errors import ERROR_RESPONSES, APIError
+from tempering.api.errors import ERROR_RESPONSES
 from tempering.api.permissions import CallerDep
 from tempering.api.protocol_safety import (
     AddOrUpdateBlocklistItems,
@@ -19,18 +19,10 @@ from tempering.api.protocol_safety import (
     TextBlocklistPage,
     TextBlocklistPatch,
 )
-from tempering.safety import blocklist_store as store
-from tempering.services import audit
+from tempering.services import blocklists as service
 
 router = APIRouter(prefix="/v1/contentsafety/text/blocklists", tags=["content safety"], responses=ERROR_RESPONSES)
 Name = Path(pattern=r"^[0-9A-Za-z._~-]{1,64}$", description="The blocklist's name: 0-9 A-Z a-z . _ ~ -")
-
-
-def _blocklist(session, caller, name: str):
-    try:
-        return store.get(session, caller.project_id, name)
-    except store.BlocklistNotFoundError as exc:
-        raise APIError(404, exc.message, param="blocklistName", code="not_found") from exc
 
 
 def _item(row) -> TextBlocklistItem:
@@ -42,8 +34,7 @@ def _item(row) -> TextBlocklistItem:
 def create_or_update(body: TextBlocklistPatch, session: SessionDep, caller: CallerDep, response: Response,
                      name: str = Name) -> TextBlocklist:
     """Create a blocklist, or update its description (201 when created, 200 when updated)."""
-    row, created = store.upsert(session, caller.project_id, name, body.description)
-    audit.record(session, "blocklist.updated", caller=caller, target=name, change="created" if created else "described")
+    row, created = service.save(session, caller, name, body.description)
     response.status_code = 201 if created else 200
     return TextBlocklist(blocklistName=row.name, description=row.description)
 
@@ -51,19 +42,18 @@ def create_or_update(body: TextBlocklistPatch, session: SessionDep, caller: Call
 @router.get("", response_model=TextBlocklistPage)
 def list_blocklists(session: SessionDep, caller: CallerDep) -> TextBlocklistPage:
     return TextBlocklistPage(value=[TextBlocklist(blocklistName=r.name, description=r.description)
-                                    for r in store.listing(session, caller.project_id)])
+                                    for r in service.listing(session, caller)])
 
 
 @router.get("/{name}", response_model=TextBlocklist)
 def get_blocklist(session: SessionDep, caller: CallerDep, name: str = Name) -> TextBlocklist:
-    row = _blocklist(session, caller, name)
+    row = service.get(session, caller, name)
     return TextBlocklist(blocklistName=row.name, description=row.description)
 
 
 @router.delete("/{name}", status_code=204)
 def delete_blocklist(session: SessionDep, caller: CallerDep, name: str = Name) -> Response:
-    store.drop(session, _blocklist(session, caller, name))
-    audit.record(session, "blocklist.updated", caller=caller, target=name, change="deleted")
+    service.delete(session, caller, name)
     return Response(status_code=204)
 
 
@@ -72,19 +62,16 @@ def add_items(body: AddOrUpdateBlocklistItems, session: SessionDep, caller: Call
               name: str = Name) -> AddOrUpdateBlocklistItemsResult:
     """Add terms or regular expressions (validated: compiles, at most 500 characters, no empty match); the
     same text again updates its description."""
-    rows = store.add_items(session, _blocklist(session, caller, name), [i.model_dump() for i in body.blocklistItems])
-    audit.record(session, "blocklist.updated", caller=caller, target=name, change="items added", count=len(rows))
+    rows = service.add_items(session, caller, name, [i.model_dump() for i in body.blocklistItems])
     return AddOrUpdateBlocklistItemsResult(blocklistItems=[_item(r) for r in rows])
 
 
 @router.post("/{name}:removeBlocklistItems", status_code=204)
 def remove_items(body: RemoveBlocklistItems, session: SessionDep, caller: CallerDep, name: str = Name) -> Response:
-    store.remove_items(session, _blocklist(session, caller, name), body.blocklistItemIds)
-    audit.record(session, "blocklist.updated", caller=caller, target=name, change="items removed",
-                 count=len(body.blocklistItemIds))
+    service.remove_items(session, caller, name, body.blocklistItemIds)
     return Response(status_code=204)
 
 
 @router.get("/{name}/blocklistItems", response_model=TextBlocklistItemPage)
 def list_items(session: SessionDep, caller: CallerDep, name: str = Name) -> TextBlocklistItemPage:
-    return TextBlocklistItemPage(value=[_item(r) for r in store.items(session, _blocklist(session, caller, name))])
+    return TextBlocklistItemPage(value=[_item(r) for r in service.items(session, caller, name)])
