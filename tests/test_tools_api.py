@@ -314,3 +314,35 @@ def test_export_refusals(api, tuned):
             "code": "not_found"}
     assert client.get("/v1/files", headers=theirs).json()["data"] == []
     assert client.get("/v1/files", headers=mine).json()["data"] == []  # no archive from any refusal
+
+
+def test_portal_exports_a_model_and_downloads_it(api, tuned):
+    """The models page's Export (services.exports, as the API's) stores the zip as a project file, lists it with
+    a download link, and the link serves its bytes; a refusal is shown with the core's words, nothing stored."""
+    import re
+
+    client, mine, _ = api
+    app = client.app
+    signed = client.post("/signin", data={"username": "admin", "password": app.state.initial_admin_password,
+                                          "next": "/models"})
+    token = re.search(r'name="csrf_token" value="([^"]+)"', signed.text).group(1)
+    page = client.get("/models").text
+    assert tuned in page and "No exports yet." in page and 'action="/models/export"' in page
+    refused = client.post("/models/export", data={"csrf_token": token, "model": tuned, "format": "merged",
+                                                  "dtype": "q8_0"})
+    assert refused.status_code == 400 and "q8_0 is a GGUF quantization" in refused.text
+    assert client.get("/v1/files", headers=mine).json()["data"] == []
+    done = client.post("/models/export", data={"csrf_token": token, "model": tuned, "format": "peft"})
+    assert done.status_code == 200 and f"Exported {tuned} as" in done.text
+    file_id = re.search(r'href="/files/([^/]+)/download"', done.text).group(1)
+    [stored] = client.get("/v1/files", headers=mine).json()["data"]
+    assert stored["id"] == file_id and stored["filename"].endswith("-peft.zip")
+    download = client.get(f"/files/{file_id}/download")
+    assert download.status_code == 200 and len(download.content) == stored["bytes"]
+    assert stored["filename"] in download.headers["content-disposition"]
+    assert any(n.endswith("adapter_model.safetensors") for n in zipfile.ZipFile(io.BytesIO(download.content)).namelist())
+    assert client.get("/files/file-nope/download").status_code == 404
+    client.app.state.store.file_path(file_id).unlink()  # a row that outlived its bytes: said, both ways
+    gone = client.get(f"/v1/files/{file_id}/content", headers=mine)
+    assert gone.status_code == 500 and gone.json()["error"]["code"] == "file_missing"
+    assert "missing from the artifact store" in client.get(f"/files/{file_id}/download").text

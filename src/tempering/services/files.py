@@ -91,6 +91,18 @@ def list_files(session, project_id: str, purpose: str | None = None) -> list[Fil
     return list(session.scalars(query.order_by(File.created_at.desc(), File.id)))
 
 
+def content_path(session, project_id: str, store, file_id: str):
+    """A file of the project and where its bytes are, to download (the API's ``/content``, the portal's
+    download link); an internal error naming the file when the row outlived its bytes (a restore without
+    artifacts, a disk lost)."""
+    row = owned_file(session, project_id, file_id)
+    path = store.file_path(row.id)
+    if not path.is_file():
+        raise TemperingError(f"the bytes of {row.id} are missing from the artifact store", param="file_id",
+                             code="file_missing", kind="internal")
+    return row, path
+
+
 def delete_file(session, project_id: str, store, file_id: str) -> File:
     """Delete a file; refused while a job that has not finished will read it (it would fail later with a
     vague error)."""

@@ -9,7 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import FileResponse, Response
 
-from tempering.errors import TemperingError
+from tempering.errors import TemperingError, status_of
 from tempering.services.access import Caller
 from tempering.web import render, session
 from tempering.web.render import page, redirect
@@ -277,6 +277,20 @@ def _file_page(request: Request, caller: Caller, file_id: str, status: int = 200
 @router.get("/data/{file_id}")
 def data_file_page(request: Request, caller: PageCaller, file_id: str, uploaded: bool = False):
     return _file_page(request, caller, file_id, uploaded=uploaded)
+
+
+@router.get("/files/{file_id}/download")
+def download_file(request: Request, caller: PageCaller, file_id: str):
+    """A file of the project as it is stored (an upload, a split, an export's zip): ``services.files``, as the
+    API's ``GET /v1/files/{id}/content``."""
+    from tempering.services import files
+
+    with request.app.state.db.session(write=False) as s:
+        try:
+            row, path = files.content_path(s, caller.project_id, request.app.state.store, file_id)
+        except TemperingError as exc:
+            raise session.PageForbidden(exc.message, status_of(exc)) from None
+    return FileResponse(path, media_type="application/octet-stream", filename=row.filename)
 
 
 @router.post("/data/{file_id}/split")

@@ -76,11 +76,7 @@ def get_file(file_id: str, caller: CallerDep, session: SessionDep) -> FileObject
                              "content": {"application/octet-stream": {"schema": {"type": "string",
                                                                                  "format": "binary"}}}}})
 def file_content(file_id: str, request: Request, caller: CallerDep, session: SessionDep):
-    row = owned_file(session, caller.project_id, file_id)
-    path = request.app.state.store.file_path(row.id)
-    if not path.is_file():  # the row outlived its bytes (a restore without artifacts, a disk lost): say so
-        raise APIError(500, f"the bytes of {row.id} are missing from the artifact store", code="file_missing",
-                       param="file_id")
+    row, path = files.content_path(session, caller.project_id, request.app.state.store, file_id)
     return FileResponse(path, media_type="application/octet-stream", filename=row.filename)
 
 
