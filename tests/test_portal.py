@@ -164,6 +164,31 @@ def test_owner_adds_a_member_and_a_key_is_shown_once(client, app):
     assert TestClient(app).get("/v1/models", headers={"Authorization": f"Bearer {key}"}).status_code == 200
 
 
+def test_owner_creates_and_deletes_a_service_account(client, app):
+    """A service account's key is shown once, acts in the project with the account's role, and stops working
+    when the account is deleted; only those who manage keys see the section."""
+    token = admin(client, app)
+    refused = client.post("/service-accounts", data={"csrf_token": token, "name": "ci", "role": "emperor"})
+    assert refused.status_code == 400 and 'role="alert"' in refused.text
+    created = client.post("/service-accounts", data={"csrf_token": token, "name": "ci", "role": "reader"})
+    key = re.search(r'data-testid="new-account-key">(tk-[^<]+)<', created.text).group(1)
+    assert "The key of ci" in created.text
+    page = client.get("/members").text
+    assert key not in page and re.search(r"<td>ci</td><td>Reader</td>", page)
+    api = TestClient(app)
+    bearer = {"Authorization": f"Bearer {key}"}
+    assert api.get("/v1/models", headers=bearer).status_code == 200
+    assert api.patch("/v1/contentsafety/text/blocklists/x", headers=bearer, json={}).status_code == 403  # reader
+    account_id = re.search(r'action="/service-accounts/([^/]+)/delete"', page).group(1)
+    deleted = client.post(f"/service-accounts/{account_id}/delete", data={"csrf_token": token})
+    assert "Deleted the service account ci" in deleted.text and "No service accounts." in deleted.text
+    assert api.get("/v1/models", headers=bearer).status_code == 401
+    add_user(app, "dev", "ai_developer")
+    with TestClient(app) as other:
+        sign_in(other, "dev", "correct-horse-battery")
+        assert "Service accounts" not in other.get("/members").text
+
+
 def test_language_is_per_user(client, app):
     token = admin(client, app)
     client.post("/locale", data={"csrf_token": token, "locale": "id"})

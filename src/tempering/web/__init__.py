@@ -70,6 +70,8 @@ PAGES: dict[tuple[str, str], str] = {
     ("POST", "/members"): "members.manage",
     ("POST", "/members/{user_id}"): "members.manage",
     ("POST", "/members/{user_id}/remove"): "members.manage",
+    ("POST", "/service-accounts"): "keys.manage",
+    ("POST", "/service-accounts/{service_account_id}/delete"): "keys.manage",
     ("GET", "/audit"): "audit.read",
     ("GET", "/usage"): "project.read",
     ("POST", "/keys"): "keys.self",

@@ -8,7 +8,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Request
 
-from tempering.errors import TemperingError
+from tempering.errors import TemperingError, status_of
 from tempering.services import access
 from tempering.services.access import Caller
 from tempering.web import render, session
@@ -26,8 +26,11 @@ def _members_page(request: Request, caller: Caller, status: int = 200, **context
                   for u, m in projects.members(s, caller.project_id)]
         keys = [(k.id, k.name, k.prefix, access.ROLE_NAMES.get(k.role, k.role), k.last_used_at)
                 for k in projects.visible_keys(s, caller)]
+        accounts = [(a.id, a.name, access.ROLE_NAMES.get(a.role, a.role), a.created_at)
+                    for a in projects.service_accounts(s, caller.project_id)] if caller.can("keys.manage") else []
     roles = [(role, access.ROLE_NAMES[role]) for role in access.ROLES]
-    return page(request, caller, "members.html", status=status, people=people, keys=keys, roles=roles, **context)
+    return page(request, caller, "members.html", status=status, people=people, keys=keys, roles=roles,
+                accounts=accounts, **context)
 
 
 @router.get("/members")
@@ -105,6 +108,38 @@ def revoke_key(request: Request, caller: PageCaller, key_id: str):
     except TemperingError as exc:
         return _members_page(request, caller, status=404, key_error=exc.message)
     return _members_page(request, caller, notice=_("Revoked the key."))
+
+
+@router.post("/service-accounts")
+def create_service_account(request: Request, caller: PageCaller, name: Annotated[str, Form(max_length=400)],
+                           role: Annotated[str, Form(max_length=32)] = "ai_developer"):
+    """A service account of the project (a key that belongs to no person, for a pipeline), its key shown once
+    (``services.projects.create_service_account``, as the API's)."""
+    from tempering.services import projects
+
+    try:
+        with request.app.state.db.session() as s:
+            account, _row, key = projects.create_service_account(s, caller, name, role)
+            account_name = account.name
+    except TemperingError as exc:
+        return _members_page(request, caller, status=status_of(exc), account_error=exc.message)
+    return _members_page(request, caller, new_account_key=key, new_account=account_name)
+
+
+@router.post("/service-accounts/{service_account_id}/delete")
+def delete_service_account(request: Request, caller: PageCaller, service_account_id: str):
+    """Delete a service account; its keys stop working at once."""
+    from tempering.services import projects
+
+    _ = render.gettext_of(request, caller)
+    try:
+        with request.app.state.db.session() as s:
+            account = projects.delete_service_account(s, caller, service_account_id)
+            name = account.name
+    except TemperingError as exc:
+        return _members_page(request, caller, status=status_of(exc), account_error=exc.message)
+    return _members_page(request, caller, notice=_("Deleted the service account %(name)s; its keys no longer work.",
+                                                   name=name))
 
 
 @router.get("/audit")
