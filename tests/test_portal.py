@@ -523,6 +523,30 @@ def test_file_page_reports_and_splits_and_converts(client, app):
     assert client.get("/data/file-nope").status_code == 404
 
 
+def test_file_page_counts_tokens_and_checks_leakage_on_request(client, app, tiny_model):
+    """With a catalog model chosen, the report counts tokens through its template (a histogram of tokens per
+    example); with a validation file chosen, the leakage between the two files is a finding."""
+    token = admin(client, app)
+    client.post("/data", files={"file": ("train.jsonl", TRAIN)}, data={"csrf_token": token})
+    valid = TRAIN.splitlines(keepends=True)[:3] + [json.dumps(chat_example(f"Is {i} odd?", "yes")).encode() + b"\n"
+                                                   for i in range(8)]
+    client.post("/data", files={"file": ("valid.jsonl", b"".join(valid))}, data={"csrf_token": token})
+    listing = client.get("/data").text
+    train_id = re.search(r'<td>train.jsonl</td><td class="mono">(file-[^<]+)<', listing).group(1)
+    valid_id = re.search(r'<td>valid.jsonl</td><td class="mono">(file-[^<]+)<', listing).group(1)
+    plain = client.get(f"/data/{train_id}").text
+    assert "Tokens per example" not in plain and f'<option value="{valid_id}"' in plain
+    page = client.get(f"/data/{train_id}", params={"model": tiny_model, "validation_file": valid_id})
+    assert page.status_code == 200
+    assert f"Tokens per example ({tiny_model})" in page.text and 'aria-label="Histogram of tokens per example"' in page.text
+    bars = re.findall(r"<tr><td>(\d+)–(\d+)</td><td>(\d+)</td>", page.text)
+    assert bars and sum(int(c) for _, _, c in bars) == 20  # each training example counted once
+    assert "3 validation example(s) repeat training examples exactly" in page.text
+    assert f'<option value="{valid_id}" selected>' in page.text
+    unknown = client.get(f"/data/{train_id}", params={"model": "no-such-model"}).text
+    assert 'role="alert"' in unknown and "no-such-model" in unknown
+
+
 def test_usage_page_shows_the_projects_ledger(client, app):
     admin(client, app)
     page = client.get("/usage")

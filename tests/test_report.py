@@ -195,8 +195,11 @@ def test_cli_report_json_and_tables(tmp_path, tiny_model):
     data = json.loads(result.stdout)
     assert data["duplicates"]["exact_extra"] == 2 and data["verdict"]["status"] == "review"
     assert data["counts"]["tokens_per_example"]["max"] > 0
+    bins = data["counts"]["tokens_per_example"]["histogram"]
+    assert sum(b["count"] for b in bins) == 14 and bins[0]["low"] == data["counts"]["tokens_per_example"]["min"]
     table = runner.invoke(app, ["data", "report", str(train), "--model", tiny_model])
     assert table.exit_code == 0 and "exact_duplicate" in table.output and "review" in table.output
+    assert "Tokens per example" in table.output and "█" in table.output
 
 
 @pytest.mark.skipif(not (SHARED / "phi3-cookbook").exists(), reason="../shared/data is absent")
@@ -210,3 +213,14 @@ def test_real_files_report():
     )
     d = truthful.duplicates
     assert not (d.leaked_exact or d.leaked_near or d.leaked_prompts)  # SOURCE.md: no question in both
+
+
+def test_histogram_bins_cover_every_value():
+    from tempering.data.findings.finding import histogram
+
+    whole = histogram([1, 2, 3, 4, 5, 100], 12)
+    assert sum(b.count for b in whole) == 6 and whole[0].count == 5 and whole[-1].count == 1
+    assert all(b.high - b.low == 9 for b in whole) and whole[-1].low <= 100 < whole[-1].high
+    assert histogram([7, 7, 7], 12) == [type(whole[0])(low=7, high=7, count=3)]
+    fractional = histogram([1.5, 2.5, 9.0], 4)
+    assert [b.count for b in fractional] == [2, 0, 0, 1] and fractional[-1].high == 9.0

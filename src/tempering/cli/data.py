@@ -220,7 +220,22 @@ SHOWN_CLASSES = 10
 def _dist_row(name: str, d: Distribution | None) -> list[str]:
     if d is None:
         return [name, "—", "—", "—", "—", "—", "—"]
-    return [name] + [f"{v:,.0f}" if k != "mean" else f"{v:,.1f}" for k, v in d.model_dump().items()]
+    return [name] + [f"{v:,.0f}" if k != "mean" else f"{v:,.1f}"
+                     for k, v in d.model_dump(exclude={"histogram"}).items()]
+
+
+def _histogram_table(r: DataReport) -> Table | None:
+    """Tokens per example in bins, with a bar each."""
+    d = r.counts.tokens_per_example
+    if d is None or not d.histogram:
+        return None
+    most = max(b.count for b in d.histogram) or 1
+    table = Table(title="Tokens per example", title_justify="left")
+    for column, justify in (("tokens", "right"), ("examples", "right"), ("", "left")):
+        table.add_column(column, justify=justify)
+    for b in d.histogram:
+        table.add_row(f"{b.low:,.0f}–{b.high:,.0f}", f"{b.count:,}", "█" * round(30 * b.count / most))
+    return table
 
 
 def _counts_table(r: DataReport) -> Table:
@@ -346,6 +361,7 @@ def report(
     out.print(f"[bold]{result.train_file}[/] ({result.format}), tokens by {card.id}")
     for table in (
         _counts_table(result),
+        _histogram_table(result),
         _labels_table(result),
         _overview_table(result),
         _findings_table(result),

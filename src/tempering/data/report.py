@@ -37,6 +37,8 @@ from tempering.data.findings import (
 from tempering.data.formats import ConversionReport, Example, read_examples
 from tempering.data.validate import MIN_EXAMPLES
 
+HISTOGRAM_BINS = 12  # of tokens per example
+
 
 class Counts(BaseModel):
     examples: int
@@ -104,7 +106,7 @@ def _counts(
     for (role, _), tokens in zip(contents, ids):
         by_role[role] += len(tokens)
     counts.tokens_by_role = dict(by_role)
-    counts.tokens_per_example = distribution(totals)
+    counts.tokens_per_example = distribution(totals, bins=HISTOGRAM_BINS)
     counts.trained_tokens_per_example = distribution(trained)
     counts.over_context = over
     return counts

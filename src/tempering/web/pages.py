@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import FileResponse, Response
 
 from tempering.errors import TemperingError, status_of
@@ -242,10 +242,14 @@ def upload_data(request: Request, caller: PageCaller, file: Annotated[UploadFile
     return redirect(f"/data/{row.id}?uploaded=1")
 
 
-def _file_page(request: Request, caller: Caller, file_id: str, status: int = 200, **context):
+def _file_page(request: Request, caller: Caller, file_id: str, status: int = 200, model: str = "",
+               validation_file: str = "", **context):
     """A data file: every problem with its line, and the quality report (``services.datasets.report``, as
-    ``POST /v1/files/{id}/report`` without a model: no token counts) with its label balance and duplicates."""
-    from tempering.services import datasets
+    ``POST /v1/files/{id}/report``) with its label balance and duplicates; with a catalog ``model``, its token
+    counts (a histogram of tokens per example, lines over the context) and, with a ``validation_file``, the
+    leakage between the two files."""
+    from tempering.catalog.registry import list_cards
+    from tempering.services import datasets, files
 
     store = request.app.state.store
     with request.app.state.db.session(write=False) as s:
@@ -255,10 +259,20 @@ def _file_page(request: Request, caller: Caller, file_id: str, status: int = 200
             raise session.PageForbidden(exc.message, 404) from None
         s.expunge(row)
         problems = datasets.file_issues(s, caller.project_id, store, row.id)
+        others = [(f.id, f.filename) for f in files.list_files(s, caller.project_id)
+                  if f.id != row.id and f.purpose == row.purpose]
         try:
-            report = datasets.report(s, caller.project_id, store, row.id)
+            report = datasets.report(s, caller.project_id, store, row.id, model=model or None,
+                                     validation_file_id=validation_file or None)
         except TemperingError as exc:  # a file that cannot be read as examples has its problems only
             report, context["report_error"] = None, exc.message
+    context |= {"models": [c.id for c in list_cards()], "others": others, "chosen_model": model,
+                "chosen_validation": validation_file}
+    tokens = report.counts.tokens_per_example if report is not None else None
+    if tokens is not None and tokens.histogram:
+        most = max(b.count for b in tokens.histogram) or 1
+        context["token_bins"] = [(f"{b.low:g}–{b.high:g}", b.count, round(100 * b.count / most))
+                                 for b in tokens.histogram]
     if context.pop("uploaded", False):
         _ = render.gettext_of(request, caller)
         if row.status == "error":
@@ -275,8 +289,12 @@ def _file_page(request: Request, caller: Caller, file_id: str, status: int = 200
 
 
 @router.get("/data/{file_id}")
-def data_file_page(request: Request, caller: PageCaller, file_id: str, uploaded: bool = False):
-    return _file_page(request, caller, file_id, uploaded=uploaded)
+def data_file_page(request: Request, caller: PageCaller, file_id: str, uploaded: bool = False,
+                   model: Annotated[str, Query(max_length=200)] = "",
+                   validation_file: Annotated[str, Query(max_length=64)] = ""):
+    """The file's page; ``model`` counts its tokens with a catalog model's tokenizer and template,
+    ``validation_file`` checks the leakage between it and another file of the project."""
+    return _file_page(request, caller, file_id, uploaded=uploaded, model=model, validation_file=validation_file)
 
 
 @router.get("/files/{file_id}/download")
