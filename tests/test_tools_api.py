@@ -342,6 +342,15 @@ def test_portal_exports_a_model_and_downloads_it(api, tuned):
     assert stored["filename"] in download.headers["content-disposition"]
     assert any(n.endswith("adapter_model.safetensors") for n in zipfile.ZipFile(io.BytesIO(download.content)).namelist())
     assert client.get("/files/file-nope/download").status_code == 404
+    from tempering.store.models import Job, JobCheckpoint
+
+    with app.state.db.session() as session:  # the row the runner records for the run's checkpoint
+        job_id = session.query(Job).filter_by(fine_tuned_model=tuned).one().id
+        session.add(JobCheckpoint(job_id=job_id, step_number=1, fine_tuned_model_checkpoint=f"{tuned}:ckpt-step-1"))
+    job_page = client.get(f"/jobs/{job_id}").text
+    checkpoint = re.search(r'action="/models/export" class="inline">.*?name="model" value="([^"]+)"', job_page).group(1)
+    done = client.post("/models/export", data={"csrf_token": token, "model": checkpoint, "format": "merged"})
+    assert done.status_code == 200 and f"Exported {tuned}@step-" in done.text and "-merged.zip" in done.text
     client.app.state.store.file_path(file_id).unlink()  # a row that outlived its bytes: said, both ways
     gone = client.get(f"/v1/files/{file_id}/content", headers=mine)
     assert gone.status_code == 500 and gone.json()["error"]["code"] == "file_missing"
