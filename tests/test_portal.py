@@ -433,6 +433,19 @@ def test_deploy_filter_toggle_and_delete(client, app, tiny_model):
     assert 'base_url="http://testserver/v1"' in detail.text and "Base model licence" in detail.text
     assert "<dt>Weights</dt><dd>int8 · not loaded yet</dd>" in detail.text  # engines load on first request
     assert 'name="prompt.hate" aria-label="hate: Prompts" disabled' in detail.text  # shown, not editable
+    assert "Tokens of the last requests" not in detail.text  # no requests yet: no chart
+    import time
+
+    from tempering.store.models import DeploymentRequest
+
+    with app.state.db.session() as s:
+        for i, (prompt, completion) in enumerate(((10, 40), (30, 20), (20, 0))):
+            s.add(DeploymentRequest(deployment_id=deployment_id, created_at=time.time() + i, endpoint="chat.completions",
+                                    status=200, latency_ms=5.0 + i, prompt_tokens=prompt, completion_tokens=completion))
+    charted = reader.get(f"/deployments/{deployment_id}").text
+    assert "Tokens of the last requests (up to 40)" in charted
+    lines = re.findall(r'<polyline[^>]*points="([^"]+)"', charted)
+    assert lines[1:] == ["0.0,61.0 240.0,23.0 480.0,42.0", "0.0,4.0 240.0,42.0 480.0,80.0"]  # one scale: 40 tokens
     assert "Save policy" not in detail.text
     assert reader.post(f"/deployments/{deployment_id}/content-filter-policy",
                        data={"csrf_token": csrf_of(detail.text)}).status_code == 403

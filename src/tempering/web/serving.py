@@ -151,20 +151,27 @@ def _deployment_page(request: Request, caller: Caller, deployment_id: str, statu
     policy = shown_policy or service.effective_policy(d, settings).model_dump()
     hosted = (d.deleted_at or time.time()) - d.created_at
     latencies = [r.latency_ms for r in reversed(log) if r.status < 400]
+    served = [r for r in reversed(log) if r.status < 400]
+    prompt_tokens = [float(r.prompt_tokens or 0) for r in served]
+    completion_tokens = [float(r.completion_tokens or 0) for r in served]
+    token_top = max(prompt_tokens + completion_tokens, default=0.0)
     return page(request, caller, "deployment.html", status=status, deployment=d, metrics=numbers, log=log,
                 prices=prices, hosted_hours=hosted / 3600, hosted_cost=hosting_cost(hosted, prices),
                 licence=get_card(d.base_model).license, sparkline=_sparkline(latencies),
+                prompt_line=_sparkline(prompt_tokens, top=token_top),
+                completion_line=_sparkline(completion_tokens, top=token_top), token_top=int(token_top),
                 base_url=str(request.base_url).rstrip("/"), engine=engine, policy=policy,
                 policy_is_default=d.content_filter_policy is None and shown_policy is None,
                 categories=known_categories(), harm=HARM, prompt_only=PROMPT_ATTACKS, blocklists=blocklists,
                 **context)
 
 
-def _sparkline(values: list[float], width: int = 480, height: int = 80) -> str:
-    """SVG points of a latency line (oldest left), scaled to the slowest: drawn by the server, no script."""
+def _sparkline(values: list[float], width: int = 480, height: int = 80, top: float | None = None) -> str:
+    """SVG points of a line over the last requests (oldest left), scaled to ``top`` (default: the largest value;
+    two lines drawn on one scale share it): drawn by the server, no script."""
     if len(values) < 2:
         return ""
-    top = max(values) or 1.0
+    top = (top if top is not None else max(values)) or 1.0
     step = width / (len(values) - 1)
     return " ".join(f"{i * step:.1f},{height - v / top * (height - 4):.1f}" for i, v in enumerate(values))
 
