@@ -5,6 +5,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import re
 
 import httpx
 import openai
@@ -294,6 +295,25 @@ def test_cli_deploys_lists_and_deletes(served):
     assert shown.exit_code == 0 and "1 requests" in shown.output, shown.output
     again = runner.invoke(app, ["deploy", TINY_ID, "--name", "from-cli", *server])
     assert again.exit_code == 1 and "already exists" in again.output
+    shown = runner.invoke(app, ["deployments", "filter", "from-cli", *server])
+    assert shown.exit_code == 0 and "content filter off" in shown.output
+    policy = '{"prompt": {"hate": "low", "jailbreak": "medium"}, "completion": {"hate": "high"}, "fail_closed": true}'
+    changed = runner.invoke(app, ["deployments", "filter", "from-cli", "--policy", policy, "--json", *server])
+    assert changed.exit_code == 0, changed.output
+    stored = json.loads(changed.output)
+    assert stored["content_filter"] is True and stored["content_filter_policy"]["prompt"] == {
+        "hate": "low", "jailbreak": "medium"} and stored["content_filter_policy"]["fail_closed"] is True
+    table = runner.invoke(app, ["deployments", "filter", "from-cli", *server])
+    assert re.search(r"hate\s*│\s*low\s*│\s*high", table.output) and "fail closed" in table.output, table.output
+    bad = runner.invoke(app, ["deployments", "filter", "from-cli", "--policy", "{not json", *server])
+    assert bad.exit_code == 2 and "--policy" in bad.output
+    refused = runner.invoke(app, ["deployments", "filter", "from-cli", "--policy", '{"prompt": {"gore": "low"}}',
+                                  *server])
+    assert refused.exit_code == 1 and "no classifier provides the category prompt.gore" in refused.output
+    default = runner.invoke(app, ["deployments", "filter", "from-cli", "--on", "--json", *server])
+    assert json.loads(default.output)["content_filter_policy"]["prompt"]["jailbreak"] == "medium"  # the server's
+    off = runner.invoke(app, ["deployments", "filter", "from-cli", "--off", *server])
+    assert "content filter off" in off.output
     assert runner.invoke(app, ["deployments", "delete", "from-cli", *server]).exit_code == 0
 
 

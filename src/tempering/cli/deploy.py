@@ -24,6 +24,48 @@ def _client(server: str, api_key: str | None):
     return TemperingClient(server, api_key)
 
 
+Policy = Annotated[str | None, typer.Option(
+    "--policy", help='The content filter\'s own policy as JSON, or @FILE holding it, e.g. \'{"prompt": {"hate": '
+    '"low", "jailbreak": "medium"}, "completion": {"hate": "medium"}, "blocklists": ["brands"]}\' '
+    '(docs/safety.md); default: the server\'s policy.')]
+
+
+def _policy(value: str | None) -> dict | None:
+    """``--policy``: JSON text, or ``@path`` of a local file holding it; a clear error naming the option."""
+    import json
+    from pathlib import Path
+
+    if value is None:
+        return None
+    try:
+        text = Path(value[1:]).read_text(encoding="utf-8") if value.startswith("@") else value
+        policy = json.loads(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise typer.BadParameter(f"not a JSON policy: {exc}", param_hint="--policy") from None
+    if not isinstance(policy, dict):
+        raise typer.BadParameter("a policy is a JSON object (prompt, completion, blocklists, fail_closed, "
+                                 "stream_window)", param_hint="--policy")
+    return policy
+
+
+def _print_policy(deployment: dict) -> None:
+    """The filter a deployment runs under: each category's threshold per direction, its lists, failure mode."""
+    policy = deployment.get("content_filter_policy") or {}
+    if not deployment.get("content_filter") or not policy.get("enabled", True):
+        out.print(f"{safe(deployment['name'])}: content filter off")
+        return
+    table = Table(title=f"Content filter of {safe(deployment['name'])}", title_justify="left")
+    for column in ("category", "prompt", "completion"):
+        table.add_column(column)
+    prompt, completion = policy.get("prompt") or {}, policy.get("completion") or {}
+    for category in sorted(set(prompt) | set(completion)):
+        table.add_row(safe(category), prompt.get(category, "-"), completion.get(category, "-"))
+    table.caption = (f"blocklists: {', '.join(map(safe, policy.get('blocklists') or [])) or 'none'}; "
+                     f"{'fail closed' if policy.get('fail_closed') else 'fail open'}; "
+                     f"stream window {policy.get('stream_window')} characters")
+    out.print(table)
+
+
 def deploy(
     model: Annotated[str, typer.Argument(help="A catalog id, a fine-tuned model id, or a checkpoint "
                                               "(<id>:ckpt-step-N or <id>@step-N).")],
@@ -31,6 +73,7 @@ def deploy(
     name: Annotated[str | None, typer.Option(help="The name clients call it by; default: the model id.")] = None,
     content_filter: Annotated[bool, typer.Option("--content-filter/--no-content-filter",
                                                  help="Filter prompts and completions.")] = True,
+    policy: Policy = None,
     max_concurrent: Annotated[int, typer.Option(help="Requests served at once; more are answered 429.")] = 8,
     force: Annotated[bool, typer.Option(help="Deploy even if the model's evaluation says it is worse than its "
                                              "base.")] = False,
@@ -49,7 +92,7 @@ def deploy(
 ) -> None:
     """Deploy a model on a server: callable at once by name through /v1/chat/completions."""
     body = {"model": model, "name": name, "content_filter": content_filter, "max_concurrent_requests": max_concurrent,
-            "force": force, "quantization": quantization}
+            "force": force, "quantization": quantization, "content_filter_policy": _policy(policy)}
     if upstream_url:
         body |= {"backend": "upstream", "upstream_url": upstream_url, "upstream_model": upstream_model}
     if backend:
@@ -104,6 +147,32 @@ def metrics(deployment: Annotated[str, typer.Argument(help="Deployment id or nam
     if hits:
         out.print("content filter hits: " + ", ".join(f"{safe(k)} {v}" for k, v in sorted(hits.items())) + " ("
                   + ", ".join(f"{safe(k)} {v}" for k, v in sorted((m.get("content_filtered") or {}).items())) + ")")
+
+
+@app.command("filter")
+def content_filter(
+    deployment: Annotated[str, typer.Argument(help="Deployment id or name.")],
+    server: Server,
+    on: Annotated[bool | None, typer.Option("--on/--off", help="Turn the filter on (the server's policy unless "
+                                                               "--policy) or off.")] = None,
+    policy: Policy = None,
+    api_key: ApiKey = None,
+    json_out: Json = False,
+) -> None:
+    """Show a deployment's content filter, or change it: --off, --on (the server's default policy), or --policy
+    (its own); the next request runs under it."""
+    client = _client(server, api_key)
+    if on is None and policy is None:
+        shown = client.deployment(deployment)
+    elif on is False and policy is not None:
+        raise typer.BadParameter("--off takes no --policy", param_hint="--policy")
+    else:
+        shown = client.set_content_filter(deployment, {"content_filter": on is not False,
+                                                       "content_filter_policy": _policy(policy)})
+    if json_out:
+        print_json(shown)
+        return
+    _print_policy(shown)
 
 
 @app.command("delete")
