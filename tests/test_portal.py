@@ -552,12 +552,14 @@ def test_file_page_counts_tokens_and_checks_leakage_on_request(client, app, tiny
     page = client.get(f"/data/{train_id}", params={"model": tiny_model, "validation_file": valid_id})
     assert page.status_code == 200
     assert f"Tokens per example ({tiny_model})" in page.text and 'aria-label="Histogram of tokens per example"' in page.text
-    bars = re.findall(r"<tr><td>(\d+)–(\d+)</td><td>(\d+)</td>", page.text)
+    bars = re.findall(r"<tr><td>(\d+)(?:–(\d+))?</td><td>(\d+)</td><td><span class=\"bar\"", page.text)
     assert bars and sum(int(c) for _, _, c in bars) == 20  # each training example counted once
+    assert all(not high or int(low) < int(high) for low, high, _ in bars)  # "10–18": first and last count
     assert "3 validation example(s) repeat training examples exactly" in page.text
     assert f'<option value="{valid_id}" selected>' in page.text
     unknown = client.get(f"/data/{train_id}", params={"model": "no-such-model"}).text
-    assert 'role="alert"' in unknown and "no-such-model" in unknown
+    assert re.search(r'role="alert">[^<]*no-such-model', unknown)
+    assert "Quality report" in unknown and "Tokens per example" not in unknown  # the report stays, without tokens
 
 
 def test_usage_page_shows_the_projects_ledger(client, app):
@@ -650,6 +652,8 @@ def test_hub_settings_page_sets_what_the_api_sets(tempering_home, monkeypatch):
         ok = post("content-safety", backend="openai", endpoint=endpoint, api_key_secret=key_name, model="")
         assert ok.status_code == 200, ok.text
         assert stored()["content_safety"] == {"backend": "openai", "endpoint": endpoint, "api_key_secret": "guard-key"}
+        in_use = post("secrets/guard-key/delete")
+        assert in_use.status_code == 409 and "holds the key of the hub" in in_use.text
         assert post("content-safety", backend="local", endpoint=endpoint).status_code == 200
         assert stored()["content_safety"] == {"backend": "local"}
 
@@ -675,7 +679,15 @@ def test_hub_settings_page_sets_what_the_api_sets(tempering_home, monkeypatch):
         assert prices.status_code == 200
         assert stored()["prices"] == {"*": {"training_per_1k_tokens": 0.5},
                                       "phi-3.5-mini-instruct": {"hosting_per_hour": 1}}
-        assert 'value="0.5"' in client.get(f"/hubs/{hub}").text
+        shown = client.get(f"/hubs/{hub}").text
+        assert 'value="0.5"' in shown
+        smollm2 = re.search(r'name="price.smollm2-135m-instruct.training_per_1k_tokens"[^>]*>', shown).group(0)
+        assert 'placeholder="0.5"' in smollm2  # an empty field takes the hub's * price, not the server's
+        star = re.search(r'name="price.\*.hosting_per_hour"[^>]*>', shown).group(0)
+        assert 'placeholder="0.2"' in star  # the server's *
+        renamed = post("name", name="   ")
+        assert renamed.status_code == 400, renamed.text[:300]
+        assert 'value="   "' in renamed.text.split('id="hub-name-input"')[1][:80]  # what was typed, kept
 
         assert "Renamed the hub" in post("name", name="research").text
         deleted = post("secrets/guard-key/delete")
@@ -700,6 +712,8 @@ def test_blocklists_pages(client, app):
     created = client.post("/blocklists", data={"csrf_token": token, "name": "brands", "description": "rivals"},
                           follow_redirects=False)
     assert created.status_code == 303 and created.headers["location"] == "/blocklists/brands"
+    again = client.post("/blocklists", data={"csrf_token": token, "name": "brands", "description": ""})
+    assert again.status_code == 409 and "already has a blocklist named" in again.text
     page = client.post("/blocklists/brands/items", data={"csrf_token": token, "text": "Zorblax"}).text
     assert "Added Zorblax" in page and ">term<" in page
     refused = client.post("/blocklists/brands/items", data={"csrf_token": token, "text": "(unclosed",

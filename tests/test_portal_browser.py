@@ -121,6 +121,15 @@ def test_the_main_flow_in_chromium(portal, browser, shots, tmp_path):
     assert {problems.nth(i).locator("td").first.inner_text() for i in range(problems.count())} == {"21", "22"}
     shots(page, "data-problems")
 
+    rail.get_by_role("link", name="Data files").click()  # a file dropped on the form, uploaded with progress
+    dropped = page.evaluate_handle("""(text) => { const dt = new DataTransfer();
+        dt.items.add(new File([text], "dropped.jsonl", {type: "application/json"})); return dt; }""", GOOD)
+    page.locator("form[data-upload]").dispatch_event("drop", {"dataTransfer": dropped})
+    expect(page.locator("[data-upload-status]")).to_have_text("dropped.jsonl")
+    page.get_by_role("button", name="Upload").click()
+    expect(page.locator("p.notice")).to_have_text("Uploaded dropped.jsonl: ready for fine-tuning.")
+    expect(page).to_have_url(re.compile(r"/data/file-[^?]+\?uploaded=1$"))
+
     rail.get_by_role("link", name="Model catalog").click()
     page.get_by_label("Search models").fill("phi-3 mini 4k")
     cards.filter(has_text=PHI3_ID).get_by_role("link", name="Fine-tune").click()

@@ -367,8 +367,12 @@ def test_a_hubs_remote_backend_classifies_its_projects_prompts_and_moderations(h
     moderation = http.post("/v1/moderations", json={"input": ["BANANA", "a quiet afternoon"]}).json()
     assert [r["categories"]["violence"] for r in moderation["results"]] == [True, False]
 
-    # the key gone: the filter cannot check, and answers as the policy says (fail open by default)
-    assert http.delete(f"{url}/secrets/moderation").status_code == 200
+    # the key's secret cannot be deleted while the backend names it
+    in_use = http.delete(f"{url}/secrets/moderation")
+    assert in_use.status_code == 409 and in_use.json()["error"]["code"] == "secret_in_use"
+    # a backend naming a secret the hub lacks: the filter cannot check, and answers as the policy says (fail open
+    # by default)
+    assert http.post(url, json={"settings": {"content_safety": {**backend, "api_key_secret": "absent"}}}).status_code == 200
     unchecked = http.post("/v1/chat/completions", json={"model": "hubbed", "messages": QUESTION, **GREEDY})
     assert unchecked.status_code == 200
     assert unchecked.json()["prompt_filter_results"][0]["content_filter_results"]["error"]["code"] == \
@@ -376,6 +380,7 @@ def test_a_hubs_remote_backend_classifies_its_projects_prompts_and_moderations(h
     assert http.post("/v1/moderations", json={"input": "BANANA"}).status_code == 503
     # back to the local classifiers
     assert http.post(url, json={"settings": {"content_safety": None}}).status_code == 200
+    assert http.delete(f"{url}/secrets/moderation").status_code == 200  # no longer named: deleted
     seen.clear()
     assert http.post("/v1/moderations", json={"input": "BANANA"}).status_code == 200 and not seen
 

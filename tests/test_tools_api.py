@@ -303,6 +303,7 @@ def test_export_refusals(api, tuned):
     client, mine, theirs = api
     post = lambda headers, **body: client.post("/v1/exports", headers=headers, json=body)
     assert _error(post(mine, model=tuned, format="merged", dtype="q8_0"), 400)["param"] == "dtype"
+    assert _error(post(mine, model=tuned, format="peft", dtype="float16"), 400)["param"] == "dtype"
     assert _error(post(mine, model=TINY_ID, format="merged"), 400)["code"] == "invalid_model"
     assert _error(post(mine, model="/tmp", format="peft"), 404)["param"] == "model"
     assert _error(post(mine, model=f"ft:{TINY_ID}:x:../../x@step-1", format="peft"), 404)["param"] == "model"
@@ -348,7 +349,8 @@ def test_portal_exports_a_model_and_downloads_it(api, tuned):
         job_id = session.query(Job).filter_by(fine_tuned_model=tuned).one().id
         session.add(JobCheckpoint(job_id=job_id, step_number=1, fine_tuned_model_checkpoint=f"{tuned}:ckpt-step-1"))
     job_page = client.get(f"/jobs/{job_id}").text
-    checkpoint = re.search(r'action="/models/export" class="inline">.*?name="model" value="([^"]+)"', job_page).group(1)
+    checkpoint = re.search(r'action="/models/export" class="inline export">.*?name="model" value="([^"]+)"',
+                           job_page, re.DOTALL).group(1)
     done = client.post("/models/export", data={"csrf_token": token, "model": checkpoint, "format": "merged"})
     assert done.status_code == 200 and f"Exported {tuned}@step-" in done.text and "-merged.zip" in done.text
     client.app.state.store.file_path(file_id).unlink()  # a row that outlived its bytes: said, both ways

@@ -21,6 +21,7 @@ from tempering import catalog
 from tempering.cli.common import err, out, print_json, quiet_libraries, safe
 from tempering.data import ValidationReport
 from tempering.data.findings import Distribution, infer_labels
+from tempering.data.findings.finding import bin_label
 from tempering.data.formats import FORMATS, read_examples, validate_any, write_jsonl
 from tempering.data.report import DataReport, report_files
 from tempering.data.split import split_examples
@@ -234,7 +235,7 @@ def _histogram_table(r: DataReport) -> Table | None:
     for column, justify in (("tokens", "right"), ("examples", "right"), ("", "left")):
         table.add_column(column, justify=justify)
     for b in d.histogram:
-        table.add_row(f"{b.low:,.0f}–{b.high:,.0f}", f"{b.count:,}", "█" * round(30 * b.count / most))
+        table.add_row(bin_label(b.low, b.high, whole=True), f"{b.count:,}", "█" * round(30 * b.count / most))
     return table
 
 

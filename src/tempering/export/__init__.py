@@ -74,6 +74,9 @@ def export_model(model: str, fmt: str, out: Path | None = None, *, force: bool =
         raise InvalidConfigError("; ".join(problems), param="format" if fmt not in FORMATS else "dtype")
     if dtype == "q8_0" and fmt != "gguf":
         raise InvalidConfigError("dtype q8_0 is a GGUF quantization: use it with --format gguf", param="dtype")
+    if dtype != "auto" and fmt == "peft":  # an adapter is saved as trained; only merged weights take a dtype
+        raise InvalidConfigError(f"dtype {dtype} applies to merged and GGUF exports; a PEFT adapter is written as "
+                                 "trained (leave dtype auto)", param="dtype")
     target = resolve(model, allow_paths=allow_paths)
     if fmt == "gguf" and target.task != "chat":
         raise InvalidConfigError(f"{target.name} is a {target.task} model: GGUF export is for chat models "

@@ -106,6 +106,15 @@ def drop(session: Session, blocklist: ContentBlocklist) -> None:
     session.delete(blocklist)
 
 
+def item_counts(session: Session, project_id: str) -> dict[str, int]:
+    from sqlalchemy import func
+
+    rows = session.execute(select(ContentBlocklist.name, func.count(ContentBlocklistItem.id))
+                           .outerjoin(ContentBlocklistItem, ContentBlocklistItem.blocklist_id == ContentBlocklist.id)
+                           .where(ContentBlocklist.project_id == project_id).group_by(ContentBlocklist.name))
+    return {name: count for name, count in rows}
+
+
 def listing(session: Session, project_id: str) -> list[ContentBlocklist]:
     return list(session.scalars(select(ContentBlocklist).where(ContentBlocklist.project_id == project_id)
                                 .order_by(ContentBlocklist.name)))

@@ -14,10 +14,14 @@ from tempering.services.filtering import BLOCKLIST_NAME
 MAX_DESCRIPTION = 1024
 
 
-def _text(value: str, param: str, limit: int = MAX_DESCRIPTION) -> str:
-    if len(value) > limit or "\x00" in value:
-        raise TemperingError(f"{param} is at most {limit} characters, without NUL", param=param,
-                             code="invalid_value")
+def _fits(value: str) -> bool:
+    return len(value) <= MAX_DESCRIPTION and "\x00" not in value
+
+
+def _description(value: str) -> str:
+    if not _fits(value):
+        raise TemperingError(f"a description is at most {MAX_DESCRIPTION} characters, without NUL",
+                             param="description", code="invalid_value")
     return value
 
 
@@ -30,6 +34,11 @@ def listing(session, caller: Caller) -> list:
     return store.listing(session, caller.project_id)
 
 
+def item_counts(session, caller: Caller) -> dict[str, int]:
+    """How many items each of the project's blocklists holds, by name."""
+    return store.item_counts(session, caller.project_id)
+
+
 def items(session, caller: Caller, name: str) -> list:
     return store.items(session, get(session, caller, name))
 
@@ -39,26 +48,35 @@ def save(session, caller: Caller, name: str, description: str = ""):
     if not BLOCKLIST_NAME.fullmatch(name) or not name.strip("."):
         raise TemperingError("a blocklist's name is 1-64 of 0-9 A-Z a-z . _ ~ -, not only dots", param="blocklistName",
                              code="invalid_name")
-    row, created = store.upsert(session, caller.project_id, name, _text(description, "description"))
+    row, created = store.upsert(session, caller.project_id, name, _description(description))
     audit.record(session, "blocklist.updated", caller=caller, target=name, change="created" if created else "described")
     return row, created
 
 
-def applied_by(session, project_id: str, name: str) -> list[str]:
-    """The live deployments of the project whose filter applies the blocklist ``name``."""
-    from tempering.services.deployments import effective_policy, list_deployments
-    from tempering.settings import get_settings
+def create(session, caller: Caller, name: str, description: str = ""):
+    """A new blocklist; a name the project already uses is refused (``save`` creates or describes)."""
+    try:
+        get(session, caller, name)
+    except store.BlocklistNotFoundError:
+        return save(session, caller, name, description)[0]
+    raise ConflictError(f"the project already has a blocklist named {name!r}", param="blocklistName",
+                        code="blocklist_exists")
 
-    settings = get_settings()
+
+def applied_by(session, project_id: str, name: str, settings) -> list[str]:
+    """The live deployments of the project whose filter applies the blocklist ``name`` (under ``settings``'
+    default policy where they run under it)."""
+    from tempering.services.deployments import effective_policy, list_deployments
+
     return [d.name for d in list_deployments(session, project_id)
             if (policy := effective_policy(d, settings)).enabled and name in policy.blocklists]
 
 
-def delete(session, caller: Caller, name: str) -> None:
+def delete(session, caller: Caller, name: str, settings) -> None:
     """Delete a blocklist; refused while a deployment's filter applies it (its requests would all meet a
     filter error, and with the default fail-open policy pass unchecked by any of its lists)."""
     row = get(session, caller, name)
-    users = applied_by(session, caller.project_id, name)
+    users = applied_by(session, caller.project_id, name, settings)
     if users:
         raise ConflictError(f"the blocklist {name!r} is applied by the content filter of {', '.join(users)}; take "
                             "it out of their policies first", param="blocklistName", code="blocklist_in_use")
@@ -69,9 +87,11 @@ def delete(session, caller: Caller, name: str) -> None:
 def add_items(session, caller: Caller, name: str, items: list[dict]) -> list:
     """Add terms or regular expressions (``text``, ``isRegex``, ``description``; every item checked before any
     is stored); the same text again updates its description."""
-    for i, item in enumerate(items):
-        _text(item.get("text") or "", f"blocklistItems[{i}].text", 500)
-        _text(item.get("description") or "", f"blocklistItems[{i}].description")
+    problems = [f"blocklistItems[{i}].description: at most {MAX_DESCRIPTION} characters, without NUL"
+                for i, item in enumerate(items) if not _fits(item.get("description") or "")]
+    problems += [f"blocklistItems[{i}].text: no NUL" for i, item in enumerate(items) if "\x00" in item.get("text", "")]
+    if problems:
+        raise TemperingError("; ".join(problems), param="blocklistItems", code="invalid_value")
     rows = store.add_items(session, get(session, caller, name), items)
     audit.record(session, "blocklist.updated", caller=caller, target=name, change="items added", count=len(rows))
     return rows

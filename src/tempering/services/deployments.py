@@ -267,6 +267,10 @@ def set_policy_fields(session, project_id: str, content_filter: bool, policy: Sa
     """The ``content_filter_policy`` a deployment stores for a caller's choice, checked: off (``content_filter``
     false), the caller's policy, or null (the server's default), which must run with the project's blocklists
     and the server's classifiers."""
+    enabled = policy.enabled if isinstance(policy, SafetyPolicy) else (policy or {}).get("enabled", True)
+    if not content_filter and policy is not None and enabled:
+        raise TemperingError("content_filter false takes no content_filter_policy (the filter is off)",
+                             param="content_filter_policy", code="invalid_value")
     if task != "chat" and content_filter and policy is not None:
         raise TemperingError("only chat deployments have a content filter", param="content_filter_policy",
                              code="invalid_value")

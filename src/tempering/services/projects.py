@@ -332,9 +332,14 @@ def set_secret(session: Session, hub: Hub, name: str, value: str, cipher, caller
 
 
 def delete_secret(session: Session, hub: Hub, name: str, caller: Caller) -> None:
+    """Delete a hub secret; refused while the hub's settings name it (the content-safety backend's key: every
+    filter check of the hub would fail)."""
     row = session.scalars(select(HubSecret).where(HubSecret.hub_id == hub.id).where(HubSecret.name == name)).first()
     if row is None:
         raise not_found("secret", name, "name")
+    if ((hub.settings or {}).get("content_safety") or {}).get("api_key_secret") == name:
+        raise ConflictError(f"the secret {name!r} holds the key of the hub's content-safety backend; choose another "
+                            "backend or secret first", param="name", code="secret_in_use")
     session.delete(row)
     audit.record(session, "secret.deleted", caller=caller, project_id=None, hub_id=hub.id, target=name)
 

@@ -22,8 +22,8 @@ def _list_page(request: Request, caller: Caller, status: int = 200, **context):
     from tempering.services import blocklists
 
     with request.app.state.db.session(write=False) as s:
-        rows = [(b.name, b.description, len(blocklists.items(s, caller, b.name)))
-                for b in blocklists.listing(s, caller)]
+        counts = blocklists.item_counts(s, caller)
+        rows = [(b.name, b.description, counts.get(b.name, 0)) for b in blocklists.listing(s, caller)]
     return page(request, caller, "blocklists.html", status=status, blocklists=rows, **context)
 
 
@@ -39,15 +39,12 @@ def create_blocklist(request: Request, caller: PageCaller, name: Annotated[str, 
 
     try:
         with request.app.state.db.session() as s:
-            _row, created = blocklists.save(s, caller, name.strip(), description.strip())
+            row = blocklists.create(s, caller, name.strip(), description.strip())
+            created = row.name
     except TemperingError as exc:
         return _list_page(request, caller, status=status_of(exc), create_error=exc.message, typed_name=name,
                           typed_description=description)
-    if not created:
-        _ = render.gettext_of(request, caller)
-        return _list_page(request, caller, notice=_("The blocklist %(name)s exists; its description was changed.",
-                                                    name=name.strip()))
-    return redirect(f"/blocklists/{name.strip()}")
+    return redirect(f"/blocklists/{created}")
 
 
 def _blocklist_page(request: Request, caller: Caller, name: str, status: int = 200, **context):
@@ -121,7 +118,7 @@ def delete_blocklist(request: Request, caller: PageCaller, name: str):
     _ = render.gettext_of(request, caller)
     try:
         with request.app.state.db.session() as s:
-            blocklists.delete(s, caller, name)
+            blocklists.delete(s, caller, name, request.app.state.settings)
     except TemperingError as exc:
         return _list_page(request, caller, status=status_of(exc), error=exc.message)
     return _list_page(request, caller, notice=_("Deleted the blocklist %(name)s.", name=name))

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Request
+from starlette.concurrency import run_in_threadpool
 
 from tempering.errors import TemperingError, status_of
 from tempering.services.access import Caller
@@ -46,34 +47,40 @@ def _hub_page(request: Request, caller: Caller, hub_id: str, status: int = 200, 
     from tempering.catalog.registry import list_cards
     from tempering.services import projects
     from tempering.store.quotas import QUOTA_KEYS, server_defaults
-    from tempering.store.usage import PRICE_FIELDS
+    from tempering.store.usage import PRICE_FIELDS, price_table
 
     settings = request.app.state.settings
     try:
         with request.app.state.db.session(write=False) as s:
             hub = projects.get_hub(s, hub_id)
-            name, hub_settings = hub.name, dict(hub.settings or {}) | (shown or {})
+            name, stored = hub.name, dict(hub.settings or {})
+            hub_settings = stored | (shown or {})
             secrets = [(r.name, r.updated_at) for r in projects.secret_names(s, hub.id)]
     except TemperingError as exc:
         return page(request, caller, "error.html", status=status_of(exc), message=exc.message)
     prices = hub_settings.get("prices") or {}
     models = ["*"] + [c.id for c in list_cards()]
     models += sorted(set(prices) - set(models))
-    server_prices = {field: getattr(settings, default) for field, default in PRICE_FIELDS.items()}
-    price_rows = [(model, [(field, PRICE_LABELS.get(field, field), (prices.get(model) or {}).get(field),
-                            server_prices[field].get(model, server_prices[field].get("*", 0)))
-                           for field in PRICE_FIELDS]) for model in models]
+    price_rows = []
+    for model in models:  # an empty field's price: what the model would cost without its own entry
+        saved = stored.get("prices") or {}
+        fallback = price_table({"prices": {k: v for k, v in saved.items() if k != model}}, model, settings)
+        price_rows.append((model, [(field, PRICE_LABELS.get(field, field), (prices.get(model) or {}).get(field),
+                                    f"{getattr(fallback, field):g}") for field in PRICE_FIELDS]))
     quotas = hub_settings.get("default_quotas") or {}
     defaults = server_defaults(settings.default_quotas)
     quota_rows = [(key, QUOTA_LABELS.get(key, key), quotas.get(key), defaults.get(key)) for key in QUOTA_KEYS]
     safety = hub_settings.get("content_safety") or {"backend": "local"}
+    context.setdefault("typed", {})
     return page(request, caller, "hub.html", status=status, hub_id=hub_id, hub_name=name, safety=safety,
                 allowed_urls=settings.upstream_allowed_urls, secrets=secrets, price_fields=[PRICE_LABELS.get(f, f) for f in PRICE_FIELDS],
                 price_rows=price_rows, quota_rows=quota_rows, **context)
 
 
-def _update(request: Request, caller: Caller, hub_id: str, form: str, notice: str, **changes):
-    """``services.projects.update_hub`` with ``changes``; its refusal shown beside ``form``."""
+def _update(request: Request, caller: Caller, hub_id: str, form: str, notice: str, typed: dict | None = None,
+            **changes):
+    """``services.projects.update_hub`` with ``changes``; its refusal shown beside ``form``, with what was typed
+    (``shown`` settings, ``typed`` other fields)."""
     from tempering.services import projects
 
     try:
@@ -81,7 +88,7 @@ def _update(request: Request, caller: Caller, hub_id: str, form: str, notice: st
             projects.update_hub(s, projects.get_hub(s, hub_id), caller, **changes)
     except TemperingError as exc:
         return _hub_page(request, caller, hub_id, status=status_of(exc), shown=changes.get("settings"), failed=form,
-                         form_error=exc.message)
+                         form_error=exc.message, typed=typed or {})
     return _hub_page(request, caller, hub_id, notice=notice)
 
 
@@ -93,7 +100,7 @@ def hub_page(request: Request, caller: PageCaller, hub_id: str):
 @router.post("/hubs/{hub_id}/name")
 def rename_hub(request: Request, caller: PageCaller, hub_id: str, name: Annotated[str, Form(max_length=400)]):
     _ = render.gettext_of(request, caller)
-    return _update(request, caller, hub_id, "name", _("Renamed the hub."), name=name)
+    return _update(request, caller, hub_id, "name", _("Renamed the hub."), typed={"name": name}, name=name)
 
 
 @router.post("/hubs/{hub_id}/content-safety")
@@ -107,7 +114,7 @@ def set_content_safety(request: Request, caller: PageCaller, hub_id: str,
     spec = {"backend": backend}
     if backend != "local":
         spec |= {"endpoint": endpoint.strip(), "api_key_secret": api_key_secret.strip()}
-        if model.strip():
+        if model.strip() and backend == "openai":  # the field stays filled when another backend is chosen
             spec["model"] = model.strip()
     _ = render.gettext_of(request, caller)
     return _update(request, caller, hub_id, "content_safety", _("Saved the content safety backend."),
@@ -122,9 +129,9 @@ async def set_default_quotas(request: Request, caller: PageCaller, hub_id: str):
     form = await request.form()
     quotas = {key: _number(str(form.get(f"quota.{key}", ""))) for key in QUOTA_KEYS
               if str(form.get(f"quota.{key}", "")).strip()}
-    _ = render.gettext_of(request, caller)
-    return _update(request, caller, hub_id, "quotas", _("Saved the default quotas."),
-                   settings={"default_quotas": quotas or None})
+    _ = await run_in_threadpool(render.gettext_of, request, caller)
+    return await run_in_threadpool(_update, request, caller, hub_id, "quotas", _("Saved the default quotas."),
+                                   settings={"default_quotas": quotas or None})
 
 
 @router.post("/hubs/{hub_id}/prices")
@@ -140,8 +147,9 @@ async def set_prices(request: Request, caller: PageCaller, hub_id: str):
         if len(parts) < 3 or parts[0] != "price" or parts[-1] not in PRICE_FIELDS or not str(value).strip():
             continue
         table.setdefault(".".join(parts[1:-1]), {})[parts[-1]] = _number(str(value))
-    _ = render.gettext_of(request, caller)
-    return _update(request, caller, hub_id, "prices", _("Saved the prices."), settings={"prices": table or None})
+    _ = await run_in_threadpool(render.gettext_of, request, caller)
+    return await run_in_threadpool(_update, request, caller, hub_id, "prices", _("Saved the prices."),
+                                   settings={"prices": table or None})
 
 
 @router.post("/hubs/{hub_id}/secrets")
@@ -156,7 +164,8 @@ def set_secret(request: Request, caller: PageCaller, hub_id: str, name: Annotate
             projects.set_secret(s, projects.get_hub(s, hub_id), name.strip(), value, request.app.state.cipher,
                                 caller)
     except TemperingError as exc:
-        return _hub_page(request, caller, hub_id, status=status_of(exc), failed="secrets", form_error=exc.message)
+        return _hub_page(request, caller, hub_id, status=status_of(exc), failed="secrets", form_error=exc.message,
+                         typed={"secret_name": name})
     return _hub_page(request, caller, hub_id, notice=_("Saved the secret %(name)s.", name=name.strip()))
 
 

@@ -21,7 +21,7 @@ STATIC = Path(__file__).parent / "static"
 # The files /static serves (nothing else under the folder is reachable) and their media types.
 STATIC_FILES = {"htmx.min.js": "text/javascript", "uPlot.iife.min.js": "text/javascript",
                 "uPlot.min.css": "text/css", "portal.css": "text/css", "portal.js": "text/javascript",
-                "playground.js": "text/javascript",
+                "playground.js": "text/javascript", "upload.js": "text/javascript",
                 "LICENSE.htmx": "text/plain", "LICENSE.uplot": "text/plain"}
 
 
@@ -248,8 +248,8 @@ def _file_page(request: Request, caller: Caller, file_id: str, status: int = 200
     ``POST /v1/files/{id}/report``) with its label balance and duplicates; with a catalog ``model``, its token
     counts (a histogram of tokens per example, lines over the context) and, with a ``validation_file``, the
     leakage between the two files."""
-    from tempering.catalog.registry import list_cards
-    from tempering.services import datasets, files
+    from tempering.data.findings.finding import bin_label
+    from tempering.services import catalog, datasets, files
 
     store = request.app.state.store
     with request.app.state.db.session(write=False) as s:
@@ -261,18 +261,25 @@ def _file_page(request: Request, caller: Caller, file_id: str, status: int = 200
         problems = datasets.file_issues(s, caller.project_id, store, row.id)
         others = [(f.id, f.filename) for f in files.list_files(s, caller.project_id)
                   if f.id != row.id and f.purpose == row.purpose]
-        try:
-            report = datasets.report(s, caller.project_id, store, row.id, model=model or None,
-                                     validation_file_id=validation_file or None)
-        except TemperingError as exc:  # a file that cannot be read as examples has its problems only
-            report, context["report_error"] = None, exc.message
-    context |= {"models": [c.id for c in list_cards()], "others": others, "chosen_model": model,
-                "chosen_validation": validation_file}
+        report = None
+        if model or validation_file:
+            try:
+                report = datasets.report(s, caller.project_id, store, row.id, model=model or None,
+                                         validation_file_id=validation_file or None)
+            except TemperingError as exc:  # the check asked for failed: the plain report, the reason beside it
+                context["check_error"] = exc.message
+        if report is None:
+            try:
+                report = datasets.report(s, caller.project_id, store, row.id)
+            except TemperingError as exc:  # a file that cannot be read as examples has its problems only
+                context["report_error"] = exc.message
+    context |= {"models": [e.card.id for e in catalog.search() if e.weights != "not downloaded"], "others": others,
+                "chosen_model": model, "chosen_validation": validation_file}
     tokens = report.counts.tokens_per_example if report is not None else None
     if tokens is not None and tokens.histogram:
         most = max(b.count for b in tokens.histogram) or 1
-        context["token_bins"] = [(f"{b.low:g}–{b.high:g}", b.count, round(100 * b.count / most))
-                                 for b in tokens.histogram]
+        context["token_bins"] = [(bin_label(b.low, b.high, whole=True), b.count,
+                                  round(100 * b.count / most)) for b in tokens.histogram]
     if context.pop("uploaded", False):
         _ = render.gettext_of(request, caller)
         if row.status == "error":

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Form, Request
+from starlette.concurrency import run_in_threadpool
 
 from tempering.errors import TemperingError, status_of
 from tempering.services.access import Caller
@@ -126,8 +127,8 @@ def _deployment_page(request: Request, caller: Caller, deployment_id: str, statu
                      shown_policy: dict | None = None, **context):
     """The page; ``shown_policy``: a refused policy form's values, shown in place of the stored policy."""
     from tempering.catalog import get_card
-    from tempering.safety import blocklist_store
     from tempering.safety.policy import HARM, PROMPT_ATTACKS
+    from tempering.services import blocklists as lists
     from tempering.services import deployments as service
     from tempering.services.filtering import known_categories
     from tempering.store.usage import hosting_cost, prices_for
@@ -143,7 +144,7 @@ def _deployment_page(request: Request, caller: Caller, deployment_id: str, statu
                 s.expunge(row)
             prices = prices_for(s, caller.project_id, d.base_model)
             engine = service.engine_state(d, request.app.state.serving, settings)
-            blocklists = [b.name for b in blocklist_store.listing(s, caller.project_id)]
+            blocklists = [b.name for b in lists.listing(s, caller)]
     except TemperingError as exc:
         return _deployments_page(request, caller, status=404, error=exc.message)
     import time
@@ -214,9 +215,13 @@ async def content_filter_policy(request: Request, caller: PageCaller, deployment
     checked; the project's blocklists; fail closed; the stream window), or the server's default policy when
     ``default`` is sent; checked and stored by ``services.deployments.set_content_filter`` as the API's
     ``content_filter_policy``."""
+    form = await request.form()  # read here; the rest (database, classifiers) runs off the event loop
+    return await run_in_threadpool(_set_policy, request, caller, deployment_id, form)
+
+
+def _set_policy(request: Request, caller: Caller, deployment_id: str, form):
     from tempering.services.deployments import set_content_filter
 
-    form = await request.form()
     policy: dict | None = None
     if not form.get("default"):
         policy = {"prompt": {}, "completion": {}, "blocklists": [str(v) for v in form.getlist("blocklist")],

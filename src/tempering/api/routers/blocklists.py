@@ -4,7 +4,7 @@ ignored. The content filter applies the lists a deployment's policy names (docs/
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Path, Request, Response
 
 from tempering.api.deps import SessionDep
 from tempering.api.errors import ERROR_RESPONSES
@@ -52,8 +52,8 @@ def get_blocklist(session: SessionDep, caller: CallerDep, name: str = Name) -> T
 
 
 @router.delete("/{name}", status_code=204)
-def delete_blocklist(session: SessionDep, caller: CallerDep, name: str = Name) -> Response:
-    service.delete(session, caller, name)
+def delete_blocklist(request: Request, session: SessionDep, caller: CallerDep, name: str = Name) -> Response:
+    service.delete(session, caller, name, request.app.state.settings)
     return Response(status_code=204)
 
 

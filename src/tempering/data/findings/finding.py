@@ -56,6 +56,15 @@ def histogram(values: Sequence[float], bins: int) -> list[Bin]:
             if edges[i] <= high]
 
 
+def bin_label(low: float, high: float, whole: bool) -> str:
+    """A bin as people read it: bins of whole numbers (token counts) by their first and last number ("10–18"),
+    others by their edges."""
+    if whole:
+        top = max(low, high - 1)
+        return f"{low:,.0f}–{top:,.0f}" if top > low else f"{low:,.0f}"
+    return f"{low:,.4g}–{high:,.4g}"
+
+
 def distribution(values: Sequence[float], bins: int = 0) -> Distribution | None:
     """``validate.distribution_stats`` plus the mean (and a histogram of ``bins`` bins), as a model; None for no
     values."""
