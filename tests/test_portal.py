@@ -689,6 +689,20 @@ def test_hub_settings_page_sets_what_the_api_sets(tempering_home, monkeypatch):
         assert renamed.status_code == 400, renamed.text[:300]
         assert 'value="   "' in renamed.text.split('id="hub-name-input"')[1][:80]  # what was typed, kept
 
+        page = client.get(f"/hubs/{hub}").text
+        assert "The hub sets none" in page and "Use the server&#39;s policy" not in page
+        bad_policy = post("content-filter-policy", **{"prompt.hate": "extreme", "stream_window": "200"})
+        assert bad_policy.status_code == 400 and "content_filter_policy" not in stored()
+        assert re.search(r'role="alert">[^<]*prompt\.hate', bad_policy.text)
+        policy = post("content-filter-policy", **{"prompt.hate": "low", "completion.violence": "high",
+                                                  "blocklist": "brands", "fail_closed": "on", "stream_window": "200"})
+        assert policy.status_code == 200 and "Saved the default content filter policy." in policy.text
+        assert stored()["content_filter_policy"] == {"enabled": True, "prompt": {"hate": "low"},
+                                                     "completion": {"violence": "high"}, "blocklists": [],
+                                                     "fail_closed": True, "stream_window": 200}
+        assert "Use the server&#39;s policy" in policy.text
+        assert post("content-filter-policy", default="1").status_code == 200
+        assert "content_filter_policy" not in stored()
         assert "Renamed the hub" in post("name", name="research").text
         deleted = post("secrets/guard-key/delete")
         assert deleted.status_code == 200 and "guard-key" not in deleted.text.split('id="secrets"')[1]

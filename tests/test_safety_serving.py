@@ -397,3 +397,35 @@ def test_a_blocklist_a_deployment_applies_cannot_be_deleted(http, guarded):
     _set_filter(http, "guarded", content_filter=False)  # off: no list applied
     assert http.delete(url).status_code == 204
     assert http.get(url).status_code == 404
+
+
+def test_a_hubs_default_policy_applies_to_its_deployments_that_set_none(http, answer):
+    """A hub's settings.content_filter_policy is what its deployments without a policy of their own run under
+    (shown on the deployment, applied to requests); a deployment's own policy still wins; a hub policy naming
+    blocklists or a category no classifier provides is refused."""
+    [hub] = http.get("/v1/organization/hubs").json()["data"]
+    url = f"/v1/organization/hubs/{hub['id']}"
+    refused = http.post(url, json={"settings": {"content_filter_policy": {"blocklists": ["secret"]}}})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "settings.content_filter_policy.blocklists"
+    unknown = http.post(url, json={"settings": {"content_filter_policy": {"prompt": {"astrology": "low"}}}})
+    assert unknown.status_code == 400 and "prompt.astrology" in unknown.json()["error"]["message"]
+
+    _blocklist(http, answer["word"])
+    _deploy(http, "hubbed-default")  # no policy of its own
+    _deploy(http, "own", content_filter_policy=ONLY_LISTS)
+    quiet = {"prompt": {"hate": "high"}, "completion": {}, "fail_closed": True}
+    stored = http.post(url, json={"settings": {"content_filter_policy": quiet}})
+    assert stored.status_code == 200, stored.text
+    assert stored.json()["settings"]["content_filter_policy"]["prompt"] == {"hate": "high"}
+    shown = http.get("/v1/deployments/hubbed-default").json()["content_filter_policy"]
+    assert shown["prompt"] == {"hate": "high"} and shown["completion"] == {} and shown["fail_closed"] is True
+    assert http.get("/v1/deployments/own").json()["content_filter_policy"]["blocklists"] == ["secret"]
+    checked = http.post("/v1/chat/completions", json={"model": "hubbed-default", "messages": QUESTION, **GREEDY})
+    assert set(checked.json()["prompt_filter_results"][0]["content_filter_results"]) == {"hate"}  # the hub's
+
+    off = http.post(url, json={"settings": {"content_filter_policy": {"enabled": False}}})
+    assert off.status_code == 200
+    whole = http.post("/v1/chat/completions", json={"model": "hubbed-default", "messages": QUESTION, **GREEDY}).json()
+    assert "prompt_filter_results" not in whole and whole["choices"][0]["message"]["content"] == answer["text"]
+    assert http.post(url, json={"settings": {"content_filter_policy": None}}).status_code == 200
+    assert http.get("/v1/deployments/hubbed-default").json()["content_filter_policy"]["prompt"]["jailbreak"] == "medium"

@@ -18,7 +18,7 @@ class _Strict(BaseModel):
 class HubCreate(_Strict):
     name: str = Field(min_length=1, max_length=200)
     settings: dict[str, Any] = Field(default_factory=dict, description="Shared settings: prices, "
-                                     "default_quotas, content_filter_policy (docs/access.md)")
+                                     "default_quotas, content_safety, content_filter_policy (docs/access.md)")
 
 
 class HubUpdate(_Strict):

@@ -245,7 +245,8 @@ def show_hub(hub: Hub, server: Server, api_key: ApiKey = None) -> None:
 
 @hubs.command("set")
 def set_hub_setting(hub: Hub,
-                    key: Annotated[str, typer.Argument(help="The setting: prices, default_quotas, content_safety.")],
+                    key: Annotated[str, typer.Argument(help="The setting: prices, default_quotas, content_safety, "
+                                                            "content_filter_policy.")],
                     value: Annotated[str, typer.Argument(help="Its value as JSON; null removes the setting.")],
                     server: Server, api_key: ApiKey = None) -> None:
     """Replace one of a hub's settings (hub admins), e.g. its content-safety backend:

@@ -69,7 +69,7 @@ def applied_by(session, project_id: str, name: str, settings) -> list[str]:
     from tempering.services.deployments import effective_policy, list_deployments
 
     return [d.name for d in list_deployments(session, project_id)
-            if (policy := effective_policy(d, settings)).enabled and name in policy.blocklists]
+            if (policy := effective_policy(session, d, settings)).enabled and name in policy.blocklists]
 
 
 def delete(session, caller: Caller, name: str, settings) -> None:

@@ -242,7 +242,7 @@ class ChatService:
     def __init__(self, db, serving, monitor, settings):
         self.db, self.serving, self.monitor, self.settings = db, serving, monitor, settings
         self.in_flight: dict[str, int] = {}  # deployment id → requests being served
-        self.default_policy = filtering.server_policy(settings)  # for deployments that set none
+        self.default_policy = filtering.server_policy(settings)  # for deployments that set none, in no hub that does
         self.scorer = None  # the content filter's scorer; None: the process's shared local classifiers
         self.hub_scorers = filtering.HubScorers(settings)  # a hub's remote backend (settings.content_safety)
         self.limits = DeploymentLimiter(settings.rate_limit_url)  # per deployment; Redis: shared by processes
@@ -263,8 +263,8 @@ class ChatService:
                      "backend": d.backend, "upstream_url": d.upstream_url, "upstream_model": d.upstream_model,
                      "max_concurrent": d.max_concurrent_requests, "rpm": d.max_requests_per_1_minute,
                      "tpm": d.max_tokens_per_1_minute, "quantization": d.quantization}
-            policy = filtering.effective_policy(d.content_filter_policy, self.default_policy) \
-                if d.task == "chat" else filtering.OFF
+            policy = filtering.effective_policy(d.content_filter_policy, filtering.default_policy(
+                session, project_id, self.default_policy)) if d.task == "chat" else filtering.OFF
             lists, lists_error = filtering.load_lists(session, project_id, policy)
             facts |= {"policy": policy, "blocklists": tuple(lists), "blocklists_error": lists_error}
             if policy.enabled:

@@ -275,7 +275,8 @@ def set_policy_fields(session, project_id: str, content_filter: bool, policy: Sa
         raise TemperingError("only chat deployments have a content filter", param="content_filter_policy",
                              code="invalid_value")
     stored = filtering.stored_policy(content_filter, policy)
-    filtering.check_policy(session, project_id, filtering.effective_policy(stored, filtering.server_policy(settings)))
+    filtering.check_policy(session, project_id, filtering.effective_policy(
+        stored, filtering.default_policy(session, project_id, filtering.server_policy(settings))))
     return stored
 
 
@@ -293,9 +294,10 @@ def gate_warnings(deployment: Deployment) -> list[str]:
     return [warning] if warning else []
 
 
-def effective_policy(deployment: Deployment, settings) -> SafetyPolicy:
-    """The policy a deployment runs under: its own or the server's default."""
-    return filtering.effective_policy(deployment.content_filter_policy, filtering.server_policy(settings))
+def effective_policy(session, deployment: Deployment, settings) -> SafetyPolicy:
+    """The policy a deployment runs under: its own, else its hub's default, else the server's."""
+    default = filtering.default_policy(session, deployment.project_id, filtering.server_policy(settings))
+    return filtering.effective_policy(deployment.content_filter_policy, default)
 
 
 def set_content_filter(session, project_id: str, ident: str, content_filter: bool,

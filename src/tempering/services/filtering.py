@@ -33,8 +33,35 @@ def server_policy(settings) -> SafetyPolicy:
 
 
 def effective_policy(stored: dict | None, default: SafetyPolicy) -> SafetyPolicy:
-    """What a deployment runs under: its stored policy, or (null) the server's default."""
+    """What a deployment runs under: its stored policy, or (null) the default (``default_policy``)."""
     return default if stored is None else SafetyPolicy.model_validate(stored)
+
+
+def default_policy(session, project_id: str, server_default: SafetyPolicy) -> SafetyPolicy:
+    """The policy of a project's deployments that set none: its hub's ``content_filter_policy`` setting, else
+    the server's (``server_policy``)."""
+    from tempering.store.usage import hub_settings
+
+    hub = (hub_settings(session, project_id) or {}).get("content_filter_policy")
+    return server_default if hub is None else SafetyPolicy.model_validate(hub)
+
+
+def check_hub_policy(policy) -> dict:
+    """A hub's ``content_filter_policy`` setting, checked and in canonical form: a policy whose categories the
+    classifiers provide; no blocklists (they belong to projects: a deployment's own policy names them)."""
+    where = "settings.content_filter_policy"
+    try:
+        checked = SafetyPolicy.model_validate(policy)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        raise InvalidConfigError(f"{where}: {problems}", param=where) from None
+    if checked.blocklists:
+        raise InvalidConfigError(f"{where}.blocklists: blocklists belong to projects; name them in a deployment's "
+                                 "own policy", param=f"{where}.blocklists")
+    unknown = validate_policy(checked) if checked.enabled else []
+    if unknown:
+        raise InvalidConfigError(f"{where}: no classifier provides the category {', '.join(unknown)}", param=where)
+    return checked.model_dump()
 
 
 def stored_policy(content_filter: bool, policy: SafetyPolicy | dict | None) -> dict | None:

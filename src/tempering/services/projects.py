@@ -42,13 +42,19 @@ def _name(value: str, param: str = "name", limit: int = 200) -> str:
 
 def _check_hub_settings(settings: dict | None) -> dict:
     """The settings, checked where their shape is known: ``default_quotas`` (the projects' quotas unless they
-    set their own), ``prices`` (the price table, ``services.usage``) and ``content_safety`` (the classifiers
-    behind the projects' content filters: ``services.filtering.check_backend``, stored in canonical form)."""
+    set their own), ``prices`` (the price table, ``services.usage``), ``content_safety`` (the classifiers
+    behind the projects' content filters: ``services.filtering.check_backend``, stored in canonical form) and
+    ``content_filter_policy`` (the policy of the projects' deployments that set none:
+    ``services.filtering.check_hub_policy``)."""
     settings = dict(settings or {})
     if settings.get("default_quotas") is not None:
         check_quotas(settings["default_quotas"], "settings.default_quotas", allow_null=False)
     if settings.get("prices") is not None:
         usage.check_prices(settings["prices"])
+    if settings.get("content_filter_policy") is not None:
+        from tempering.services.filtering import check_hub_policy
+
+        settings["content_filter_policy"] = check_hub_policy(settings["content_filter_policy"])
     if settings.get("content_safety") is not None:
         from tempering.services.filtering import check_backend
         from tempering.settings import get_settings

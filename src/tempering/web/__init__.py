@@ -26,6 +26,7 @@ PAGES: dict[tuple[str, str], str] = {
     ("GET", "/hubs/{hub_id}"): "hub.admin",
     ("POST", "/hubs/{hub_id}/name"): "hub.admin",
     ("POST", "/hubs/{hub_id}/content-safety"): "hub.admin",
+    ("POST", "/hubs/{hub_id}/content-filter-policy"): "hub.admin",
     ("POST", "/hubs/{hub_id}/quotas"): "hub.admin",
     ("POST", "/hubs/{hub_id}/prices"): "hub.admin",
     ("POST", "/hubs/{hub_id}/secrets"): "hub.admin",

@@ -71,10 +71,17 @@ def _hub_page(request: Request, caller: Caller, hub_id: str, status: int = 200, 
     defaults = server_defaults(settings.default_quotas)
     quota_rows = [(key, QUOTA_LABELS.get(key, key), quotas.get(key), defaults.get(key)) for key in QUOTA_KEYS]
     safety = hub_settings.get("content_safety") or {"backend": "local"}
+    from tempering.safety.policy import HARM, PROMPT_ATTACKS
+    from tempering.services.filtering import known_categories, server_policy
+
+    own_policy = hub_settings.get("content_filter_policy")
+    default_policy = own_policy or server_policy(settings).model_dump()
     context.setdefault("typed", {})
     return page(request, caller, "hub.html", status=status, hub_id=hub_id, hub_name=name, safety=safety,
                 allowed_urls=settings.upstream_allowed_urls, secrets=secrets, price_fields=[PRICE_LABELS.get(f, f) for f in PRICE_FIELDS],
-                price_rows=price_rows, quota_rows=quota_rows, **context)
+                price_rows=price_rows, quota_rows=quota_rows, default_policy=default_policy,
+                hub_sets_policy=own_policy is not None, categories=known_categories(), harm=HARM,
+                prompt_only=PROMPT_ATTACKS, **context)
 
 
 def _update(request: Request, caller: Caller, hub_id: str, form: str, notice: str, typed: dict | None = None,
@@ -119,6 +126,21 @@ def set_content_safety(request: Request, caller: PageCaller, hub_id: str,
     _ = render.gettext_of(request, caller)
     return _update(request, caller, hub_id, "content_safety", _("Saved the content safety backend."),
                    settings={"content_safety": spec})
+
+
+@router.post("/hubs/{hub_id}/content-filter-policy")
+async def set_default_policy(request: Request, caller: PageCaller, hub_id: str):
+    """The policy of the hub's deployments that set none (``settings.content_filter_policy``; checked by
+    ``services.filtering.check_hub_policy``), or the server's again when ``default`` is sent."""
+    from tempering.web.serving import policy_from_form
+
+    policy = policy_from_form(await request.form())
+    if policy is not None:
+        policy.pop("blocklists")  # a project's, not a hub's
+    _ = await run_in_threadpool(render.gettext_of, request, caller)
+    return await run_in_threadpool(_update, request, caller, hub_id, "content_filter_policy",
+                                   _("Saved the default content filter policy."),
+                                   settings={"content_filter_policy": policy})
 
 
 @router.post("/hubs/{hub_id}/quotas")

@@ -131,7 +131,7 @@ def _deployment_page(request: Request, caller: Caller, deployment_id: str, statu
     from tempering.services import blocklists as lists
     from tempering.services import deployments as service
     from tempering.services.filtering import known_categories
-    from tempering.store.usage import hosting_cost, prices_for
+    from tempering.store.usage import hosting_cost, hub_settings, prices_for
 
     settings = request.app.state.settings
     try:
@@ -145,11 +145,13 @@ def _deployment_page(request: Request, caller: Caller, deployment_id: str, statu
             prices = prices_for(s, caller.project_id, d.base_model)
             engine = service.engine_state(d, request.app.state.serving, settings)
             blocklists = [b.name for b in lists.listing(s, caller)]
+            effective = service.effective_policy(s, d, settings).model_dump()
+            hub_default = "content_filter_policy" in (hub_settings(s, caller.project_id) or {})
     except TemperingError as exc:
         return _deployments_page(request, caller, status=404, error=exc.message)
     import time
 
-    policy = shown_policy or service.effective_policy(d, settings).model_dump()
+    policy = shown_policy or effective
     hosted = (d.deleted_at or time.time()) - d.created_at
     latencies = [r.latency_ms for r in reversed(log) if r.status < 400]
     served = [r for r in reversed(log) if r.status < 400]
@@ -162,7 +164,7 @@ def _deployment_page(request: Request, caller: Caller, deployment_id: str, statu
                 prompt_line=_sparkline(prompt_tokens, top=token_top),
                 completion_line=_sparkline(completion_tokens, top=token_top), token_top=int(token_top),
                 base_url=str(request.base_url).rstrip("/"), engine=engine, policy=policy,
-                policy_is_default=d.content_filter_policy is None and shown_policy is None,
+                policy_is_default=d.content_filter_policy is None and shown_policy is None, hub_default=hub_default,
                 categories=known_categories(), harm=HARM, prompt_only=PROMPT_ATTACKS, blocklists=blocklists,
                 **context)
 
@@ -219,18 +221,25 @@ async def content_filter_policy(request: Request, caller: PageCaller, deployment
     return await run_in_threadpool(_set_policy, request, caller, deployment_id, form)
 
 
+def policy_from_form(form) -> dict | None:
+    """A policy from the fields of ``_policy.html`` (and the deployment's blocklist boxes), in the API's shape
+    for the service to check; None when ``default`` was sent (the default policy instead)."""
+    if form.get("default"):
+        return None
+    policy = {"prompt": {}, "completion": {}, "blocklists": [str(v) for v in form.getlist("blocklist")],
+              "fail_closed": form.get("fail_closed") == "on",
+              "stream_window": str(form.get("stream_window", "")).strip() or 160}
+    for key, value in form.multi_items():
+        direction, _dot, name = key.partition(".")
+        if direction in ("prompt", "completion") and name and str(value):
+            policy[direction][name] = str(value)
+    return policy
+
+
 def _set_policy(request: Request, caller: Caller, deployment_id: str, form):
     from tempering.services.deployments import set_content_filter
 
-    policy: dict | None = None
-    if not form.get("default"):
-        policy = {"prompt": {}, "completion": {}, "blocklists": [str(v) for v in form.getlist("blocklist")],
-                  "fail_closed": form.get("fail_closed") == "on",
-                  "stream_window": str(form.get("stream_window", "")).strip() or 160}
-        for key, value in form.multi_items():
-            direction, _dot, name = key.partition(".")
-            if direction in ("prompt", "completion") and name and str(value):
-                policy[direction][name] = str(value)
+    policy = policy_from_form(form)
     _ = render.gettext_of(request, caller)
     try:
         with request.app.state.db.session() as s:

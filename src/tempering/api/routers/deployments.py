@@ -27,8 +27,8 @@ from tempering.store.models import Deployment
 router = APIRouter(prefix="/v1/deployments", tags=["deployments"], responses=ERROR_RESPONSES)
 
 
-def to_wire(d: Deployment, settings, *, warnings: bool = False) -> DeploymentObject:
-    policy = service.effective_policy(d, settings)
+def to_wire(session, d: Deployment, settings, *, warnings: bool = False) -> DeploymentObject:
+    policy = service.effective_policy(session, d, settings)
     return DeploymentObject(id=d.id, name=d.name, model=d.model, base_model=d.base_model, task=d.task,
                             content_filter=policy.enabled, content_filter_policy=policy,
                             max_concurrent_requests=d.max_concurrent_requests,
@@ -46,23 +46,25 @@ def create_deployment(body: DeploymentCreate, request: Request, caller: CallerDe
                                   content_filter_policy=body.content_filter_policy.model_dump()
                                   if body.content_filter_policy is not None else None)
     settings = request.app.state.settings
-    return to_wire(service.create_deployment(session, caller.project_id, spec, settings), settings, warnings=True)
+    return to_wire(session, service.create_deployment(session, caller.project_id, spec, settings), settings,
+                   warnings=True)
 
 
 @router.post("/{deployment_id}/content_filter", response_model=DeploymentObject)
 def set_content_filter(deployment_id: str, body: ContentFilterUpdate, request: Request, caller: CallerDep,
                        session: SessionDep) -> DeploymentObject:
-    """Change a deployment's content filter: off, its own policy, or (null) the server's default. The policy's
-    categories must be ones the server's classifiers provide and its blocklists the project's."""
+    """Change a deployment's content filter: off, its own policy, or (null) the default (its hub's, else the
+    server's). The policy's categories must be ones the server's classifiers provide and its blocklists the
+    project's."""
     settings = request.app.state.settings
-    return to_wire(service.set_content_filter(session, caller.project_id, deployment_id, body.content_filter,
+    return to_wire(session, service.set_content_filter(session, caller.project_id, deployment_id, body.content_filter,
                                               body.content_filter_policy, settings), settings)
 
 
 @router.get("", response_model=ListPage[DeploymentObject])
 def list_deployments(request: Request, caller: CallerDep, session: SessionDep) -> ListPage[DeploymentObject]:
     settings = request.app.state.settings
-    data = [to_wire(d, settings) for d in service.list_deployments(session, caller.project_id)]
+    data = [to_wire(session, d, settings) for d in service.list_deployments(session, caller.project_id)]
     return ListPage[DeploymentObject](data=data, first_id=data[0].id if data else None,
                                       last_id=data[-1].id if data else None)
 
@@ -100,8 +102,8 @@ def deployment_requests(deployment_id: str, request: Request, caller: CallerDep,
 
 @router.get("/{deployment_id}", response_model=DeploymentObject)
 def get_deployment(deployment_id: str, request: Request, caller: CallerDep, session: SessionDep) -> DeploymentObject:
-    return to_wire(service.owned_deployment(session, caller.project_id, deployment_id), request.app.state.settings,
-                   warnings=True)
+    return to_wire(session, service.owned_deployment(session, caller.project_id, deployment_id),
+                   request.app.state.settings, warnings=True)
 
 
 @router.delete("/{deployment_id}", response_model=DeploymentDeleted)
