@@ -191,3 +191,89 @@ def test_blocklists_cli(app, monkeypatch):
     assert run(cli, ["blocklists", "delete", "words", *server]).exit_code == 0
     missing = run(cli, ["blocklists", "delete", "words", *server])
     assert missing.exit_code == 1 and "No such blocklist" in missing.output
+
+
+def _category_examples() -> bytes:
+    """Questions comparing us with competitors (1) and ordinary support questions (0), as JSON Lines."""
+    import random
+
+    rng = random.Random(0)
+    brands = ["Zorblax", "Quintor", "Vexamo"]
+    topics = ["the weather", "my invoice", "a refund", "the opening hours", "my password", "a delivery"]
+    rows = [{"text": f"Is {rng.choice(brands)} {w} than you?", "label": 1}
+            for w in ("cheaper", "better", "faster", "nicer", "safer", "bigger") for _ in range(8)]
+    rows += [{"text": f"Can you help me with {t} {rng.choice(['today', 'please', 'now', 'again'])}?", "label": 0}
+             for t in topics for _ in range(8)]
+    return "".join(json.dumps(r) + "\n" for r in rows).encode()
+
+
+def test_a_custom_category_is_trained_named_by_a_policy_and_deleted(http, app):
+    """A server administrator trains a custom category from a project file; policies may name it at once; it
+    cannot be deleted while one does; a project's key without the server role may list but not train."""
+    from tempering.safety import SafetyPolicy, check_prompt
+    from tempering.services.projects import project_key
+    from tempering.store.models import Project
+
+    data = _category_examples()
+    file_id = http.post("/v1/files", files={"file": ("competitors.jsonl", data)},
+                        data={"purpose": "fine-tune"}).json()["id"]
+    before = {c["name"]: c["kind"] for c in http.get("/v1/contentsafety/categories").json()["data"]}
+    assert before["hate"] == "built-in" and before["profanity"] == "built-in" and "competitors" not in before
+
+    with app.state.db.session() as session:
+        project_id = session.query(Project).first().id
+        owner_key = project_key(session, project_id, "owner-only")  # an Owner, not a server administrator
+    owner = {"Authorization": f"Bearer {owner_key}"}
+    assert http.post("/v1/contentsafety/categories", headers=owner,
+                     json={"name": "competitors", "training_file": file_id}).status_code == 403
+    assert http.get("/v1/contentsafety/categories", headers=owner).status_code == 200
+    bad = http.post("/v1/contentsafety/categories", json={"name": "hate", "training_file": file_id})
+    assert bad.status_code == 409 and bad.json()["error"]["code"] == "category_exists"
+
+    made = http.post("/v1/contentsafety/categories", json={"name": "competitors", "training_file": file_id})
+    assert made.status_code == 200, made.text
+    assert made.json()["kind"] == "custom" and made.json()["valid_average_precision"] > 0.9
+    policy = SafetyPolicy(prompt={"competitors": "medium"}, completion={})
+    assert check_prompt("Is Quintor cheaper than you?", policy).filtered
+    assert not check_prompt("Can you help me with my invoice today?", policy).filtered
+
+    from tempering.store.models import Deployment
+
+    with app.state.db.session() as session:
+        session.add(Deployment(project_id=project_id, name="guarded", model="m", base_model="m",
+                               content_filter_policy=policy.model_dump()))
+    in_use = http.delete("/v1/contentsafety/categories/competitors")
+    assert in_use.status_code == 409 and "deployment guarded" in in_use.json()["error"]["message"]
+    with app.state.db.session() as session:
+        session.query(Deployment).filter_by(name="guarded").one().content_filter_policy = None
+    assert http.delete("/v1/contentsafety/categories/hate").status_code == 403
+    assert http.delete("/v1/contentsafety/categories/competitors").status_code == 204
+    assert "competitors" not in {c["name"] for c in http.get("/v1/contentsafety/categories").json()["data"]}
+    assert http.delete("/v1/contentsafety/categories/competitors").status_code == 404
+
+
+def test_categories_cli(app, monkeypatch, tmp_path):
+    from tempering.cli import deploy
+    from tempering.cli.main import app as cli
+    from tempering.client import TemperingClient
+
+    def client(server, api_key):
+        c = TemperingClient(server, "tk-x")
+        c.http = TestClient(app, base_url="http://testserver/v1",
+                            headers={"Authorization": f"Bearer {app.state.initial_api_key}"})
+        return c
+
+    monkeypatch.setattr(deploy, "_client", client)
+    monkeypatch.setattr("tempering.cli.categories._client", client)
+    examples = tmp_path / "competitors.jsonl"
+    examples.write_bytes(_category_examples())
+    run = CliRunner().invoke
+    server = ["--server", "http://testserver"]
+    trained = run(cli, ["categories", "train", "competitors", str(examples), *server])
+    assert trained.exit_code == 0 and "Trained competitors on" in trained.output, trained.output
+    listed = run(cli, ["categories", "list", *server, "--json"])
+    assert {c["name"]: c["kind"] for c in json.loads(listed.output)}["competitors"] == "custom"
+    assert "competitors" in run(cli, ["categories", "list", *server]).output
+    assert run(cli, ["categories", "delete", "competitors", *server]).exit_code == 0
+    missing = run(cli, ["categories", "delete", "competitors", *server])
+    assert missing.exit_code == 1 and "No such category" in missing.output

@@ -29,6 +29,7 @@ from tempering.api.routers import (
     models,
     moderations,
     organization,
+    safety_categories,
     sweeps,
     usage,
     webhooks,
@@ -114,7 +115,8 @@ def create_app(settings: Settings, *, workers: int = 1) -> FastAPI:
                        max_form_upload_bytes=settings.max_upload_bytes + 64 * 1024)
     for router in (files.router, jobs.router, models.router, evaluations.router, deployments.router,
                    inference.router, datasets.router, catalog.router, exports.router, moderations.router,
-                   blocklists.router, organization.router, usage.router, webhooks.router, sweeps.router):
+                   blocklists.router, safety_categories.router, organization.router, usage.router, webhooks.router,
+                   sweeps.router):
         app.include_router(router)
     from tempering import web
 

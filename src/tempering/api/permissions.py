@@ -84,6 +84,9 @@ ROUTES: dict[tuple[str, str], str] = {
     ("DELETE", _BLOCKLIST): "deployments.write",
     ("POST", _BLOCKLIST + ":addOrUpdateBlocklistItems"): "deployments.write",
     ("POST", _BLOCKLIST + ":removeBlocklistItems"): "deployments.write",
+    ("GET", "/v1/contentsafety/categories"): "project.read",
+    ("POST", "/v1/contentsafety/categories"): "server.admin",  # the server's classifiers, every project's
+    ("DELETE", "/v1/contentsafety/categories/{name}"): "server.admin",
     # people and access (routers.organization)
     ("GET", "/v1/me"): SIGNED_IN,
     ("GET", _ORG + "/hubs"): SIGNED_IN,

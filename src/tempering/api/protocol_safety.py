@@ -85,3 +85,27 @@ class TextBlocklistPage(BaseModel):
 
 class TextBlocklistItemPage(BaseModel):
     value: list[TextBlocklistItem]
+
+
+class SafetyCategory(BaseModel):
+    """A category the content filter can check: built in, or custom (trained on this server)."""
+
+    object: Literal["contentsafety.category"] = "contentsafety.category"
+    name: str
+    kind: Literal["built-in", "custom"]
+    description: str = ""
+    valid_average_precision: float | None = Field(default=None, description="On the held-out validation split.")
+    training_rows: int | None = None
+
+
+class SafetyCategoryPage(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[SafetyCategory]
+
+
+class SafetyCategoryCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=40, description="Lower-case letters, digits and '_', starting with "
+                      "a letter; the name policies use.")
+    training_file: str = Field(min_length=1, max_length=64, description='A file of the project: JSON Lines of '
+                               '{"text": "…", "label": 0 or 1}.')

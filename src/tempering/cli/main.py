@@ -9,6 +9,7 @@ from tempering.cli import (
     backup,
     blocklists,
     calibrate,
+    categories,
     chat,
     classify,
     data,
@@ -40,6 +41,7 @@ app.command("chat")(chat.chat)
 app.command("classify")(classify.classify)
 app.command("moderate")(moderate.moderate)
 app.add_typer(blocklists.app, name="blocklists")
+app.add_typer(categories.app, name="categories")
 app.command("eval")(evaluate.evaluate)
 app.command("export")(export.export)
 app.command("serve")(serve.serve)

@@ -75,7 +75,11 @@ def load_classifier(shipped: Path = SHIPPED, custom: Path | None = None) -> Clas
     folder = custom_dir() if custom is None else custom
     if folder.is_dir():
         for doc in sorted(folder.glob("*.json")):
-            bundle = LinearBundle.load(doc)
+            try:
+                bundle = LinearBundle.load(doc)
+            except (OSError, ValueError, KeyError) as exc:  # one broken bundle must not stop every filter
+                log.warning("custom safety bundle %s skipped: %s", doc, exc)
+                continue
             clash = set(bundle.names) & (set(BUILTIN) | {n for b in bundles for n in b.names})
             if clash:
                 log.warning("custom safety bundle %s skipped: it redefines %s", doc, sorted(clash))
@@ -86,15 +90,34 @@ def load_classifier(shipped: Path = SHIPPED, custom: Path | None = None) -> Clas
 
 _lock = threading.Lock()
 _default: Classifier | None = None
+_seen: tuple = ()  # the custom bundles the default classifier was loaded with: (name, size, mtime) each
+_checked = 0.0
+_folder: Path | None = None  # the custom folder of that look (another home: look again at once)
+RECHECK_SECONDS = 2.0  # how often the custom folder is looked at for categories added or removed
+
+
+def _custom_bundles() -> tuple:
+    folder = custom_dir()
+    if not folder.is_dir():
+        return ()
+    return tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.glob("*.json")))
 
 
 def default_classifier() -> Classifier:
-    """The process's classifier, loaded once (about 0.3 s); ``reset_default_classifier`` after training a
-    custom category."""
-    global _default
+    """The process's classifier, loaded once (about 0.3 s) and again when a custom category is added or removed
+    (the folder is looked at every ``RECHECK_SECONDS``), so every server and worker process sees a category the
+    API trained without a restart."""
+    import time
+
+    global _default, _seen, _checked, _folder
     with _lock:
-        if _default is None:
-            _default = load_classifier()
+        now, folder = time.monotonic(), custom_dir()
+        if _default is not None and folder == _folder and now - _checked < RECHECK_SECONDS:
+            return _default
+        _checked, _folder = now, folder
+        bundles = _custom_bundles()
+        if _default is None or bundles != _seen:
+            _default, _seen = load_classifier(), bundles
         return _default
 
 

@@ -20,8 +20,8 @@ ACTIONS = ("login.succeeded", "login.failed", "login.locked", "logout", "user.cr
            "service_account.deleted", "member.added", "member.updated", "member.removed", "project.created",
            "project.updated", "project.deleted", "hub.created", "hub.updated", "secret.set", "secret.deleted",
            "job.created", "job.cancelled", "sweep.created", "sweep.cancelled", "job.paused", "job.resumed", "model.deleted", "deployment.created",
-           "deployment.deleted", "content_filter.updated", "rate_limit.updated", "blocklist.updated", "webhook.created",
-           "webhook.deleted")
+           "deployment.deleted", "content_filter.updated", "rate_limit.updated", "blocklist.updated",
+           "safety_category.created", "safety_category.deleted", "webhook.created", "webhook.deleted")
 
 
 def record(session: Session, action: str, *, caller=None, project_id: str | None = None,

@@ -1,0 +1,113 @@
+"""The content filter's categories: the shipped ones and the server's custom ones, which a server administrator
+trains from a project's file of labelled examples (``{"text", "label"}`` JSON Lines; Azure AI Content Safety's
+custom categories) through the API or the CLI, and deletes when no policy names them. A custom category is
+the server's, like the shipped classifiers: every project's policies may name it. Training is scikit-learn's
+(seconds for thousands of examples); every server and worker process on this machine picks a new category up
+within seconds (``safety.classify.default_classifier``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tempering.errors import ConflictError, InvalidConfigError, TemperingError, not_found
+from tempering.services.access import Caller
+
+
+@dataclass(frozen=True)
+class Category:
+    name: str
+    kind: str  # "built-in" or "custom"
+    description: str
+    valid_average_precision: float | None  # on the held-out validation split
+    training_rows: int | None
+
+
+def categories() -> list[Category]:
+    from tempering.safety.classify import default_classifier
+
+    classifier = default_classifier()
+    out = []
+    for index, bundle in enumerate(classifier.bundles):  # the shipped bundle first, then the custom ones
+        for head in bundle.heads:
+            out.append(Category(head.name, "custom" if index else "built-in", head.meta.get("description", ""),
+                                head.meta.get("valid", {}).get("average_precision"),
+                                head.meta.get("train", {}).get("rows")))
+    out.append(Category("profanity", "built-in", "profanity lexicon (whole words and stems)", None, None))
+    return out
+
+
+def train(db, caller: Caller, store, name: str, file_id: str) -> Category:
+    """A custom category ``name`` trained on a file of the caller's project; refused for a built-in or taken
+    name, a file that is not ``{"text", "label"}`` JSON Lines, or one without both labels."""
+    import re
+
+    from tempering.safety.classify import custom_dir
+    from tempering.safety.policy import BUILTIN
+    from tempering.safety.train import NAME_PATTERN, train_custom
+    from tempering.services._files import owned_file
+
+    if not re.fullmatch(NAME_PATTERN, name or ""):
+        raise InvalidConfigError("a category's name is lower-case letters, digits and '_', starting with a letter "
+                                 "(at most 40)", param="name")
+    if name in BUILTIN or name in {c.name for c in categories()}:
+        raise ConflictError(f"the category {name!r} exists; delete it first (built-in ones cannot be replaced)",
+                            param="name", code="category_exists")
+    with db.session(write=False) as session:
+        row = owned_file(session, caller.project_id, file_id, "training_file")
+        path = store.file_path(row.id)
+    try:
+        train_custom(name, path, custom_dir(), log=lambda _message: None)
+    except (KeyError, ValueError, TypeError) as exc:  # a row without text or label, bad JSON, one class only
+        raise TemperingError(f"{row.filename} cannot train a category: {exc} (JSON Lines of "
+                             '{"text": "…", "label": 0 or 1} are needed, both labels in every split)',
+                             param="training_file", code="invalid_training_file") from None
+    from tempering.safety.classify import reset_default_classifier
+    from tempering.services import audit
+
+    reset_default_classifier()  # this process at once; the others within seconds
+    with db.session() as session:
+        audit.record(session, "safety_category.created", caller=caller, target=name, file=file_id)
+    return next(c for c in categories() if c.name == name)
+
+
+def users(session, name: str, settings) -> list[str]:
+    """Where a category is named: live deployments' own policies (any project), hubs' default policies, the
+    server's default policy."""
+    from sqlalchemy import select
+
+    from tempering.services.filtering import server_policy
+    from tempering.store.models import Deployment, Hub
+
+    def names(policy: dict | None) -> bool:
+        return bool(policy) and (name in (policy.get("prompt") or {}) or name in (policy.get("completion") or {}))
+
+    found = [f"deployment {d.name}" for d in session.scalars(select(Deployment).where(Deployment.deleted_at.is_(None)))
+             if names(d.content_filter_policy)]
+    found += [f"hub {h.name}" for h in session.scalars(select(Hub))
+              if names((h.settings or {}).get("content_filter_policy"))]
+    if names(server_policy(settings).model_dump()):
+        found.append("the server's default policy")
+    return found
+
+
+def delete(session, caller: Caller, name: str, settings) -> None:
+    """Delete a custom category; refused while a policy names it (its checks would fail on every request)."""
+    from tempering.safety.classify import custom_dir
+    from tempering.services import audit
+
+    category = next((c for c in categories() if c.name == name), None)
+    if category is None:
+        raise not_found("category", name, "name")
+    if category.kind != "custom":
+        raise TemperingError(f"{name} is built in; only custom categories are deleted", param="name",
+                             code="builtin_category", kind="forbidden")
+    named = users(session, name, settings)
+    if named:
+        raise ConflictError(f"the category {name!r} is named by {', '.join(named)}; take it out of those policies "
+                            "first", param="name", code="category_in_use")
+    from tempering.safety.classify import reset_default_classifier
+
+    for suffix in (".json", ".safetensors"):  # the JSON first: what a reader looks for
+        (custom_dir() / f"{name}{suffix}").unlink(missing_ok=True)
+    reset_default_classifier()
+    audit.record(session, "safety_category.deleted", caller=caller, target=name)
