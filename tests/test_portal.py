@@ -765,3 +765,53 @@ def test_blocklists_pages(client, app):
     gone = client.post("/blocklists/brands/delete", data={"csrf_token": token})
     assert gone.status_code == 200 and "Deleted the blocklist brands." in gone.text
     assert client.get("/blocklists/brands").status_code == 404
+
+
+def test_server_administrator_manages_users(client, app):
+    """Create a user (password shown once, and it signs in), reset a password, disable and enable, make an
+    administrator; no one locks themselves out; other users are refused the page and see no link to it."""
+    token = admin(client, app)
+    assert 'href="/users"' in client.get("/projects").text
+    created = client.post("/users", data={"csrf_token": token, "username": "nina", "name": "Nina"})
+    password = re.search(r'data-testid="new-password">([^<]+)<', created.text).group(1)
+    again = client.post("/users", data={"csrf_token": token, "username": "nina", "name": "Other"})
+    assert again.status_code == 409 and 'value="Other"' in again.text
+    with TestClient(app) as nina:
+        assert sign_in(nina, "nina", password).status_code == 200
+    nina_id = re.search(r'action="/users/([^/"]+)/reset-password"', created.text.split("<td>nina</td>")[1]).group(1)
+    reset = client.post(f"/users/{nina_id}/reset-password", data={"csrf_token": token})
+    fresh = re.search(r'data-testid="new-password">([^<]+)<', reset.text).group(1)
+    with TestClient(app) as nina:
+        assert sign_in(nina, "nina", password).status_code == 401 and sign_in(nina, "nina", fresh).status_code == 200
+    disabled = client.post(f"/users/{nina_id}", data={"csrf_token": token, "change": "disable"})
+    assert "Changed nina." in disabled.text and "disabled" in disabled.text.split("<td>nina</td>")[1][:120]
+    with TestClient(app) as nina:
+        assert sign_in(nina, "nina", fresh).status_code != 200
+    assert client.post(f"/users/{nina_id}", data={"csrf_token": token, "change": "enable"}).status_code == 200
+    own_id = re.search(r'action="/users/([^/"]+)/reset-password"', created.text.split("<td>admin</td>")[1]).group(1)
+    lockout = client.post(f"/users/{own_id}", data={"csrf_token": token, "change": "disable"})
+    assert lockout.status_code == 403 and "cannot disable yourself" in lockout.text
+    assert client.post(f"/users/{nina_id}", data={"csrf_token": token, "change": "promote"}).status_code == 400
+    add_user(app, "olga", "owner")
+    with TestClient(app) as olga:
+        sign_in(olga, "olga", "correct-horse-battery")
+        assert olga.get("/users").status_code == 403 and 'href="/users"' not in olga.get("/projects").text
+        assert olga.get("/categories").status_code == 403
+
+
+def test_server_administrator_trains_and_deletes_a_custom_category(client, app):
+    token = admin(client, app)
+    rows = [{"text": f"Is Zorblax {w} than you?", "label": 1} for w in ("cheaper", "better", "faster") * 12]
+    rows += [{"text": f"Can you help me with {t} please?", "label": 0} for t in ("my bill", "a refund", "login") * 12]
+    client.post("/data", files={"file": ("cats.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())},
+                data={"csrf_token": token})
+    page = client.get("/categories").text
+    assert ">hate</td>" in page and "cats.jsonl" in page
+    file_id = re.search(r'<option value="(file-[^"]+)">cats.jsonl', page).group(1)
+    bad = client.post("/categories", data={"csrf_token": token, "name": "Bad Name", "training_file": file_id})
+    assert bad.status_code == 400 and 'value="Bad Name"' in bad.text
+    trained = client.post("/categories", data={"csrf_token": token, "name": "rivals", "training_file": file_id})
+    assert trained.status_code == 200 and "Trained the category rivals." in trained.text
+    assert re.search(r">rivals</td><td>custom</td>", trained.text)
+    gone = client.post("/categories/rivals/delete", data={"csrf_token": token})
+    assert "Deleted the category rivals." in gone.text and ">rivals</td>" not in gone.text

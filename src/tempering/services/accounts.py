@@ -99,7 +99,12 @@ def reset_password(session: Session, user: User, password: str | None = None, *,
 
 def update_user(session: Session, user: User, caller=None, **fields) -> User:
     """Change a user's name, email, locale, administrator standing or disabled state (disabling one ends their
-    sessions and stops their keys)."""
+    sessions and stops their keys). No one disables themselves or gives up their own administrator standing
+    (the server would be left without the administrator who could undo it)."""
+    acting = getattr(caller, "user_id", None)
+    if acting == user.id and (fields.get("disabled") or fields.get("is_admin") is False):
+        raise TemperingError("you cannot disable yourself or drop your own administrator standing; another "
+                             "administrator can", param="user_id", code="self_lockout", kind="forbidden")
     for field in ("name", "email", "locale", "is_admin", "disabled"):
         if fields.get(field) is not None:
             setattr(user, field, fields[field])

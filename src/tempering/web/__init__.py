@@ -22,6 +22,13 @@ PAGES: dict[tuple[str, str], str] = {
     ("GET", "/projects"): SIGNED_IN,
     ("POST", "/projects/switch"): SIGNED_IN,  # only to a project the user has a role in (access.project_role)
     ("POST", "/hubs"): "server.admin",
+    ("GET", "/users"): "server.admin",
+    ("POST", "/users"): "server.admin",
+    ("POST", "/users/{user_id}"): "server.admin",
+    ("POST", "/users/{user_id}/reset-password"): "server.admin",
+    ("GET", "/categories"): "server.admin",
+    ("POST", "/categories"): "server.admin",
+    ("POST", "/categories/{name}/delete"): "server.admin",
     ("POST", "/hubs/{hub_id}/projects"): "hub.admin",
     ("GET", "/hubs/{hub_id}"): "hub.admin",
     ("POST", "/hubs/{hub_id}/name"): "hub.admin",
@@ -86,9 +93,9 @@ UPLOAD_FORMS = {("POST", "/data"), ("POST", "/fine-tune")}
 
 def mount(app) -> None:
     """Add the portal's pages and its error pages (sign-in redirect, CSRF refusal, forbidden) to the app."""
-    from tempering.web import blocklists, hubs, management, pages, serving, sweeps, tuning
+    from tempering.web import admin, blocklists, hubs, management, pages, serving, sweeps, tuning
     from tempering.web.render import install_handlers
 
-    for module in (pages, tuning, sweeps, serving, blocklists, management, hubs):
+    for module in (pages, tuning, sweeps, serving, blocklists, management, hubs, admin):
         app.include_router(module.router)
     install_handlers(app)
