@@ -211,6 +211,15 @@ def test_the_main_flow_in_chromium(portal, browser, shots, tmp_path):
     expect(page.get_by_role("status")).to_contain_text(f"Deleted {model}")
     expect(page.locator("tr", has_text=model)).to_have_count(0)
     shots(page, "deleted")
+
+    page.goto(base + "/projects")  # the administrators' pages, axe-checked too
+    page.get_by_role("link", name="Hub settings: content safety, quotas, prices, secrets").first.click()
+    expect(page.get_by_role("heading", name="Default content filter policy")).to_be_visible()
+    shots(page, "hub-settings")
+    for path, heading in (("/users", "Users"), ("/categories", "Content categories"), ("/blocklists", "Blocklists")):
+        page.goto(base + path)
+        expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible()
+        shots(page, path.strip("/"))
     assert requests_elsewhere == []  # nothing phones home
     assert shots.violations == []  # axe-core: no serious or critical accessibility violation on any step
     page.close()
