@@ -235,6 +235,9 @@ def test_a_project_keeps_an_owner_and_owners_manage_members(world):
     members = client.get(base, headers=owner).json()["data"]
     assert {m["role"] for m in members} >= {"owner", "ai_developer", "reader"}
     assert client.post(base, headers=owner, json={"user_id": ids["user_id"], "role": "reader"}).status_code == 409
+    probe = "/v1/contentsafety/text/blocklists/audit-probe"  # an audited change of this project, whatever ran before
+    assert client.patch(probe, headers=owner, json={}).status_code == 201
+    assert client.delete(probe, headers=owner).status_code == 204
     audit = client.get(f"/v1/organization/projects/{ids['project_id']}/audit_logs", headers=owner).json()["data"]
     assert audit and all(e["project_id"] == ids["project_id"] for e in audit)
 

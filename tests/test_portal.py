@@ -815,3 +815,30 @@ def test_server_administrator_trains_and_deletes_a_custom_category(client, app):
     assert re.search(r">rivals</td><td>custom</td>", trained.text)
     gone = client.post("/categories/rivals/delete", data={"csrf_token": token})
     assert "Deleted the category rivals." in gone.text and ">rivals</td>" not in gone.text
+
+
+def test_a_user_changes_their_own_password(app):
+    """The current password is checked (under the sign-in throttle), the new one twice; afterwards this session
+    goes on, the user's other sessions end, and only the new password signs in."""
+    add_user(app, "pat", "reader")
+    with TestClient(app) as mine, TestClient(app) as elsewhere:
+        token = csrf_of(sign_in(mine, "pat", "correct-horse-battery").text)
+        sign_in(elsewhere, "pat", "correct-horse-battery")
+        assert 'href="/account">pat</a>' in mine.get("/catalog").text
+
+        def change(current, new, repeat=None):
+            return mine.post("/account/password", data={"csrf_token": token, "current_password": current,
+                                                        "new_password": new, "repeat_password": repeat or new})
+
+        wrong = change("not-my-password", "a-brand-new-secret")
+        assert wrong.status_code == 403 and "current password is not correct" in wrong.text
+        assert change("correct-horse-battery", "a-brand-new-secret", "another-secret-x").status_code == 400
+        weak = change("correct-horse-battery", "short")
+        assert weak.status_code == 400 and "at least 10 characters" in weak.text
+        done = change("correct-horse-battery", "a-brand-new-secret")
+        assert done.status_code == 200 and "Changed your password" in done.text
+        assert mine.get("/catalog", follow_redirects=False).status_code == 200  # this session goes on
+        assert elsewhere.get("/catalog", follow_redirects=False).status_code == 303  # the others ended
+    with TestClient(app) as fresh:
+        assert sign_in(fresh, "pat", "correct-horse-battery").status_code == 401
+        assert sign_in(fresh, "pat", "a-brand-new-secret").status_code == 200

@@ -172,6 +172,24 @@ def sign_in(session: Session, throttle: SignInThrottle, username: str, password:
     return user
 
 
+def change_password(session: Session, throttle: SignInThrottle, user: User, current: str, new: str,
+                    address: str | None = None) -> None:
+    """A user's own new password, given their current one, which is checked under the sign-in throttle (the form
+    is no way around its lockout); every portal session signed before it ends."""
+    wait = throttle.locked_for(user.username, address)
+    if wait:
+        raise RateLimitedError(f"Too many failed attempts; try again in {int(wait) + 1} seconds.",
+                               retry_after=wait, code="sign_in_locked")
+    if not (user.password_hash and _hasher().verify(current, user.password_hash)):
+        throttle.failed(user.username, address)
+        raise TemperingError("The current password is not correct.", param="current_password",
+                             code="invalid_credentials", kind="forbidden")
+    user.password_hash = hash_password(check_password(new))
+    user.session_epoch += 1
+    audit.record(session, "user.password_reset", project_id=None, user_id=user.id, target=user.id, own=True,
+                 address=address)
+
+
 @dataclass
 class Bootstrap:
     """What the server's first start created and must print once."""

@@ -19,6 +19,8 @@ PAGES: dict[tuple[str, str], str] = {
     ("POST", "/signin"): PUBLIC,
     ("POST", "/signout"): SIGNED_IN,
     ("POST", "/locale"): SIGNED_IN,
+    ("GET", "/account"): SIGNED_IN,
+    ("POST", "/account/password"): SIGNED_IN,  # one's own, the current password checked
     ("GET", "/projects"): SIGNED_IN,
     ("POST", "/projects/switch"): SIGNED_IN,  # only to a project the user has a role in (access.project_role)
     ("POST", "/hubs"): "server.admin",

@@ -1,4 +1,4 @@
-"""The server administrator's pages: users (create one, its password shown once; reset a password; disable or
+"""Your account (change your password) and the server administrator's pages: users (create one, its password shown once; reset a password; disable or
 enable; make or unmake an administrator) and the content filter's custom categories (train one from a file of
 the current project, delete one). ``services.accounts`` and ``services.safety_categories`` hold the rules, as
 for the API's ``/v1/organization/users`` and ``/v1/contentsafety/categories``."""
@@ -16,6 +16,46 @@ from tempering.web.render import page
 
 router = APIRouter(include_in_schema=False, dependencies=[Depends(render.csrf_guard)])
 PageCaller = Annotated[Caller, Depends(session.page_caller)]
+
+
+def _account_page(request: Request, caller: Caller, status: int = 200, **context):
+    from tempering.store.models import User
+
+    with request.app.state.db.session(write=False) as s:
+        user = s.get(User, caller.user_id)
+        facts = {"username": user.username, "name": user.name, "email": user.email or ""}
+    return page(request, caller, "account.html", status=status, account=facts, **context)
+
+
+@router.get("/account")
+def account_page(request: Request, caller: PageCaller):
+    return _account_page(request, caller)
+
+
+@router.post("/account/password")
+def change_password(request: Request, caller: PageCaller, current_password: Annotated[str, Form(max_length=1024)],
+                    new_password: Annotated[str, Form(max_length=1024)],
+                    repeat_password: Annotated[str, Form(max_length=1024)]):
+    """Your own new password (``services.accounts.change_password``: the current one checked under the sign-in
+    throttle); your other sessions end, this one goes on."""
+    from tempering.services import accounts
+    from tempering.store.models import User
+
+    _ = render.gettext_of(request, caller)
+    if new_password != repeat_password:
+        return _account_page(request, caller, status=400, password_error=_("The two new passwords differ."))
+    address = request.client.host if request.client else None
+    try:
+        with request.app.state.db.session() as s:
+            user = s.get(User, caller.user_id)
+            accounts.change_password(s, request.app.state.sign_in, user, current_password, new_password, address)
+            epoch = user.session_epoch
+    except TemperingError as exc:
+        return _account_page(request, caller, status=status_of(exc), password_error=exc.message)
+    response = _account_page(request, caller, notice=_("Changed your password; your other sessions have ended."))
+    portal = session.current(request)
+    session.write(request, response, session.PortalSession(portal.user_id, epoch, portal.project_id, portal.csrf))
+    return response
 
 
 def _users_page(request: Request, caller: Caller, status: int = 200, **context):
