@@ -216,7 +216,8 @@ def test_the_main_flow_in_chromium(portal, browser, shots, tmp_path):
     page.get_by_role("link", name="Hub settings: content safety, quotas, prices, secrets").first.click()
     expect(page.get_by_role("heading", name="Default content filter policy")).to_be_visible()
     shots(page, "hub-settings")
-    for path, heading in (("/users", "Users"), ("/categories", "Content categories"), ("/blocklists", "Blocklists")):
+    for path, heading in (("/users", "Users"), ("/categories", "Content categories"), ("/blocklists", "Blocklists"),
+                          ("/account", "Your account")):
         page.goto(base + path)
         expect(page.get_by_role("heading", name=heading, exact=True)).to_be_visible()
         shots(page, path.strip("/"))
