@@ -214,6 +214,8 @@ def _check_hub_action(session, caller: Caller, action: str, hub_id: str | None) 
     if action == "server.admin":
         if not caller.is_admin:
             raise APIError(403, "Only a server administrator may do this.", code="permission_denied")
+        if caller.role != "owner":  # an administrator's key with a lower role, as for hub administration
+            raise APIError(403, "This API key's role does not allow server administration.", code="permission_denied")
         return
     from tempering.store.models import Hub, Project
 

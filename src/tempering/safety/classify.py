@@ -77,7 +77,7 @@ def load_classifier(shipped: Path = SHIPPED, custom: Path | None = None) -> Clas
         for doc in sorted(folder.glob("*.json")):
             try:
                 bundle = LinearBundle.load(doc)
-            except (OSError, ValueError, KeyError) as exc:  # one broken bundle must not stop every filter
+            except Exception as exc:  # noqa: BLE001 - one broken bundle (of any kind) must not stop every filter
                 log.warning("custom safety bundle %s skipped: %s", doc, exc)
                 continue
             clash = set(bundle.names) & (set(BUILTIN) | {n for b in bundles for n in b.names})
@@ -100,7 +100,14 @@ def _custom_bundles() -> tuple:
     folder = custom_dir()
     if not folder.is_dir():
         return ()
-    return tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in folder.glob("*.json")))
+    seen = []
+    for path in folder.glob("*.json"):
+        try:
+            facts = path.stat()
+        except FileNotFoundError:  # deleted between the listing and the look
+            continue
+        seen.append((path.name, facts.st_size, facts.st_mtime_ns))
+    return tuple(sorted(seen))
 
 
 def default_classifier() -> Classifier:

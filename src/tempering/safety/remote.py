@@ -106,12 +106,31 @@ class OpenAIModerationScorer:
             raise RemoteScorerError(f"unexpected answer from {self.url}: {exc!r}") from exc
 
 
+class LocalClassifier:
+    """The process's local classifier as it is now (``default_classifier``, which picks custom categories up
+    as they are trained or deleted), for a scorer that lives longer than one request."""
+
+    @property
+    def categories(self):
+        from tempering.safety.classify import default_classifier
+
+        return default_classifier().categories
+
+    def score(self, texts: list[str]) -> list[dict[str, float]]:
+        from tempering.safety.classify import default_classifier
+
+        return default_classifier().score(texts)
+
+
 class CombinedScorer:
     """Each category from the first scorer that provides it (remote first, the local classifier after)."""
 
     def __init__(self, *scorers):
         self.scorers = scorers
-        self.categories = frozenset().union(*(s.categories for s in scorers))
+
+    @property
+    def categories(self):
+        return frozenset().union(*(s.categories for s in self.scorers))
 
     def score(self, texts: list[str]) -> list[dict[str, float]]:
         rows: list[dict[str, float]] = [{} for _ in texts]
@@ -137,7 +156,7 @@ def make_scorer(backend: Backend = "local", *, endpoint: str | None = None, api_
     if not endpoint or not api_key:
         raise ValueError(f"the {backend} content-safety backend needs an endpoint and an API key")
     if backend == "azure":
-        return CombinedScorer(AzureContentSafetyScorer(endpoint, api_key, http=http), default_classifier())
+        return CombinedScorer(AzureContentSafetyScorer(endpoint, api_key, http=http), LocalClassifier())
     if backend == "openai":
-        return CombinedScorer(OpenAIModerationScorer(endpoint, api_key, model=model, http=http), default_classifier())
+        return CombinedScorer(OpenAIModerationScorer(endpoint, api_key, model=model, http=http), LocalClassifier())
     raise ValueError(f"unknown content-safety backend {backend!r}: local, azure or openai")

@@ -89,7 +89,11 @@ def create_user(session: Session, username: str, password: str | None = None, *,
 
 def reset_password(session: Session, user: User, password: str | None = None, *, caller=None) -> str:
     """Set a new password (a generated one when none is given, to show once); portal sessions signed before it
-    end (``session_epoch``)."""
+    end (``session_epoch``). A caller resets other users' passwords: their own is changed with the current one
+    (``change_password``), so a borrowed session cannot take the account over."""
+    if caller is not None and getattr(caller, "user_id", None) == user.id:
+        raise TemperingError("change your own password on your account page (it asks for the current one)",
+                             param="user_id", code="own_password", kind="forbidden")
     password = check_password(password) if password is not None else new_password()
     user.password_hash = hash_password(password)
     user.session_epoch += 1
@@ -111,7 +115,8 @@ def update_user(session: Session, user: User, caller=None, **fields) -> User:
     if fields.get("disabled"):
         user.session_epoch += 1
     audit.record(session, "user.updated", caller=caller, project_id=None, target=user.id,
-                 fields=sorted(k for k, v in fields.items() if v is not None))
+                 fields=sorted(k for k, v in fields.items() if v is not None),
+                 changes={k: v for k, v in fields.items() if k in ("is_admin", "disabled") and v is not None})
     return user
 
 
@@ -178,10 +183,14 @@ def change_password(session: Session, throttle: SignInThrottle, user: User, curr
     is no way around its lockout); every portal session signed before it ends."""
     wait = throttle.locked_for(user.username, address)
     if wait:
+        audit.record(session, "login.locked", project_id=None, address=address, username=user.username,
+                     changing_password=True)
         raise RateLimitedError(f"Too many failed attempts; try again in {int(wait) + 1} seconds.",
                                retry_after=wait, code="sign_in_locked")
     if not (user.password_hash and _hasher().verify(current, user.password_hash)):
         throttle.failed(user.username, address)
+        audit.record(session, "login.failed", project_id=None, address=address, user_id=user.id,
+                     username=user.username, changing_password=True)
         raise TemperingError("The current password is not correct.", param="current_password",
                              code="invalid_credentials", kind="forbidden")
     user.password_hash = hash_password(check_password(new))

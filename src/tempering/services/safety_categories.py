@@ -7,9 +7,13 @@ within seconds (``safety.classify.default_classifier``)."""
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from pathlib import Path
 
 from tempering.errors import ConflictError, InvalidConfigError, TemperingError, not_found
+from tempering.safety.classify import custom_dir, reset_default_classifier
+from tempering.services import audit
 from tempering.services.access import Caller
 
 
@@ -41,7 +45,6 @@ def train(db, caller: Caller, store, name: str, file_id: str) -> Category:
     name, a file that is not ``{"text", "label"}`` JSON Lines, or one without both labels."""
     import re
 
-    from tempering.safety.classify import custom_dir
     from tempering.safety.policy import BUILTIN
     from tempering.safety.train import NAME_PATTERN, train_custom
     from tempering.services._files import owned_file
@@ -49,25 +52,32 @@ def train(db, caller: Caller, store, name: str, file_id: str) -> Category:
     if not re.fullmatch(NAME_PATTERN, name or ""):
         raise InvalidConfigError("a category's name is lower-case letters, digits and '_', starting with a letter "
                                  "(at most 40)", param="name")
-    if name in BUILTIN or name in {c.name for c in categories()}:
-        raise ConflictError(f"the category {name!r} exists; delete it first (built-in ones cannot be replaced)",
-                            param="name", code="category_exists")
     with db.session(write=False) as session:
         row = owned_file(session, caller.project_id, file_id, "training_file")
         path = store.file_path(row.id)
-    try:
-        train_custom(name, path, custom_dir(), log=lambda _message: None)
-    except (KeyError, ValueError, TypeError) as exc:  # a row without text or label, bad JSON, one class only
-        raise TemperingError(f"{row.filename} cannot train a category: {exc} (JSON Lines of "
-                             '{"text": "…", "label": 0 or 1} are needed, both labels in every split)',
-                             param="training_file", code="invalid_training_file") from None
-    from tempering.safety.classify import reset_default_classifier
-    from tempering.services import audit
-
+    folder = custom_dir()
+    with _exclusive(folder):  # one change of the custom categories at a time (two trains of one name: one wins)
+        if name in BUILTIN or name in {c.name for c in categories()}:
+            raise ConflictError(f"the category {name!r} exists; delete it first (built-in ones cannot be replaced)",
+                                param="name", code="category_exists")
+        try:
+            train_custom(name, path, folder, log=lambda _message: None)
+        except (KeyError, ValueError, TypeError) as exc:  # a row without text or label, bad JSON, one class only
+            raise TemperingError(f"{row.filename} cannot train a category: {exc} (JSON Lines of "
+                                 '{"text": "…", "label": 0 or 1} are needed, both labels in every split)',
+                                 param="training_file", code="invalid_training_file") from None
+        try:
+            with db.session() as session:
+                audit.record(session, "safety_category.created", caller=caller, target=name, file=file_id)
+        except Exception:  # no category without its audit entry
+            _unlink(folder, name)
+            raise
     reset_default_classifier()  # this process at once; the others within seconds
-    with db.session() as session:
-        audit.record(session, "safety_category.created", caller=caller, target=name, file=file_id)
-    return next(c for c in categories() if c.name == name)
+    made = next((c for c in categories() if c.name == name), None)
+    if made is None:
+        raise TemperingError(f"the category {name!r} was trained but could not be loaded; see the server's log",
+                             param="name", code="category_unloadable", kind="internal")
+    return made
 
 
 def users(session, name: str, settings) -> list[str]:
@@ -92,22 +102,41 @@ def users(session, name: str, settings) -> list[str]:
 
 def delete(session, caller: Caller, name: str, settings) -> None:
     """Delete a custom category; refused while a policy names it (its checks would fail on every request)."""
-    from tempering.safety.classify import custom_dir
-    from tempering.services import audit
-
     category = next((c for c in categories() if c.name == name), None)
     if category is None:
         raise not_found("category", name, "name")
     if category.kind != "custom":
         raise TemperingError(f"{name} is built in; only custom categories are deleted", param="name",
                              code="builtin_category", kind="forbidden")
-    named = users(session, name, settings)
-    if named:
-        raise ConflictError(f"the category {name!r} is named by {', '.join(named)}; take it out of those policies "
-                            "first", param="name", code="category_in_use")
-    from tempering.safety.classify import reset_default_classifier
-
-    for suffix in (".json", ".safetensors"):  # the JSON first: what a reader looks for
-        (custom_dir() / f"{name}{suffix}").unlink(missing_ok=True)
+    folder = custom_dir()
+    if not (folder / f"{name}.json").is_file():  # a bundle placed by hand under another file name
+        raise TemperingError(f"the category {name!r} was not trained here (its bundle has another name); remove "
+                             "its files on the server", param="name", code="category_not_ours")
+    with _exclusive(folder):
+        named = users(session, name, settings)
+        if named:
+            raise ConflictError(f"the category {name!r} is named by {', '.join(named)}; take it out of those "
+                                "policies first", param="name", code="category_in_use")
+        audit.record(session, "safety_category.deleted", caller=caller, target=name)
+        session.flush()
+        _unlink(folder, name)
     reset_default_classifier()
-    audit.record(session, "safety_category.deleted", caller=caller, target=name)
+
+
+def _unlink(folder: Path, name: str) -> None:
+    for suffix in (".json", ".safetensors"):  # the JSON first: what a reader looks for
+        (folder / f"{name}{suffix}").unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _exclusive(folder: Path):
+    """A lock on the custom categories' folder (every process of this machine): one train or delete at a time."""
+    import fcntl
+
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / ".lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
