@@ -797,6 +797,14 @@ def test_server_administrator_manages_users(client, app):
     assert lockout.status_code == 403 and "cannot disable yourself" in lockout.text
     own_reset = client.post(f"/users/{own_id}/reset-password", data={"csrf_token": token})
     assert own_reset.status_code == 403 and "your account page" in own_reset.text
+    from tempering.errors import TemperingError
+    from tempering.services.accounts import get_user, update_user
+
+    with pytest.raises(TemperingError) as last, app.state.db.session() as s:  # the server's own tools, no caller
+        update_user(s, get_user(s, own_id), None, is_admin=False)
+    assert last.value.code == "last_administrator"
+    with app.state.db.session(write=False) as s:
+        assert get_user(s, own_id).is_admin  # nothing half-written
     assert client.post(f"/users/{nina_id}", data={"csrf_token": token, "change": "promote"}).status_code == 400
     add_user(app, "olga", "owner")
     with TestClient(app) as olga:

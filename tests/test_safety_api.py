@@ -166,9 +166,9 @@ def test_blocklists_are_project_scoped(http, app):
     assert http.patch(f"{BL}/mine", json={}, headers=theirs).status_code == 201  # their own list of that name
 
 
-def test_blocklists_cli(app, monkeypatch):
+def _cli_against(app, monkeypatch, module: str):
+    """The CLI's ``module`` (and ``tempering.cli.deploy``) talking to ``app`` in process, as its admin."""
     from tempering.cli import deploy
-    from tempering.cli.main import app as cli
     from tempering.client import TemperingClient
 
     def client(server, api_key):
@@ -178,7 +178,13 @@ def test_blocklists_cli(app, monkeypatch):
         return c
 
     monkeypatch.setattr(deploy, "_client", client)
-    monkeypatch.setattr("tempering.cli.blocklists._client", client)
+    monkeypatch.setattr(f"tempering.cli.{module}._client", client)
+
+
+def test_blocklists_cli(app, monkeypatch):
+    from tempering.cli.main import app as cli
+
+    _cli_against(app, monkeypatch, "blocklists")
     run = CliRunner().invoke
     server = ["--server", "http://testserver"]
     assert run(cli, ["blocklists", "create", "words", *server]).exit_code == 0
@@ -253,18 +259,9 @@ def test_a_custom_category_is_trained_named_by_a_policy_and_deleted(http, app):
 
 
 def test_categories_cli(app, monkeypatch, tmp_path):
-    from tempering.cli import deploy
     from tempering.cli.main import app as cli
-    from tempering.client import TemperingClient
 
-    def client(server, api_key):
-        c = TemperingClient(server, "tk-x")
-        c.http = TestClient(app, base_url="http://testserver/v1",
-                            headers={"Authorization": f"Bearer {app.state.initial_api_key}"})
-        return c
-
-    monkeypatch.setattr(deploy, "_client", client)
-    monkeypatch.setattr("tempering.cli.categories._client", client)
+    _cli_against(app, monkeypatch, "categories")
     examples = tmp_path / "competitors.jsonl"
     examples.write_bytes(_category_examples())
     run = CliRunner().invoke

@@ -114,6 +114,10 @@ def update_user(session: Session, user: User, caller=None, **fields) -> User:
             setattr(user, field, fields[field])
     if fields.get("disabled"):
         user.session_epoch += 1
+    session.flush()
+    if not session.scalars(select(User.id).where(User.is_admin.is_(True), User.disabled.is_(False)).limit(1)).first():
+        raise TemperingError("the server must keep an enabled administrator; make another one first",
+                             param="user_id", code="last_administrator", kind="conflict")
     audit.record(session, "user.updated", caller=caller, project_id=None, target=user.id,
                  fields=sorted(k for k, v in fields.items() if v is not None),
                  changes={k: v for k, v in fields.items() if k in ("is_admin", "disabled") and v is not None})
