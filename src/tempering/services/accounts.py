@@ -95,10 +95,20 @@ def reset_password(session: Session, user: User, password: str | None = None, *,
         raise TemperingError("change your own password on your account page (it asks for the current one)",
                              param="user_id", code="own_password", kind="forbidden")
     password = check_password(password) if password is not None else new_password()
-    user.password_hash = hash_password(password)
-    user.session_epoch += 1
+    _set_password(user, password)
     audit.record(session, "user.password_reset", caller=caller, project_id=None, target=user.id)
     return password
+
+
+def _set_password(user: User, password: str) -> None:
+    """Store a checked password's hash; portal sessions signed before it end (``session_epoch``)."""
+    user.password_hash = hash_password(password)
+    user.session_epoch += 1
+
+
+def users(session: Session) -> list[User]:
+    """Every user of the server, oldest first."""
+    return list(session.scalars(select(User).order_by(User.created_at)))
 
 
 def update_user(session: Session, user: User, caller=None, **fields) -> User:
@@ -197,8 +207,7 @@ def change_password(session: Session, throttle: SignInThrottle, user: User, curr
                      username=user.username, changing_password=True)
         raise TemperingError("The current password is not correct.", param="current_password",
                              code="invalid_credentials", kind="forbidden")
-    user.password_hash = hash_password(check_password(new))
-    user.session_epoch += 1
+    _set_password(user, check_password(new))
     audit.record(session, "user.password_reset", project_id=None, user_id=user.id, target=user.id, own=True,
                  address=address)
 

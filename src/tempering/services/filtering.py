@@ -50,11 +50,7 @@ def check_hub_policy(policy) -> dict:
     """A hub's ``content_filter_policy`` setting, checked and in canonical form: a policy whose categories the
     classifiers provide; no blocklists (they belong to projects: a deployment's own policy names them)."""
     where = "settings.content_filter_policy"
-    try:
-        checked = SafetyPolicy.model_validate(policy)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise InvalidConfigError(f"{where}: {problems}", param=where) from None
+    checked = _validated(policy, where)
     if checked.blocklists:
         raise InvalidConfigError(f"{where}.blocklists: blocklists belong to projects; name them in a deployment's "
                                  "own policy", param=f"{where}.blocklists")
@@ -70,23 +66,16 @@ def stored_policy(content_filter: bool, policy: SafetyPolicy | dict | None) -> d
         return OFF.model_dump()
     if policy is None:
         return None
+    return _validated(policy, "content_filter_policy").model_dump()  # a form's dict (the API's body is parsed)
+
+
+def _validated(policy, where: str) -> SafetyPolicy:
+    """``policy`` as a ``SafetyPolicy``; else ``InvalidConfigError`` naming every problem under ``where``."""
     try:
-        return SafetyPolicy.model_validate(policy).model_dump()
-    except ValidationError as exc:  # a dict from a form (the API's body was parsed by the same model already)
+        return SafetyPolicy.model_validate(policy)
+    except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise InvalidConfigError(f"content_filter_policy: {problems}", param="content_filter_policy") from None
-
-
-def known_categories(scorer=None) -> list[str]:
-    """Every category a policy may name: the built-in ones in their order, then the classifiers' custom ones."""
-    from tempering.safety.policy import BUILTIN
-
-    if scorer is None:
-        from tempering.safety.classify import default_classifier
-
-        scorer = default_classifier()
-    known = scorer.categories
-    return [c for c in BUILTIN if c in known] + sorted(set(known) - set(BUILTIN))
+        raise InvalidConfigError(f"{where}: {problems}", param=where) from None
 
 
 def check_policy(session, project_id: str, policy: SafetyPolicy, scorer=None) -> None:

@@ -27,6 +27,7 @@ class Category:
 
 
 def categories() -> list[Category]:
+    """Every category the content filter can check: the built-in ones, then the custom ones."""
     from tempering.safety.classify import default_classifier
 
     classifier = default_classifier()
@@ -36,8 +37,14 @@ def categories() -> list[Category]:
             out.append(Category(head.name, "custom" if index else "built-in", head.meta.get("description", ""),
                                 head.meta.get("valid", {}).get("average_precision"),
                                 head.meta.get("train", {}).get("rows")))
-    out.append(Category("profanity", "built-in", "profanity lexicon (whole words and stems)", None, None))
+        if index == 0:  # the built-in ones in policy.BUILTIN's order: the shipped heads, then the lexicon
+            out.append(Category("profanity", "built-in", "profanity lexicon (whole words and stems)", None, None))
     return out
+
+
+def names() -> list[str]:
+    """Every category a policy may name, built in first (the policy editors' rows)."""
+    return [c.name for c in categories()]
 
 
 def train(db, caller: Caller, store, name: str, file_id: str) -> Category:

@@ -59,13 +59,10 @@ def change_password(request: Request, caller: PageCaller, current_password: Anno
 
 
 def _users_page(request: Request, caller: Caller, status: int = 200, **context):
-    from sqlalchemy import select
-
-    from tempering.store.models import User
+    from tempering.services import accounts
 
     with request.app.state.db.session(write=False) as s:
-        users = [(u.id, u.username, u.name, u.is_admin, u.disabled, u.created_at)
-                 for u in s.scalars(select(User).order_by(User.created_at))]
+        users = [(u.id, u.username, u.name, u.is_admin, u.disabled, u.created_at) for u in accounts.users(s)]
     return page(request, caller, "users.html", status=status, users=users, **context)
 
 

@@ -72,7 +72,8 @@ def _hub_page(request: Request, caller: Caller, hub_id: str, status: int = 200, 
     quota_rows = [(key, QUOTA_LABELS.get(key, key), quotas.get(key), defaults.get(key)) for key in QUOTA_KEYS]
     safety = hub_settings.get("content_safety") or {"backend": "local"}
     from tempering.safety.policy import HARM, PROMPT_ATTACKS
-    from tempering.services.filtering import known_categories, server_policy
+    from tempering.services import safety_categories
+    from tempering.services.filtering import server_policy
 
     own_policy = hub_settings.get("content_filter_policy")
     default_policy = own_policy or server_policy(settings).model_dump()
@@ -80,7 +81,7 @@ def _hub_page(request: Request, caller: Caller, hub_id: str, status: int = 200, 
     return page(request, caller, "hub.html", status=status, hub_id=hub_id, hub_name=name, safety=safety,
                 allowed_urls=settings.upstream_allowed_urls, secrets=secrets, price_fields=[PRICE_LABELS.get(f, f) for f in PRICE_FIELDS],
                 price_rows=price_rows, quota_rows=quota_rows, default_policy=default_policy,
-                hub_sets_policy=own_policy is not None, categories=known_categories(), harm=HARM,
+                hub_sets_policy=own_policy is not None, categories=safety_categories.names(), harm=HARM,
                 prompt_only=PROMPT_ATTACKS, **context)
 
 

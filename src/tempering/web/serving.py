@@ -130,7 +130,7 @@ def _deployment_page(request: Request, caller: Caller, deployment_id: str, statu
     from tempering.safety.policy import HARM, PROMPT_ATTACKS
     from tempering.services import blocklists as lists
     from tempering.services import deployments as service
-    from tempering.services.filtering import known_categories
+    from tempering.services import safety_categories
     from tempering.store.usage import hosting_cost, hub_settings, prices_for
 
     settings = request.app.state.settings
@@ -165,7 +165,7 @@ def _deployment_page(request: Request, caller: Caller, deployment_id: str, statu
                 completion_line=_sparkline(completion_tokens, top=token_top), token_top=int(token_top),
                 base_url=str(request.base_url).rstrip("/"), engine=engine, policy=policy,
                 policy_is_default=d.content_filter_policy is None and shown_policy is None, hub_default=hub_default,
-                categories=known_categories(), harm=HARM, prompt_only=PROMPT_ATTACKS, blocklists=blocklists,
+                categories=safety_categories.names(), harm=HARM, prompt_only=PROMPT_ATTACKS, blocklists=blocklists,
                 **context)
 
 

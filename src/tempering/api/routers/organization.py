@@ -174,9 +174,7 @@ def delete_secret(hub_id: str, name: str, caller: CallerDep, session: SessionDep
 
 @router.get(ORG + "/users", response_model=ListPage[UserObject])
 def list_users(caller: CallerDep, session: SessionDep) -> ListPage[UserObject]:
-    from sqlalchemy import select
-
-    return _page([user_wire(u) for u in session.scalars(select(User).order_by(User.created_at))])
+    return _page([user_wire(u) for u in accounts.users(session)])
 
 
 @router.post(ORG + "/users", response_model=UserObject)
