@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import DynamicCache
 
 from tempering.errors import InvalidConfigError, TemperingError
 from tempering.serve.adapters import BASE, AdapterHost, adapter_name
 from tempering.serve.decode import Detokenizer, Handoff, eos_ids, keep_rows, left_pad, pick_token
+from tempering.serve.kvcache import GrowingCache
 from tempering.serve.params import Chunk, SamplingParams, TokenLogprob, TopLogprob
 
 log = logging.getLogger(__name__)
@@ -285,7 +285,7 @@ class TransformersEngine:
         # Full-length layers even for a sliding-window model (Phi-3-mini-4k: 2047): a sliding layer keeps only
         # its last window of columns, which the batch's mask, joins and trims (all by column) cannot follow.
         # The model still applies the window itself, through its sliding-window attention mask.
-        cache = DynamicCache()
+        cache = GrowingCache()  # appended in place (serve.kvcache)
         inputs = {"input_ids": ids, "cache": cache}
         if len(group) > 1:
             inputs |= {"attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
@@ -300,7 +300,7 @@ class TransformersEngine:
         if keep:
             self._join([group[i] for i in keep], cache, keep_rows(cache, mask, keep, len(group)))
 
-    def _join(self, seqs: list[_Sequence], cache: DynamicCache, rows_mask: torch.Tensor) -> None:
+    def _join(self, seqs: list[_Sequence], cache: GrowingCache, rows_mask: torch.Tensor) -> None:
         """Append prefilled sequences (their cache and mask) to the batch, left-padding the narrower side."""
         if self._cache is None:
             self._cache, self._mask = cache, rows_mask

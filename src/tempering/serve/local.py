@@ -21,6 +21,7 @@ from tempering.errors import InvalidConfigError
 from tempering.hardware import select_placement
 from tempering.serve import rope
 from tempering.serve.decode import Detokenizer, eos_ids, keep_rows, left_pad, pick_token
+from tempering.serve.kvcache import GrowingCache
 from tempering.serve.params import Chunk, SamplingParams
 from tempering.train import artifacts, weights
 
@@ -175,8 +176,9 @@ def _decode_batch(chat: ChatModel, prompts: list[list[int]], params: SamplingPar
     ids, mask = left_pad(prompts, chat.tokenizer.pad_token_id or 0, device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     # full-length cache layers, as the engine keeps them: columns are dropped by the mask, which a sliding
-    # layer's own window could not follow (the model applies a window through its attention mask)
-    cache = DynamicCache()
+    # layer's own window could not follow (the model applies a window through its attention mask); appended in
+    # place (serve.kvcache)
+    cache = GrowingCache()
     matchers = [chat.matcher(params.response_format) if params.response_format is not None else None
                 for _ in prompts]
     budgets = [min(params.max_tokens, chat.context_length - len(p)) for p in prompts]
