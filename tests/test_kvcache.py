@@ -86,7 +86,7 @@ def test_appending_writes_in_place_until_the_room_runs_out():
     assert room == 5 + MIN_ROOM and torch.equal(keys, first)
     buffer = layer._buffers["keys"]
     for i in range(room - 5):
-        keys, values = cache.update(torch.full((2, 1, 1, 4), float(i)), torch.zeros(2, 1, 1, 4), 0)
+        keys, _ = cache.update(torch.full((2, 1, 1, 4), float(i)), torch.zeros(2, 1, 1, 4), 0)
     assert layer._buffers["keys"] is buffer  # no reallocation while there was room
     assert torch.equal(keys[..., :5, :], first) and torch.equal(keys[0, 0, -1], torch.full((4,), float(room - 6)))
     cache.update(torch.ones(2, 1, 1, 4), torch.ones(2, 1, 1, 4), 0)

@@ -652,6 +652,10 @@ def test_hub_settings_page_sets_what_the_api_sets(tempering_home, monkeypatch):
         ok = post("content-safety", backend="openai", endpoint=endpoint, api_key_secret=key_name, model="")
         assert ok.status_code == 200, ok.text
         assert stored()["content_safety"] == {"backend": "openai", "endpoint": endpoint, "api_key_secret": "guard-key"}
+        guard = post("content-safety", backend="guard", endpoint=endpoint, api_key_secret=key_name,
+                     model="meta-llama/Llama-Guard-3-1B")
+        assert guard.status_code == 200 and '<option value="guard" selected' in guard.text
+        assert stored()["content_safety"]["model"] == "meta-llama/Llama-Guard-3-1B"
         in_use = post("secrets/guard-key/delete")
         assert in_use.status_code == 409 and "holds the key of the hub" in in_use.text
         assert post("content-safety", backend="local", endpoint=endpoint).status_code == 200

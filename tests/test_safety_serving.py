@@ -308,17 +308,26 @@ def remote_moderation():
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            if self.path != "/v1/moderations" or self.headers.get("Authorization") != "Bearer sk-hub":
+            if (self.path not in ("/v1/moderations", "/v1/chat/completions")
+                    or self.headers.get("Authorization") != "Bearer sk-hub"):
                 self.send_response(401)
                 self.end_headers()
                 return
-            texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
-            seen.extend(texts)
-            names = ["hate", "sexual", "violence", "violence/graphic", "self-harm"]
-            results = [{"flagged": "BANANA" in t, "categories": {n: False for n in names},
-                        "category_scores": {n: 0.95 if n == "violence/graphic" and "BANANA" in t else 0.001
-                                            for n in names}} for t in texts]
-            payload = json.dumps({"id": "modr-1", "model": body.get("model"), "results": results}).encode()
+            if self.path == "/v1/chat/completions":  # a guard model (Llama Guard's answers), no log-probabilities
+                text = body["messages"][-1]["content"]
+                seen.append(text)
+                verdict = "unsafe\nS1" if "BANANA" in text else "safe"
+                result = {"id": "chatcmpl-1", "object": "chat.completion", "model": body["model"], "choices": [
+                    {"index": 0, "message": {"role": "assistant", "content": verdict}, "finish_reason": "stop"}]}
+            else:
+                texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+                seen.extend(texts)
+                names = ["hate", "sexual", "violence", "violence/graphic", "self-harm"]
+                result = {"id": "modr-1", "model": body.get("model"), "results": [
+                    {"flagged": "BANANA" in t, "categories": {n: False for n in names},
+                     "category_scores": {n: 0.95 if n == "violence/graphic" and "BANANA" in t else 0.001
+                                         for n in names}} for t in texts]}
+            payload = json.dumps(result).encode()
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
@@ -366,6 +375,22 @@ def test_a_hubs_remote_backend_classifies_its_projects_prompts_and_moderations(h
         "content_filter_results"]  # what the remote backend lacks comes from the local classifiers
     moderation = http.post("/v1/moderations", json={"input": ["BANANA", "a quiet afternoon"]}).json()
     assert [r["categories"]["violence"] for r in moderation["results"]] == [True, False]
+
+    # a guard model on the same server (Llama Guard behind vLLM's chat endpoint): it needs the model's name
+    guard = {**backend, "backend": "guard"}
+    nameless = http.post(url, json={"settings": {"content_safety": guard}})
+    assert nameless.status_code == 400 and nameless.json()["error"]["param"] == "settings.content_safety.model"
+    guard["model"] = "meta-llama/Llama-Guard-3-1B"
+    assert http.post(url, json={"settings": {"content_safety": guard}}).json()["settings"]["content_safety"] == guard
+    seen.clear()
+    blocked = http.post("/v1/chat/completions", json={"model": "hubbed", "messages": [
+        {"role": "user", "content": "BANANA again"}], **GREEDY})
+    assert blocked.status_code == 400
+    assert blocked.json()["error"]["innererror"]["content_filter_result"]["violence"] == \
+        {"filtered": True, "severity": "medium"}  # "unsafe" without log-probabilities: medium
+    assert seen == ["BANANA again"]
+    assert http.post("/v1/chat/completions", json={"model": "hubbed", "messages": QUESTION, **GREEDY}).status_code == 200
+    assert http.post(url, json={"settings": {"content_safety": backend}}).status_code == 200
 
     # the key's secret cannot be deleted while the backend names it
     in_use = http.delete(f"{url}/secrets/moderation")

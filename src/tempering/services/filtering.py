@@ -178,9 +178,10 @@ BACKEND_FIELDS = {"backend", "endpoint", "api_key_secret", "model"}
 def check_backend(spec, allowed_urls: list[str]) -> dict:
     """A hub's ``settings.content_safety`` — the classifiers its projects' filters and ``/v1/moderations``
     use — in canonical form: ``{"backend": "local"}`` (the default), or a remote backend (``azure``: an Azure AI
-    Content Safety resource; ``openai``: an OpenAI-compatible ``…/v1`` moderation endpoint) with its
-    ``endpoint`` (one the server's administrator allowed), ``api_key_secret`` (the name of a hub secret that
-    holds its key) and, for ``openai``, an optional moderation ``model``."""
+    Content Safety resource; ``openai``: an OpenAI-compatible ``…/v1`` moderation endpoint; ``guard``: a guard
+    model such as Llama Guard behind an OpenAI-compatible ``…/v1`` chat endpoint) with its ``endpoint`` (one the
+    server's administrator allowed), ``api_key_secret`` (the name of a hub secret that holds its key) and a
+    ``model``: for ``openai`` the moderation model (optional), for ``guard`` the guard model it serves."""
     from tempering.services.deployments import check_upstream
     from tempering.services.secrets import check_secret_name
 
@@ -193,8 +194,8 @@ def check_backend(spec, allowed_urls: list[str]) -> dict:
         raise TemperingError(f"{where} has unknown fields: {', '.join(unknown)} (known: {', '.join(sorted(BACKEND_FIELDS))})",
                              param=where, code="invalid_value")
     backend = spec.get("backend")
-    if backend not in ("local", "azure", "openai"):
-        raise TemperingError(f"{where}.backend is one of local, azure, openai (not {backend!r})",
+    if backend not in ("local", "azure", "openai", "guard"):
+        raise TemperingError(f"{where}.backend is one of local, azure, openai, guard (not {backend!r})",
                              param=f"{where}.backend", code="invalid_value")
     if backend == "local":
         extra = sorted(set(spec) - {"backend"})
@@ -202,7 +203,8 @@ def check_backend(spec, allowed_urls: list[str]) -> dict:
             raise TemperingError(f"the local backend takes no {', '.join(extra)}", param=f"{where}.{extra[0]}",
                                  code="invalid_value")
         return {"backend": "local"}
-    endpoint = check_upstream(spec.get("endpoint"), allowed_urls, param=f"{where}.endpoint", v1=backend == "openai")
+    endpoint = check_upstream(spec.get("endpoint"), allowed_urls, param=f"{where}.endpoint",
+                              v1=backend in ("openai", "guard"))
     secret = spec.get("api_key_secret")
     if not isinstance(secret, str):
         raise TemperingError(f"{where}.api_key_secret names the hub secret holding the {backend} backend's key",
@@ -213,10 +215,13 @@ def check_backend(spec, allowed_urls: list[str]) -> dict:
         raise TemperingError(exc.message, param=f"{where}.api_key_secret", code="invalid_value") from None
     canonical = {"backend": backend, "endpoint": endpoint, "api_key_secret": secret}
     model = spec.get("model")
+    if model is None and backend == "guard":
+        raise TemperingError(f"{where}.model names the guard model the endpoint serves (a guard backend needs it)",
+                             param=f"{where}.model", code="invalid_value")
     if model is not None:
-        if backend != "openai" or not isinstance(model, str) or not 0 < len(model) <= 100:
-            raise TemperingError(f"{where}.model is an openai backend's moderation model name (1-100 characters)",
-                                 param=f"{where}.model", code="invalid_value")
+        if backend == "azure" or not isinstance(model, str) or not 0 < len(model) <= 100:
+            raise TemperingError(f"{where}.model is an openai backend's moderation model or a guard backend's "
+                                 "guard model (1-100 characters)", param=f"{where}.model", code="invalid_value")
         canonical["model"] = model
     return canonical
 

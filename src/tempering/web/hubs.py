@@ -118,11 +118,11 @@ def set_content_safety(request: Request, caller: PageCaller, hub_id: str,
                        api_key_secret: Annotated[str, Form(max_length=200)] = "",
                        model: Annotated[str, Form(max_length=200)] = ""):
     """The classifiers behind the hub's content filters: the local ones, or a remote backend's endpoint, the
-    secret holding its key and (OpenAI-compatible) its model."""
+    secret holding its key and (OpenAI-compatible moderation, guard model) its model."""
     spec = {"backend": backend}
     if backend != "local":
         spec |= {"endpoint": endpoint.strip(), "api_key_secret": api_key_secret.strip()}
-        if model.strip() and backend == "openai":  # the field stays filled when another backend is chosen
+        if model.strip() and backend in ("openai", "guard"):  # stays filled when azure is chosen
             spec["model"] = model.strip()
     _ = render.gettext_of(request, caller)
     return _update(request, caller, hub_id, "content_safety", _("Saved the content safety backend."),
