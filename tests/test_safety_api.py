@@ -197,6 +197,10 @@ def test_blocklists_cli(app, monkeypatch):
     assert run(cli, ["blocklists", "delete", "words", *server]).exit_code == 0
     missing = run(cli, ["blocklists", "delete", "words", *server])
     assert missing.exit_code == 1 and "No such blocklist" in missing.output
+    # a typed name stays the list's name: never another request (a query string, a step up the path)
+    for odd, said in (("words?x=1", "should match pattern"), ("..", "not a valid API path")):
+        refused = run(cli, ["blocklists", "list", *server, odd])
+        assert refused.exit_code == 1 and said in refused.output, (odd, refused.output)
 
 
 def _category_examples() -> bytes:

@@ -31,6 +31,11 @@ class TemperingClient:
                                  headers={"Authorization": f"Bearer {api_key}"})
 
     def _call(self, method: str, path: str, **kwargs) -> dict:
+        # ids and names typed on the command line go into paths: one that would make the request another one
+        # (a query, a fragment, a step up) is refused here rather than sent somewhere else
+        if "?" in path or "#" in path or any(part in (".", "..") for part in path.split("/")):
+            raise TemperingError(f"{path!r} is not a valid API path: an id or name in it holds '?', '#' or a "
+                                 "'.'/'..' segment", param="path")
         try:
             response = self.http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import quote
 
 import typer
 from rich.table import Table
@@ -16,11 +17,16 @@ Name = Annotated[str, typer.Argument(help="Blocklist name (0-9 A-Z a-z . _ ~ -).
 PATH = "/contentsafety/text/blocklists"
 
 
+def _list(name: str) -> str:
+    """The list's URL path, the name quoted: whatever is typed stays one path segment for the server to judge."""
+    return f"{PATH}/{quote(name, safe='')}"
+
+
 @app.command("create")
 def create(name: Name, server: Server, description: Annotated[str, typer.Option(help="What it is for.")] = "",
            api_key: ApiKey = None) -> None:
     """Create a blocklist (or update its description)."""
-    _client(server, api_key)._call("PATCH", f"{PATH}/{name}", json={"description": description})
+    _client(server, api_key)._call("PATCH", _list(name), json={"description": description})
     out.print(f"Blocklist [bold]{safe(name)}[/] ready; name it in a deployment policy's blocklists.")
 
 
@@ -31,7 +37,7 @@ def add(name: Name, items: Annotated[list[str], typer.Argument(help="Terms (or p
         api_key: ApiKey = None, json_out: Json = False) -> None:
     """Add terms or regular expressions to a blocklist."""
     body = {"blocklistItems": [{"text": t, "isRegex": regex, "description": description} for t in items]}
-    result = _client(server, api_key)._call("POST", f"{PATH}/{name}:addOrUpdateBlocklistItems", json=body)
+    result = _client(server, api_key)._call("POST", f"{_list(name)}:addOrUpdateBlocklistItems", json=body)
     if json_out:
         print_json(result)
         return
@@ -44,7 +50,7 @@ def list_(server: Server, name: Annotated[str | None, typer.Argument(help="Show 
           api_key: ApiKey = None, json_out: Json = False) -> None:
     """The project's blocklists, or one blocklist's items."""
     client = _client(server, api_key)
-    rows = client._call("GET", f"{PATH}/{name}/blocklistItems" if name else PATH)["value"]
+    rows = client._call("GET", f"{_list(name)}/blocklistItems" if name else PATH)["value"]
     if json_out:
         print_json(rows)
         return
@@ -62,12 +68,12 @@ def list_(server: Server, name: Annotated[str | None, typer.Argument(help="Show 
 def remove(name: Name, item_ids: Annotated[list[str], typer.Argument(help="Item ids to remove.")], server: Server,
            api_key: ApiKey = None) -> None:
     """Remove items from a blocklist."""
-    _client(server, api_key)._call("POST", f"{PATH}/{name}:removeBlocklistItems", json={"blocklistItemIds": item_ids})
+    _client(server, api_key)._call("POST", f"{_list(name)}:removeBlocklistItems", json={"blocklistItemIds": item_ids})
     out.print(f"Removed {len(item_ids)} item(s) from {safe(name)}.")
 
 
 @app.command("delete")
 def delete(name: Name, server: Server, api_key: ApiKey = None) -> None:
     """Delete a blocklist and its items."""
-    _client(server, api_key)._call("DELETE", f"{PATH}/{name}")
+    _client(server, api_key)._call("DELETE", _list(name))
     out.print(f"Deleted blocklist {safe(name)}.")
