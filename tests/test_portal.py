@@ -120,6 +120,11 @@ def test_upload_with_errors_lists_every_problem_with_its_line(client, app):
     assert "not valid training data" in response.text
     rows = re.findall(r"<tr><td>(\d+)</td><td>", response.text)
     assert set(rows) == {"21", "22"}, rows  # the answerless example and the line that is not JSON
+    # the page's own uploader is told where the file's page is (it opens it once), rather than redirected there
+    scripted = client.post("/data", files={"file": ("bad.jsonl", BAD)}, data={"csrf_token": token},
+                           headers={"X-Tempering-Upload": "1"}, follow_redirects=False)
+    assert scripted.status_code == 204 and re.fullmatch(r"/data/[\w-]+\?uploaded=1",
+                                                        scripted.headers["x-tempering-location"])
 
 
 def test_catalog_search_filters_and_answers_htmx_with_the_fragment(client, app):

@@ -234,12 +234,17 @@ def store_upload(request: Request, caller: Caller, upload: UploadFile, purpose: 
 @router.post("/data")
 def upload_data(request: Request, caller: PageCaller, file: Annotated[UploadFile, File()],
                 purpose: Annotated[str, Form(max_length=16)] = "fine-tune"):
-    """Store and check an upload, then show the file's page (post, redirect, get: a reload uploads nothing)."""
+    """Store and check an upload, then show the file's page (post, redirect, get: a reload uploads nothing).
+    The page's own uploader (``static/upload.js``, header ``X-Tempering-Upload``) gets the page's address
+    instead of the redirect, which its request would follow, computing the file's report once for nothing."""
     try:
         row = store_upload(request, caller, file, purpose)
     except TemperingError as exc:
         return data_page(request, caller, status=400, error=exc.message)
-    return redirect(f"/data/{row.id}?uploaded=1")
+    location = f"/data/{row.id}?uploaded=1"
+    if request.headers.get("x-tempering-upload") == "1":
+        return Response(status_code=204, headers={"X-Tempering-Location": location})
+    return redirect(location)
 
 
 def _file_page(request: Request, caller: Caller, file_id: str, status: int = 200, model: str = "",

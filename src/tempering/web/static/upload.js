@@ -1,7 +1,7 @@
 // The data page's upload made friendlier: drop a file on the form, and watch the upload's progress. Without
-// JavaScript the form posts as plain HTML. The answer is the page the plain post would show: a redirect to the
-// file's page (followed), or the data page with the refusal, whose main part replaces this one's (its form
-// works the same: the listeners are on the document). A file dropped anywhere else is not opened by the browser.
+// JavaScript the form posts as plain HTML. The answer is the address of the file's page (204, which the browser
+// then opens: the page and its report are made once), or the data page with the refusal, whose main part
+// replaces this one's (its form works the same: the listeners are on the document). A file dropped anywhere else is not opened by the browser.
 (function () {
   "use strict";
   if (!window.FormData || !window.XMLHttpRequest) { return; }
@@ -37,6 +37,7 @@
     var button = form.querySelector("button[type=submit]");
     var request = new XMLHttpRequest();
     request.open("POST", form.action);
+    request.setRequestHeader("X-Tempering-Upload", "1");  // answer with the file page's address, not a redirect
     button.disabled = true;
     progress.hidden = false;
     progress.value = 0;
@@ -48,8 +49,9 @@
     });
     request.addEventListener("load", function () {
       progress.value = 100;
-      if (request.status < 400 && request.responseURL && request.responseURL !== form.action) {
-        window.location.assign(request.responseURL);  // the file's page (post, redirect, get)
+      var location = request.status === 204 && request.getResponseHeader("X-Tempering-Location");
+      if (location && location.charAt(0) === "/" && location.charAt(1) !== "/") {
+        window.location.assign(location);  // the file's page, fetched once
         return;
       }
       var answer = new DOMParser().parseFromString(request.responseText, "text/html").querySelector("main");
