@@ -138,20 +138,24 @@ async def wizard_step(request: Request, caller: PageCaller):
     state = {**DEFAULTS, **{k: str(form.get(k, "")).strip()[:200] for k in FIELDS if k in form}}
     step = str(form.get("step", "name"))
     step = step if step in STEPS else "name"
-    go = str(form.get("go", "next"))
+    # the rest reads the database, the upload and the catalog: off the event loop
+    return await run_in_threadpool(_step, request, caller, state, step, str(form.get("go", "next")),
+                                   form.get("training_upload"))
+
+
+def _step(request: Request, caller: Caller, state: dict, step: str, go: str, upload):
     index = STEPS.index(step)
     if go == "back":
         return _wizard(request, caller, state, STEPS[max(index - 1, 0)])
-    upload = form.get("training_upload")
     if step == "data" and isinstance(upload, UploadFile) and upload.filename:
-        problems = await run_in_threadpool(_upload_training, request, caller, upload, state)
+        problems = _upload_training(request, caller, upload, state)
         if problems is not None:
             return _wizard(request, caller, state, "data", status=400, upload_problems=problems)
     if go == "submit" and step == "review":
-        return await run_in_threadpool(_submit, request, caller, state)
+        return _submit(request, caller, state)
     following = STEPS[min(index + 1, len(STEPS) - 1)]
     if following == "review":
-        return await run_in_threadpool(_review, request, caller, state)
+        return _review(request, caller, state)
     return _wizard(request, caller, state, following)
 
 
