@@ -330,3 +330,48 @@ def test_worker_runs_a_job_to_succeeded(pg_settings, tiny_model, tempering_home)
         assert row.worker_id is None and row.attempts == 1
     print(f"job ran in {time.monotonic() - started:.1f}s")
     app.state.db.dispose()
+
+
+def test_administrators_demoting_each_other_at_once_leave_one(postgres_url):
+    """Two administrators, each taking the other's standing in the same instant: the second waits for the
+    first's transaction (the enabled administrators' rows are locked), then finds itself the last one and is
+    refused. Without the lock both would see the other still standing and the server would have none."""
+    import threading
+    from types import SimpleNamespace
+
+    from sqlalchemy import select
+
+    from tempering.errors import TemperingError
+    from tempering.services import accounts
+    from tempering.store.db import Database
+    from tempering.store.models import User
+
+    db = Database(postgres_url)
+    db.migrate()
+    try:
+        with db.session() as session:
+            ids = [accounts.create_user(session, name, is_admin=True)[0].id for name in ("ann", "bob")]
+        first_flushed, outcome = threading.Event(), {}
+
+        def demote(me: str, other: str, hold: float) -> None:
+            try:
+                with db.session() as session:
+                    accounts.update_user(session, session.get(User, other), SimpleNamespace(
+                        user_id=me, project_id=None, key_id=None, address=None),
+                                         is_admin=False)
+                    first_flushed.set()
+                    time.sleep(hold)  # still uncommitted while the other one tries
+                outcome[me] = "done"
+            except TemperingError as exc:
+                outcome[me] = exc.code
+
+        ann = threading.Thread(target=demote, args=(ids[0], ids[1], 1.0))
+        ann.start()
+        assert first_flushed.wait(30)
+        demote(ids[1], ids[0], 0.0)
+        ann.join(30)
+        assert outcome == {ids[0]: "done", ids[1]: "last_administrator"}
+        with db.session(write=False) as session:
+            assert session.scalars(select(User.username).where(User.is_admin.is_(True))).all() == ["ann"]
+    finally:
+        db.dispose()
