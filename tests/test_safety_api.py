@@ -257,6 +257,15 @@ def test_a_custom_category_is_trained_named_by_a_policy_and_deleted(http, app):
     with app.state.db.session() as session:
         session.query(Deployment).filter_by(name="guarded").one().content_filter_policy = None
     assert http.delete("/v1/contentsafety/categories/hate").status_code == 403
+    # a deletion whose transaction does not commit leaves the category, its files and no audit entry
+    from tempering.services import safety_categories
+    from tempering.settings import get_settings
+
+    with pytest.raises(RuntimeError, match="commit failed"), app.state.db.session() as session:
+        safety_categories.delete(session, None, "competitors", get_settings())
+        raise RuntimeError("commit failed")
+    assert "competitors" in {c["name"] for c in http.get("/v1/contentsafety/categories").json()["data"]}
+    assert check_prompt("Is Quintor cheaper than you?", policy).filtered
     assert http.delete("/v1/contentsafety/categories/competitors").status_code == 204
     assert "competitors" not in {c["name"] for c in http.get("/v1/contentsafety/categories").json()["data"]}
     assert http.delete("/v1/contentsafety/categories/competitors").status_code == 404

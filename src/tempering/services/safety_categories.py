@@ -77,7 +77,7 @@ def train(db, caller: Caller, store, name: str, file_id: str) -> Category:
             with db.session() as session:
                 audit.record(session, "safety_category.created", caller=caller, target=name, file=file_id)
         except Exception:  # no category without its audit entry
-            _unlink(folder, name)
+            _remove_files(folder, name)
             raise
     reset_default_classifier()  # this process at once; the others within seconds
     made = next((c for c in categories() if c.name == name), None)
@@ -108,7 +108,8 @@ def users(session, name: str, settings) -> list[str]:
 
 
 def delete(session, caller: Caller, name: str, settings) -> None:
-    """Delete a custom category; refused while a policy names it (its checks would fail on every request)."""
+    """Delete a custom category; refused while a policy names it (its checks would fail on every request).
+    Its files go once the transaction holding the audit entry commits: a failed commit leaves the category."""
     category = next((c for c in categories() if c.name == name), None)
     if category is None:
         raise not_found("category", name, "name")
@@ -126,11 +127,34 @@ def delete(session, caller: Caller, name: str, settings) -> None:
                                 "policies first", param="name", code="category_in_use")
         audit.record(session, "safety_category.deleted", caller=caller, target=name)
         session.flush()
-        _unlink(folder, name)
-    reset_default_classifier()
+    _after_commit(session, lambda: _unlink(folder, name))  # (the category stays if the commit fails)
+
+
+def _after_commit(session, action) -> None:
+    """Run ``action`` once ``session``'s transaction commits; never if it rolls back first."""
+    from sqlalchemy import event
+
+    live = [True]
+
+    def committed(_session) -> None:
+        if live[0]:
+            live[0] = False
+            action()
+
+    def rolled_back(_session) -> None:
+        live[0] = False
+
+    event.listen(session, "after_commit", committed)
+    event.listen(session, "after_rollback", rolled_back)
 
 
 def _unlink(folder: Path, name: str) -> None:
+    with _exclusive(folder):
+        _remove_files(folder, name)
+    reset_default_classifier()
+
+
+def _remove_files(folder: Path, name: str) -> None:
     for suffix in (".json", ".safetensors"):  # the JSON first: what a reader looks for
         (folder / f"{name}{suffix}").unlink(missing_ok=True)
 
