@@ -275,3 +275,29 @@ def test_batched_answers_are_each_answer_alone(model, request):
     choice = {"type": "choice", "choices": ["no", "yes indeed", "perhaps, in a way"]}
     chosen = compare(SamplingParams(max_tokens=12, temperature=0, response_format=choice), ends)
     assert all(a.text in choice["choices"] and a.finish_reason == "stop" for a in chosen)
+
+
+def test_every_engine_computes_on_the_one_compute_thread(tiny_model, tiny_phi3):
+    """Two engines (two base models) load and decode on the process's one compute thread (serve.compute): with
+    a thread each, OpenMP gave each its own team and every decode step got slower (1.7x, measured)."""
+    import threading
+
+    from tempering.serve.engine import TransformersEngine
+
+    engines = [TransformersEngine(m, max_batch=4, threads=1) for m in (tiny_model, tiny_phi3)]
+    seen: set[str] = set()
+    try:
+        for engine in engines:
+            no_eos(engine)
+            engine.model.register_forward_pre_hook(lambda *_: seen.add(threading.current_thread().name))
+
+        async def both():
+            params = SamplingParams(max_tokens=5, temperature=0, logprobs=True)
+            return await asyncio.gather(*(collect(e, PROMPTS[1], params) for e in engines))
+
+        answers = asyncio.run(both())
+        assert [len(token_ids(a)) for a in answers] == [5, 5]
+        assert len(seen) == 1 and seen.pop().startswith("tempering-compute")
+    finally:
+        for engine in engines:
+            engine.stop()

@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 
 from tempering.errors import InvalidConfigError, TemperingError
+from tempering.serve import compute
 from tempering.serve.adapters import BASE, AdapterHost, adapter_name
 from tempering.serve.decode import Detokenizer, Handoff, eos_ids, keep_rows, left_pad, pick_token
 from tempering.serve.kvcache import GrowingCache
@@ -198,8 +199,10 @@ class TransformersEngine:
     # -- the decode loop (engine thread) -----------------------------------------------------------------------
 
     def _run(self) -> None:
+        """The engine's thread: waits for requests while there is nothing to decode, and has the process's
+        compute thread (``serve.compute``: one for every engine) load the model and run each iteration."""
         try:
-            self._load()
+            compute.run(self._load)
         except BaseException as exc:  # noqa: BLE001 - handed to every caller
             self._load_error = exc if isinstance(exc, TemperingError) else EngineError(
                 f"could not load {self.base_model}: {exc}")
@@ -208,22 +211,31 @@ class TransformersEngine:
         self._ready.set()
         self._cache = None
         self._mask = None  # [rows, width] 1 where the cache holds a real token
+        while not self._stop.is_set():
+            if not self.active and not self._deferred:  # idle: wait here, not on the compute thread
+                seq = self._inbox.get()
+                if seq is None:  # stop() waking the loop
+                    continue
+                self._deferred.append(seq)  # taken first by _admit, in order
+            compute.run(self._iteration)
+
+    def _iteration(self) -> None:
+        """Admit waiting requests, then decode a token for every sequence (on the compute thread)."""
         with torch.inference_mode():
-            while not self._stop.is_set():
-                try:
-                    self._admit()
-                    if self.active:
-                        self._step()
-                except Exception as exc:  # a failed step fails its sequences, not the engine
-                    log.exception("decode step failed")
-                    for seq in self.active:
-                        seq.deliver(EngineError(f"generation failed: {exc}"))
-                    self.active, self._cache, self._mask = [], None, None
+            try:
+                self._admit()
+                if self.active:
+                    self._step()
+            except Exception as exc:  # a failed step fails its sequences, not the engine
+                log.exception("decode step failed")
+                for seq in self.active:
+                    seq.deliver(EngineError(f"generation failed: {exc}"))
+                self.active, self._cache, self._mask = [], None, None
 
     def _admit(self) -> None:
-        """Take waiting requests into the batch (blocking only when there is nothing to decode) and prefill
-        the newcomers together. A request that cannot share the batch (see ``_compatible``) waits, in order,
-        until it can."""
+        """Take waiting requests into the batch (never blocking: ``_run`` waits when there is nothing to
+        decode) and prefill the newcomers together. A request that cannot share the batch (see
+        ``_compatible``) waits, in order, until it can."""
         group: list[_Sequence] = []
         waiting, self._deferred = self._deferred, deque()
         for seq in waiting:
@@ -235,13 +247,10 @@ class TransformersEngine:
                 self._deferred.append(seq)
         while len(self.active) + len(group) < self.max_batch:
             try:
-                idle = not self.active and not group
-                seq = self._inbox.get(block=idle, timeout=None if idle else 0)
+                seq = self._inbox.get_nowait()
             except queue.Empty:
                 break
-            if seq is None or seq.cancelled:
-                if seq is None and not self.active and not group:
-                    return
+            if seq is None or seq.cancelled:  # None: stop() waking the loop
                 continue
             if self._deferred or not self._compatible(seq, group):
                 self._deferred.append(seq)

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from tempering.errors import NotFoundError, RateLimitedError, TemperingError, status_of
 from tempering.safety import SafetyPolicy
+from tempering.serve import compute
 from tempering.serve.params import SamplingParams, TokenLogprob
 from tempering.services import filtering
 from tempering.services.monitoring import RequestRecord
@@ -530,7 +531,7 @@ class ChatService:
             with self.serving.classify_lock:  # a fast tokenizer's truncation state is shared
                 return classifier, classifier.encode(texts)
 
-        classifier, ids = await asyncio.to_thread(encode)
+        classifier, ids = await compute.run_async(encode)  # loading it is torch work: the compute thread
         charge = self.admit(served, timer, "classifications", False, sum(len(i) for i in ids))
         self.acquire(served, timer, "classifications", False)
         try:
@@ -538,7 +539,7 @@ class ChatService:
                 with self.serving.classify_lock:
                     return classifier.classify_ids(ids), sum(len(i) for i in ids)
 
-            results, tokens = await asyncio.to_thread(run)
+            results, tokens = await compute.run_async(run)
             timer.token()
             return results, tokens, charge
         except BaseException as exc:
