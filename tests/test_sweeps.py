@@ -258,7 +258,7 @@ def test_the_cli_runs_a_sweep_on_the_server_and_prints_the_best_model(server, tm
 
 
 def test_the_portal_shows_a_sweeps_trials_side_by_side_with_the_best_marked(api):
-    from test_portal import admin, csrf_of
+    from portal_fixtures import admin, csrf_of
 
     from tempering.store.models import Job, Project, Sweep, SweepTrial
 
