@@ -156,6 +156,27 @@ def test_a_caller_that_goes_away_leaves_the_batch(engine):
     assert engine.active == [] and engine._cache is None
 
 
+def test_stopping_the_engine_fails_what_it_was_serving(engine):
+    """A sequence decoding when the engine stops gets an error instead of waiting for ever, and so does a
+    request made afterwards."""
+    from tempering.serve.engine import EngineError
+
+    no_eos(engine)
+
+    async def scenario():
+        stream = engine.generate(PROMPTS[1], SamplingParams(max_tokens=100_000))
+        first = await anext(stream)
+        await asyncio.to_thread(engine.stop)
+        with pytest.raises(EngineError, match="stopped"):
+            async for _ in stream:
+                pass
+        with pytest.raises(EngineError, match="stopped"):
+            await collect(engine, PROMPTS[0], SamplingParams(max_tokens=2))
+        return first
+
+    assert asyncio.run(scenario()).finish_reason is None
+
+
 def test_logprobs_and_top_logprobs(engine):
     no_eos(engine)
     chunks = asyncio.run(collect(engine, PROMPTS[0], SamplingParams(max_tokens=3, logprobs=True, top_logprobs=5)))

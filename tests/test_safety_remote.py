@@ -188,6 +188,7 @@ def fake_guard(calls: list) -> FastAPI:
             raise HTTPException(401, "bad key")
         calls.append(body.model_dump())
         text = body.messages[-1].content
+        finish = "stop"
         if "punch" in text:  # sure it is unsafe: violent crimes
             content, tokens = "\n\nunsafe\nS1", [token("\n\n", -0.01), token("unsafe", -0.02, [("safe", -4.0)]),
                                                 token("\n", -0.01), token("S", -0.01), token("1", -0.01)]
@@ -199,13 +200,16 @@ def fake_guard(calls: list) -> FastAPI:
             content, tokens = "unsafe\nS1", None
         elif "ramble" in text:
             content, tokens = "I think this is fine", [token("I", -0.1)]
+        elif "long" in text:  # cut at the token limit
+            content, tokens = "unsafe\nS1", None
+            finish = "length"
         else:
             content, tokens = "safe", [token("safe", -0.01, [("unsafe", -5.0)])]
         used = len(tokens or [None])
         return {"id": "chatcmpl-1", "object": "chat.completion", "created": 0, "model": body.model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": content},
                              "logprobs": {"content": tokens} if body.logprobs and tokens else None,
-                             "finish_reason": "stop"}],
+                             "finish_reason": finish}],
                 "usage": {"prompt_tokens": 200, "completion_tokens": used, "total_tokens": 200 + used}}
 
     return app
@@ -219,7 +223,7 @@ def test_guard_scorer_speaks_the_chat_protocol_and_maps_hazard_codes():
         scorer = GuardModelScorer("http://testserver/v1", "guard-key", model="meta-llama/Llama-Guard-3-1B", http=http)
         punch, hateful, fraud, calm = scorer.score(["I will punch you", "a hateful rant", "tax fraud tips", "hi"])
     assert calls[0] == {"model": "meta-llama/Llama-Guard-3-1B", "messages": [{"role": "user", "content": "I will punch you"}],
-                        "temperature": 0.0, "max_tokens": 24, "logprobs": True, "top_logprobs": 5}
+                        "temperature": 0.0, "max_tokens": 64, "logprobs": True, "top_logprobs": 5}
     sure = math.exp(-0.02) / (math.exp(-0.02) + math.exp(-4.0))
     assert punch == pytest.approx({"violence": sure, "hate": 0.0, "sexual": 0.0, "self_harm": 0.0})
     assert punch["violence"] > 0.8  # high
@@ -246,6 +250,8 @@ def test_guard_verdicts_without_log_probabilities_and_bad_answers():
         assert check_prompt(attack, policy, scorer=scorer).blocked_by == ["jailbreak"]
         with pytest.raises(RemoteScorerError, match="not 'safe' or 'unsafe'"):
             scorer.score(["a ramble"])
+        with pytest.raises(RemoteScorerError, match="cut at the token limit"):
+            scorer.score(["a long list"])
         wrong_key = GuardModelScorer("http://testserver/v1", "nope", model="llama-guard", http=http)
         with pytest.raises(RemoteScorerError):
             wrong_key.score(["x"])

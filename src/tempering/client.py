@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import httpx
 
@@ -21,6 +22,11 @@ class ServerError(TemperingError):
     code = "server_error"
 
 
+def segment(value: str) -> str:
+    """An id or name as one quoted path segment: whatever was typed stays that id (the server judges it)."""
+    return quote(str(value), safe="")
+
+
 class TemperingClient:
     def __init__(self, base_url: str, api_key: str | None, *, timeout: float = 60.0):
         if not api_key:
@@ -31,8 +37,8 @@ class TemperingClient:
                                  headers={"Authorization": f"Bearer {api_key}"})
 
     def _call(self, method: str, path: str, **kwargs) -> dict:
-        # ids and names typed on the command line go into paths: one that would make the request another one
-        # (a query, a fragment, a step up) is refused here rather than sent somewhere else
+        # ids and names typed on the command line go into paths quoted (``segment``); as a second line, one
+        # that would make the request another one (a query, a fragment, a step up) is refused here
         if "?" in path or "#" in path or any(part in (".", "..") for part in path.split("/")):
             raise TemperingError(f"{path!r} is not a valid API path: an id or name in it holds '?', '#' or a "
                                  "'.'/'..' segment", param="path")
@@ -59,14 +65,14 @@ class TemperingClient:
         return self._call("POST", "/fine_tuning/jobs", json=body)
 
     def job(self, job_id: str) -> dict:
-        return self._call("GET", f"/fine_tuning/jobs/{job_id}")
+        return self._call("GET", f"/fine_tuning/jobs/{segment(job_id)}")
 
     def events_since(self, job_id: str, seen: set[str]) -> list[dict]:
         """Events not seen yet, oldest first (the API pages newest first)."""
         fresh, after = [], None
         while True:
             params = {"limit": 100, **({"after": after} if after else {})}
-            page = self._call("GET", f"/fine_tuning/jobs/{job_id}/events", params=params)
+            page = self._call("GET", f"/fine_tuning/jobs/{segment(job_id)}/events", params=params)
             new = [e for e in page["data"] if e["id"] not in seen]
             fresh += new
             if not page["has_more"] or len(new) < len(page["data"]):
@@ -92,13 +98,13 @@ class TemperingClient:
         return self._call("POST", "/fine_tuning/sweeps", json=body)
 
     def sweep(self, sweep_id: str) -> dict:
-        return self._call("GET", f"/fine_tuning/sweeps/{sweep_id}")
+        return self._call("GET", f"/fine_tuning/sweeps/{segment(sweep_id)}")
 
     def sweeps(self) -> list[dict]:
         return self._call("GET", "/fine_tuning/sweeps", params={"limit": 100})["data"]
 
     def cancel_sweep(self, sweep_id: str) -> dict:
-        return self._call("POST", f"/fine_tuning/sweeps/{sweep_id}/cancel")
+        return self._call("POST", f"/fine_tuning/sweeps/{segment(sweep_id)}/cancel")
 
     def models(self) -> list[dict]:
         return self._call("GET", "/models")["data"]
@@ -107,7 +113,7 @@ class TemperingClient:
         return self._call("POST", "/evaluations", json=body)
 
     def evaluation(self, evaluation_id: str) -> dict:
-        return self._call("GET", f"/evaluations/{evaluation_id}")
+        return self._call("GET", f"/evaluations/{segment(evaluation_id)}")
 
     def evaluate(self, data: Path, body: dict, poll_seconds: float = 1.0, on_created=None,
                  train_data: Path | None = None) -> dict:
@@ -134,13 +140,13 @@ class TemperingClient:
         return self._call("GET", "/deployments")["data"]
 
     def deployment(self, ident: str) -> dict:
-        return self._call("GET", f"/deployments/{ident}")
+        return self._call("GET", f"/deployments/{segment(ident)}")
 
     def delete_deployment(self, ident: str) -> dict:
-        return self._call("DELETE", f"/deployments/{ident}")
+        return self._call("DELETE", f"/deployments/{segment(ident)}")
 
     def deployment_metrics(self, ident: str) -> dict:
-        return self._call("GET", f"/deployments/{ident}/metrics")
+        return self._call("GET", f"/deployments/{segment(ident)}/metrics")
 
     def set_content_filter(self, ident: str, body: dict) -> dict:
         """``POST /v1/deployments/{id}/content_filter``: on (the server's default policy, or ``body``'s own),

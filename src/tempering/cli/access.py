@@ -15,6 +15,7 @@ from rich.table import Table
 
 from tempering.cli.common import out, print_json, safe
 from tempering.cli.deploy import ApiKey, Json, Server, _client
+from tempering.client import segment
 
 users = typer.Typer(help="Users of this machine's server (its database, not over HTTP).", no_args_is_help=True)
 projects = typer.Typer(help="A server's projects and their members.", no_args_is_help=True)
@@ -124,7 +125,7 @@ def create_project(name: Annotated[str, typer.Argument(help="The project's name.
                    hub: Annotated[str | None, typer.Option(help="A hub id; default: your key's project's hub.")] = None,
                    api_key: ApiKey = None, json_out: Json = False) -> None:
     """Create a project (hub admins); you become its Owner."""
-    path = f"/hubs/{hub}/projects" if hub else "/projects"
+    path = f"/hubs/{segment(hub)}/projects" if hub else "/projects"
     created = _client(server, api_key).organization("POST", path, {"name": name})
     if json_out:
         return print_json(created)
@@ -135,7 +136,7 @@ def create_project(name: Annotated[str, typer.Argument(help="The project's name.
 def members(server: Server, project: Project = None, api_key: ApiKey = None, json_out: Json = False) -> None:
     """A project's members and their roles."""
     client = _client(server, api_key)
-    data = client.organization("GET", f"/projects/{client.project_id(project)}/users")["data"]
+    data = client.organization("GET", f"/projects/{segment(client.project_id(project))}/users")["data"]
     if json_out:
         return print_json(data)
     table = Table("user id", "username", "role", "added")
@@ -149,7 +150,7 @@ def add_member(user_id: Annotated[str, typer.Argument(help="The user's id (tempe
                server: Server, role: Role = "reader", project: Project = None, api_key: ApiKey = None) -> None:
     """Add a user to a project with a role (Owners)."""
     client = _client(server, api_key)
-    added = client.organization("POST", f"/projects/{client.project_id(project)}/users",
+    added = client.organization("POST", f"/projects/{segment(client.project_id(project))}/users",
                                 {"user_id": user_id, "role": role})
     out.print(f"{safe(added['username'])} is now {added['role']}.")
 
@@ -160,7 +161,7 @@ def set_role(user_id: Annotated[str, typer.Argument(help="The member's user id."
              api_key: ApiKey = None) -> None:
     """Change a member's role (Owners); their keys follow at once."""
     client = _client(server, api_key)
-    changed = client.organization("POST", f"/projects/{client.project_id(project)}/users/{user_id}", {"role": role})
+    changed = client.organization("POST", f"/projects/{segment(client.project_id(project))}/users/{segment(user_id)}", {"role": role})
     out.print(f"{safe(changed['username'])} is now {changed['role']}.")
 
 
@@ -169,7 +170,7 @@ def remove_member(user_id: Annotated[str, typer.Argument(help="The member's user
                   project: Project = None, api_key: ApiKey = None) -> None:
     """Remove a member (Owners); their keys in the project stop working."""
     client = _client(server, api_key)
-    client.organization("DELETE", f"/projects/{client.project_id(project)}/users/{user_id}")
+    client.organization("DELETE", f"/projects/{segment(client.project_id(project))}/users/{segment(user_id)}")
     out.print(f"Removed {user_id}.")
 
 
@@ -177,7 +178,7 @@ def remove_member(user_id: Annotated[str, typer.Argument(help="The member's user
 def list_keys(server: Server, project: Project = None, api_key: ApiKey = None, json_out: Json = False) -> None:
     """Your keys in the project (every key, for an Owner)."""
     client = _client(server, api_key)
-    data = client.organization("GET", f"/projects/{client.project_id(project)}/api_keys")["data"]
+    data = client.organization("GET", f"/projects/{segment(client.project_id(project))}/api_keys")["data"]
     if json_out:
         return print_json(data)
     table = Table("id", "name", "key", "role", "holder", "expires", "last used")
@@ -198,7 +199,7 @@ def create_key(name: Annotated[str, typer.Argument(help="What the key is for.")]
     client = _client(server, api_key)
     body = {"name": name, "role": role,
             "expires_at": int(time.time()) + expires_in_days * 86400 if expires_in_days else None}
-    created = client.organization("POST", f"/projects/{client.project_id(project)}/api_keys",
+    created = client.organization("POST", f"/projects/{segment(client.project_id(project))}/api_keys",
                                   {k: v for k, v in body.items() if v is not None})
     if json_out:
         return print_json(created)
@@ -210,7 +211,7 @@ def revoke_key(key_id: Annotated[str, typer.Argument(help="The key's id (temperi
                project: Project = None, api_key: ApiKey = None) -> None:
     """Revoke a key: refused from its next request on."""
     client = _client(server, api_key)
-    client.organization("DELETE", f"/projects/{client.project_id(project)}/api_keys/{key_id}")
+    client.organization("DELETE", f"/projects/{segment(client.project_id(project))}/api_keys/{segment(key_id)}")
     out.print(f"Revoked {key_id}.")
 
 

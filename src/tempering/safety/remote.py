@@ -135,10 +135,11 @@ def unsafe_probability(logprobs: dict | None) -> float | None:
         mass = {"safe": 0.0, "unsafe": 0.0}
         seen = set()
         for candidate in [entry, *(entry.get("top_logprobs") or [])]:
-            word = str(candidate.get("token", "")).strip().lower()
-            if not word or word in seen:
+            token = str(candidate.get("token", ""))
+            word = token.strip().lower()
+            if not word or token in seen:  # the chosen token is also in its own top list: count it once
                 continue
-            seen.add(word)
+            seen.add(token)
             # a whole verdict or its first piece ("uns"); "unsafe" before "safe"
             verdict = next((v for v in ("unsafe", "safe") if v.startswith(word) or word.startswith(v)), None)
             if verdict is not None:
@@ -170,9 +171,11 @@ class GuardModelScorer:
     def _one(self, text: str) -> dict[str, float]:
         body = _post(self.http, self.url, headers=self.headers, json={
             "model": self.model, "messages": [{"role": "user", "content": text}], "temperature": 0,
-            "max_tokens": 24, "logprobs": True, "top_logprobs": 5})
+            "max_tokens": 64, "logprobs": True, "top_logprobs": 5})
         try:
             choice = body["choices"][0]
+            if choice.get("finish_reason") == "length":  # a cut list of codes could read "S1" for "S12"
+                raise ValueError("the guard model's verdict was cut at the token limit")
             unsafe, codes = parse_guard_verdict(choice["message"]["content"])
             probability = unsafe_probability(choice.get("logprobs"))
         except (KeyError, TypeError, ValueError, IndexError) as exc:

@@ -172,6 +172,8 @@ class TransformersEngine:
     async def generate(self, prompt_ids: list[int], params: SamplingParams,
                        adapter: Path | None = None) -> AsyncIterator[Chunk]:
         """Stream the continuation of ``prompt_ids`` under ``adapter`` (a PEFT folder; None: the base)."""
+        if self._stop.is_set():
+            raise EngineError(f"the engine serving {self.base_model} was stopped")
         if not self._ready.is_set():
             await asyncio.to_thread(self.wait_ready)
         elif self._load_error is not None:
@@ -217,7 +219,32 @@ class TransformersEngine:
                 if seq is None:  # stop() waking the loop
                     continue
                 self._deferred.append(seq)  # taken first by _admit, in order
-            compute.run(self._iteration)
+            try:
+                compute.run(self._iteration)
+            except Exception as exc:  # the compute thread is gone (the interpreter exiting): nothing can go on
+                log.exception("engine %s stopped", self.base_model)
+                self._stop.set()
+                self._fail_waiting(EngineError(f"the engine stopped: {exc}"))
+                return
+        self._fail_waiting(EngineError(f"the engine serving {self.base_model} was stopped"))
+
+    def _fail_waiting(self, error: EngineError) -> None:
+        """Tell every sequence still in the engine (decoding, deferred or queued) that it will not be served."""
+        waiting = [*self.active, *self._deferred]
+        while True:
+            try:
+                seq = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if seq is not None:
+                waiting.append(seq)
+        self.active, self._deferred = [], deque()
+        for seq in waiting:
+            if not seq.done:
+                try:
+                    seq.deliver(error)
+                except RuntimeError:  # its caller's event loop is closed: no one is waiting
+                    pass
 
     def _iteration(self) -> None:
         """Admit waiting requests, then decode a token for every sequence (on the compute thread)."""

@@ -122,7 +122,8 @@ def update_user(session: Session, user: User, caller=None, **fields) -> User:
     if fields.get("disabled") or fields.get("is_admin") is False:
         # two administrators demoting each other at once would each still see the other: the enabled
         # administrators' rows are locked until this transaction ends (PostgreSQL; SQLite serialises writers)
-        session.execute(select(User.id).where(User.is_admin.is_(True), User.disabled.is_(False)).with_for_update())
+        session.execute(select(User.id).where(User.is_admin.is_(True), User.disabled.is_(False))
+                        .order_by(User.id).with_for_update())  # one order: two of these cannot deadlock
     for field in ("name", "email", "locale", "is_admin", "disabled"):
         if fields.get(field) is not None:
             setattr(user, field, fields[field])

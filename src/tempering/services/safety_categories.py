@@ -8,6 +8,7 @@ within seconds (``safety.classify.default_classifier``)."""
 from __future__ import annotations
 
 import contextlib
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,8 @@ from tempering.errors import ConflictError, InvalidConfigError, TemperingError, 
 from tempering.safety.classify import custom_dir, reset_default_classifier
 from tempering.services import audit
 from tempering.services.access import Caller
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -131,21 +134,27 @@ def delete(session, caller: Caller, name: str, settings) -> None:
 
 
 def _after_commit(session, action) -> None:
-    """Run ``action`` once ``session``'s transaction commits; never if it rolls back first."""
+    """Run ``action`` once ``session``'s transaction commits; never if it rolls back first (the listeners stay
+    with the session, spent). A failing action is logged, not raised: the commit it follows has happened."""
     from sqlalchemy import event
 
     live = [True]
 
     def committed(_session) -> None:
-        if live[0]:
-            live[0] = False
-            action()
-
-    def rolled_back(_session) -> None:
+        if not live[0]:
+            return
         live[0] = False
+        try:
+            action()
+        except Exception:
+            log.exception("after deleting a custom category")
+
+    def rolled_back(_session, previous_transaction) -> None:
+        if previous_transaction.parent is None:  # the whole transaction, not a savepoint inside it
+            live[0] = False
 
     event.listen(session, "after_commit", committed)
-    event.listen(session, "after_rollback", rolled_back)
+    event.listen(session, "after_soft_rollback", rolled_back)
 
 
 def _unlink(folder: Path, name: str) -> None:

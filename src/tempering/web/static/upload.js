@@ -49,9 +49,13 @@
     });
     request.addEventListener("load", function () {
       progress.value = 100;
-      var location = request.status === 204 && request.getResponseHeader("X-Tempering-Location");
-      if (location && location.charAt(0) === "/" && location.charAt(1) !== "/") {
-        window.location.assign(location);  // the file's page, fetched once
+      if (request.status === 204) {  // stored: open the file's page (its address; a proxy dropping it: the list)
+        var location = request.getResponseHeader("X-Tempering-Location") || "";
+        window.location.assign(/^\/data\/[\w-]+\?uploaded=1$/.test(location) ? location : "/data");
+        return;
+      }
+      if (request.responseURL && request.responseURL !== form.action) {
+        window.location.assign(request.responseURL);  // sent elsewhere, e.g. to sign in again
         return;
       }
       var answer = new DOMParser().parseFromString(request.responseText, "text/html").querySelector("main");
