@@ -9,16 +9,7 @@ import re
 
 import pytest
 from fastapi.testclient import TestClient
-from portal_fixtures import (  # noqa: F401  (app_fixture, client_fixture: the fixtures)
-    BAD,
-    TRAIN,
-    add_user,
-    admin,
-    app_fixture,
-    client_fixture,
-    csrf_of,
-    sign_in,
-)
+from portal_fixtures import add_user, admin, app_fixture, client_fixture, csrf_of, sign_in  # noqa: F401  (fixtures)
 
 
 def test_hub_settings_page_sets_what_the_api_sets(tempering_home, monkeypatch):
