@@ -103,7 +103,7 @@ def generate(chat: ChatModel, messages: list[dict], params: SamplingParams | Non
     for _ in range(budget):
         if switch is not None and len(tokens) == switch + 1:  # LongRoPE: the cache holds short-factor keys
             cache, input_ids = DynamicCache(config=chat.model.config), torch.tensor([tokens], device=device)
-        out = chat.model(input_ids=input_ids, cache=cache, use_cache=True)
+        out = chat.model(input_ids=input_ids, cache=cache, use_cache=True, logits_to_keep=1)  # the last only
         logits = out.logits[0, -1].cpu()
         token = pick_token(matcher.mask(logits) if matcher else logits, params, generator)
         if token in chat.eos_ids:
@@ -186,7 +186,8 @@ def _decode_batch(chat: ChatModel, prompts: list[list[int]], params: SamplingPar
     finish = ["length"] * len(prompts)
     rows = list(range(len(prompts)))  # the prompt each batch row answers
     while rows:
-        out = chat.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True)
+        out = chat.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True,
+                         logits_to_keep=1)  # a prefill needs the last position's logits only, not the prompt's
         logits = out.logits[:, -1].float().cpu()
         going, pending = [], []
         for b, i in enumerate(rows):
