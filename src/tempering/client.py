@@ -151,9 +151,7 @@ class TemperingClient:
     def set_content_filter(self, ident: str, body: dict) -> dict:
         """``POST /v1/deployments/{id}/content_filter``: on (the server's default policy, or ``body``'s own),
         or off."""
-        from urllib.parse import quote
-
-        return self._call("POST", f"/deployments/{quote(ident, safe='')}/content_filter", json=body)
+        return self._call("POST", f"/deployments/{segment(ident)}/content_filter", json=body)
 
     def chat_stream(self, body: dict) -> Iterator[str]:
         """The text pieces of a streamed chat completion (``tempering chat --server``)."""

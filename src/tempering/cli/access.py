@@ -8,7 +8,6 @@ import json
 import sys
 from datetime import datetime, timezone
 from typing import Annotated
-from urllib.parse import quote
 
 import typer
 from rich.table import Table
@@ -220,7 +219,7 @@ def revoke_key(key_id: Annotated[str, typer.Argument(help="The key's id (temperi
 
 def _hub_path(hub: str, *rest: str) -> str:
     """A hub's URL (and what is under it), each part quoted: a name is never a path (the server checks names)."""
-    return "/".join(["/hubs", *(quote(part, safe="") for part in (hub, *rest))])
+    return "/".join(["/hubs", *(segment(part) for part in (hub, *rest))])
 
 
 @hubs.command("list")

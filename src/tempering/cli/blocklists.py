@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 from typing import Annotated
-from urllib.parse import quote
 
 import typer
 from rich.table import Table
 
 from tempering.cli.common import out, print_json, safe
 from tempering.cli.deploy import ApiKey, Json, Server, _client
+from tempering.client import segment
 
 app = typer.Typer(help="Create, fill, list and delete content-filter blocklists on a server.", no_args_is_help=True)
 Name = Annotated[str, typer.Argument(help="Blocklist name (0-9 A-Z a-z . _ ~ -).")]
@@ -19,7 +19,7 @@ PATH = "/contentsafety/text/blocklists"
 
 def _list(name: str) -> str:
     """The list's URL path, the name quoted: whatever is typed stays one path segment for the server to judge."""
-    return f"{PATH}/{quote(name, safe='')}"
+    return f"{PATH}/{segment(name)}"
 
 
 @app.command("create")

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from tempering.cli.common import out, print_json, safe
 from tempering.cli.deploy import ApiKey, Json, Server, _client
+from tempering.client import segment
 
 app = typer.Typer(help="The content filter's categories on a server: list, train a custom one, delete it.",
                   no_args_is_help=True)
@@ -56,7 +57,6 @@ def train(name: Name, file: Annotated[Path, typer.Argument(help='JSON Lines of {
 @app.command("delete")
 def delete(name: Name, server: Server, api_key: ApiKey = None) -> None:
     """Delete a custom category (server administrators); refused while a policy names it."""
-    from urllib.parse import quote
-
-    _client(server, api_key)._call("DELETE", f"{PATH}/{quote(name, safe='')}")
+    
+    _client(server, api_key)._call("DELETE", f"{PATH}/{segment(name)}")
     out.print(f"Deleted the category {safe(name)}")

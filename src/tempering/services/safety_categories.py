@@ -130,37 +130,21 @@ def delete(session, caller: Caller, name: str, settings) -> None:
                                 "policies first", param="name", code="category_in_use")
         audit.record(session, "safety_category.deleted", caller=caller, target=name)
         session.flush()
-    _after_commit(session, lambda: _unlink(folder, name))  # (the category stays if the commit fails)
-
-
-def _after_commit(session, action) -> None:
-    """Run ``action`` once ``session``'s transaction commits; never if it rolls back first (the listeners stay
-    with the session, spent). A failing action is logged, not raised: the commit it follows has happened."""
+    # the files go once the deletion and its audit entry are committed (as services.files deletes bytes); a
+    # transaction that rolls back never fires it, and the category stays
     from sqlalchemy import event
 
-    live = [True]
-
-    def committed(_session) -> None:
-        if not live[0]:
-            return
-        live[0] = False
-        try:
-            action()
-        except Exception:
-            log.exception("after deleting a custom category")
-
-    def rolled_back(_session, previous_transaction) -> None:
-        if previous_transaction.parent is None:  # the whole transaction, not a savepoint inside it
-            live[0] = False
-
-    event.listen(session, "after_commit", committed)
-    event.listen(session, "after_soft_rollback", rolled_back)
+    event.listen(session, "after_commit", lambda _: _unlink(folder, name), once=True)
 
 
 def _unlink(folder: Path, name: str) -> None:
-    with _exclusive(folder):
-        _remove_files(folder, name)
-    reset_default_classifier()
+    """A committed deletion's files. A failure is logged, not raised: the commit it follows has happened."""
+    try:
+        with _exclusive(folder):
+            _remove_files(folder, name)
+        reset_default_classifier()
+    except Exception:
+        log.exception("removing the files of the deleted category %s", name)
 
 
 def _remove_files(folder: Path, name: str) -> None:
