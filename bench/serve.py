@@ -271,12 +271,12 @@ def measure_server(mode: str, adapters: list[str], n: int, repeats: int) -> dict
 
         # Run-to-run spread on a shared 2-core machine is 10-20 %: each comparison is repeated ``repeats``
         # times, its arms interleaved, and the median of the repeats' ratios is the figure (range beside it).
-        results["aggregate"] = {c: [] for c in (1, 4, 8)}
+        samples = {c: [] for c in (1, 4, 8)}
         mixes = []
         for _ in range(repeats):
             for c in (1, 4, 8):
                 wall, runs = concurrent(server, ["bench-a0"] * c, n)
-                results["aggregate"][c].append({"tps": sum(r["tokens"] for r in runs) / wall, "wall": wall,
+                samples[c].append({"tps": sum(r["tokens"] for r in runs) / wall, "wall": wall,
                                                 "mean_latency": statistics.mean(r["latency"] for r in runs),
                                                 "mean_ttft": statistics.mean(r["ttft"] for r in runs)})
             _, same = concurrent(server, ["bench-a0"] * 4, n)
@@ -288,11 +288,11 @@ def measure_server(mode: str, adapters: list[str], n: int, repeats: int) -> dict
                           "same_per_token": statistics.mean(r["latency"] / max(r["tokens"], 1) for r in same),
                           "mixed_per_token": statistics.mean(r["latency"] / max(r["tokens"], 1) for r in mixed),
                           "mixed_tokens": [r["tokens"] for r in mixed]})
-        results["scale"] = [a["tps"] / b["tps"] for a, b in zip(results["aggregate"][8], results["aggregate"][1])]
+        results["scale"] = [a["tps"] / b["tps"] for a, b in zip(samples[8], samples[1])]
         results["mix"] = [m["mixed_per_token"] / m["same_per_token"] for m in mixes]
         results["mixes"] = mixes
         results["aggregate"] = {c: {k: statistics.median(run[k] for run in runs) for k in runs[0]}
-                                for c, runs in results["aggregate"].items()}
+                                for c, runs in samples.items()}
     finally:
         server.close()
     return results
