@@ -173,3 +173,94 @@ def test_shared_prefix_in_bf16_matches_the_unshared_computation(tiny_model_dir, 
     torch.testing.assert_close(shared.mean, plain.mean, rtol=2e-2, atol=2e-2)
     for name, grad in plain_grads.items():
         torch.testing.assert_close(shared_grads[name].float(), grad.float(), rtol=0.1, atol=0.05, msg=name)
+
+
+def test_untrained_tails_are_not_computed_and_change_nothing(lora_model, tokenizer):
+    # every row ends with tokens that predict nothing trained (the closing newline; a last assistant turn of
+    # weight 0 and everything after it): the batch stops at the last trained token, with the same loss and
+    # gradients as the model's own loss over the whole rows
+    examples = _examples(tokenizer)
+    examples.append(encode_chat(tokenizer, _chat(LONG_SYSTEM, "Lost card", "lost_or_stolen_card") + [
+        {"role": "user", "content": "And my PIN, is it still the same one as before?"},
+        {"role": "assistant", "content": "Yes, your PIN does not change.", "weight": 0}]))
+    batch = collate(examples, tokenizer.pad_token_id, share_prefix=False)
+    widest = max(len(e) for e in examples)
+    assert batch["input_ids"].shape[1] < widest - 10  # the weight-0 turn is gone
+
+    full_ids = torch.full((len(examples), widest), tokenizer.pad_token_id)
+    full_labels = torch.full((len(examples), widest), -100)
+    full_mask = torch.zeros((len(examples), widest), dtype=torch.long)
+    for row, e in enumerate(examples):
+        full_ids[row, : len(e)], full_labels[row, : len(e)] = torch.tensor(e.input_ids), torch.tensor(e.labels)
+        full_mask[row, : len(e)] = 1
+    lora_model.zero_grad(set_to_none=True)
+    full = lora_model(input_ids=full_ids, attention_mask=full_mask, labels=full_labels).loss
+    full.backward()
+    full_grads = {n: p.grad.clone() for n, p in lora_model.named_parameters() if p.requires_grad}
+
+    for trimmed_batch in (batch, collate(examples, tokenizer.pad_token_id)):
+        trimmed, grads = _loss_and_grads(lora_model, trimmed_batch)
+        assert trimmed.n_tokens == int((full_labels[:, 1:] != -100).sum())
+        torch.testing.assert_close(trimmed.mean, full, rtol=1e-5, atol=1e-5)
+        for name, grad in full_grads.items():
+            torch.testing.assert_close(grads[name], grad, rtol=1e-5, atol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_packed_batches_equal_the_padded_two_pass_computation(lora_model, tokenizer, monkeypatch, share):
+    # the CPU training path packs every batch into one sequence (the prefix once, each row's own tokens after
+    # it, no padding); loss and LoRA gradients must equal the padded computation's
+    from tempering.train import attention, packing
+    from tempering.train.loss import causal_lm
+
+    lm = causal_lm(lora_model)
+    assert attention.use_for_training(lm)
+    examples = _examples(tokenizer) + [encode_chat(tokenizer, _chat(LONG_SYSTEM, "Hi", "greeting"))]
+    batch = collate(examples, tokenizer.pad_token_id, share_prefix=share)
+    assert (batch["prefix_length"] >= MIN_SHARED_PREFIX) is share
+    assert packing.usable(lm, batch)
+    calls, attend = [], packing.attend
+    monkeypatch.setattr(packing, "attend", lambda *a, **k: calls.append(1) or attend(*a, **k))
+    packed, packed_grads = _loss_and_grads(lora_model, batch)
+    assert len(calls) == lm.config.num_hidden_layers  # every layer attended packed
+
+    monkeypatch.setattr(packing, "usable", lambda lm, batch: False)
+    padded, padded_grads = _loss_and_grads(lora_model, batch)
+    assert (packed.n_tokens, packed.n_correct) == (padded.n_tokens, padded.n_correct)
+    torch.testing.assert_close(packed.loss_sum, padded.loss_sum, rtol=1e-5, atol=1e-5)
+    for name, grad in padded_grads.items():
+        torch.testing.assert_close(packed_grads[name], grad, rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_packing_gives_each_row_its_own_positions_and_drops_nothing_trained(tokenizer):
+    from tempering.train.batching import trained_end
+    from tempering.train.packing import pack
+
+    examples = _examples(tokenizer)
+    batch = collate(examples, tokenizer.pad_token_id)
+    prefix = batch["prefix_length"]
+    input_ids, positions, targets, rows = pack(batch, "cpu")
+    # each row's tokens after the prefix up to its last trained one, less that one (it predicts nothing)
+    own = [trained_end(e.labels) - 1 - prefix for e in examples]
+    assert all(n < len(e) - 1 - prefix for n, e in zip(own, examples))  # the closing newline is cut
+    assert input_ids.shape == (1, prefix + sum(own)) and rows.index.shape == (len(examples), max(own))
+    assert positions[0, :prefix].tolist() == list(range(prefix))
+    start = prefix
+    for e, n in zip(examples, own):
+        assert input_ids[0, start : start + n].tolist() == e.input_ids[prefix : prefix + n]
+        assert positions[0, start : start + n].tolist() == list(range(prefix, prefix + n))
+        assert targets[start - prefix : start - prefix + n].tolist() == e.labels[prefix + 1 : prefix + 1 + n]
+        start += n
+    assert int((targets != -100).sum()) == sum(sum(label != -100 for label in e.labels) for e in examples)
+
+
+def test_a_sliding_window_shorter_than_the_batch_keeps_the_padded_path(tokenizer):
+    from tempering.train import attention, packing
+
+    model = _tiny_phi3(tokenizer)
+    attention.use_for_training(model)
+    batch = collate(_examples(tokenizer), tokenizer.pad_token_id)
+    model.config.sliding_window = batch["input_ids"].shape[1] - 1
+    assert not packing.usable(model, batch)
+    model.config.sliding_window = None
+    assert packing.usable(model, batch)

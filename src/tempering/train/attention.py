@@ -26,6 +26,10 @@ def _attention(module, query, key, value, attention_mask, dropout: float = 0.0, 
                **kwargs):
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+    if (rows := kwargs.get("packing")) is not None:  # a packed batch (``packing``): its own mask and layout
+        from tempering.train.packing import attend
+
+        return attend(module, query, key, value, rows, scaling=scaling, dropout=dropout), None
     groups = getattr(module, "num_key_value_groups", 1)
     if (groups == 1 or query.device.type != "cpu" or query.shape[2] == 1
             or kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None

@@ -97,11 +97,24 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int,
     return batches
 
 
+def trained_end(labels: list[int]) -> int:
+    """Length of the part of a row that counts: up to its last trained token. A causal model's later positions
+    change nothing before them, and they predict no trained token (the template's closing tokens, a final
+    newline), so they are never computed; a row training nothing keeps its length."""
+    last = next((j for j in range(len(labels) - 1, -1, -1) if labels[j] != IGNORE_INDEX), None)
+    return len(labels) if last is None else last + 1
+
+
 def collate(examples: list[EncodedExample], pad_id: int, max_length: int | None = None,
             share_prefix: bool = True) -> dict:
-    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` tensors (truncated to max_length), and
-    ``prefix_length``: how many leading tokens every row shares (see ``shared_prefix_length``; 0 = none)."""
-    rows = [(e.input_ids[:max_length], e.labels[:max_length]) for e in examples]
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` tensors (truncated to max_length, each row
+    cut after its last trained token: ``trained_end``), and ``prefix_length``: how many leading tokens every
+    row shares (see ``shared_prefix_length``; 0 = none)."""
+    rows = []
+    for e in examples:
+        labels = e.labels[:max_length]
+        end = trained_end(labels)
+        rows.append((e.input_ids[:end], labels[:end]))
     width = max(len(ids) for ids, _ in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)

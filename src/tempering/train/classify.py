@@ -98,7 +98,7 @@ def _logits(model, batch: dict) -> torch.Tensor:
     backbone = getattr(lm, lm.base_model_prefix)
     prefix = int(batch.get("prefix_length", 0))
     if prefix > 0:  # hidden[:, j] is position prefix + j
-        hidden = hidden_with_shared_prefix(lm, backbone, batch, prefix, device)
+        hidden = hidden_with_shared_prefix(lm, backbone, batch, prefix, batch["input_ids"].shape[1], device)
     else:
         hidden = backbone(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
                           use_cache=False).last_hidden_state

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from tempering.data.encode import IGNORE_INDEX
+from tempering.train import packing
 
 
 @dataclass
@@ -40,12 +41,13 @@ def causal_lm(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def hidden_with_shared_prefix(lm, backbone, batch: dict, prefix: int, device) -> torch.Tensor:
-    """Last hidden states of the tokens after the shared ``prefix`` ([rows, width - prefix, hidden])."""
+def hidden_with_shared_prefix(lm, backbone, batch: dict, prefix: int, width: int, device) -> torch.Tensor:
+    """Last hidden states of the batch's first ``width`` positions after the shared ``prefix`` ([rows, width -
+    prefix, hidden])."""
     from transformers import DynamicCache
 
-    input_ids = batch["input_ids"].to(device)
-    rows, width = input_ids.shape
+    input_ids = batch["input_ids"][:, :width].to(device)
+    rows = input_ids.shape[0]
     shared = DynamicCache(config=lm.config)
     backbone(input_ids=input_ids[:1, :prefix], use_cache=True, cache=shared,
              position_ids=torch.arange(prefix, device=device)[None])
@@ -53,7 +55,7 @@ def hidden_with_shared_prefix(lm, backbone, batch: dict, prefix: int, device) ->
     for index, layer in enumerate(shared.layers):  # a view per row: autograd sums the rows' gradients
         cache.update(layer.keys.expand(rows, -1, -1, -1), layer.values.expand(rows, -1, -1, -1), index)
     return backbone(
-        input_ids=input_ids[:, prefix:], attention_mask=batch["attention_mask"].to(device),
+        input_ids=input_ids[:, prefix:], attention_mask=batch["attention_mask"][:, :width].to(device),
         position_ids=torch.arange(prefix, width, device=device)[None].expand(rows, -1),
         cache=cache, use_cache=True,
     ).last_hidden_state
@@ -65,15 +67,24 @@ def sparse_lm_loss(model, batch: dict, label_smoothing: float = 0.0) -> LossResu
     backbone = getattr(lm, lm.base_model_prefix)
     device = next(lm.parameters()).device
     prefix = int(batch.get("prefix_length", 0))
-    if prefix > 0:
-        hidden = hidden_with_shared_prefix(lm, backbone, batch, prefix, device)
+    # the last position's state predicts no token of the batch: the decoder runs up to the one before it
+    width = batch["input_ids"].shape[1] - 1
+    if width <= prefix:  # nothing to predict (a row of one token)
+        zero = lm.get_output_embeddings().weight.sum() * 0.0
+        return LossResult(loss_sum=zero.float(), n_tokens=0, n_correct=0)
+    if packing.usable(lm, batch):
+        hidden, targets = packing.packed_hidden(backbone, batch, device)  # [tokens, hidden], [tokens]
     else:
-        hidden = backbone(input_ids=batch["input_ids"].to(device),
-                          attention_mask=batch["attention_mask"].to(device), use_cache=False).last_hidden_state
-    # hidden[:, j] is the state at position prefix + j; it predicts token prefix + j + 1 (no loss inside the prefix)
-    targets = batch["labels"][:, prefix + 1 :].to(device)
+        if prefix > 0:
+            hidden = hidden_with_shared_prefix(lm, backbone, batch, prefix, width, device)
+        else:
+            hidden = backbone(input_ids=batch["input_ids"][:, :width].to(device),
+                              attention_mask=batch["attention_mask"][:, :width].to(device),
+                              use_cache=False).last_hidden_state
+        # hidden[:, j] is the state at position prefix + j; it predicts token prefix + j + 1 (none in the prefix)
+        targets = batch["labels"][:, prefix + 1 :].to(device)
     positions = targets != IGNORE_INDEX
-    selected = hidden[:, :-1][positions]
+    selected = hidden[positions]
     logits = lm.get_output_embeddings()(selected).float()
     wanted = targets[positions]
     loss_sum = F.cross_entropy(logits, wanted, reduction="sum", label_smoothing=label_smoothing)
