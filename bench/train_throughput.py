@@ -224,16 +224,20 @@ def job_batches(encoded, seed: int, epochs: int, max_length: int):
 
 def executed_flops(model, batches, pad_id: int, max_length: int, sample: int = 3) -> float:
     """FLOPs Tempering executes for ``batches``: torch's FlopCounterMode over the forward and backward of the
-    first ``sample`` batches gives FLOPs per computed token slot (prefix once + rows × the rest, padding
-    included), scaled by the slots of every batch."""
+    first ``sample`` batches gives FLOPs per computed token position (the prefix once, then each row's own tokens
+    on the packed path, or every row padded to the widest on the two-pass one), scaled by every batch's."""
     from torch.utils.flop_counter import FlopCounterMode
 
+    from tempering.train import packing
     from tempering.train.batching import collate
-    from tempering.train.loss import sparse_lm_loss
+    from tempering.train.loss import causal_lm, sparse_lm_loss
 
-    def slots(batch):
+    def slots(batch):  # token positions the decoder runs: packed, the rows' own tokens; else padded rows
+        prefix = batch["prefix_length"]
+        if packing.usable(causal_lm(model), batch):
+            return prefix + sum(max(0, n - 1 - prefix) for n in batch["attention_mask"].sum(dim=1).tolist())
         rows, width = batch["input_ids"].shape
-        return batch["prefix_length"] + rows * (width - batch["prefix_length"])
+        return prefix + rows * (width - 1 - prefix)
 
     collated = [collate(b, pad_id, max_length) for b in batches]
     model.train()
@@ -317,7 +321,7 @@ def run_tempering(ctx, seed: int, share: bool, tmp: Path) -> dict:
     from peft import PeftModel
 
     from tempering.catalog import load_causal_lm
-    from tempering.train import TuneConfig, tune
+    from tempering.train import TuneConfig, attention, tune
 
     train_file = write_jsonl(tmp / "train.jsonl", [{"messages": c} for c in ctx["train"]])
     # a small in-fit validation set: the benchmark scores every model itself afterwards, identically
@@ -330,7 +334,9 @@ def run_tempering(ctx, seed: int, share: bool, tmp: Path) -> dict:
     clock = FitClock()
     with prefix_sharing(share):
         result = tune(config, on_event=clock)
-        model = PeftModel.from_pretrained(load_causal_lm(ctx["card"]), result.output_dir, is_trainable=True)
+        base = load_causal_lm(ctx["card"])
+        attention.use_for_training(base)  # as the job trained it: its executed FLOPs are counted on its path
+        model = PeftModel.from_pretrained(base, result.output_dir, is_trainable=True)
         valid = validation_loss(model, ctx["valid_encoded"], ctx["tokenizer"], ctx["max_length"])
         batches = job_batches(ctx["encoded"], seed, ctx["epochs"], ctx["max_length"])
         flops = executed_flops(model, batches, ctx["tokenizer"].pad_token_id, ctx["max_length"])
@@ -439,12 +445,16 @@ def profile(ctx, steps: int = 4) -> None:
     from torch.profiler import profile as torch_profile
 
     from tempering.catalog import load_causal_lm
+    from tempering.train import attention, fastlora
     from tempering.train.batching import collate
     from tempering.train.loss import sparse_lm_loss
 
-    model = get_peft_model(load_causal_lm(ctx["card"]), LoraConfig(
+    base = load_causal_lm(ctx["card"])
+    attention.use_for_training(base)  # the job's own path: packed batches, LoRA's training forward
+    model = get_peft_model(base, LoraConfig(
         r=LORA["rank"], lora_alpha=LORA["alpha"], lora_dropout=0.0, target_modules="all-linear",
         task_type="CAUSAL_LM")).train()
+    fastlora.patch(model)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     batches = [collate(b, ctx["tokenizer"].pad_token_id) for b in job_batches(ctx["encoded"], 42, 1, None)]
 

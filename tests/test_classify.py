@@ -253,10 +253,13 @@ def test_chat_input_is_the_templates_user_turn_and_a_long_text_is_cut_not_the_te
         encode_inputs(tokenizer, [text], "yaml", 64)
 
 
-def test_the_shared_template_prefix_runs_once_with_the_same_logits_and_gradients(tiny_model_dir, tokenizer):
+@pytest.mark.parametrize("packed", [False, True])
+def test_the_shared_template_prefix_runs_once_with_the_same_logits_and_gradients(tiny_model_dir, tokenizer,
+                                                                                  monkeypatch, packed):
     import torch
 
     from tempering.hardware import select_placement
+    from tempering.train import attention, packing
     from tempering.train.classify import classification_loss, collate_classes, encode_texts, load_classifier
 
     labels = ["card", "refund"]
@@ -267,6 +270,8 @@ def test_the_shared_template_prefix_runs_once_with_the_same_logits_and_gradients
     torch.manual_seed(0)
     model = load_classifier(tiny_model_dir, select_placement("cpu"), dict(enumerate(labels)))
     model.config.pad_token_id = tokenizer.pad_token_id
+    if packed:  # the CPU training path: one packed sequence, each row ending at the token the head reads
+        assert attention.use_for_training(model) and packing.usable(model, batch)
 
     def loss_and_grads(prefix):
         model.zero_grad()
@@ -274,7 +279,9 @@ def test_the_shared_template_prefix_runs_once_with_the_same_logits_and_gradients
         result.loss_sum.backward()
         return result.loss_sum.item(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
-    shared, unshared = loss_and_grads(batch["prefix_length"]), loss_and_grads(0)
+    shared = loss_and_grads(batch["prefix_length"])
+    monkeypatch.setattr(packing, "usable", lambda lm, batch: False)
+    unshared = loss_and_grads(0)  # the padded rows, each whole
     assert shared[0] == pytest.approx(unshared[0], abs=1e-5)
     assert len(shared[1]) == len(unshared[1]) > 0
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(shared[1], unshared[1]))

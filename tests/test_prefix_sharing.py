@@ -234,12 +234,13 @@ def test_packed_batches_equal_the_padded_two_pass_computation(lora_model, tokeni
 
 def test_packing_gives_each_row_its_own_positions_and_drops_nothing_trained(tokenizer):
     from tempering.train.batching import trained_end
-    from tempering.train.packing import pack
+    from tempering.train.packing import next_tokens, pack
 
     examples = _examples(tokenizer)
     batch = collate(examples, tokenizer.pad_token_id)
     prefix = batch["prefix_length"]
-    input_ids, positions, targets, rows = pack(batch, "cpu")
+    input_ids, positions, own_rows, rows = pack(batch, "cpu")
+    targets = next_tokens(batch, own_rows)
     # each row's tokens after the prefix up to its last trained one, less that one (it predicts nothing)
     own = [trained_end(e.labels) - 1 - prefix for e in examples]
     assert all(n < len(e) - 1 - prefix for n, e in zip(own, examples))  # the closing newline is cut

@@ -39,10 +39,37 @@ def test_generation_through_the_attention_is_unchanged(tiny_model_dir, tokenizer
     assert torch.equal(model.generate(ids, max_new_tokens=6, do_sample=False), expected)
 
 
-def test_models_without_grouped_heads_keep_sdpa():
+@pytest.mark.parametrize("prefix", [0, 4])
+def test_models_without_grouped_heads_train_packed_with_the_same_loss(monkeypatch, prefix):
+    # Phi-3-mini's shape (as many key/value heads as query heads) switches too: its batches train packed
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+    from tempering.train import packing
+    from tempering.train.loss import sparse_lm_loss
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                          num_attention_heads=2, num_key_value_heads=2))
-    assert not attention.use_for_training(model)
-    assert model.config._attn_implementation == "sdpa"
+    ids = torch.randint(0, 64, (3, 12))
+    ids[:, :prefix] = ids[0, :prefix]
+    mask = torch.ones_like(ids)
+    mask[1, 9:], mask[2, 6:] = 0, 0
+    labels = torch.where(mask.bool(), ids, -100)
+    labels[:, : prefix + 1] = -100
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels, "prefix_length": prefix}
+
+    def loss_and_grads():
+        model.zero_grad(set_to_none=True)
+        result = sparse_lm_loss(model, batch)
+        result.mean.backward()
+        return result.mean.item(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    padded, padded_grads = loss_and_grads()
+    assert attention.use_for_training(model) and packing.usable(model, batch)
+    calls, attend = [], packing.attend
+    monkeypatch.setattr(packing, "attend", lambda *a, **k: calls.append(1) or attend(*a, **k))
+    packed, packed_grads = loss_and_grads()
+    assert len(calls) == 2  # both layers attended packed
+    assert packed == pytest.approx(padded, abs=1e-5)
+    for name, grad in padded_grads.items():
+        torch.testing.assert_close(packed_grads[name], grad, rtol=1e-4, atol=1e-5, msg=name)

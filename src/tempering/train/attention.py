@@ -10,6 +10,10 @@ query positions (one query position, a decode step, keeps transformers' own grou
 mask function as SDPA, same result (tested to 1e-5 on the loss and the LoRA gradients); training steps of
 the embedded model 1.04× faster on BANKING77 rows, 1.10× on the longer Xbox rows.
 
+It is also where packed batches (``packing``) attend: a model switched to it trains on packed batches, which is
+why models without grouped heads (Phi-3-mini, Phi-3.5-mini) switch too; their unpacked attention is
+transformers' SDPA unchanged.
+
 ``use_for_training`` registers it with transformers (on first use: importing this module loads no transformers)
 and switches a model to it.
 """
@@ -51,14 +55,14 @@ def _register() -> None:
 
 
 def use_for_training(model: torch.nn.Module) -> bool:
-    """Switch ``model`` (a transformers model on the CPU using SDPA, before any adapter wraps it) to
+    """Switch ``model`` (a transformers model on the CPU using SDPA, grouped heads or not, before any adapter wraps it) to
     ``ATTENTION``; whether it did. Not for models whose config is saved with their weights (a full fine-tune):
     a saved config naming this implementation would not load where Tempering is not imported."""
     config = getattr(model, "config", None)
     heads, kv_heads = getattr(config, "num_attention_heads", None), getattr(config, "num_key_value_heads", None)
     device = next(model.parameters()).device
     if (config is None or getattr(config, "_attn_implementation", None) != "sdpa" or device.type != "cpu"
-            or not heads or not kv_heads or kv_heads >= heads):
+            or not heads or not kv_heads):
         return False
     _register()  # idempotent: the same function under the same name
     model.set_attn_implementation(ATTENTION)

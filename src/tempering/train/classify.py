@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from tempering.data.encode import encode_prompt
+from tempering.train import packing
 from tempering.train.batching import common_prefix_length
 from tempering.train.loss import LossResult, causal_lm, hidden_with_shared_prefix
 
@@ -97,6 +98,10 @@ def _logits(model, batch: dict) -> torch.Tensor:
     device = next(lm.parameters()).device
     backbone = getattr(lm, lm.base_model_prefix)
     prefix = int(batch.get("prefix_length", 0))
+    if packing.usable(lm, batch):  # one sequence, each row ending at its last token (``packing``)
+        hidden, own = packing.packed_hidden(backbone, batch, device, keep_last=True)
+        ends = torch.tensor([n for _, n in own], device=device).cumsum(0) - 1
+        return lm.score(hidden[ends]).float()
     if prefix > 0:  # hidden[:, j] is position prefix + j
         hidden = hidden_with_shared_prefix(lm, backbone, batch, prefix, batch["input_ids"].shape[1], device)
     else:

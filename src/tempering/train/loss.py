@@ -4,7 +4,8 @@ The LM head (hidden × vocabulary, the largest matmul of a small model) runs onl
 next token carries loss, instead of at every position as ``model(labels=...)`` does: for chat data with
 long system/user turns that is most of the head's work saved, with the same loss.
 
-Shared prefixes run once. When a batch's rows start with the same tokens (``batch["prefix_length"]`` P > 0,
+Shared prefixes run once (``packing`` runs them in the same pass as the rows where it can; this is the
+two-pass path). When a batch's rows start with the same tokens (``batch["prefix_length"]`` P > 0,
 set by ``batching.collate``: a system prompt and template that carry no loss), the decoder runs those P tokens
 once for one row, with gradients, and every row's remaining tokens attend to its keys and values, broadcast
 to the batch through a ``DynamicCache`` at positions P, P+1, …. Gradients reaching the prefix are summed over
@@ -73,7 +74,8 @@ def sparse_lm_loss(model, batch: dict, label_smoothing: float = 0.0) -> LossResu
         zero = lm.get_output_embeddings().weight.sum() * 0.0
         return LossResult(loss_sum=zero.float(), n_tokens=0, n_correct=0)
     if packing.usable(lm, batch):
-        hidden, targets = packing.packed_hidden(backbone, batch, device)  # [tokens, hidden], [tokens]
+        hidden, own = packing.packed_hidden(backbone, batch, device)  # [tokens, hidden]
+        targets = packing.next_tokens(batch, own).to(device)
     else:
         if prefix > 0:
             hidden = hidden_with_shared_prefix(lm, backbone, batch, prefix, width, device)

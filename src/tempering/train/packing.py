@@ -47,16 +47,17 @@ def usable(lm, batch: dict) -> bool:
     return window is None or batch["input_ids"].shape[1] <= window
 
 
-def pack(batch: dict, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, PackedRows]:
-    """The batch as one sequence: ``(input_ids [1, L], position_ids [1, L], targets [L - P], rows)``, where
-    ``targets[i]`` is the label of the token after packed position P + i. Each row keeps its tokens after the
-    prefix up to, not including, its last (whose state predicts nothing); a row left with none is dropped."""
-    input_ids, labels = batch["input_ids"], batch["labels"]
+def pack(batch: dict, device, keep_last: bool = False):
+    """The batch as one sequence: ``(input_ids [1, L], position_ids [1, L], own, rows)``; ``own`` lists
+    ``(row, tokens)`` in packed order. Each row keeps its tokens after the prefix up to, not including, its
+    last, whose state predicts nothing (``keep_last``: including it, the token a classifier's head reads);
+    a row left with none is dropped."""
+    input_ids = batch["input_ids"]
     prefix = int(batch.get("prefix_length", 0))
-    lengths = batch["attention_mask"].sum(dim=1).tolist()
-    own = [(r, n - 1 - prefix) for r, n in enumerate(lengths) if n - 1 - prefix > 0]
+    cut = 0 if keep_last else 1
+    own = [(r, n - cut - prefix) for r, n in enumerate(batch["attention_mask"].sum(dim=1).tolist())
+           if n - cut - prefix > 0]
     ids = [input_ids[0, :prefix]] + [input_ids[r, prefix : prefix + n] for r, n in own]
-    targets = torch.cat([labels[r, prefix + 1 : prefix + 1 + n] for r, n in own])
     counts = torch.tensor([n for _, n in own])
     positions = torch.cat([torch.arange(prefix)] + [torch.arange(prefix, prefix + n) for _, n in own])
 
@@ -69,7 +70,7 @@ def pack(batch: dict, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
     own_keys = (column[None, :] <= column[:, None])[None] & valid[:, None, :]  # [rows, query, key]
     mask = torch.cat([torch.ones(len(own), width, prefix, dtype=torch.bool), own_keys], dim=2)[:, None]
     rows = PackedRows(prefix=prefix, index=index.to(device), flat=flat.to(device), mask=mask.to(device))
-    return torch.cat(ids)[None].to(device), positions[None].to(device), targets.to(device), rows
+    return torch.cat(ids)[None].to(device), positions[None].to(device), own, rows
 
 
 def attend(module, query, key, value, rows: PackedRows, scaling=None, dropout: float = 0.0) -> torch.Tensor:
@@ -99,10 +100,17 @@ def attend(module, query, key, value, rows: PackedRows, scaling=None, dropout: f
     return torch.cat(parts)[None]
 
 
-def packed_hidden(backbone, batch: dict, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The decoder's last hidden states after the prefix ``[L - P, hidden]`` and their targets ``[L - P]``."""
-    input_ids, position_ids, targets, rows = pack(batch, device)
+def packed_hidden(backbone, batch: dict, device, keep_last: bool = False):
+    """The decoder's last hidden states after the prefix ``[L - P, hidden]``, in packed order, and ``own``
+    (see ``pack``)."""
+    input_ids, position_ids, own, rows = pack(batch, device, keep_last)
     # the 4-D mask goes through transformers' mask preparation untouched; ``attend`` uses it with ``rows``
     hidden = backbone(input_ids=input_ids, position_ids=position_ids, attention_mask=rows.mask, use_cache=False,
                       packing=rows).last_hidden_state
-    return hidden[0, rows.prefix :], targets
+    return hidden[0, rows.prefix :], own
+
+
+def next_tokens(batch: dict, own: list[tuple[int, int]]) -> torch.Tensor:
+    """The label of the token after each packed position past the prefix (``packed_hidden``'s rows)."""
+    prefix = int(batch.get("prefix_length", 0))
+    return torch.cat([batch["labels"][r, prefix + 1 : prefix + 1 + n] for r, n in own])
