@@ -319,6 +319,7 @@ class FitClock:
 
 def run_tempering(ctx, seed: int, share: bool, tmp: Path) -> dict:
     from peft import PeftModel
+    from torch.utils.flop_counter import FlopCounterMode
 
     from tempering.catalog import load_causal_lm
     from tempering.train import TuneConfig, attention, tune
@@ -339,7 +340,11 @@ def run_tempering(ctx, seed: int, share: bool, tmp: Path) -> dict:
         model = PeftModel.from_pretrained(base, result.output_dir, is_trainable=True)
         valid = validation_loss(model, ctx["valid_encoded"], ctx["tokenizer"], ctx["max_length"])
         batches = job_batches(ctx["encoded"], seed, ctx["epochs"], ctx["max_length"])
-        flops = executed_flops(model, batches, ctx["tokenizer"].pad_token_id, ctx["max_length"])
+        step_flops = executed_flops(model, batches, ctx["tokenizer"].pad_token_id, ctx["max_length"])
+        # the fit stage's time includes each epoch's validation on the 8 examples: so do its FLOPs
+        with FlopCounterMode(display=False) as counter:
+            validation_loss(model, ctx["valid_encoded"][:8], ctx["tokenizer"], ctx["max_length"])
+        flops = step_flops + ctx["epochs"] * counter.get_total_flops()
     seconds = clock.fit_end - clock.started
     if not ctx["keep_run"]:
         shutil.rmtree(result.run_dir, ignore_errors=True)
@@ -347,7 +352,8 @@ def run_tempering(ctx, seed: int, share: bool, tmp: Path) -> dict:
     gc.collect()
     return {"tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds,
             "steps_tokens_per_second": tokens / clock.steps_seconds, "valid_loss": valid["loss"],
-            "flops": flops, "sharing": clock.sharing, "note": ""}
+            "flops": flops, "step_flops": step_flops, "steps_seconds": clock.steps_seconds,
+            "sharing": clock.sharing, "note": ""}
 
 
 # ---------------------------------------------------------------------------------------------- report
@@ -383,7 +389,9 @@ def report(name: str, ctx: dict, runs: dict, peak: float, n_nonembed: int) -> di
         if trainer.startswith("tempering"):
             r = results[0]
             s = r["sharing"] or {}
-            notes.add(f"steps only {statistics.mean(x['steps_tokens_per_second'] for x in results):.1f} tokens/s; "
+            steps_mfu = statistics.mean(x["step_flops"] / x["steps_seconds"] for x in results) / 1e9 / peak
+            notes.add(f"steps only {statistics.mean(x['steps_tokens_per_second'] for x in results):.1f} tokens/s, "
+                      f"hw MFU {steps_mfu:.1%}; "
                       f"prefix tokens skipped {s.get('prefix_tokens_skipped')} of {s.get('tokens')} "
                       f"({s.get('skipped_fraction', 0):.1%}), computed once {s.get('prefix_tokens_computed')}")
         for note in sorted(notes):
