@@ -279,12 +279,13 @@ def test_the_shared_template_prefix_runs_once_with_the_same_logits_and_gradients
         result.loss_sum.backward()
         return result.loss_sum.item(), [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
-    shared = loss_and_grads(batch["prefix_length"])
+    results = [loss_and_grads(batch["prefix_length"]), loss_and_grads(0)]  # packed (or not), prefix or none
     monkeypatch.setattr(packing, "usable", lambda lm, batch: False)
     unshared = loss_and_grads(0)  # the padded rows, each whole
-    assert shared[0] == pytest.approx(unshared[0], abs=1e-5)
-    assert len(shared[1]) == len(unshared[1]) > 0
-    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(shared[1], unshared[1]))
+    for shared in results:
+        assert shared[0] == pytest.approx(unshared[0], abs=1e-5)
+        assert len(shared[1]) == len(unshared[1]) > 0
+        assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(shared[1], unshared[1]))
 
 
 def test_a_classifier_saved_before_the_chat_input_still_reads_texts_alone(tiny_model, intents_csv):

@@ -255,13 +255,28 @@ def test_packing_gives_each_row_its_own_positions_and_drops_nothing_trained(toke
     assert int((targets != -100).sum()) == sum(sum(label != -100 for label in e.labels) for e in examples)
 
 
-def test_a_sliding_window_shorter_than_the_batch_keeps_the_padded_path(tokenizer):
+def test_packing_holds_inside_a_sliding_window_and_stops_outside_it_or_its_architectures(tokenizer, monkeypatch):
+    from transformers import MistralConfig, MistralForCausalLM
+
     from tempering.train import attention, packing
 
-    model = _tiny_phi3(tokenizer)
-    attention.use_for_training(model)
+    model = _lora(_tiny_phi3(tokenizer)).train()
+    lm = model.get_base_model()
+    attention.use_for_training(lm)
     batch = collate(_examples(tokenizer), tokenizer.pad_token_id)
-    model.config.sliding_window = batch["input_ids"].shape[1] - 1
-    assert not packing.usable(model, batch)
-    model.config.sliding_window = None
-    assert packing.usable(model, batch)
+    lm.config.sliding_window = batch["input_ids"].shape[1] - 1
+    assert not packing.usable(lm, batch)
+    lm.config.sliding_window = batch["input_ids"].shape[1]  # Phi-3-mini's own has 2047: every row inside it
+    assert packing.usable(lm, batch)
+    packed, packed_grads = _loss_and_grads(model, batch)
+    monkeypatch.setattr(packing, "usable", lambda lm, batch: False)
+    padded, padded_grads = _loss_and_grads(model, batch)
+    torch.testing.assert_close(packed.loss_sum, padded.loss_sum, rtol=1e-5, atol=1e-5)
+    for name, grad in padded_grads.items():
+        torch.testing.assert_close(packed_grads[name], grad, rtol=1e-5, atol=1e-5, msg=name)
+    monkeypatch.undo()
+
+    # an architecture outside the list (it may carry state from row to row) keeps the padded path
+    other = MistralForCausalLM(MistralConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                             num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2))
+    assert attention.use_for_training(other) and not packing.usable(other, batch)

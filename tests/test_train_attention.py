@@ -39,8 +39,8 @@ def test_generation_through_the_attention_is_unchanged(tiny_model_dir, tokenizer
     assert torch.equal(model.generate(ids, max_new_tokens=6, do_sample=False), expected)
 
 
-@pytest.mark.parametrize("prefix", [0, 4])
-def test_models_without_grouped_heads_train_packed_with_the_same_loss(monkeypatch, prefix):
+@pytest.mark.parametrize(("prefix", "short_row"), [(0, 6), (4, 6), (4, 5)])
+def test_models_without_grouped_heads_train_packed_with_the_same_loss(monkeypatch, prefix, short_row):
     # Phi-3-mini's shape (as many key/value heads as query heads) switches too: its batches train packed
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -53,7 +53,7 @@ def test_models_without_grouped_heads_train_packed_with_the_same_loss(monkeypatc
     ids = torch.randint(0, 64, (3, 12))
     ids[:, :prefix] = ids[0, :prefix]
     mask = torch.ones_like(ids)
-    mask[1, 9:], mask[2, 6:] = 0, 0
+    mask[1, 9:], mask[2, short_row:] = 0, 0  # a row of prefix + 1 tokens predicts nothing: packed without it
     labels = torch.where(mask.bool(), ids, -100)
     labels[:, : prefix + 1] = -100
     batch = {"input_ids": ids, "attention_mask": mask, "labels": labels, "prefix_length": prefix}

@@ -33,7 +33,7 @@ def _attention(module, query, key, value, attention_mask, dropout: float = 0.0, 
     if (rows := kwargs.get("packing")) is not None:  # a packed batch (``packing``): its own mask and layout
         from tempering.train.packing import attend
 
-        return attend(module, query, key, value, rows, scaling=scaling, dropout=dropout), None
+        return attend(module, query, key, value, rows, scaling=scaling, dropout=dropout, **kwargs), None
     groups = getattr(module, "num_key_value_groups", 1)
     if (groups == 1 or query.device.type != "cpu" or query.shape[2] == 1
             or kwargs.get("position_bias") is not None or kwargs.get("softcap") is not None

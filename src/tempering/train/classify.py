@@ -100,6 +100,8 @@ def _logits(model, batch: dict) -> torch.Tensor:
     prefix = int(batch.get("prefix_length", 0))
     if packing.usable(lm, batch):  # one sequence, each row ending at its last token (``packing``)
         hidden, own = packing.packed_hidden(backbone, batch, device, keep_last=True)
+        if len(own) != batch["input_ids"].shape[0]:  # every row keeps its last token: one logit row per example
+            raise RuntimeError("a classification row packed to no tokens")
         ends = torch.tensor([n for _, n in own], device=device).cumsum(0) - 1
         return lm.score(hidden[ends]).float()
     if prefix > 0:  # hidden[:, j] is position prefix + j

@@ -64,7 +64,7 @@ def _train_step(s, examples: list, trainable: list) -> dict:
         batch = s.make_batch(mine)
         result = s.train_loss_fn(s.model, batch)
         loss_sum, n_tokens, n_correct = float(result.loss_sum.detach()), result.n_tokens, result.n_correct
-        tokens = int(batch["attention_mask"].sum())
+        tokens = sum(len(e) for e in mine)  # the examples' tokens, as billed (a batch may skip untrained tails)
     loss_sum, n_tokens, n_correct, tokens = s.world.sum([loss_sum, n_tokens, n_correct, tokens])
     if mine:
         (result.loss_sum / max(n_tokens, 1)).backward()

@@ -36,12 +36,20 @@ class PackedRows:
     mask: torch.Tensor  # [rows, 1, width, P + width] bool: the keys each of a row's queries may see
 
 
+# Decoders whose every layer is per-token work plus attention through transformers' attention interface:
+# packing is exact for them. Hybrids with convolution or state-space layers (LFM2, Jamba, …) would carry one
+# row's state into the next packed row, so the list is explicit (the catalog's architectures).
+PACKABLE = frozenset({"llama", "phi3"})
+
+
 def usable(lm, batch: dict) -> bool:
-    """Whether ``lm`` (a causal LM, no adapter wrapper) can run ``batch`` packed."""
+    """Whether ``lm`` (a causal LM or classifier, no adapter wrapper) can run ``batch`` packed: an architecture
+    of ``PACKABLE`` on the CPU training path, every row inside its sliding window if it has one."""
     from tempering.train.attention import ATTENTION
 
     config = lm.config
-    if getattr(config, "_attn_implementation", None) != ATTENTION:
+    if (getattr(config, "_attn_implementation", None) != ATTENTION or config.model_type not in PACKABLE
+            or next(lm.parameters()).device.type != "cpu"):
         return False
     window = getattr(config, "sliding_window", None)
     return window is None or batch["input_ids"].shape[1] <= window
@@ -73,9 +81,11 @@ def pack(batch: dict, device, keep_last: bool = False):
     return torch.cat(ids)[None].to(device), positions[None].to(device), own, rows
 
 
-def attend(module, query, key, value, rows: PackedRows, scaling=None, dropout: float = 0.0) -> torch.Tensor:
+def attend(module, query, key, value, rows: PackedRows, scaling=None, dropout: float = 0.0, **kwargs) -> torch.Tensor:
     """Attention over a packed sequence (``query`` [1, heads, L, dim], ``key``/``value`` [1, kv heads, L,
     dim]): ``[1, L, heads, dim]``, as transformers' attention functions return it."""
+    if any(kwargs.get(name) is not None for name in ("softcap", "s_aux", "position_bias")):
+        raise NotImplementedError("packed attention has no soft cap, attention sinks or position bias")
     gqa = getattr(module, "num_key_value_groups", 1) > 1
     prefix, (count, width) = rows.prefix, rows.index.shape
 
