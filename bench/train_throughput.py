@@ -232,12 +232,11 @@ def executed_flops(model, batches, pad_id: int, max_length: int, sample: int = 3
     from tempering.train.batching import collate
     from tempering.train.loss import causal_lm, sparse_lm_loss
 
-    def slots(batch):  # token positions the decoder runs: packed, the rows' own tokens; else padded rows
-        prefix = batch["prefix_length"]
+    def slots(batch):  # token positions the decoder runs: the packed sequence's, else the padded rows'
         if packing.usable(causal_lm(model), batch):
-            return prefix + sum(max(0, n - 1 - prefix) for n in batch["attention_mask"].sum(dim=1).tolist())
+            return packing.pack(batch, "cpu")[0].shape[1]
         rows, width = batch["input_ids"].shape
-        return prefix + rows * (width - 1 - prefix)
+        return batch["prefix_length"] + rows * (width - 1 - batch["prefix_length"])
 
     collated = [collate(b, pad_id, max_length) for b in batches]
     model.train()

@@ -55,9 +55,9 @@ def _register() -> None:
 
 
 def use_for_training(model: torch.nn.Module) -> bool:
-    """Switch ``model`` (a transformers model on the CPU using SDPA, grouped heads or not, before any adapter wraps it) to
-    ``ATTENTION``; whether it did. Not for models whose config is saved with their weights (a full fine-tune):
-    a saved config naming this implementation would not load where Tempering is not imported."""
+    """Switch ``model`` (a transformers model on the CPU using SDPA, grouped heads or not, before any adapter
+    wraps it) to ``ATTENTION``; whether it did. Not for models whose config is saved with their weights (a full
+    fine-tune): a saved config naming this implementation would not load where Tempering is not imported."""
     config = getattr(model, "config", None)
     heads, kv_heads = getattr(config, "num_attention_heads", None), getattr(config, "num_key_value_heads", None)
     device = next(model.parameters()).device

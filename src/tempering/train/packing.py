@@ -14,8 +14,9 @@ of every row's (a broadcast view: autograd sums the rows' gradients into the pre
 SDPA with a mask that lets each row see the prefix and its own earlier tokens; the prefix attends causally to
 itself. The result, the loss and every gradient equal the padded computation's (tested to 1e-5, Llama and
 Phi-3); with LoRA dropout > 0 a row's tokens draw their masks in a different order, as in any change of batch
-shape. Used when the model attends through ``attention.ATTENTION`` (the CPU training path) and every row fits
-its sliding window, if the model has one; otherwise ``loss`` keeps the two passes.
+shape. Used when the model attends through ``attention.ATTENTION`` (the CPU training path), is one of
+``PACKABLE``'s architectures and every row fits its sliding window, if it has one (``usable``); otherwise
+``loss`` keeps the two passes.
 """
 
 from __future__ import annotations
